@@ -1,0 +1,1 @@
+"""Switchyard: a Kubernetes operator that splits one model name's traffic across LLM providers."""

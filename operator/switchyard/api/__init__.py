@@ -1,0 +1,1 @@
+"""The Switchyard API: pydantic models of ModelEndpoint and ModelGateway."""

@@ -1,0 +1,155 @@
+"""The `switchyard` command: run the operator, dry-run a plan, write the CRDs."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from switchyard.api.crd import custom_resource_definitions
+from switchyard.api.models import API_VERSION, ModelEndpointSpec
+from switchyard.plan.routing import EndpointPlan, plan_endpoint, zero_weight_tiers
+
+CRD_HEADER = "# Generated from the pydantic models by `switchyard crds`. Do not edit.\n"
+
+
+def write_crds(output: Path) -> list[Path]:
+    output.mkdir(parents=True, exist_ok=True)
+    written = []
+    for filename, crd in custom_resource_definitions().items():
+        path = output / filename
+        path.write_text(CRD_HEADER + yaml.safe_dump(crd, sort_keys=False, width=100))
+        written.append(path)
+    return written
+
+
+def _documents(paths: Sequence[str]) -> Iterator[tuple[str, dict[str, Any]]]:
+    for path in paths:
+        text = sys.stdin.read() if path == "-" else Path(path).read_text()
+        for index, document in enumerate(yaml.safe_load_all(text)):
+            if isinstance(document, dict):
+                yield f"{path}#{index}", document
+
+
+def _format_plan(plan: EndpointPlan, gateway: str) -> str:
+    rows = [("PRIORITY", "BACKEND", "PROVIDER", "UPSTREAM MODEL", "WEIGHT", "SHARE")]
+    for b in plan.backends:
+        share = f"{b.share * 100:.1f}%" if b.share > 0 else ("standby" if b.weight else "idle")
+        rows.append((str(b.priority), b.name, b.provider, b.upstream_model, str(b.weight), share))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = [f"{plan.namespace}/{plan.name}: model {plan.model!r} on gateway {gateway}"]
+    lines += ["  " + "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+              for row in rows]
+    lines.append(f"  split: {plan.split}")
+    return "\n".join(lines)
+
+
+def plan_command(files: Sequence[str], output: str) -> int:
+    """Print the routing plan of every ModelEndpoint in the files; no cluster needed."""
+    failed = False
+    plans: list[tuple[EndpointPlan, str]] = []
+    for where, document in _documents(files):
+        if document.get("kind") != "ModelEndpoint":
+            continue
+        metadata = document.get("metadata") or {}
+        namespace = metadata.get("namespace", "default")
+        name = metadata.get("name", "<unnamed>")
+        label = f"ModelEndpoint {namespace}/{name} ({where})"
+        if document.get("apiVersion") != API_VERSION:
+            print(f"error: {label}: apiVersion must be {API_VERSION}", file=sys.stderr)
+            failed = True
+            continue
+        try:
+            spec = ModelEndpointSpec.model_validate(document.get("spec") or {})
+        except ValidationError as error:
+            for problem in error.errors():
+                field = ".".join(["spec", *(str(p) for p in problem["loc"])])
+                print(f"error: {label}: {field}: {problem['msg']}", file=sys.stderr)
+            failed = True
+            continue
+        empty = zero_weight_tiers(spec)
+        if empty:
+            print(
+                f"error: {label}: spec.backends[].weight: every weight is 0 in priority tier "
+                + ", ".join(map(str, empty)),
+                file=sys.stderr,
+            )
+            failed = True
+            continue
+        gateway = f"{spec.gateway_ref.namespace or namespace}/{spec.gateway_ref.name}"
+        plans.append((plan_endpoint(namespace, name, spec), gateway))
+    if output == "json":
+        print(json.dumps([_plan_json(p, g) for p, g in plans], indent=2))
+    else:
+        print("\n\n".join(_format_plan(p, g) for p, g in plans))
+    if not plans and not failed:
+        print("no ModelEndpoint found in the files", file=sys.stderr)
+        return 1
+    return 1 if failed else 0
+
+
+def _plan_json(plan: EndpointPlan, gateway: str) -> dict[str, Any]:
+    return {
+        "endpoint": f"{plan.namespace}/{plan.name}",
+        "gateway": gateway,
+        "model": plan.model,
+        "split": plan.split,
+        "backends": [
+            {"name": b.name, "priority": b.priority, "weight": b.weight, "share": round(b.share, 6)}
+            for b in plan.backends
+        ],
+    }
+
+
+def run_command(namespaces: Sequence[str], verbose: bool, debug: bool) -> int:
+    import kopf
+
+    import switchyard.handlers.operator  # noqa: F401  (registers the handlers)
+
+    kopf.configure(verbose=verbose, debug=debug)
+    # Standalone: one operator instance at a time (a Recreate Deployment), no peering CRDs.
+    kopf.run(standalone=True, clusterwide=not namespaces, namespaces=list(namespaces))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="switchyard",
+        description="Split one model name's traffic across LLM providers, on Kubernetes.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="run the operator against the current cluster")
+    run.add_argument(
+        "--namespace", "-n", action="append", default=[],
+        help="watch only this namespace (repeatable); default: all namespaces",
+    )
+    run.add_argument("--verbose", action="store_true", help="log more")
+    run.add_argument("--debug", action="store_true", help="log everything Kopf does")
+
+    plan = commands.add_parser("plan", help="print routing plans of ModelEndpoint files, offline")
+    plan.add_argument("-f", "--filename", action="append", required=True,
+                      help="YAML file with ModelEndpoints ('-' for stdin); repeatable")
+    plan.add_argument("-o", "--output", choices=["table", "json"], default="table")
+
+    crds = commands.add_parser("crds", help="write the CRDs generated from the models")
+    crds.add_argument("--output", type=Path, default=Path("crds"), help="directory (default: crds)")
+
+    args = parser.parse_args(argv)
+    if args.command == "run":
+        return run_command(args.namespace, args.verbose, args.debug)
+    if args.command == "plan":
+        return plan_command(args.filename, args.output)
+    for path in write_crds(args.output):
+        print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

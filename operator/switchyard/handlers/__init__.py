@@ -1,0 +1,1 @@
+"""The thin Kopf shell: watch events in, gateway passes out."""

@@ -1,0 +1,135 @@
+"""Kopf registrations: every watch event updates the store and marks gateways for a pass.
+
+Only event handlers are used: they add no finalizers and write no progress annotations, so
+an object the operator has nothing to change about is never written, and deleting one never
+waits for the operator.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import kopf
+
+from switchyard.api.models import GROUP, VERSION
+from switchyard.handlers.state import Store, object_key
+from switchyard.handlers.sync import GatewaySync
+from switchyard.kube.client import Kube, connect
+from switchyard.kube.secrets import SecretCache
+from switchyard.render.objects import GATEWAY_LABEL, MANAGED_BY
+
+logger = logging.getLogger(__name__)
+
+MANAGED = {"app.kubernetes.io/managed-by": MANAGED_BY}
+
+
+@dataclass
+class Runtime:
+    store: Store
+    kube: Kube
+    sync: GatewaySync
+    worker: asyncio.Task[None]
+
+
+def _runtime(memo: Any) -> Runtime:
+    runtime: Runtime = memo.runtime
+    return runtime
+
+
+def configure(settings: kopf.OperatorSettings) -> None:
+    # Kopf would post its own handler logs as Events on every watched object, Secrets
+    # included; Switchyard posts its own, meaningful ones.
+    settings.posting.enabled = False
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+    settings.networking.request_timeout = 60
+
+
+@kopf.on.startup()
+async def start(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
+    configure(settings)
+    kube = Kube(await connect())
+    store = Store()
+    # Prime the store before the first pass: a pass over a half-listed gateway would drop
+    # endpoints from its Secret and write them back a moment later.
+    for body in await kube.list_custom("modelgateways"):
+        store.put_gateway(body)
+    for body in await kube.list_custom("modelendpoints"):
+        store.put_endpoint(body)
+    for namespace in await kube.list_namespaces():
+        store.put_namespace(namespace["metadata"]["name"], namespace["metadata"].get("labels") or {})
+    sync = GatewaySync(store, kube, SecretCache(kube))
+    sync.mark(store.gateway_keys())
+    worker = asyncio.create_task(sync.run(), name="switchyard-gateway-sync")
+    memo.runtime = Runtime(store=store, kube=kube, sync=sync, worker=worker)
+    logger.info("primed with %d gateways and %d endpoints", len(store.gateways), len(store.endpoints))
+
+
+@kopf.on.cleanup()
+async def stop(memo: Any, **_: Any) -> None:
+    runtime = _runtime(memo)
+    runtime.worker.cancel()
+    await asyncio.gather(runtime.worker, return_exceptions=True)
+    await runtime.kube.close()
+
+
+def _deleted(event_type: str | None, body: kopf.Body) -> bool:
+    return event_type == "DELETED"
+
+
+@kopf.on.event(GROUP, VERSION, "modelendpoints")
+async def endpoint_event(type: str | None, body: kopf.Body, memo: Any, **_: Any) -> None:
+    runtime = _runtime(memo)
+    raw = dict(body)
+    if _deleted(type, body):
+        runtime.sync.mark(runtime.store.delete_endpoint(object_key(raw)))
+    else:
+        runtime.sync.mark(runtime.store.put_endpoint(raw))
+
+
+@kopf.on.event(GROUP, VERSION, "modelgateways")
+async def gateway_event(type: str | None, body: kopf.Body, memo: Any, **_: Any) -> None:
+    runtime = _runtime(memo)
+    raw = dict(body)
+    if _deleted(type, body):
+        runtime.sync.mark(runtime.store.delete_gateway(object_key(raw)))
+    else:
+        runtime.sync.mark(runtime.store.put_gateway(raw))
+
+
+@kopf.on.event("", "v1", "namespaces")
+async def namespace_event(type: str | None, body: kopf.Body, memo: Any, **_: Any) -> None:
+    runtime = _runtime(memo)
+    labels = None if _deleted(type, body) else dict(body.metadata.labels)
+    runtime.sync.mark(runtime.store.put_namespace(body.metadata.name, labels))
+
+
+@kopf.on.event("", "v1", "secrets")
+async def secret_event(type: str | None, body: kopf.Body, memo: Any, **_: Any) -> None:
+    """Rotation and deletion of referenced Secrets, and drift in the Secrets we own.
+
+    Never logs: a Secret's body is key material.
+    """
+    runtime = _runtime(memo)
+    key = (body.metadata.namespace, body.metadata.name)
+    data = None if _deleted(type, body) else dict(body.get("data") or {})
+    if runtime.sync.secrets.observe(key, data):
+        runtime.sync.mark(runtime.store.gateways_using_secret(key))
+    _mark_owner(runtime, body)
+
+
+@kopf.on.event("", "v1", "configmaps", labels=MANAGED)
+async def configmap_event(body: kopf.Body, memo: Any, **_: Any) -> None:
+    """Someone edited or deleted a plan ConfigMap: the owner's pass puts it back."""
+    _mark_owner(_runtime(memo), body)
+
+
+def _mark_owner(runtime: Runtime, body: kopf.Body) -> None:
+    labels = body.metadata.labels
+    if labels.get("app.kubernetes.io/managed-by") == MANAGED_BY and GATEWAY_LABEL in labels:
+        for owner in body.metadata.get("ownerReferences") or []:
+            if owner.get("kind") == "ModelGateway":
+                runtime.sync.mark({(body.metadata.namespace, owner["name"])})

@@ -1,0 +1,189 @@
+"""What the operator knows of the cluster, fed by watch events: the input of every pass.
+
+Each change reports the gateways it concerns, so a pass runs per affected gateway and never
+per event.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import ValidationError
+
+from switchyard.api.models import ModelEndpointSpec, ModelGatewaySpec
+from switchyard.plan.gateway import EndpointSource, GatewaySource, ObjectKey, gateway_key_of
+
+
+def object_key(body: dict[str, Any]) -> ObjectKey:
+    return (body["metadata"]["namespace"], body["metadata"]["name"])
+
+
+def validation_summary(error: ValidationError) -> str:
+    """`backends.0.weight: Input should be ...`: field paths and messages, never input values."""
+    return "; ".join(
+        ".".join(str(part) for part in e["loc"]) + ": " + e["msg"] for e in error.errors()
+    )
+
+
+@dataclass
+class EndpointRecord:
+    body: dict[str, Any]
+    source: EndpointSource
+    gateway: ObjectKey | None
+    secrets: frozenset[ObjectKey]
+
+
+@dataclass
+class GatewayRecord:
+    body: dict[str, Any]
+    source: GatewaySource | None
+    error: str | None
+
+
+def _endpoint_record(body: dict[str, Any]) -> EndpointRecord:
+    metadata = body["metadata"]
+    namespace, name = object_key(body)
+    spec: ModelEndpointSpec | None
+    error: str | None = None
+    try:
+        spec = ModelEndpointSpec.model_validate(body.get("spec") or {})
+    except ValidationError as invalid:
+        spec, error = None, validation_summary(invalid)
+    gateway_ref = (body.get("spec") or {}).get("gatewayRef") or {}
+    gateway = (
+        gateway_key_of(namespace, spec)
+        if spec
+        else ((gateway_ref.get("namespace") or namespace, gateway_ref["name"]) if "name" in gateway_ref else None)
+    )
+    secrets = frozenset(
+        (namespace, b.credentials_ref.name)
+        for b in (spec.backends if spec else [])
+        if b.credentials_ref is not None
+    )
+    source = EndpointSource(
+        namespace=namespace,
+        name=name,
+        generation=int(metadata.get("generation", 0)),
+        created=metadata.get("creationTimestamp", ""),
+        spec=spec,
+        spec_error=error,
+    )
+    return EndpointRecord(body=body, source=source, gateway=gateway, secrets=secrets)
+
+
+def _gateway_record(body: dict[str, Any]) -> GatewayRecord:
+    namespace, name = object_key(body)
+    try:
+        spec = ModelGatewaySpec.model_validate(body.get("spec") or {})
+    except ValidationError as invalid:
+        return GatewayRecord(body=body, source=None, error=validation_summary(invalid))
+    generation = int(body["metadata"].get("generation", 0))
+    return GatewayRecord(body, GatewaySource(namespace, name, generation, spec), None)
+
+
+def _spec_identity(body: dict[str, Any]) -> tuple[Any, ...]:
+    """What decides a pass's output, apart from status: a change here needs a new pass."""
+    metadata = body["metadata"]
+    return (metadata.get("uid"), metadata.get("generation"), metadata.get("deletionTimestamp"))
+
+
+class Store:
+    def __init__(self) -> None:
+        self.endpoints: dict[ObjectKey, EndpointRecord] = {}
+        self.gateways: dict[ObjectKey, GatewayRecord] = {}
+        self.namespace_labels: dict[str, dict[str, str]] = {}
+        self._by_gateway: dict[ObjectKey, set[ObjectKey]] = defaultdict(set)
+        self._by_secret: dict[ObjectKey, set[ObjectKey]] = defaultdict(set)
+
+    # --- ModelEndpoints
+
+    def put_endpoint(self, body: dict[str, Any]) -> set[ObjectKey]:
+        """Store an endpoint; returns the gateways whose pass it changes."""
+        key = object_key(body)
+        previous = self.endpoints.get(key)
+        if previous is not None and _spec_identity(previous.body) == _spec_identity(body):
+            previous.body = body  # only status or metadata moved: no new pass needed
+            return set()
+        affected = self._unlink_endpoint(key)
+        record = _endpoint_record(body)
+        self.endpoints[key] = record
+        if record.gateway is not None:
+            self._by_gateway[record.gateway].add(key)
+            affected.add(record.gateway)
+        for secret in record.secrets:
+            self._by_secret[secret].add(key)
+        return affected
+
+    def delete_endpoint(self, key: ObjectKey) -> set[ObjectKey]:
+        return self._unlink_endpoint(key)
+
+    def _unlink_endpoint(self, key: ObjectKey) -> set[ObjectKey]:
+        record = self.endpoints.pop(key, None)
+        if record is None:
+            return set()
+        for secret in record.secrets:
+            self._by_secret[secret].discard(key)
+            if not self._by_secret[secret]:
+                del self._by_secret[secret]
+        if record.gateway is None:
+            return set()
+        self._by_gateway[record.gateway].discard(key)
+        if not self._by_gateway[record.gateway]:
+            del self._by_gateway[record.gateway]
+        return {record.gateway}
+
+    def endpoints_of(self, gateway: ObjectKey) -> list[EndpointRecord]:
+        return [self.endpoints[key] for key in sorted(self._by_gateway.get(gateway, ()))]
+
+    def set_endpoint_status(self, key: ObjectKey, status: dict[str, Any]) -> None:
+        record = self.endpoints.get(key)
+        if record is not None:
+            record.body = {**record.body, "status": status}
+
+    # --- ModelGateways
+
+    def put_gateway(self, body: dict[str, Any]) -> set[ObjectKey]:
+        key = object_key(body)
+        previous = self.gateways.get(key)
+        if previous is not None and _spec_identity(previous.body) == _spec_identity(body):
+            previous.body = body
+            return set()
+        self.gateways[key] = _gateway_record(body)
+        return {key}
+
+    def delete_gateway(self, key: ObjectKey) -> set[ObjectKey]:
+        return {key} if self.gateways.pop(key, None) is not None else set()
+
+    def set_gateway_status(self, key: ObjectKey, status: dict[str, Any]) -> None:
+        record = self.gateways.get(key)
+        if record is not None:
+            record.body = {**record.body, "status": status}
+
+    def gateway_keys(self) -> set[ObjectKey]:
+        return set(self.gateways) | set(self._by_gateway)
+
+    # --- Secrets and Namespaces
+
+    def referenced_secrets(self) -> set[ObjectKey]:
+        return set(self._by_secret)
+
+    def gateways_using_secret(self, secret: ObjectKey) -> set[ObjectKey]:
+        gateways = (self.endpoints[e].gateway for e in self._by_secret.get(secret, ()))
+        return {g for g in gateways if g is not None}
+
+    def put_namespace(self, name: str, labels: dict[str, str] | None) -> set[ObjectKey]:
+        """Record a namespace's labels (None: deleted); returns the gateways that select by them."""
+        if self.namespace_labels.get(name) == labels:
+            return set()
+        if labels is None:
+            self.namespace_labels.pop(name, None)
+        else:
+            self.namespace_labels[name] = labels
+        return {
+            key
+            for key, record in self.gateways.items()
+            if record.source is not None
+            and record.source.spec.allowed_endpoints.namespaces.selector is not None
+        }

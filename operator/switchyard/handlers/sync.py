@@ -1,0 +1,184 @@
+"""One pass per ModelGateway: read the store, plan, render, apply what changed, write status.
+
+Watch events only mark gateways dirty; a single worker drains the marks after a short
+debounce, so a burst of N endpoint changes costs one pass per gateway, not N.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import logging
+import time
+from typing import Any
+
+from kubernetes_asyncio.client.exceptions import ApiException
+
+from switchyard import metrics
+from switchyard.kube.client import Kube, OwnershipConflict
+from switchyard.kube.secrets import SecretCache
+from switchyard.plan.conditions import DesiredCondition, transitions
+from switchyard.plan.gateway import GatewayPlan, ObjectKey, SecretKeys, plan_gateway
+from switchyard.render.objects import credentials_secret, decoded_non_empty_keys, plan_configmap
+from switchyard.render.status import (
+    endpoint_status,
+    gateway_conditions,
+    gateway_status,
+    status_differs,
+)
+from switchyard.handlers.state import Store
+
+logger = logging.getLogger(__name__)
+
+DEBOUNCE_SECONDS = 0.05
+MAX_BACKOFF_SECONDS = 30.0
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.UTC).replace(microsecond=0).isoformat().replace(
+        "+00:00", "Z"
+    )
+
+
+def _fmt(key: ObjectKey) -> str:
+    return f"{key[0]}/{key[1]}"
+
+
+class GatewaySync:
+    def __init__(self, store: Store, kube: Kube, secrets: SecretCache) -> None:
+        self.store = store
+        self.kube = kube
+        self.secrets = secrets
+        self.passes = 0
+        self._dirty: set[ObjectKey] = set()
+        self._wake = asyncio.Event()
+        self._failures: dict[ObjectKey, int] = {}
+        self._idle = asyncio.Event()
+
+    def mark(self, keys: set[ObjectKey]) -> None:
+        if keys:
+            self._dirty |= keys
+            self._idle.clear()
+            self._wake.set()
+
+    async def run(self) -> None:
+        """Drain dirty gateways forever; one failing gateway never stops the others."""
+        while True:
+            if not self._dirty:
+                self._idle.set()
+            await self._wake.wait()
+            await asyncio.sleep(DEBOUNCE_SECONDS)
+            self._wake.clear()
+            batch, self._dirty = self._dirty, set()
+            for key in sorted(batch):
+                await self._sync_guarded(key)
+
+    async def _sync_guarded(self, key: ObjectKey) -> None:
+        started = time.monotonic()
+        try:
+            await self.sync(key)
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:
+            failures = self._failures.get(key, 0) + 1
+            self._failures[key] = failures
+            delay = min(MAX_BACKOFF_SECONDS, 0.5 * 2 ** (failures - 1))
+            metrics.RECONCILE_ERRORS.labels(*key).inc()
+            reason = error.reason if isinstance(error, ApiException) else type(error).__name__
+            logger.error("pass over ModelGateway %s failed (%s); retrying in %.1fs",
+                         _fmt(key), reason, delay, exc_info=not isinstance(error, ApiException))
+            asyncio.get_running_loop().call_later(delay, self.mark, {key})
+        else:
+            self._failures.pop(key, None)
+        finally:
+            self.passes += 1
+            metrics.RECONCILE_DURATION.labels(*key).observe(time.monotonic() - started)
+
+    async def sync(self, key: ObjectKey) -> None:
+        gateway_record = self.store.gateways.get(key)
+        records = self.store.endpoints_of(key)
+        secret_keys: dict[ObjectKey, SecretKeys | None] = {}
+        for record in records:
+            for secret in record.secrets:
+                if secret not in secret_keys:
+                    data = await self.secrets.get(secret)
+                    secret_keys[secret] = (
+                        None if data is None else SecretKeys(decoded_non_empty_keys(data))
+                    )
+        gateway = gateway_record.source if gateway_record else None
+        plan = plan_gateway(
+            key,
+            gateway,
+            [r.source for r in records],
+            self.store.namespace_labels,
+            secret_keys,
+        )
+        if gateway_record is not None:
+            await self._apply_gateway(key, gateway_record.body, plan, gateway_record.error)
+        for record in records:
+            outcome = plan.outcomes[record.source.key]
+            status = endpoint_status(
+                outcome, record.body.get("status") or {}, record.source.generation, _now()
+            )
+            await self._write_status("modelendpoints", record.body, status, outcome.conditions)
+        self.secrets.forget_unreferenced(self.store.referenced_secrets())
+
+    async def _apply_gateway(
+        self, key: ObjectKey, body: dict[str, Any], plan: GatewayPlan, spec_error: str | None
+    ) -> None:
+        uid = body["metadata"]["uid"]
+        generation = int(body["metadata"].get("generation", 0))
+        conditions = gateway_conditions(plan)
+        if spec_error is not None:
+            conditions = (
+                DesiredCondition.false("Accepted", "InvalidSpec", f"spec is invalid: {spec_error}"),
+                DesiredCondition.false("Ready", "InvalidSpec", "the gateway spec is invalid"),
+            )
+        else:
+            secret_data = {s: await self._secret_data(s) for s in {c.source for c in plan.credentials}}
+            try:
+                for manifest in (
+                    plan_configmap(plan, uid),
+                    credentials_secret(plan, uid, secret_data),
+                ):
+                    if await self.kube.apply_owned(manifest):
+                        metrics.API_WRITES.labels(manifest["kind"]).inc()
+            except OwnershipConflict as conflict:
+                conditions = (
+                    conditions[0],
+                    DesiredCondition.false("Ready", "OwnershipConflict", str(conflict)),
+                )
+        status = gateway_status(plan, body.get("status") or {}, generation, _now(), conditions)
+        await self._write_status("modelgateways", body, status, conditions)
+
+    async def _secret_data(self, key: ObjectKey) -> dict[str, str]:
+        return await self.secrets.get(key) or {}
+
+    async def _write_status(
+        self,
+        plural: str,
+        body: dict[str, Any],
+        status: dict[str, Any],
+        desired: tuple[DesiredCondition, ...],
+    ) -> None:
+        current = body.get("status") or {}
+        if not status_differs(current, status):
+            return
+        key = (body["metadata"]["namespace"], body["metadata"]["name"])
+        updated = await self.kube.patch_status(plural, *key, status)
+        metrics.API_WRITES.labels(f"{plural}/status").inc()
+        if updated is None:
+            return
+        if plural == "modelendpoints":
+            self.store.set_endpoint_status(key, updated.get("status") or {})
+        else:
+            self.store.set_gateway_status(key, updated.get("status") or {})
+        for change in transitions(current.get("conditions") or [], desired):
+            condition = change.condition
+            if condition.status == "True" and condition.type != "Ready":
+                continue  # recoveries show in the Ready transition; one Event, not three
+            await self.kube.post_event(updated, change.event_type, condition.reason, condition.message)
+            metrics.API_WRITES.labels("events").inc()
+
+    async def wait_idle(self) -> None:
+        await self._idle.wait()

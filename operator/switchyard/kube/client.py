@@ -1,0 +1,192 @@
+"""Reads, writes and Events against the API server, as plain dicts."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+import os
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+from kubernetes_asyncio import client, config
+from kubernetes_asyncio.client.exceptions import ApiException
+
+from switchyard.api.models import GROUP, VERSION
+
+logger = logging.getLogger(__name__)
+
+MERGE_PATCH = "application/merge-patch+json"
+REPORTING_COMPONENT = "switchyard"
+
+
+class OwnershipConflict(Exception):
+    """An object with the name the operator needs exists and belongs to someone else."""
+
+
+async def connect() -> client.ApiClient:
+    """A client for the cluster that KUBECONFIG, ~/.kube/config or the Pod's account names."""
+    if os.environ.get("KUBERNETES_SERVICE_HOST") and not os.environ.get("KUBECONFIG"):
+        config.load_incluster_config()
+    else:
+        await config.load_kube_config()
+    return client.ApiClient()
+
+
+async def _json(call: Any, *args: Any, **kwargs: Any) -> Any:
+    """Call an API method and return the raw JSON, skipping the slow model classes."""
+    response = await call(*args, _preload_content=False, **kwargs)
+    body = await response.read()
+    if response.status >= 400:
+        # Unpreloaded responses are not checked by the client: raise as it would.
+        error = ApiException(status=response.status, reason=response.reason)
+        error.body = body
+        raise error
+    return json.loads(body)
+
+
+def _is_not_found(error: ApiException) -> bool:
+    return bool(error.status == 404)
+
+
+class Kube:
+    """The operations Switchyard performs on the API server, and nothing else."""
+
+    def __init__(self, api: client.ApiClient) -> None:
+        self.api = api
+        self.core = client.CoreV1Api(api)
+        self.custom = client.CustomObjectsApi(api)
+
+    async def close(self) -> None:
+        await self.api.close()
+
+    async def list_custom(self, plural: str) -> list[dict[str, Any]]:
+        reply = await _json(self.custom.list_cluster_custom_object, GROUP, VERSION, plural)
+        return list(reply.get("items", []))
+
+    async def list_namespaces(self) -> list[dict[str, Any]]:
+        reply = await _json(self.core.list_namespace)
+        return list(reply.get("items", []))
+
+    async def read_secret_data(self, namespace: str, name: str) -> dict[str, str] | None:
+        """A Secret's base64 `data`, or None when the Secret does not exist."""
+        try:
+            secret = await _json(self.core.read_namespaced_secret, name, namespace)
+        except ApiException as error:
+            if _is_not_found(error):
+                return None
+            raise
+        return dict(secret.get("data") or {})
+
+    async def apply_owned(self, manifest: dict[str, Any]) -> bool:
+        """Create or update a Secret or ConfigMap the operator owns. Returns whether it wrote.
+
+        Only `data`, labels and owner references are compared, so an unchanged object costs
+        one read and no write. An object of that name owned by another controller is left
+        alone and reported.
+        """
+        kind = manifest["kind"]
+        read, create, replace = {
+            "Secret": (
+                self.core.read_namespaced_secret,
+                self.core.create_namespaced_secret,
+                self.core.replace_namespaced_secret,
+            ),
+            "ConfigMap": (
+                self.core.read_namespaced_config_map,
+                self.core.create_namespaced_config_map,
+                self.core.replace_namespaced_config_map,
+            ),
+        }[kind]
+        metadata = manifest["metadata"]
+        namespace, name = metadata["namespace"], metadata["name"]
+        try:
+            current = await _json(read, name, namespace)
+        except ApiException as error:
+            if not _is_not_found(error):
+                raise
+            await _json(create, namespace, manifest)
+            logger.info("created %s %s/%s", kind, namespace, name)
+            return True
+        owner_uids = {ref["uid"] for ref in metadata["ownerReferences"]}
+        current_owners = current["metadata"].get("ownerReferences") or []
+        if not any(ref.get("uid") in owner_uids for ref in current_owners):
+            raise OwnershipConflict(
+                f"{kind} {namespace}/{name} exists and is not owned by this ModelGateway"
+            )
+        labels = current["metadata"].get("labels") or {}
+        if (
+            (current.get("data") or {}) == manifest["data"]
+            and all(labels.get(k) == v for k, v in metadata["labels"].items())
+            and current_owners == metadata["ownerReferences"]
+        ):
+            return False
+        updated = {
+            **manifest,
+            "metadata": {
+                **metadata,
+                "labels": {**labels, **metadata["labels"]},
+                "resourceVersion": current["metadata"]["resourceVersion"],
+            },
+        }
+        await _json(replace, name, namespace, updated)
+        logger.info("updated %s %s/%s", kind, namespace, name)
+        return True
+
+    async def patch_status(
+        self, plural: str, namespace: str, name: str, status: Mapping[str, Any]
+    ) -> dict[str, Any] | None:
+        """Merge-patch the status subresource. None when the object is gone."""
+        try:
+            result: dict[str, Any] = await _json(
+                self.custom.patch_namespaced_custom_object_status,
+                GROUP,
+                VERSION,
+                namespace,
+                plural,
+                name,
+                {"status": status},
+                _content_type=MERGE_PATCH,
+            )
+        except ApiException as error:
+            if _is_not_found(error):
+                return None
+            raise
+        return result
+
+    async def post_event(
+        self, involved: Mapping[str, Any], event_type: str, reason: str, message: str
+    ) -> None:
+        """A core/v1 Event on `involved` (an object body), as `kubectl describe` shows them."""
+        metadata = involved["metadata"]
+        now = datetime.datetime.now(datetime.UTC)
+        event = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {
+                "name": f"{metadata['name']}.{uuid.uuid4().hex[:16]}",
+                "namespace": metadata["namespace"],
+            },
+            "involvedObject": {
+                "apiVersion": involved["apiVersion"],
+                "kind": involved["kind"],
+                "name": metadata["name"],
+                "namespace": metadata["namespace"],
+                "uid": metadata["uid"],
+            },
+            "type": event_type,
+            "reason": reason,
+            "message": message[:1024],
+            "source": {"component": REPORTING_COMPONENT},
+            "reportingComponent": REPORTING_COMPONENT,
+            "reportingInstance": os.environ.get("HOSTNAME", REPORTING_COMPONENT),
+            "firstTimestamp": now.isoformat().replace("+00:00", "Z"),
+            "lastTimestamp": now.isoformat().replace("+00:00", "Z"),
+            "count": 1,
+        }
+        try:
+            await _json(self.core.create_namespaced_event, metadata["namespace"], event)
+        except ApiException as error:
+            # An Event is informative; failing to post one must not fail the reconcile.
+            logger.warning("could not post Event %s on %s: %s", reason, metadata["name"], error.reason)

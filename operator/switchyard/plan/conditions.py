@@ -1,0 +1,71 @@
+"""Kubernetes conditions: desired state, transition times, and the transitions worth an Event."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class DesiredCondition:
+    type: str
+    status: str  # "True" | "False" | "Unknown"
+    reason: str
+    message: str
+
+    @classmethod
+    def true(cls, type_: str, reason: str, message: str) -> DesiredCondition:
+        return cls(type_, "True", reason, message)
+
+    @classmethod
+    def false(cls, type_: str, reason: str, message: str) -> DesiredCondition:
+        return cls(type_, "False", reason, message)
+
+
+@dataclass(frozen=True)
+class Transition:
+    """A condition whose status or reason changed: one Event."""
+
+    condition: DesiredCondition
+
+    @property
+    def event_type(self) -> str:
+        return "Normal" if self.condition.status == "True" else "Warning"
+
+
+def merge_conditions(
+    current: Sequence[dict[str, Any]],
+    desired: Sequence[DesiredCondition],
+    generation: int,
+    now: str,
+) -> list[dict[str, Any]]:
+    """The status.conditions list: lastTransitionTime moves only when the status does."""
+    previous = {c.get("type"): c for c in current}
+    merged = []
+    for condition in desired:
+        before = previous.get(condition.type)
+        changed = before is None or before.get("status") != condition.status
+        merged.append(
+            {
+                "type": condition.type,
+                "status": condition.status,
+                "reason": condition.reason,
+                "message": condition.message,
+                "lastTransitionTime": now if changed else before["lastTransitionTime"],
+                "observedGeneration": generation,
+            }
+        )
+    return merged
+
+
+def transitions(
+    current: Sequence[dict[str, Any]], desired: Sequence[DesiredCondition]
+) -> list[Transition]:
+    """Conditions whose status or reason differs from what the object shows now."""
+    previous = {c.get("type"): (c.get("status"), c.get("reason")) for c in current}
+    return [
+        Transition(c)
+        for c in desired
+        if previous.get(c.type) != (c.status, c.reason)
+    ]

@@ -1,0 +1,282 @@
+"""Everything one ModelGateway serves: which endpoints attach, which are refused and why.
+
+Model conflicts can only be judged with every endpoint of a gateway in view, so endpoint
+conditions are decided here too, in one pass per gateway.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from switchyard.api.models import ModelEndpointSpec, ModelGatewaySpec, NamespacesFrom
+from switchyard.plan.conditions import DesiredCondition
+from switchyard.plan.routing import EndpointPlan, plan_endpoint, zero_weight_tiers
+from switchyard.plan.selectors import selector_matches
+
+ObjectKey = tuple[str, str]  # (namespace, name)
+
+
+@dataclass(frozen=True)
+class GatewaySource:
+    namespace: str
+    name: str
+    generation: int
+    spec: ModelGatewaySpec
+
+
+@dataclass(frozen=True)
+class EndpointSource:
+    """One ModelEndpoint as read from the API server."""
+
+    namespace: str
+    name: str
+    generation: int
+    created: str  # RFC 3339 creationTimestamp; sorts chronologically as text
+    spec: ModelEndpointSpec | None
+    spec_error: str | None = None
+
+    @property
+    def key(self) -> ObjectKey:
+        return (self.namespace, self.name)
+
+
+@dataclass(frozen=True)
+class SecretKeys:
+    """What a plan may know of a Secret: which keys hold a non-empty value. Never the values."""
+
+    keys: frozenset[str]
+
+
+@dataclass(frozen=True)
+class CredentialCopy:
+    """One key the gateway's credentials Secret takes from an endpoint's Secret."""
+
+    target_key: str
+    source: ObjectKey
+    source_key: str
+
+
+@dataclass(frozen=True)
+class Rejection:
+    namespace: str
+    name: str
+    model: str
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class EndpointOutcome:
+    """The conditions an endpoint should show, and its plan when the gateway serves it."""
+
+    conditions: tuple[DesiredCondition, ...]
+    plan: EndpointPlan | None
+    spec: ModelEndpointSpec | None
+
+
+@dataclass
+class GatewayPlan:
+    namespace: str
+    name: str
+    gateway: GatewaySource | None
+    attached: list[EndpointPlan] = field(default_factory=list)
+    rejected: list[Rejection] = field(default_factory=list)
+    outcomes: dict[ObjectKey, EndpointOutcome] = field(default_factory=dict)
+    credentials: list[CredentialCopy] = field(default_factory=list)
+
+
+def gateway_key_of(endpoint_namespace: str, spec: ModelEndpointSpec) -> ObjectKey:
+    return (spec.gateway_ref.namespace or endpoint_namespace, spec.gateway_ref.name)
+
+
+def admits(gateway: GatewaySource, namespace: str, namespace_labels: Mapping[str, str] | None) -> bool:
+    policy = gateway.spec.allowed_endpoints.namespaces
+    if policy.from_ == NamespacesFrom.ALL:
+        return True
+    if policy.from_ == NamespacesFrom.SAME:
+        return namespace == gateway.namespace
+    return (
+        policy.selector is not None
+        and namespace_labels is not None
+        and selector_matches(policy.selector, namespace_labels)
+    )
+
+
+def plan_gateway(
+    key: ObjectKey,
+    gateway: GatewaySource | None,
+    endpoints: list[EndpointSource],
+    namespace_labels: Mapping[str, Mapping[str, str]],
+    secrets: Mapping[ObjectKey, SecretKeys | None],
+) -> GatewayPlan:
+    """Decide, for every endpoint that names this gateway, whether and how it is served.
+
+    `secrets` holds every Secret the endpoints reference; None marks one that does not exist.
+    """
+    namespace, name = key
+    result = GatewayPlan(namespace=namespace, name=name, gateway=gateway)
+    # The oldest endpoint keeps a contested model name; name order breaks ties.
+    ordered = sorted(endpoints, key=lambda e: (e.created, e.namespace, e.name))
+    claimed: dict[str, EndpointSource] = {}
+    for endpoint in ordered:
+        outcome = _decide(endpoint, key, gateway, namespace_labels, secrets, claimed)
+        result.outcomes[endpoint.key] = outcome
+        if outcome.plan is not None:
+            result.attached.append(outcome.plan)
+            result.credentials.extend(_credential_copies(endpoint, outcome.plan))
+        elif gateway is not None:
+            ready = outcome.conditions[-1]
+            result.rejected.append(
+                Rejection(
+                    namespace=endpoint.namespace,
+                    name=endpoint.name,
+                    model=endpoint.spec.model if endpoint.spec else "",
+                    reason=ready.reason,
+                    message=ready.message,
+                )
+            )
+    result.attached.sort(key=lambda p: p.model)
+    result.credentials.sort(key=lambda c: c.target_key)
+    return result
+
+
+def _decide(
+    endpoint: EndpointSource,
+    key: ObjectKey,
+    gateway: GatewaySource | None,
+    namespace_labels: Mapping[str, Mapping[str, str]],
+    secrets: Mapping[ObjectKey, SecretKeys | None],
+    claimed: dict[str, EndpointSource],
+) -> EndpointOutcome:
+    spec = endpoint.spec
+    gateway_name = f"{key[0]}/{key[1]}"
+    if spec is None:
+        accepted = DesiredCondition.false(
+            "Accepted", "InvalidSpec", f"spec is invalid: {endpoint.spec_error}"
+        )
+        return EndpointOutcome((accepted, _not_ready(accepted)), None, None)
+
+    unresolved = _unresolved_backends(endpoint.namespace, spec, secrets)
+    if unresolved:
+        resolved_refs = DesiredCondition.false(
+            "ResolvedRefs",
+            _common_reason(unresolved),
+            "; ".join(f"backend {b}: {why[1]}" for b, why in sorted(unresolved.items())),
+        )
+    else:
+        resolved_refs = DesiredCondition.true(
+            "ResolvedRefs", "ResolvedRefs", "all credentialsRef Secrets and keys resolved"
+        )
+
+    accepted = _accepted(endpoint, spec, gateway, gateway_name, namespace_labels, claimed)
+    if accepted.status == "False":
+        return EndpointOutcome((accepted, resolved_refs, _not_ready(accepted)), None, spec)
+
+    plan = plan_endpoint(
+        endpoint.namespace, endpoint.name, spec, {b: why[0] for b, why in unresolved.items()}
+    )
+    if not plan.routable:
+        ready = DesiredCondition.false(
+            "Ready",
+            "NoRoutableBackend",
+            "no backend can carry traffic: " + resolved_refs.message,
+        )
+        return EndpointOutcome((accepted, resolved_refs, ready), None, spec)
+    if unresolved:
+        ready = DesiredCondition.false(
+            "Ready",
+            "RefsNotResolved",
+            f"served by gateway {gateway_name} without backends "
+            + ", ".join(sorted(unresolved))
+            + ", whose credentials are not resolved",
+        )
+    else:
+        ready = DesiredCondition.true("Ready", "Ready", f"served by gateway {gateway_name}")
+    return EndpointOutcome((accepted, resolved_refs, ready), plan, spec)
+
+
+def _accepted(
+    endpoint: EndpointSource,
+    spec: ModelEndpointSpec,
+    gateway: GatewaySource | None,
+    gateway_name: str,
+    namespace_labels: Mapping[str, Mapping[str, str]],
+    claimed: dict[str, EndpointSource],
+) -> DesiredCondition:
+    if gateway is None:
+        return DesiredCondition.false(
+            "Accepted", "GatewayNotFound", f"ModelGateway {gateway_name} not found"
+        )
+    if not admits(gateway, endpoint.namespace, namespace_labels.get(endpoint.namespace)):
+        policy = gateway.spec.allowed_endpoints.namespaces.from_
+        return DesiredCondition.false(
+            "Accepted",
+            "NotAllowedByGateway",
+            f"ModelGateway {gateway_name} does not admit endpoints from namespace "
+            f"{endpoint.namespace} (allowedEndpoints.namespaces.from: {policy})",
+        )
+    empty_tiers = zero_weight_tiers(spec)
+    if empty_tiers:
+        return DesiredCondition.false(
+            "Accepted",
+            "ZeroWeightTier",
+            "every backend weight is 0 in priority tier "
+            + ", ".join(str(p) for p in empty_tiers)
+            + ": spec.backends[].weight",
+        )
+    owner = claimed.setdefault(spec.model, endpoint)
+    if owner is not endpoint:
+        return DesiredCondition.false(
+            "Accepted",
+            "ModelConflict",
+            f"model {spec.model!r} on ModelGateway {gateway_name} is already served by "
+            f"ModelEndpoint {owner.namespace}/{owner.name}, which is older",
+        )
+    return DesiredCondition.true("Accepted", "Accepted", f"attached to ModelGateway {gateway_name}")
+
+
+def _unresolved_backends(
+    namespace: str, spec: ModelEndpointSpec, secrets: Mapping[ObjectKey, SecretKeys | None]
+) -> dict[str, tuple[str, str]]:
+    """Backend name -> (reason, message) for every credentialsRef that does not resolve."""
+    unresolved: dict[str, tuple[str, str]] = {}
+    for backend in spec.backends:
+        ref = backend.credentials_ref
+        if ref is None:
+            continue
+        secret = secrets.get((namespace, ref.name))
+        if secret is None:
+            unresolved[backend.name] = (
+                "SecretNotFound",
+                f"Secret {namespace}/{ref.name} not found",
+            )
+        elif ref.key not in secret.keys:
+            unresolved[backend.name] = (
+                "SecretKeyNotFound",
+                f"Secret {namespace}/{ref.name} has no non-empty key {ref.key!r}",
+            )
+    return unresolved
+
+
+def _common_reason(unresolved: Mapping[str, tuple[str, str]]) -> str:
+    reasons = {reason for reason, _ in unresolved.values()}
+    return reasons.pop() if len(reasons) == 1 else "RefsNotResolved"
+
+
+def _not_ready(cause: DesiredCondition) -> DesiredCondition:
+    return DesiredCondition.false("Ready", cause.reason, cause.message)
+
+
+def _credential_copies(endpoint: EndpointSource, plan: EndpointPlan) -> list[CredentialCopy]:
+    assert endpoint.spec is not None
+    refs = {b.name: b.credentials_ref for b in endpoint.spec.backends}
+    copies = []
+    for backend in plan.backends:
+        ref = refs[backend.name]
+        if ref is None or backend.credentials_key is None or backend.unavailable_reason:
+            continue
+        copies.append(
+            CredentialCopy(backend.credentials_key, (endpoint.namespace, ref.name), ref.key)
+        )
+    return copies

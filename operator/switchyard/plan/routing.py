@@ -1,0 +1,129 @@
+"""The routing plan of one ModelEndpoint: tiers, effective weights and traffic shares."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from switchyard.api.models import Backend, ModelEndpointSpec, parse_duration
+
+
+@dataclass(frozen=True)
+class BackendRoute:
+    """One backend as the data plane should see it."""
+
+    name: str
+    provider: str
+    upstream_model: str
+    url: str
+    api_version: str | None
+    # Key in the gateway's credentials Secret that holds this backend's API key.
+    credentials_key: str | None
+    weight: int
+    priority: int
+    effective_weight: int
+    share: float
+    # Why the backend carries no weight although its spec gives it some.
+    unavailable_reason: str | None
+
+
+@dataclass(frozen=True)
+class EndpointPlan:
+    """Where the traffic of one public model name goes."""
+
+    namespace: str
+    name: str
+    model: str
+    backends: tuple[BackendRoute, ...]
+    retry_attempts: int
+    per_try_timeout_seconds: float
+    retry_on: tuple[str, ...]
+
+    @property
+    def routable(self) -> bool:
+        return any(b.effective_weight > 0 for b in self.backends)
+
+    @property
+    def split(self) -> str:
+        return format_split(self.backends)
+
+
+def credentials_key(namespace: str, endpoint: str, backend: str) -> str:
+    """The gateway Secret key of one backend. `_` is in no Kubernetes name, so keys never clash."""
+    return f"{namespace}_{endpoint}_{backend}"
+
+
+def zero_weight_tiers(spec: ModelEndpointSpec) -> list[int]:
+    """Priorities whose backends all have weight 0: such a tier could never carry traffic."""
+    weights: dict[int, int] = {}
+    for backend in spec.backends:
+        weights[backend.priority] = weights.get(backend.priority, 0) + backend.weight
+    return sorted(priority for priority, total in weights.items() if total == 0)
+
+
+def plan_endpoint(
+    namespace: str,
+    name: str,
+    spec: ModelEndpointSpec,
+    unavailable: Mapping[str, str] | None = None,
+) -> EndpointPlan:
+    """Compute effective weights and shares.
+
+    `unavailable` maps backend names to the reason they must carry no traffic (unresolved
+    credentials, failed probes). The lowest priority tier with any effective weight carries
+    all the traffic, split by weight; every other tier stands by with share 0.
+    """
+    unavailable = unavailable or {}
+    effective = {
+        b.name: 0 if b.name in unavailable else b.weight for b in spec.backends
+    }
+    tier_totals: dict[int, int] = {}
+    for backend in spec.backends:
+        tier_totals[backend.priority] = tier_totals.get(backend.priority, 0) + effective[backend.name]
+    active_tier = min((p for p, total in tier_totals.items() if total > 0), default=None)
+
+    def share(backend: Backend) -> float:
+        if backend.priority != active_tier:
+            return 0.0
+        return effective[backend.name] / tier_totals[backend.priority]
+
+    ordered = sorted(spec.backends, key=lambda b: (b.priority, b.name))
+    routes = tuple(
+        BackendRoute(
+            name=b.name,
+            provider=str(b.provider),
+            upstream_model=b.model,
+            url=b.base_url,
+            api_version=b.api_version,
+            credentials_key=(
+                credentials_key(namespace, name, b.name) if b.credentials_ref is not None else None
+            ),
+            weight=b.weight,
+            priority=b.priority,
+            effective_weight=effective[b.name],
+            share=share(b),
+            unavailable_reason=unavailable.get(b.name),
+        )
+        for b in ordered
+    )
+    return EndpointPlan(
+        namespace=namespace,
+        name=name,
+        model=spec.model,
+        backends=routes,
+        retry_attempts=spec.retry.attempts,
+        per_try_timeout_seconds=parse_duration(spec.retry.per_try_timeout),
+        retry_on=tuple(str(r) for r in spec.retry.retry_on),
+    )
+
+
+def format_split(backends: tuple[BackendRoute, ...]) -> str:
+    """`azure-eastus=70% claude=30%`: the backends that carry traffic now."""
+    parts = []
+    for backend in backends:
+        if backend.share <= 0:
+            continue
+        percent = backend.share * 100
+        text = f"{percent:.0f}" if abs(percent - round(percent)) < 0.05 else f"{percent:.1f}"
+        parts.append(f"{backend.name}={text}%")
+    return " ".join(parts)

@@ -1,0 +1,26 @@
+"""Kubernetes label selector semantics (metav1.LabelSelector)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from switchyard.api.models import LabelSelector
+
+
+def selector_matches(selector: LabelSelector, labels: Mapping[str, str]) -> bool:
+    """True when `labels` satisfy every matchLabels entry and every matchExpression."""
+    if any(labels.get(k) != v for k, v in selector.match_labels.items()):
+        return False
+    for requirement in selector.match_expressions:
+        present = requirement.key in labels
+        value = labels.get(requirement.key)
+        operator = requirement.operator
+        if operator == "In" and value not in requirement.values:
+            return False
+        if operator == "NotIn" and present and value in requirement.values:
+            return False
+        if operator == "Exists" and not present:
+            return False
+        if operator == "DoesNotExist" and present:
+            return False
+    return True

@@ -1,0 +1,133 @@
+"""The objects a ModelGateway owns: its credentials Secret and its routing-plan ConfigMap."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from switchyard.plan.gateway import GatewayPlan, ObjectKey
+
+MANAGED_BY = "switchyard"
+GATEWAY_LABEL = "switchyard.dev/gateway"
+PLAN_KEY = "plan.json"
+_MAX_NAME = 253
+
+
+def owned_name(gateway: str, suffix: str) -> str:
+    """`<gateway>-<suffix>`, shortened with a hash when it would pass the 253-character limit."""
+    name = f"{gateway}-{suffix}"
+    if len(name) <= _MAX_NAME:
+        return name
+    digest = hashlib.sha256(gateway.encode()).hexdigest()[:10]
+    return f"{gateway[: _MAX_NAME - len(suffix) - 12].rstrip('-.')}-{digest}-{suffix}"
+
+
+def credentials_secret_name(gateway: str) -> str:
+    return owned_name(gateway, "switchyard-credentials")
+
+
+def plan_configmap_name(gateway: str) -> str:
+    return owned_name(gateway, "switchyard-plan")
+
+
+def plan_document(plan: GatewayPlan) -> dict[str, Any]:
+    """The routing plan as data: what every data plane renders from. Holds no key material."""
+    return {
+        "gateway": {"namespace": plan.namespace, "name": plan.name},
+        "endpoints": [
+            {
+                "namespace": p.namespace,
+                "name": p.name,
+                "model": p.model,
+                "split": p.split,
+                "retry": {
+                    "attempts": p.retry_attempts,
+                    "perTryTimeoutSeconds": p.per_try_timeout_seconds,
+                    "retryOn": list(p.retry_on),
+                },
+                "backends": [
+                    {
+                        "name": b.name,
+                        "provider": b.provider,
+                        "model": b.upstream_model,
+                        "url": b.url,
+                        "apiVersion": b.api_version,
+                        "credentialsKey": b.credentials_key,
+                        "priority": b.priority,
+                        "weight": b.weight,
+                        "effectiveWeight": b.effective_weight,
+                        "share": round(b.share, 6),
+                        "unavailableReason": b.unavailable_reason,
+                    }
+                    for b in p.backends
+                ],
+            }
+            for p in plan.attached
+        ],
+        "rejected": [
+            {
+                "namespace": r.namespace,
+                "name": r.name,
+                "model": r.model,
+                "reason": r.reason,
+                "message": r.message,
+            }
+            for r in plan.rejected
+        ],
+    }
+
+
+def _metadata(plan: GatewayPlan, name: str, owner_uid: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "namespace": plan.namespace,
+        "labels": {
+            "app.kubernetes.io/managed-by": MANAGED_BY,
+            "app.kubernetes.io/part-of": "switchyard",
+            GATEWAY_LABEL: plan.name[:63],
+        },
+        "ownerReferences": [
+            {
+                "apiVersion": "switchyard.dev/v1alpha1",
+                "kind": "ModelGateway",
+                "name": plan.name,
+                "uid": owner_uid,
+                "controller": True,
+                "blockOwnerDeletion": True,
+            }
+        ],
+    }
+
+
+def plan_configmap(plan: GatewayPlan, owner_uid: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": _metadata(plan, plan_configmap_name(plan.name), owner_uid),
+        "data": {PLAN_KEY: json.dumps(plan_document(plan), indent=2, sort_keys=True) + "\n"},
+    }
+
+
+def credentials_secret(
+    plan: GatewayPlan, owner_uid: str, secret_data: Mapping[ObjectKey, Mapping[str, str]]
+) -> dict[str, Any]:
+    """The gateway's credentials: one key per backend it serves, copied from the endpoints'
+    Secrets (`secret_data` holds their base64 `data`, as the API server returns it)."""
+    data = {
+        copy.target_key: secret_data[copy.source][copy.source_key] for copy in plan.credentials
+    }
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": "Opaque",
+        "metadata": _metadata(plan, credentials_secret_name(plan.name), owner_uid),
+        "data": data,
+    }
+
+
+def decoded_non_empty_keys(data: Mapping[str, str] | None) -> frozenset[str]:
+    """Keys of a Secret's base64 `data` whose value is not empty (an empty key counts as missing)."""
+    return frozenset(k for k, v in (data or {}).items() if v and base64.b64decode(v).strip())

@@ -1,0 +1,68 @@
+"""The `status` of each kind, from the plan and what the object shows now."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from switchyard.plan.conditions import DesiredCondition, merge_conditions
+from switchyard.plan.gateway import EndpointOutcome, GatewayPlan
+
+
+def endpoint_status(
+    outcome: EndpointOutcome, current: dict[str, Any], generation: int, now: str
+) -> dict[str, Any]:
+    plan = outcome.plan
+    routes = {b.name: b for b in plan.backends} if plan else {}
+    backends = []
+    for backend in outcome.spec.backends if outcome.spec else []:
+        route = routes.get(backend.name)
+        entry: dict[str, Any] = {
+            "name": backend.name,
+            # Probes come later; until a backend is probed it is assumed healthy.
+            "healthy": True,
+            "effectiveWeight": route.effective_weight if route else 0,
+            "consecutiveFailures": 0,
+        }
+        if route and route.unavailable_reason:
+            entry["reason"] = route.unavailable_reason
+        elif not route:
+            entry["reason"] = "NotServed"
+        backends.append(entry)
+    return {
+        "observedGeneration": generation,
+        "conditions": merge_conditions(
+            current.get("conditions") or [], outcome.conditions, generation, now
+        ),
+        "split": plan.split if plan else "",
+        "backends": backends,
+    }
+
+
+def gateway_conditions(plan: GatewayPlan) -> tuple[DesiredCondition, ...]:
+    attached = len(plan.attached)
+    rejected = len(plan.rejected)
+    accepted = DesiredCondition.true("Accepted", "Accepted", "spec accepted")
+    message = f"{attached} endpoint(s) attached"
+    if rejected:
+        message += f", {rejected} rejected (listed in the routing plan ConfigMap)"
+    ready = DesiredCondition.true("Ready", "Ready", message)
+    return (accepted, ready)
+
+
+def gateway_status(
+    plan: GatewayPlan,
+    current: dict[str, Any],
+    generation: int,
+    now: str,
+    conditions: tuple[DesiredCondition, ...],
+) -> dict[str, Any]:
+    return {
+        "observedGeneration": generation,
+        "conditions": merge_conditions(current.get("conditions") or [], conditions, generation, now),
+        "attachedEndpoints": len(plan.attached),
+    }
+
+
+def status_differs(current: dict[str, Any], desired: dict[str, Any]) -> bool:
+    """Whether writing `desired` would change anything the object shows."""
+    return any(current.get(key) != value for key, value in desired.items())
