@@ -15,6 +15,7 @@ Development tooling: the operator never imports this module.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import ipaddress
 import json
@@ -59,11 +60,21 @@ def build() -> Path:
     partial = BIN_DIR.with_name(BIN_DIR.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
-    print(f"building Kubernetes {KUBERNETES_VERSION} control plane into {BIN_DIR} "
-          "(about 6 minutes on 2 cores, once)", file=sys.stderr, flush=True)
+    print(
+        f"building Kubernetes {KUBERNETES_VERSION} control plane into {BIN_DIR} "
+        "(about 6 minutes on 2 cores, once)",
+        file=sys.stderr,
+        flush=True,
+    )
     subprocess.run(
         [
-            "go", "build", "-trimpath", "-ldflags", " ".join(flags), "-o", f"{partial}/",
+            "go",
+            "build",
+            "-trimpath",
+            "-ldflags",
+            " ".join(flags),
+            "-o",
+            f"{partial}/",
             "./etcd",
             "k8s.io/kubernetes/cmd/kube-apiserver",
             "k8s.io/kubernetes/cmd/kube-controller-manager",
@@ -151,9 +162,15 @@ def _write_pki(pki: Path) -> None:
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
         .add_extension(
             x509.KeyUsage(
-                digital_signature=True, key_cert_sign=True, crl_sign=True,
-                content_commitment=False, key_encipherment=False, data_encipherment=False,
-                key_agreement=False, encipher_only=False, decipher_only=False,
+                digital_signature=True,
+                key_cert_sign=True,
+                crl_sign=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                encipher_only=False,
+                decipher_only=False,
             ),
             critical=True,
         )
@@ -162,8 +179,12 @@ def _write_pki(pki: Path) -> None:
     write_key("ca.key", ca_key)
     (pki / "ca.crt").write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
 
-    def issue(name: str, subj: x509.Name, usage: x509.ObjectIdentifier,
-              sans: list[x509.GeneralName] | None = None) -> None:
+    def issue(
+        name: str,
+        subj: x509.Name,
+        usage: x509.ObjectIdentifier,
+        sans: list[x509.GeneralName] | None = None,
+    ) -> None:
         key = ec.generate_private_key(ec.SECP256R1())
         builder = (
             x509.CertificateBuilder()
@@ -224,7 +245,10 @@ def _kubeconfig(server: str, pki: Path) -> str:
                 }
             ],
             "contexts": [
-                {"name": "switchyard-local", "context": {"cluster": "switchyard-local", "user": "admin"}}
+                {
+                    "name": "switchyard-local",
+                    "context": {"cluster": "switchyard-local", "user": "admin"},
+                }
             ],
             "current-context": "switchyard-local",
         },
@@ -232,8 +256,13 @@ def _kubeconfig(server: str, pki: Path) -> str:
     )
 
 
-def _wait_ready(server: str, pki: Path, processes: dict[str, subprocess.Popen[bytes]],
-                logs: Path, timeout: float = 90.0) -> None:
+def _wait_ready(
+    server: str,
+    pki: Path,
+    processes: dict[str, subprocess.Popen[bytes]],
+    logs: Path,
+    timeout: float = 90.0,
+) -> None:
     context = ssl.create_default_context(cafile=str(pki / "ca.crt"))
     context.load_cert_chain(str(pki / "admin.crt"), str(pki / "admin.key"))
     deadline = time.monotonic() + timeout
@@ -359,10 +388,8 @@ def stop(directory: Path) -> None:
 
 
 def _reap(pid: int) -> None:
-    try:
+    with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -44,8 +44,10 @@ def _format_plan(plan: EndpointPlan, gateway: str) -> str:
         rows.append((str(b.priority), b.name, b.provider, b.upstream_model, str(b.weight), share))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = [f"{plan.namespace}/{plan.name}: model {plan.model!r} on gateway {gateway}"]
-    lines += ["  " + "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
-              for row in rows]
+    lines += [
+        "  " + "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+        for row in rows
+    ]
     lines.append(f"  split: {plan.split}")
     return "\n".join(lines)
 
@@ -127,15 +129,23 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     run = commands.add_parser("run", help="run the operator against the current cluster")
     run.add_argument(
-        "--namespace", "-n", action="append", default=[],
+        "--namespace",
+        "-n",
+        action="append",
+        default=[],
         help="watch only this namespace (repeatable); default: all namespaces",
     )
     run.add_argument("--verbose", action="store_true", help="log more")
     run.add_argument("--debug", action="store_true", help="log everything Kopf does")
 
     plan = commands.add_parser("plan", help="print routing plans of ModelEndpoint files, offline")
-    plan.add_argument("-f", "--filename", action="append", required=True,
-                      help="YAML file with ModelEndpoints ('-' for stdin); repeatable")
+    plan.add_argument(
+        "-f",
+        "--filename",
+        action="append",
+        required=True,
+        help="YAML file with ModelEndpoints ('-' for stdin); repeatable",
+    )
     plan.add_argument("-o", "--output", choices=["table", "json"], default="table")
 
     crds = commands.add_parser("crds", help="write the CRDs generated from the models")

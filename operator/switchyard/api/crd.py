@@ -19,11 +19,13 @@ from switchyard.api.models import (
     ModelGatewayStatus,
 )
 
+
 def structural_schema(model: type[BaseModel]) -> dict[str, Any]:
     """The OpenAPI v3 schema of a model as the API server wants it: no refs, no nulls."""
     schema = model.model_json_schema(by_alias=True)
     definitions = schema.pop("$defs", {})
-    return _clean(schema, definitions)
+    cleaned: dict[str, Any] = _clean(schema, definitions)
+    return cleaned
 
 
 def _clean(node: Any, definitions: dict[str, Any]) -> Any:
@@ -110,8 +112,7 @@ def _crd(
                             "properties": {
                                 "apiVersion": {
                                     "type": "string",
-                                    "description": "APIVersion of this object: "
-                                    f"{GROUP}/{VERSION}.",
+                                    "description": f"APIVersion of this object: {GROUP}/{VERSION}.",
                                 },
                                 "kind": {"type": "string", "description": f"Always {kind}."},
                                 "metadata": {"type": "object"},

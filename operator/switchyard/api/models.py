@@ -13,6 +13,8 @@ from typing import Annotated, Any
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 
+JsonDict = dict[str, Any]
+
 GROUP = "switchyard.dev"
 VERSION = "v1alpha1"
 API_VERSION = f"{GROUP}/{VERSION}"
@@ -39,7 +41,7 @@ def _positive_duration(value: str) -> str:
     return value
 
 
-def cel(rule: str, message: str, **extra: str) -> dict[str, str]:
+def cel(rule: str, message: str, **extra: str) -> JsonDict:
     """One `x-kubernetes-validations` entry."""
     return {"rule": rule, "message": message, **extra}
 
@@ -94,7 +96,11 @@ DEFAULT_URLS: dict[str, str] = {
 PROVIDERS_NEEDING_URL = [p.value for p in Provider if p.value not in DEFAULT_URLS]
 # A self-hosted OpenAI-compatible server may need no key; Bedrock and Vertex AI may use
 # workload identity. The hosted APIs always authenticate with a key.
-PROVIDERS_NEEDING_KEY = [Provider.OPENAI.value, Provider.AZURE_OPENAI.value, Provider.ANTHROPIC.value]
+PROVIDERS_NEEDING_KEY = [
+    Provider.OPENAI.value,
+    Provider.AZURE_OPENAI.value,
+    Provider.ANTHROPIC.value,
+]
 
 
 class RetryOn(StrEnum):
@@ -163,8 +169,7 @@ class Backend(_Model):
         "or OpenAICompatible (self-hosted servers such as vLLM)."
     )
     model: str = Field(
-        description="Upstream model id sent to the provider. For AzureOpenAI, the deployment "
-        "name.",
+        description="Upstream model id sent to the provider. For AzureOpenAI, the deployment name.",
         min_length=1,
         max_length=253,
     )
@@ -288,7 +293,11 @@ class Retry(_Model):
         default="30s", description="Time one attempt may take before it is retried."
     )
     retry_on: list[RetryOn] = Field(
-        default_factory=lambda: [RetryOn.CONNECT_FAILURE, RetryOn.SERVER_ERROR, RetryOn.RATE_LIMITED],
+        default_factory=lambda: [
+            RetryOn.CONNECT_FAILURE,
+            RetryOn.SERVER_ERROR,
+            RetryOn.RATE_LIMITED,
+        ],
         max_length=4,
         description="Failures that are retried: ConnectFailure, ServerError (5xx), "
         "RateLimited (429) and Timeout.",
@@ -461,7 +470,8 @@ class LabelSelector(_Model):
         default_factory=dict, description="Labels a namespace must carry, all of them."
     )
     match_expressions: list[LabelSelectorRequirement] = Field(
-        default_factory=list, description="Requirements a namespace's labels must meet, all of them."
+        default_factory=list,
+        description="Requirements a namespace's labels must meet, all of them.",
     )
 
 

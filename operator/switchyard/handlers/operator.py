@@ -19,6 +19,7 @@ from switchyard.handlers.state import Store, object_key
 from switchyard.handlers.sync import GatewaySync
 from switchyard.kube.client import Kube, connect
 from switchyard.kube.secrets import SecretCache
+from switchyard.plan.gateway import ObjectKey
 from switchyard.render.objects import GATEWAY_LABEL, MANAGED_BY
 
 logger = logging.getLogger(__name__)
@@ -43,6 +44,8 @@ def configure(settings: kopf.OperatorSettings) -> None:
     # Kopf would post its own handler logs as Events on every watched object, Secrets
     # included; Switchyard posts its own, meaningful ones.
     settings.posting.enabled = False
+    # Kopf reports every event handler call; for a cluster's worth of Secrets that is noise.
+    logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     settings.networking.request_timeout = 60
@@ -60,12 +63,16 @@ async def start(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
     for body in await kube.list_custom("modelendpoints"):
         store.put_endpoint(body)
     for namespace in await kube.list_namespaces():
-        store.put_namespace(namespace["metadata"]["name"], namespace["metadata"].get("labels") or {})
+        store.put_namespace(
+            namespace["metadata"]["name"], namespace["metadata"].get("labels") or {}
+        )
     sync = GatewaySync(store, kube, SecretCache(kube))
     sync.mark(store.gateway_keys())
     worker = asyncio.create_task(sync.run(), name="switchyard-gateway-sync")
     memo.runtime = Runtime(store=store, kube=kube, sync=sync, worker=worker)
-    logger.info("primed with %d gateways and %d endpoints", len(store.gateways), len(store.endpoints))
+    logger.info(
+        "primed with %d gateways and %d endpoints", len(store.gateways), len(store.endpoints)
+    )
 
 
 @kopf.on.cleanup()
@@ -76,15 +83,11 @@ async def stop(memo: Any, **_: Any) -> None:
     await runtime.kube.close()
 
 
-def _deleted(event_type: str | None, body: kopf.Body) -> bool:
-    return event_type == "DELETED"
-
-
 @kopf.on.event(GROUP, VERSION, "modelendpoints")
 async def endpoint_event(type: str | None, body: kopf.Body, memo: Any, **_: Any) -> None:
     runtime = _runtime(memo)
     raw = dict(body)
-    if _deleted(type, body):
+    if type == "DELETED":
         runtime.sync.mark(runtime.store.delete_endpoint(object_key(raw)))
     else:
         runtime.sync.mark(runtime.store.put_endpoint(raw))
@@ -94,7 +97,7 @@ async def endpoint_event(type: str | None, body: kopf.Body, memo: Any, **_: Any)
 async def gateway_event(type: str | None, body: kopf.Body, memo: Any, **_: Any) -> None:
     runtime = _runtime(memo)
     raw = dict(body)
-    if _deleted(type, body):
+    if type == "DELETED":
         runtime.sync.mark(runtime.store.delete_gateway(object_key(raw)))
     else:
         runtime.sync.mark(runtime.store.put_gateway(raw))
@@ -103,7 +106,7 @@ async def gateway_event(type: str | None, body: kopf.Body, memo: Any, **_: Any) 
 @kopf.on.event("", "v1", "namespaces")
 async def namespace_event(type: str | None, body: kopf.Body, memo: Any, **_: Any) -> None:
     runtime = _runtime(memo)
-    labels = None if _deleted(type, body) else dict(body.metadata.labels)
+    labels = None if type == "DELETED" else dict(body.metadata.labels)
     runtime.sync.mark(runtime.store.put_namespace(body.metadata.name, labels))
 
 
@@ -114,8 +117,8 @@ async def secret_event(type: str | None, body: kopf.Body, memo: Any, **_: Any) -
     Never logs: a Secret's body is key material.
     """
     runtime = _runtime(memo)
-    key = (body.metadata.namespace, body.metadata.name)
-    data = None if _deleted(type, body) else dict(body.get("data") or {})
+    key = _key(body)
+    data = None if type == "DELETED" else dict(body.get("data") or {})
     if runtime.sync.secrets.observe(key, data):
         runtime.sync.mark(runtime.store.gateways_using_secret(key))
     _mark_owner(runtime, body)
@@ -127,9 +130,13 @@ async def configmap_event(body: kopf.Body, memo: Any, **_: Any) -> None:
     _mark_owner(_runtime(memo), body)
 
 
+def _key(body: kopf.Body) -> ObjectKey:
+    return (body.metadata.namespace or "", body.metadata.name or "")
+
+
 def _mark_owner(runtime: Runtime, body: kopf.Body) -> None:
     labels = body.metadata.labels
     if labels.get("app.kubernetes.io/managed-by") == MANAGED_BY and GATEWAY_LABEL in labels:
         for owner in body.metadata.get("ownerReferences") or []:
             if owner.get("kind") == "ModelGateway":
-                runtime.sync.mark({(body.metadata.namespace, owner["name"])})
+                runtime.sync.mark({(_key(body)[0], owner["name"])})

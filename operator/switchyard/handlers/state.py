@@ -55,7 +55,11 @@ def _endpoint_record(body: dict[str, Any]) -> EndpointRecord:
     gateway = (
         gateway_key_of(namespace, spec)
         if spec
-        else ((gateway_ref.get("namespace") or namespace, gateway_ref["name"]) if "name" in gateway_ref else None)
+        else (
+            (gateway_ref.get("namespace") or namespace, gateway_ref["name"])
+            if "name" in gateway_ref
+            else None
+        )
     )
     secrets = frozenset(
         (namespace, b.credentials_ref.name)

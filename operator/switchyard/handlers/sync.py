@@ -12,21 +12,19 @@ import logging
 import time
 from typing import Any
 
-from kubernetes_asyncio.client.exceptions import ApiException
-
 from switchyard import metrics
-from switchyard.kube.client import Kube, OwnershipConflict
+from switchyard.handlers.state import Store
+from switchyard.kube.client import Kube, OwnershipConflict, describe_error
 from switchyard.kube.secrets import SecretCache
 from switchyard.plan.conditions import DesiredCondition, transitions
 from switchyard.plan.gateway import GatewayPlan, ObjectKey, SecretKeys, plan_gateway
-from switchyard.render.objects import credentials_secret, decoded_non_empty_keys, plan_configmap
+from switchyard.render.objects import credentials_secret, plan_configmap
 from switchyard.render.status import (
     endpoint_status,
     gateway_conditions,
     gateway_status,
     status_differs,
 )
-from switchyard.handlers.state import Store
 
 logger = logging.getLogger(__name__)
 
@@ -35,8 +33,11 @@ MAX_BACKOFF_SECONDS = 30.0
 
 
 def _now() -> str:
-    return datetime.datetime.now(datetime.UTC).replace(microsecond=0).isoformat().replace(
-        "+00:00", "Z"
+    return (
+        datetime.datetime.now(datetime.UTC)
+        .replace(microsecond=0)
+        .isoformat()
+        .replace("+00:00", "Z")
     )
 
 
@@ -84,9 +85,12 @@ class GatewaySync:
             self._failures[key] = failures
             delay = min(MAX_BACKOFF_SECONDS, 0.5 * 2 ** (failures - 1))
             metrics.RECONCILE_ERRORS.labels(*key).inc()
-            reason = error.reason if isinstance(error, ApiException) else type(error).__name__
-            logger.error("pass over ModelGateway %s failed (%s); retrying in %.1fs",
-                         _fmt(key), reason, delay, exc_info=not isinstance(error, ApiException))
+            logger.error(
+                "pass over ModelGateway %s failed (%s); retrying in %.1fs",
+                _fmt(key),
+                describe_error(error),
+                delay,
+            )
             asyncio.get_running_loop().call_later(delay, self.mark, {key})
         else:
             self._failures.pop(key, None)
@@ -102,9 +106,7 @@ class GatewaySync:
             for secret in record.secrets:
                 if secret not in secret_keys:
                     data = await self.secrets.get(secret)
-                    secret_keys[secret] = (
-                        None if data is None else SecretKeys(decoded_non_empty_keys(data))
-                    )
+                    secret_keys[secret] = None if data is None else SecretKeys.from_data(data)
         gateway = gateway_record.source if gateway_record else None
         plan = plan_gateway(
             key,
@@ -135,7 +137,9 @@ class GatewaySync:
                 DesiredCondition.false("Ready", "InvalidSpec", "the gateway spec is invalid"),
             )
         else:
-            secret_data = {s: await self._secret_data(s) for s in {c.source for c in plan.credentials}}
+            secret_data = {
+                s: await self._secret_data(s) for s in {c.source for c in plan.credentials}
+            }
             try:
                 for manifest in (
                     plan_configmap(plan, uid),
@@ -177,7 +181,9 @@ class GatewaySync:
             condition = change.condition
             if condition.status == "True" and condition.type != "Ready":
                 continue  # recoveries show in the Ready transition; one Event, not three
-            await self.kube.post_event(updated, change.event_type, condition.reason, condition.message)
+            await self.kube.post_event(
+                updated, change.event_type, condition.reason, condition.message
+            )
             metrics.API_WRITES.labels("events").inc()
 
     async def wait_idle(self) -> None:

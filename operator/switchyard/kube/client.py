@@ -21,6 +21,13 @@ MERGE_PATCH = "application/merge-patch+json"
 REPORTING_COMPONENT = "switchyard"
 
 
+def describe_error(error: Exception) -> str:
+    """A short, key-free description of a failed API call, for logs."""
+    if isinstance(error, ApiException):
+        return f"{error.status} {error.reason}"
+    return type(error).__name__
+
+
 class OwnershipConflict(Exception):
     """An object with the name the operator needs exists and belongs to someone else."""
 
@@ -28,7 +35,7 @@ class OwnershipConflict(Exception):
 async def connect() -> client.ApiClient:
     """A client for the cluster that KUBECONFIG, ~/.kube/config or the Pod's account names."""
     if os.environ.get("KUBERNETES_SERVICE_HOST") and not os.environ.get("KUBECONFIG"):
-        config.load_incluster_config()
+        config.load_incluster_config()  # type: ignore[no-untyped-call]
     else:
         await config.load_kube_config()
     return client.ApiClient()
@@ -189,4 +196,6 @@ class Kube:
             await _json(self.core.create_namespaced_event, metadata["namespace"], event)
         except ApiException as error:
             # An Event is informative; failing to post one must not fail the reconcile.
-            logger.warning("could not post Event %s on %s: %s", reason, metadata["name"], error.reason)
+            logger.warning(
+                "could not post Event %s on %s: %s", reason, metadata["name"], error.reason
+            )

@@ -44,15 +44,15 @@ def merge_conditions(
     previous = {c.get("type"): c for c in current}
     merged = []
     for condition in desired:
-        before = previous.get(condition.type)
-        changed = before is None or before.get("status") != condition.status
+        before = previous.get(condition.type) or {}
+        unchanged = before.get("status") == condition.status
         merged.append(
             {
                 "type": condition.type,
                 "status": condition.status,
                 "reason": condition.reason,
                 "message": condition.message,
-                "lastTransitionTime": now if changed else before["lastTransitionTime"],
+                "lastTransitionTime": before["lastTransitionTime"] if unchanged else now,
                 "observedGeneration": generation,
             }
         )
@@ -64,8 +64,4 @@ def transitions(
 ) -> list[Transition]:
     """Conditions whose status or reason differs from what the object shows now."""
     previous = {c.get("type"): (c.get("status"), c.get("reason")) for c in current}
-    return [
-        Transition(c)
-        for c in desired
-        if previous.get(c.type) != (c.status, c.reason)
-    ]
+    return [Transition(c) for c in desired if previous.get(c.type) != (c.status, c.reason)]

@@ -6,6 +6,7 @@ conditions are decided here too, in one pass per gateway.
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -46,6 +47,11 @@ class SecretKeys:
     """What a plan may know of a Secret: which keys hold a non-empty value. Never the values."""
 
     keys: frozenset[str]
+
+    @classmethod
+    def from_data(cls, data: Mapping[str, str]) -> SecretKeys:
+        """From a Secret's base64 `data`. A blank value counts as a missing key."""
+        return cls(frozenset(k for k, v in data.items() if v and base64.b64decode(v).strip()))
 
 
 @dataclass(frozen=True)
@@ -90,7 +96,9 @@ def gateway_key_of(endpoint_namespace: str, spec: ModelEndpointSpec) -> ObjectKe
     return (spec.gateway_ref.namespace or endpoint_namespace, spec.gateway_ref.name)
 
 
-def admits(gateway: GatewaySource, namespace: str, namespace_labels: Mapping[str, str] | None) -> bool:
+def admits(
+    gateway: GatewaySource, namespace: str, namespace_labels: Mapping[str, str] | None
+) -> bool:
     policy = gateway.spec.allowed_endpoints.namespaces
     if policy.from_ == NamespacesFrom.ALL:
         return True

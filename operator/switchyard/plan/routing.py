@@ -74,12 +74,12 @@ def plan_endpoint(
     all the traffic, split by weight; every other tier stands by with share 0.
     """
     unavailable = unavailable or {}
-    effective = {
-        b.name: 0 if b.name in unavailable else b.weight for b in spec.backends
-    }
+    effective = {b.name: 0 if b.name in unavailable else b.weight for b in spec.backends}
     tier_totals: dict[int, int] = {}
     for backend in spec.backends:
-        tier_totals[backend.priority] = tier_totals.get(backend.priority, 0) + effective[backend.name]
+        tier_totals[backend.priority] = (
+            tier_totals.get(backend.priority, 0) + effective[backend.name]
+        )
     active_tier = min((p for p, total in tier_totals.items() if total > 0), default=None)
 
     def share(backend: Backend) -> float:
@@ -87,7 +87,7 @@ def plan_endpoint(
             return 0.0
         return effective[backend.name] / tier_totals[backend.priority]
 
-    ordered = sorted(spec.backends, key=lambda b: (b.priority, b.name))
+    ordered = sorted(spec.backends, key=lambda b: b.priority)  # stable: spec order within a tier
     routes = tuple(
         BackendRoute(
             name=b.name,

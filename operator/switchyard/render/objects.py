@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 from collections.abc import Mapping
@@ -116,9 +115,7 @@ def credentials_secret(
 ) -> dict[str, Any]:
     """The gateway's credentials: one key per backend it serves, copied from the endpoints'
     Secrets (`secret_data` holds their base64 `data`, as the API server returns it)."""
-    data = {
-        copy.target_key: secret_data[copy.source][copy.source_key] for copy in plan.credentials
-    }
+    data = {copy.target_key: secret_data[copy.source][copy.source_key] for copy in plan.credentials}
     return {
         "apiVersion": "v1",
         "kind": "Secret",
@@ -126,8 +123,3 @@ def credentials_secret(
         "metadata": _metadata(plan, credentials_secret_name(plan.name), owner_uid),
         "data": data,
     }
-
-
-def decoded_non_empty_keys(data: Mapping[str, str] | None) -> frozenset[str]:
-    """Keys of a Secret's base64 `data` whose value is not empty (an empty key counts as missing)."""
-    return frozenset(k for k, v in (data or {}).items() if v and base64.b64decode(v).strip())

@@ -58,7 +58,9 @@ def gateway_status(
 ) -> dict[str, Any]:
     return {
         "observedGeneration": generation,
-        "conditions": merge_conditions(current.get("conditions") or [], conditions, generation, now),
+        "conditions": merge_conditions(
+            current.get("conditions") or [], conditions, generation, now
+        ),
         "attachedEndpoints": len(plan.attached),
     }
 

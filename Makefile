@@ -1,0 +1,58 @@
+# Two commands do all the set-up on a fresh machine: `make demo` and `make test`.
+# Python packages come from PyPI into .venv; the Kubernetes control plane is built with Go
+# once and cached in $(SWITCHYARD_CACHE) (default ~/.cache/switchyard), outside the repo.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | cksum | cut -d' ' -f1)
+
+.PHONY: all venv controlplane lint test unit integration demo demo-down crds cluster-up cluster-down kind-e2e clean
+
+all: test
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev]'
+	rm -f $(VENV)/.installed-* && touch $@
+
+venv: $(STAMP)
+
+controlplane: venv
+	$(BIN)/python hack/localcluster.py build
+
+crds: venv
+	$(BIN)/switchyard crds
+
+lint: venv
+	$(BIN)/ruff check operator tests hack
+	$(BIN)/ruff format --check operator tests hack
+	$(BIN)/mypy
+	$(BIN)/lint-imports
+
+unit: venv
+	$(BIN)/pytest tests/unit
+
+integration: controlplane
+	$(BIN)/pytest tests/integration
+
+# The whole suite: lint, layering contracts, unit and integration tests on a real API server
+# (the local control plane, or the cluster KUBECONFIG names).
+test: lint controlplane
+	$(BIN)/pytest tests
+
+demo: controlplane
+	$(BIN)/python hack/demo.py $(if $(KEEP),--keep)
+
+demo-down: venv
+	$(BIN)/python hack/demo.py --down
+
+# A control plane to use by hand: `make cluster-up`, then export the KUBECONFIG it prints.
+cluster-up: controlplane
+	$(BIN)/python hack/localcluster.py start --dir $(or $(DIR),.state/cluster)
+
+cluster-down: venv
+	$(BIN)/python hack/localcluster.py stop --dir $(or $(DIR),.state/cluster)
+
+clean:
+	rm -rf $(VENV) .state .pytest_cache .mypy_cache .ruff_cache

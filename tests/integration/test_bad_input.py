@@ -1,0 +1,284 @@
+"""Bad input: refused by the API server where the schema can tell, reported by the operator
+where only it can, and never at the cost of the other endpoints' traffic."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+
+from tests_support.backends import anthropic_backend, local_backend, openai_backend
+from tests_support.cluster import condition, eventually
+from tests_support.scenario import Scenario
+
+pytestmark = pytest.mark.integration
+
+
+def serve_healthy_endpoint(scenario: Scenario) -> None:
+    """A good endpoint beside every bad one: it must stay Ready throughout."""
+    scenario.secret("providers", {"api-key": scenario.new_key()})
+    scenario.cluster.apply(
+        scenario.gateway_manifest(),
+        scenario.endpoint_manifest("healthy", [openai_backend("oai", "providers")]),
+    )
+    scenario.wait_condition("healthy", "Ready", "True")
+
+
+def assert_healthy_endpoint_still_served(scenario: Scenario) -> None:
+    assert condition(scenario.endpoint("healthy"), "Ready")["status"] == "True"  # type: ignore[index]
+    assert "healthy" in [e["model"] for e in scenario.plan()["endpoints"]]
+    assert f"{scenario.app_namespace}_healthy_oai" in scenario.credentials()
+
+
+def warning_events(scenario: Scenario, name: str) -> list[tuple[str, str]]:
+    return [
+        (e["reason"], e["message"])
+        for e in scenario.events()
+        if e["involvedObject"]["name"] == name and e["type"] == "Warning"
+    ]
+
+
+def _backend(**fields: Any) -> dict[str, Any]:
+    backend: dict[str, Any] = local_backend("a")
+    backend.update(fields)
+    return {k: v for k, v in backend.items() if v is not None}
+
+
+# (what is wrong, how to break a good spec, text the API server's message must contain)
+REFUSED: list[tuple[str, dict[str, Any], list[str]]] = [
+    (
+        "weight above 1000",
+        {"backends": [_backend(weight=1001)]},
+        ["spec.backends[0].weight", "less than or equal to 1000"],
+    ),
+    (
+        "negative weight",
+        {"backends": [_backend(weight=-1)]},
+        ["spec.backends[0].weight", "greater than or equal to 0"],
+    ),
+    (
+        "negative priority",
+        {"backends": [_backend(priority=-1)]},
+        ["spec.backends[0].priority", "greater than or equal to 0"],
+    ),
+    ("no backends", {"backends": []}, ["spec.backends", "at least 1 items"]),
+    (
+        "17 backends",
+        {"backends": [_backend(name=f"b{i}") for i in range(17)]},
+        ["spec.backends", "must have at most 16 items"],
+    ),
+    (
+        "duplicate backend names",
+        {"backends": [_backend(), _backend()]},
+        ["spec.backends", "Duplicate value"],
+    ),
+    (
+        "apiVersion on a non-Azure backend",
+        {"backends": [_backend(apiVersion="2024-10-21")]},
+        ["spec.backends[0].apiVersion", "apiVersion is only valid for provider AzureOpenAI"],
+    ),
+    (
+        "url missing for AzureOpenAI",
+        {
+            "backends": [
+                _backend(provider="AzureOpenAI", url=None, credentialsRef={"name": "s", "key": "k"})
+            ]
+        },
+        ["spec.backends[0].url", "url is required"],
+    ),
+    (
+        "url missing for OpenAICompatible",
+        {"backends": [_backend(url=None)]},
+        ["spec.backends[0].url", "url is required"],
+    ),
+    (
+        "url that is not http",
+        {"backends": [_backend(url="ftp://models.example")]},
+        ["spec.backends[0].url", "http or https"],
+    ),
+    (
+        "unknown provider",
+        {"backends": [_backend(provider="Mistral")]},
+        ["spec.backends[0].provider", 'Unsupported value: "Mistral"'],
+    ),
+    (
+        "backend name that is not a DNS label",
+        {"backends": [_backend(name="Bad_Name")]},
+        ["spec.backends[0].name", "should match"],
+    ),
+    (
+        "malformed duration",
+        {"healthCheck": {"interval": "15 seconds"}},
+        ["spec.healthCheck.interval", "should match"],
+    ),
+    (
+        "zero duration",
+        {"retry": {"perTryTimeout": "0s"}},
+        ["spec.retry.perTryTimeout", "must be a positive duration"],
+    ),
+    (
+        "timeout longer than interval",
+        {"healthCheck": {"interval": "5s", "timeout": "10s"}},
+        ["spec.healthCheck.timeout", "timeout must not exceed interval"],
+    ),
+    (
+        "unhealthyThreshold below 1",
+        {"healthCheck": {"unhealthyThreshold": 0}},
+        ["spec.healthCheck.unhealthyThreshold", "greater than or equal to 1"],
+    ),
+    (
+        "healthyThreshold below 1",
+        {"healthCheck": {"healthyThreshold": 0}},
+        ["spec.healthCheck.healthyThreshold", "greater than or equal to 1"],
+    ),
+    ("missing model", {"model": None}, ["spec.model", "Required value"]),
+]
+
+
+def test_bad_specs_are_refused_at_apply_naming_the_field(scenario: Scenario) -> None:
+    serve_healthy_endpoint(scenario)
+    good = scenario.endpoint_manifest("bad", [local_backend("a")])
+    wrong = []
+    for what, change, expected in REFUSED:
+        document = copy.deepcopy(good)
+        document["spec"].update(change)
+        document["spec"] = {k: v for k, v in document["spec"].items() if v is not None}
+        message = scenario.cluster.apply_rejected(document)
+        missing = [text for text in expected if text not in message]
+        if missing:
+            wrong.append(f"{what}: {missing} not in {message!r}")
+    assert not wrong, "\n".join(wrong)
+    assert scenario.endpoint("bad") is None
+
+    gateway = scenario.gateway_manifest(
+        "bad-gateway", allowedEndpoints={"namespaces": {"from": "Selector"}}
+    )
+    message = scenario.cluster.apply_rejected(gateway)
+    assert "spec.allowedEndpoints.namespaces.selector" in message
+    assert "selector is required when from is Selector" in message
+    assert_healthy_endpoint_still_served(scenario)
+
+
+def test_a_missing_gateway_is_reported_until_it_exists(scenario: Scenario) -> None:
+    serve_healthy_endpoint(scenario)
+    scenario.cluster.apply(
+        scenario.endpoint_manifest("orphan", [local_backend("a")], gateway="elsewhere")
+    )
+    accepted = scenario.wait_condition("orphan", "Accepted", "False", "GatewayNotFound")
+    assert f"ModelGateway {scenario.gateway_namespace}/elsewhere not found" in accepted["message"]
+    assert condition(scenario.endpoint("orphan"), "Ready")["status"] == "False"  # type: ignore[index]
+    assert ("GatewayNotFound", accepted["message"]) in warning_events(scenario, "orphan")
+    described = scenario.cluster.kubectl(
+        "describe", "modelendpoint", "orphan", "-n", scenario.app_namespace
+    )
+    assert "GatewayNotFound" in described
+    assert "elsewhere not found" in described
+    assert_healthy_endpoint_still_served(scenario)
+
+    scenario.cluster.apply(scenario.gateway_manifest("elsewhere"))
+    scenario.wait_condition("orphan", "Ready", "True")
+
+
+def test_a_namespace_the_gateway_does_not_admit_is_reported_until_it_is_labelled(
+    scenario: Scenario,
+) -> None:
+    serve_healthy_endpoint(scenario)
+    outsider = f"{scenario.app_namespace}-out"
+    scenario.cluster.apply(
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": outsider}}
+    )
+    try:
+        scenario.cluster.apply(
+            scenario.endpoint_manifest("intruder", [local_backend("a")], namespace=outsider)
+        )
+        accepted = scenario.wait_condition(
+            "intruder", "Accepted", "False", "NotAllowedByGateway", namespace=outsider
+        )
+        assert f"does not admit endpoints from namespace {outsider}" in accepted["message"]
+        assert "intruder" in [r["name"] for r in scenario.plan()["rejected"]]
+        assert_healthy_endpoint_still_served(scenario)
+
+        scenario.cluster.kubectl(
+            "label", "namespace", outsider, f"switchyard.test/access={scenario.app_namespace}"
+        )
+        scenario.wait_condition("intruder", "Ready", "True", namespace=outsider)
+    finally:
+        scenario.cluster.kubectl("delete", "namespace", outsider, "--wait=false")
+
+
+def test_a_missing_secret_or_key_is_reported_and_the_rest_still_served(scenario: Scenario) -> None:
+    serve_healthy_endpoint(scenario)
+    scenario.cluster.apply(
+        scenario.endpoint_manifest(
+            "partial",
+            [openai_backend("oai", "providers"), anthropic_backend("claude", "anthropic-keys")],
+        ),
+        scenario.endpoint_manifest("keyless", [openai_backend("oai", "providers", key="nope")]),
+    )
+    refs = scenario.wait_condition("partial", "ResolvedRefs", "False", "SecretNotFound")
+    assert (
+        f"backend claude: Secret {scenario.app_namespace}/anthropic-keys not found"
+        in refs["message"]
+    )
+    ready = scenario.wait_condition("partial", "Ready", "False", "RefsNotResolved")
+    assert "claude" in ready["message"]
+    partial = scenario.endpoint("partial")
+    assert partial is not None
+    assert partial["status"]["split"] == "oai=100%"
+    assert {b["name"]: b["effectiveWeight"] for b in partial["status"]["backends"]} == {
+        "oai": 1,
+        "claude": 0,
+    }
+    missing_key = scenario.wait_condition("keyless", "ResolvedRefs", "False", "SecretKeyNotFound")
+    assert "has no non-empty key 'nope'" in missing_key["message"]
+    scenario.wait_condition("keyless", "Ready", "False", "NoRoutableBackend")
+    assert ("SecretKeyNotFound", missing_key["message"]) in warning_events(scenario, "keyless")
+    assert_healthy_endpoint_still_served(scenario)
+
+    # An empty value counts as a missing key; a real one resolves it.
+    scenario.secret("anthropic-keys", {"api-key": ""})
+    scenario.wait_condition("partial", "ResolvedRefs", "False", "SecretKeyNotFound")
+    scenario.secret("anthropic-keys", {"api-key": scenario.new_key()})
+    scenario.wait_condition("partial", "Ready", "True")
+    eventually(lambda: f"{scenario.app_namespace}_partial_claude" in scenario.credentials())
+
+
+def test_the_older_endpoint_keeps_a_contested_model(scenario: Scenario) -> None:
+    serve_healthy_endpoint(scenario)
+    scenario.cluster.apply(
+        scenario.endpoint_manifest("first", [local_backend("a")], model="shared-model")
+    )
+    scenario.wait_condition("first", "Ready", "True")
+    scenario.cluster.apply(
+        scenario.endpoint_manifest("second", [local_backend("b")], model="shared-model")
+    )
+    accepted = scenario.wait_condition("second", "Accepted", "False", "ModelConflict")
+    assert "'shared-model'" in accepted["message"]
+    assert f"{scenario.app_namespace}/first" in accepted["message"]
+    assert condition(scenario.endpoint("first"), "Ready")["status"] == "True"  # type: ignore[index]
+    models = {e["name"]: e["model"] for e in scenario.plan()["endpoints"]}
+    assert models["first"] == "shared-model"
+    assert "second" not in models
+    assert_healthy_endpoint_still_served(scenario)
+
+    scenario.cluster.delete("modelendpoints", "first", scenario.app_namespace)
+    scenario.wait_condition("second", "Ready", "True")
+
+
+def test_a_tier_whose_weights_are_all_zero_is_reported(scenario: Scenario) -> None:
+    serve_healthy_endpoint(scenario)
+    scenario.cluster.apply(
+        scenario.endpoint_manifest(
+            "idle",
+            [
+                local_backend("a", weight=0),
+                local_backend("b", weight=0),
+                local_backend("c", priority=1),
+            ],
+        )
+    )
+    accepted = scenario.wait_condition("idle", "Accepted", "False", "ZeroWeightTier")
+    assert "priority tier 0" in accepted["message"]
+    assert ("ZeroWeightTier", accepted["message"]) in warning_events(scenario, "idle")
+    assert_healthy_endpoint_still_served(scenario)

@@ -1,0 +1,201 @@
+"""The operator reconciling endpoints and gateways on a real API server."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests_support.backends import anthropic_backend, local_backend, openai_backend
+from tests_support.cluster import condition, eventually
+from tests_support.scenario import Scenario, sync_passes
+
+pytestmark = pytest.mark.integration
+
+
+def test_endpoints_become_ready_with_their_split_and_the_gateway_gets_its_objects(
+    scenario: Scenario,
+) -> None:
+    openai_key, anthropic_key = scenario.new_key(), scenario.new_key()
+    scenario.secret("providers", {"openai": openai_key, "anthropic": anthropic_key})
+    scenario.cluster.apply(
+        scenario.gateway_manifest(),
+        scenario.endpoint_manifest(
+            "chat",
+            [
+                openai_backend("oai", "providers", key="openai", weight=70),
+                anthropic_backend("claude", "providers", key="anthropic", weight=30),
+                local_backend("llama", priority=1),
+            ],
+        ),
+    )
+    ready = scenario.wait_condition("chat", "Ready", "True", "Ready")
+    chat = scenario.endpoint("chat")
+    assert chat is not None
+    assert chat["status"]["split"] == "oai=70% claude=30%"
+    assert chat["status"]["observedGeneration"] == chat["metadata"]["generation"]
+    assert ready["message"] == f"served by gateway {scenario.gateway_namespace}/shared"
+    assert {c["type"]: c["status"] for c in chat["status"]["conditions"]} == {
+        "Accepted": "True",
+        "ResolvedRefs": "True",
+        "Ready": "True",
+    }
+    backends = {b["name"]: b for b in chat["status"]["backends"]}
+    assert {n: b["effectiveWeight"] for n, b in backends.items()} == {
+        "oai": 70,
+        "claude": 30,
+        "llama": 1,
+    }
+    assert all(b["healthy"] for b in backends.values())
+
+    gateway = eventually(lambda: (g := scenario.gateway()) and condition(g, "Ready") and g)
+    assert gateway["status"]["attachedEndpoints"] == 1
+    assert condition(gateway, "Accepted")["status"] == "True"  # type: ignore[index]
+
+    app = scenario.app_namespace
+    assert scenario.credentials() == {
+        f"{app}_chat_oai": openai_key,
+        f"{app}_chat_claude": anthropic_key,
+    }
+    plan = scenario.plan()
+    [entry] = plan["endpoints"]
+    assert entry["model"] == "chat"
+    assert entry["split"] == "oai=70% claude=30%"
+    assert [(b["name"], b["share"], b["credentialsKey"]) for b in entry["backends"]] == [
+        ("oai", 0.7, f"{app}_chat_oai"),
+        ("claude", 0.3, f"{app}_chat_claude"),
+        ("llama", 0.0, None),
+    ]
+    events = [(e["type"], e["reason"]) for e in scenario.events()]
+    assert ("Normal", "Ready") in events
+
+    table = scenario.cluster.kubectl("get", "modelendpoints", "-n", app)
+    assert table.split("\n")[0].split() == ["NAME", "MODEL", "GATEWAY", "SPLIT", "READY", "AGE"]
+    assert "oai=70%" in table
+    assert "True" in table
+
+
+def test_a_rotated_key_reaches_the_gateway_credentials(scenario: Scenario) -> None:
+    first, second = scenario.new_key(), scenario.new_key()
+    scenario.secret("providers", {"api-key": first})
+    scenario.cluster.apply(
+        scenario.gateway_manifest(),
+        scenario.endpoint_manifest("chat", [openai_backend("oai", "providers")]),
+    )
+    scenario.wait_condition("chat", "Ready", "True")
+    key = f"{scenario.app_namespace}_chat_oai"
+    assert scenario.credentials()[key] == first
+
+    scenario.secret("providers", {"api-key": second})
+    eventually(lambda: scenario.credentials()[key] == second, timeout=5)
+
+
+def test_editing_weights_updates_split_status_and_plan(scenario: Scenario) -> None:
+    scenario.secret("providers", {"api-key": scenario.new_key()})
+    backends = [
+        openai_backend("a", "providers", weight=1),
+        openai_backend("b", "providers", weight=1),
+    ]
+    scenario.cluster.apply(
+        scenario.gateway_manifest(), scenario.endpoint_manifest("chat", backends)
+    )
+    scenario.wait_condition("chat", "Ready", "True")
+
+    backends[1]["weight"] = 3
+    scenario.cluster.apply(scenario.endpoint_manifest("chat", backends))
+    chat = eventually(
+        lambda: (e := scenario.endpoint("chat")) and e["status"].get("split") == "a=25% b=75%" and e
+    )
+    assert chat["status"]["observedGeneration"] == 2
+    assert scenario.plan()["endpoints"][0]["split"] == "a=25% b=75%"
+
+
+def test_deleting_an_endpoint_removes_its_entries(scenario: Scenario) -> None:
+    scenario.secret("providers", {"api-key": scenario.new_key()})
+    scenario.cluster.apply(
+        scenario.gateway_manifest(),
+        scenario.endpoint_manifest("chat", [openai_backend("oai", "providers")]),
+        scenario.endpoint_manifest("embed", [openai_backend("oai", "providers")]),
+    )
+    scenario.wait_condition("chat", "Ready", "True")
+    scenario.wait_condition("embed", "Ready", "True")
+    app = scenario.app_namespace
+    assert set(scenario.credentials()) == {f"{app}_chat_oai", f"{app}_embed_oai"}
+
+    scenario.cluster.delete("modelendpoints", "embed", app)
+    eventually(lambda: set(scenario.credentials()) == {f"{app}_chat_oai"})
+    assert [e["model"] for e in scenario.plan()["endpoints"]] == ["chat"]
+    eventually(lambda: (g := scenario.gateway()) and g["status"]["attachedEndpoints"] == 1)
+
+
+def test_deleting_a_gateway_is_reported_and_recreating_it_recovers(scenario: Scenario) -> None:
+    scenario.secret("providers", {"api-key": scenario.new_key()})
+    scenario.cluster.apply(
+        scenario.gateway_manifest(),
+        scenario.endpoint_manifest("chat", [openai_backend("oai", "providers")]),
+    )
+    scenario.wait_condition("chat", "Ready", "True")
+    scenario.cluster.delete("modelgateways", "shared", scenario.gateway_namespace)
+    accepted = scenario.wait_condition("chat", "Accepted", "False", "GatewayNotFound")
+    assert f"{scenario.gateway_namespace}/shared not found" in accepted["message"]
+    eventually(
+        lambda: (
+            scenario.cluster.get(
+                "secrets", "shared-switchyard-credentials", scenario.gateway_namespace
+            )
+            is None
+        ),
+        timeout=30,
+    )
+
+    scenario.cluster.apply(scenario.gateway_manifest())
+    scenario.wait_condition("chat", "Ready", "True")
+    eventually(lambda: scenario.credentials())
+
+
+def test_the_operator_repairs_the_objects_it_owns(scenario: Scenario) -> None:
+    key = scenario.new_key()
+    scenario.secret("providers", {"api-key": key})
+    scenario.cluster.apply(
+        scenario.gateway_manifest(),
+        scenario.endpoint_manifest("chat", [openai_backend("oai", "providers")]),
+    )
+    scenario.wait_condition("chat", "Ready", "True")
+    eventually(lambda: scenario.credentials())
+    namespace = scenario.gateway_namespace
+
+    scenario.cluster.delete("configmaps", "shared-switchyard-plan", namespace)
+    eventually(lambda: scenario.plan()["endpoints"])
+    scenario.cluster.kubectl(
+        "patch",
+        "secret",
+        "shared-switchyard-credentials",
+        "-n",
+        namespace,
+        "--type=merge",
+        "-p",
+        '{"data": {"stray": "c3RyYXk="}}',
+    )
+    eventually(lambda: set(scenario.credentials()) == {f"{scenario.app_namespace}_chat_oai"})
+
+
+def test_many_endpoint_changes_coalesce_into_few_passes(scenario: Scenario) -> None:
+    scenario.secret("providers", {"api-key": scenario.new_key()})
+    scenario.cluster.apply(scenario.gateway_manifest())
+    eventually(lambda: condition(scenario.gateway(), "Ready"))
+    before = sync_passes(scenario.gateway_namespace, "shared")
+    count = 40
+    scenario.cluster.apply(
+        *(
+            scenario.endpoint_manifest(f"model-{i}", [openai_backend("oai", "providers")])
+            for i in range(count)
+        )
+    )
+    eventually(
+        lambda: (g := scenario.gateway()) and g["status"]["attachedEndpoints"] == count, timeout=30
+    )
+    for i in range(count):
+        scenario.wait_condition(f"model-{i}", "Ready", "True")
+    passes = sync_passes(scenario.gateway_namespace, "shared") - before
+    # One pass per debounce window, plus the echoes of the gateway's own writes; never one
+    # (let alone N) per endpoint.
+    assert passes <= count / 4, f"{passes} passes for {count} endpoint changes"
+    assert len(scenario.credentials()) == count

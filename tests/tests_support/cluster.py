@@ -1,0 +1,103 @@
+"""Talking to the test cluster the way a user does: kubectl, with JSON in and out."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+T = TypeVar("T")
+
+# Kinds whose every object a no-write check snapshots in the test namespaces.
+SNAPSHOT_KINDS = ("modelendpoints", "modelgateways", "secrets", "configmaps", "events")
+
+
+class KubectlError(Exception):
+    def __init__(self, command: list[str], stderr: str) -> None:
+        super().__init__(f"kubectl {' '.join(command)}: {stderr}")
+        self.stderr = stderr
+
+
+class Cluster:
+    def __init__(self, kubectl: Path, kubeconfig: str) -> None:
+        self.kubectl_path = kubectl
+        self.kubeconfig = kubeconfig
+
+    def kubectl(self, *args: str, stdin: str | None = None, check: bool = True) -> str:
+        command = [str(self.kubectl_path), "--kubeconfig", self.kubeconfig, *args]
+        done = subprocess.run(command, input=stdin, capture_output=True, text=True, timeout=60)
+        if check and done.returncode != 0:
+            raise KubectlError(list(args), done.stderr.strip())
+        return done.stdout
+
+    def apply(self, *documents: dict[str, Any]) -> None:
+        self.kubectl("apply", "-f", "-", stdin=yaml.safe_dump_all(documents))
+
+    def apply_rejected(self, document: dict[str, Any]) -> str:
+        """Apply a document the API server must refuse; returns its error text."""
+        try:
+            self.apply(document)
+        except KubectlError as error:
+            return error.stderr
+        raise AssertionError(f"the API server accepted {document['metadata']['name']}")
+
+    def get(self, kind: str, name: str, namespace: str) -> dict[str, Any] | None:
+        out = self.kubectl("get", kind, name, "-n", namespace, "-o", "json", "--ignore-not-found")
+        return json.loads(out) if out.strip() else None
+
+    def list(self, kind: str, namespace: str) -> list[dict[str, Any]]:
+        items: list[dict[str, Any]] = json.loads(
+            self.kubectl("get", kind, "-n", namespace, "-o", "json")
+        )["items"]
+        return items
+
+    def delete(self, kind: str, name: str, namespace: str, wait: bool = True) -> None:
+        self.kubectl(
+            "delete",
+            kind,
+            name,
+            "-n",
+            namespace,
+            "--ignore-not-found",
+            f"--wait={str(wait).lower()}",
+        )
+
+    def versions(self, namespaces: Iterable[str]) -> dict[tuple[str, str, str], str]:
+        """resourceVersion of every object of SNAPSHOT_KINDS: equal snapshots mean no writes."""
+        snapshot = {}
+        for namespace in namespaces:
+            for kind in SNAPSHOT_KINDS:
+                for item in self.list(kind, namespace):
+                    metadata = item["metadata"]
+                    snapshot[(kind, namespace, metadata["name"])] = metadata["resourceVersion"]
+        return snapshot
+
+
+def eventually(check: Callable[[], T | None], timeout: float = 20.0, interval: float = 0.2) -> T:
+    """Poll until `check` returns something truthy; fail with its last value."""
+    deadline = time.monotonic() + timeout
+    last: T | None = None
+    while True:
+        try:
+            last = check()
+        except AssertionError:
+            if time.monotonic() > deadline:
+                raise
+            last = None
+        if last:
+            return last
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s (last: {last!r})")
+        time.sleep(interval)
+
+
+def condition(obj: dict[str, Any] | None, type_: str) -> dict[str, Any] | None:
+    for entry in ((obj or {}).get("status") or {}).get("conditions") or []:
+        if entry["type"] == type_:
+            return dict(entry)
+    return None

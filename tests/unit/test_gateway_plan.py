@@ -1,0 +1,157 @@
+"""One pass over a gateway: admission, model conflicts, Secret resolution, conditions."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from switchyard.api.models import ModelEndpointSpec, ModelGatewaySpec
+from switchyard.plan.gateway import (
+    EndpointSource,
+    GatewaySource,
+    SecretKeys,
+    plan_gateway,
+)
+
+GATEWAY_KEY = ("infra", "shared")
+
+
+def gateway(namespaces: dict[str, Any] | None = None) -> GatewaySource:
+    spec = ModelGatewaySpec.model_validate(
+        {"allowedEndpoints": {"namespaces": namespaces or {"from": "All"}}}
+    )
+    return GatewaySource("infra", "shared", 1, spec)
+
+
+def endpoint(
+    name: str,
+    namespace: str = "team-a",
+    model: str | None = None,
+    created: str = "2026-01-01T00:00:00Z",
+    backends: list[dict[str, Any]] | None = None,
+) -> EndpointSource:
+    spec = ModelEndpointSpec.model_validate(
+        {
+            "gatewayRef": {"name": "shared", "namespace": "infra"},
+            "model": model or name,
+            "backends": backends
+            or [
+                {
+                    "name": "oai",
+                    "provider": "OpenAI",
+                    "model": "gpt-4o",
+                    "weight": 3,
+                    "credentialsRef": {"name": "keys", "key": "openai"},
+                },
+                {
+                    "name": "claude",
+                    "provider": "Anthropic",
+                    "model": "claude",
+                    "weight": 1,
+                    "credentialsRef": {"name": "keys", "key": "anthropic"},
+                },
+            ],
+        }
+    )
+    return EndpointSource(namespace, name, 1, created, spec)
+
+
+ALL_KEYS = {("team-a", "keys"): SecretKeys(frozenset({"openai", "anthropic"}))}
+
+
+def conditions(plan: Any, key: tuple[str, str]) -> dict[str, tuple[str, str]]:
+    return {c.type: (c.status, c.reason) for c in plan.outcomes[key].conditions}
+
+
+def test_an_admitted_endpoint_with_resolved_refs_is_attached_and_ready() -> None:
+    plan = plan_gateway(GATEWAY_KEY, gateway(), [endpoint("chat")], {}, ALL_KEYS)
+    assert [p.model for p in plan.attached] == ["chat"]
+    assert conditions(plan, ("team-a", "chat")) == {
+        "Accepted": ("True", "Accepted"),
+        "ResolvedRefs": ("True", "ResolvedRefs"),
+        "Ready": ("True", "Ready"),
+    }
+    copies = {(c.target_key, c.source, c.source_key) for c in plan.credentials}
+    assert copies == {
+        ("team-a_chat_oai", ("team-a", "keys"), "openai"),
+        ("team-a_chat_claude", ("team-a", "keys"), "anthropic"),
+    }
+
+
+def test_a_missing_gateway_is_reported_on_its_endpoints() -> None:
+    plan = plan_gateway(GATEWAY_KEY, None, [endpoint("chat")], {}, ALL_KEYS)
+    assert conditions(plan, ("team-a", "chat"))["Accepted"] == ("False", "GatewayNotFound")
+    assert "infra/shared" in plan.outcomes[("team-a", "chat")].conditions[0].message
+    assert plan.attached == []
+    assert plan.credentials == []
+
+
+def test_namespace_admission_same_all_and_selector() -> None:
+    same = gateway({"from": "Same"})
+    plan = plan_gateway(GATEWAY_KEY, same, [endpoint("chat")], {}, ALL_KEYS)
+    assert conditions(plan, ("team-a", "chat"))["Accepted"] == ("False", "NotAllowedByGateway")
+    assert plan.rejected[0].reason == "NotAllowedByGateway"
+
+    selector = gateway({"from": "Selector", "selector": {"matchLabels": {"ai": "yes"}}})
+    labels = {"team-a": {"ai": "yes"}}
+    plan = plan_gateway(GATEWAY_KEY, selector, [endpoint("chat")], labels, ALL_KEYS)
+    assert conditions(plan, ("team-a", "chat"))["Accepted"] == ("True", "Accepted")
+    plan = plan_gateway(GATEWAY_KEY, selector, [endpoint("chat")], {"team-a": {}}, ALL_KEYS)
+    assert conditions(plan, ("team-a", "chat"))["Accepted"] == ("False", "NotAllowedByGateway")
+
+
+def test_the_older_endpoint_keeps_a_contested_model() -> None:
+    older = endpoint("old", model="chat", created="2026-01-01T00:00:00Z")
+    newer = endpoint("new", model="chat", created="2026-02-01T00:00:00Z")
+    plan = plan_gateway(GATEWAY_KEY, gateway(), [newer, older], {}, ALL_KEYS)
+    assert conditions(plan, ("team-a", "old"))["Ready"] == ("True", "Ready")
+    assert conditions(plan, ("team-a", "new"))["Accepted"] == ("False", "ModelConflict")
+    message = plan.outcomes[("team-a", "new")].conditions[0].message
+    assert "'chat'" in message
+    assert "team-a/old" in message
+    assert [(p.name, p.model) for p in plan.attached] == [("old", "chat")]
+    assert {c.target_key for c in plan.credentials} == {"team-a_old_oai", "team-a_old_claude"}
+
+
+def test_a_missing_secret_or_key_takes_only_that_backend_out() -> None:
+    keys = {("team-a", "keys"): SecretKeys(frozenset({"openai"}))}
+    plan = plan_gateway(GATEWAY_KEY, gateway(), [endpoint("chat")], {}, keys)
+    state = conditions(plan, ("team-a", "chat"))
+    assert state["ResolvedRefs"] == ("False", "SecretKeyNotFound")
+    assert state["Ready"] == ("False", "RefsNotResolved")
+    assert state["Accepted"] == ("True", "Accepted")
+    routes = {b.name: b.effective_weight for b in plan.attached[0].backends}
+    assert routes == {"oai": 3, "claude": 0}
+    assert [c.target_key for c in plan.credentials] == ["team-a_chat_oai"]
+
+
+def test_an_endpoint_whose_every_secret_is_missing_is_not_attached() -> None:
+    plan = plan_gateway(GATEWAY_KEY, gateway(), [endpoint("chat")], {}, {("team-a", "keys"): None})
+    state = conditions(plan, ("team-a", "chat"))
+    assert state["ResolvedRefs"] == ("False", "SecretNotFound")
+    assert state["Ready"] == ("False", "NoRoutableBackend")
+    assert plan.attached == []
+    assert plan.rejected[0].reason == "NoRoutableBackend"
+    assert "Secret team-a/keys not found" in plan.outcomes[("team-a", "chat")].conditions[1].message
+
+
+def test_a_tier_with_only_zero_weights_is_refused() -> None:
+    backends = [
+        {"name": "a", "provider": "OpenAICompatible", "model": "m", "url": "http://a", "weight": 0},
+        {
+            "name": "b",
+            "provider": "OpenAICompatible",
+            "model": "m",
+            "url": "http://b",
+            "priority": 1,
+        },
+    ]
+    plan = plan_gateway(GATEWAY_KEY, gateway(), [endpoint("chat", backends=backends)], {}, {})
+    assert conditions(plan, ("team-a", "chat"))["Accepted"] == ("False", "ZeroWeightTier")
+    assert plan.attached == []
+
+
+def test_an_invalid_spec_is_reported_without_a_plan() -> None:
+    broken = EndpointSource("team-a", "broken", 1, "", None, "backends: too short")
+    plan = plan_gateway(GATEWAY_KEY, gateway(), [broken, endpoint("chat")], {}, ALL_KEYS)
+    assert conditions(plan, ("team-a", "broken"))["Accepted"] == ("False", "InvalidSpec")
+    assert [p.name for p in plan.attached] == ["chat"]
