@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | cksum | cut -d' ' -f1)
 
-.PHONY: all venv controlplane lint test unit integration demo demo-down crds cluster-up cluster-down kind-e2e clean
+.PHONY: all venv controlplane lint test unit integration demo demo-down crds cluster-up cluster-down clean
 
 all: test
 

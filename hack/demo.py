@@ -49,8 +49,11 @@ def main() -> int:
     print(f"control plane up; export KUBECONFIG={cluster.kubeconfig}")
     kubectl("apply", "--server-side", "--force-conflicts", "-f", str(ROOT / "crds"))
     kubectl(
-        "wait", "--for=condition=Established", "--timeout=60s",
-        "crd/modelendpoints.switchyard.dev", "crd/modelgateways.switchyard.dev",
+        "wait",
+        "--for=condition=Established",
+        "--timeout=60s",
+        "crd/modelendpoints.switchyard.dev",
+        "crd/modelgateways.switchyard.dev",
     )
 
     _stop_operator()
@@ -65,16 +68,36 @@ def main() -> int:
     for endpoint in endpoints:
         metadata = endpoint["metadata"]
         kubectl(
-            "wait", "--for=condition=Ready", "--timeout=60s", "-n", metadata["namespace"],
+            "wait",
+            "--for=condition=Ready",
+            "--timeout=60s",
+            "-n",
+            metadata["namespace"],
             f"modelendpoint/{metadata['name']}",
         )
-    show("the gateway and its endpoints, Ready with their splits",
-         "get", "modelgateways,modelendpoints", "-A")
-    show("why an endpoint is Ready, and its transitions",
-         "describe", "modelendpoint", "chat", "-n", "team-a")
-    show("what the gateway owns: credentials (a Secret) and its routing plan (a ConfigMap)",
-         "get", "secrets,configmaps", "-n", "ai-gateway", "-l",
-         "app.kubernetes.io/managed-by=switchyard")
+    show(
+        "the gateway and its endpoints, Ready with their splits",
+        "get",
+        "modelgateways,modelendpoints",
+        "-A",
+    )
+    show(
+        "why an endpoint is Ready, and its transitions",
+        "describe",
+        "modelendpoint",
+        "chat",
+        "-n",
+        "team-a",
+    )
+    show(
+        "what the gateway owns: credentials (a Secret) and its routing plan (a ConfigMap)",
+        "get",
+        "secrets,configmaps",
+        "-n",
+        "ai-gateway",
+        "-l",
+        "app.kubernetes.io/managed-by=switchyard",
+    )
 
     if args.keep:
         print(f"\nleft running. export KUBECONFIG={cluster.kubeconfig}; `make demo-down` stops it.")

@@ -116,7 +116,12 @@ def run_command(namespaces: Sequence[str], verbose: bool, debug: bool) -> int:
 
     kopf.configure(verbose=verbose, debug=debug)
     # Standalone: one operator instance at a time (a Recreate Deployment), no peering CRDs.
-    kopf.run(standalone=True, clusterwide=not namespaces, namespaces=list(namespaces))
+    kopf.run(
+        standalone=True,
+        clusterwide=not namespaces,
+        namespaces=list(namespaces),
+        memo=kopf.Memo(namespaces=tuple(namespaces)),
+    )
     return 0
 
 

@@ -235,7 +235,7 @@ class Scenario:
                 "modelgateways", gateway["metadata"]["name"], self.gateway_namespace
             )
             for kind, name in owned:
-                eventually(
-                    lambda k=kind, n=name: self.cluster.get(k, n, self.gateway_namespace) is None,
-                    timeout=30,
-                )
+                self._wait_deleted(kind, name)
+
+    def _wait_deleted(self, kind: str, name: str) -> None:
+        eventually(lambda: self.cluster.get(kind, name, self.gateway_namespace) is None, timeout=30)

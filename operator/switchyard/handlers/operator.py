@@ -58,9 +58,11 @@ async def start(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
     store = Store()
     # Prime the store before the first pass: a pass over a half-listed gateway would drop
     # endpoints from its Secret and write them back a moment later.
-    for body in await kube.list_custom("modelgateways"):
+    # `switchyard run --namespace` passes its namespaces in the memo; KopfRunner passes none.
+    namespaces = memo.get("namespaces", ())
+    for body in await kube.list_custom("modelgateways", namespaces):
         store.put_gateway(body)
-    for body in await kube.list_custom("modelendpoints"):
+    for body in await kube.list_custom("modelendpoints", namespaces):
         store.put_endpoint(body)
     for namespace in await kube.list_namespaces():
         store.put_namespace(

@@ -7,7 +7,7 @@ import json
 import logging
 import os
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from kubernetes_asyncio import client, config
@@ -68,9 +68,20 @@ class Kube:
     async def close(self) -> None:
         await self.api.close()
 
-    async def list_custom(self, plural: str) -> list[dict[str, Any]]:
-        reply = await _json(self.custom.list_cluster_custom_object, GROUP, VERSION, plural)
-        return list(reply.get("items", []))
+    async def list_custom(
+        self, plural: str, namespaces: Sequence[str] = ()
+    ) -> list[dict[str, Any]]:
+        """Every object of one of our kinds, in all namespaces or in the ones given."""
+        if not namespaces:
+            reply = await _json(self.custom.list_cluster_custom_object, GROUP, VERSION, plural)
+            return list(reply.get("items", []))
+        items: list[dict[str, Any]] = []
+        for namespace in namespaces:
+            reply = await _json(
+                self.custom.list_namespaced_custom_object, GROUP, VERSION, namespace, plural
+            )
+            items += reply.get("items", [])
+        return items
 
     async def list_namespaces(self) -> list[dict[str, Any]]:
         reply = await _json(self.core.list_namespace)
