@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 import localcluster
-from tests_support.cluster import Cluster
+from tests_support.cluster import Cluster, KubectlError, eventually
 from tests_support.scenario import Operator, Scenario
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -48,7 +48,17 @@ def cluster(kubeconfig: str) -> Cluster:
         "crd/modelendpoints.switchyard.dev",
         "crd/modelgateways.switchyard.dev",
     )
+    # Established is not yet servable: new CRD storage answers 429 while it initialises.
+    eventually(lambda: _servable(kube))
     return kube
+
+
+def _servable(kube: Cluster) -> bool:
+    try:
+        kube.kubectl("get", "modelendpoints,modelgateways", "-A")
+    except KubectlError:
+        return False
+    return True
 
 
 @pytest.fixture

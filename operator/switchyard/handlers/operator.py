@@ -17,7 +17,7 @@ import kopf
 from switchyard.api.models import GROUP, VERSION
 from switchyard.handlers.state import Store, object_key
 from switchyard.handlers.sync import GatewaySync
-from switchyard.kube.client import Kube, connect
+from switchyard.kube.client import Kube, credentials, load_configuration
 from switchyard.kube.secrets import SecretCache
 from switchyard.plan.gateway import ObjectKey
 from switchyard.render.objects import GATEWAY_LABEL, MANAGED_BY
@@ -51,10 +51,11 @@ def configure(settings: kopf.OperatorSettings) -> None:
     settings.networking.request_timeout = 60
 
 
-@kopf.on.startup()
+# A fresh CRD answers 429 for a moment while its storage initialises: retry soon, not in 60 s.
+@kopf.on.startup(backoff=1.0)
 async def start(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
     configure(settings)
-    kube = Kube(await connect())
+    kube = Kube(await load_configuration())
     store = Store()
     # Prime the store before the first pass: a pass over a half-listed gateway would drop
     # endpoints from its Secret and write them back a moment later.
@@ -74,6 +75,21 @@ async def start(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
     memo.runtime = Runtime(store=store, kube=kube, sync=sync, worker=worker)
     logger.info(
         "primed with %d gateways and %d endpoints", len(store.gateways), len(store.endpoints)
+    )
+
+
+@kopf.on.login()
+async def login(**_: Any) -> kopf.ConnectionInfo:
+    """Kopf's watches use the same credentials as the operator's own client."""
+    found = await credentials(await load_configuration())
+    return kopf.ConnectionInfo(
+        server=found.server,
+        ca_path=found.ca_path,
+        certificate_path=found.certificate_path,
+        private_key_path=found.private_key_path,
+        scheme=found.scheme,
+        token=found.token,
+        insecure=found.insecure,
     )
 
 

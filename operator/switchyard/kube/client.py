@@ -8,6 +8,7 @@ import logging
 import os
 import uuid
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from kubernetes_asyncio import client, config
@@ -32,13 +33,48 @@ class OwnershipConflict(Exception):
     """An object with the name the operator needs exists and belongs to someone else."""
 
 
-async def connect() -> client.ApiClient:
-    """A client for the cluster that KUBECONFIG, ~/.kube/config or the Pod's account names."""
+@dataclass(frozen=True)
+class Credentials:
+    """How to reach the API server, for clients other than ours (Kopf's watches)."""
+
+    server: str
+    ca_path: str | None
+    certificate_path: str | None
+    private_key_path: str | None
+    scheme: str | None
+    token: str | None
+    insecure: bool
+
+
+async def load_configuration() -> client.Configuration:
+    """The Pod's service account in a cluster, else the kubeconfig KUBECONFIG names.
+
+    KUBECONFIG is read now, not when the client library was imported.
+    """
+    configuration = client.Configuration()
     if os.environ.get("KUBERNETES_SERVICE_HOST") and not os.environ.get("KUBECONFIG"):
-        config.load_incluster_config()  # type: ignore[no-untyped-call]
+        config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
     else:
-        await config.load_kube_config()
-    return client.ApiClient()
+        await config.load_kube_config(
+            config_file=os.environ.get("KUBECONFIG") or None,
+            client_configuration=configuration,
+        )
+    return configuration
+
+
+async def credentials(configuration: client.Configuration) -> Credentials:
+    # Covers static tokens, token files and auth providers alike.
+    header = await configuration.get_api_key_with_prefix("BearerToken")
+    scheme, _, token = (header or "").rpartition(" ")
+    return Credentials(
+        server=str(configuration.host),
+        ca_path=configuration.ssl_ca_cert,
+        certificate_path=configuration.cert_file,
+        private_key_path=configuration.key_file,
+        scheme=scheme or None,
+        token=token or None,
+        insecure=not configuration.verify_ssl,
+    )
 
 
 async def _json(call: Any, *args: Any, **kwargs: Any) -> Any:
@@ -60,7 +96,8 @@ def _is_not_found(error: ApiException) -> bool:
 class Kube:
     """The operations Switchyard performs on the API server, and nothing else."""
 
-    def __init__(self, api: client.ApiClient) -> None:
+    def __init__(self, configuration: client.Configuration) -> None:
+        api = client.ApiClient(configuration)
         self.api = api
         self.core = client.CoreV1Api(api)
         self.custom = client.CustomObjectsApi(api)
