@@ -1,6 +1,8 @@
-"""Small plans shared by the unit tests."""
+"""Gateway plans built from small specs, for the unit tests."""
 
 from __future__ import annotations
+
+from typing import Any
 
 from switchyard.api.models import ModelEndpointSpec, ModelGatewaySpec
 from switchyard.plan.gateway import (
@@ -11,13 +13,32 @@ from switchyard.plan.gateway import (
     plan_gateway,
 )
 
+GATEWAY_KEY = ("infra", "shared")
+# The Secret every default endpoint references, with both of its keys present.
+ALL_KEYS = {("team-a", "keys"): SecretKeys(frozenset({"openai", "anthropic"}))}
 
-def sample_plan() -> GatewayPlan:
+
+def gateway(namespaces: dict[str, Any] | None = None) -> GatewaySource:
+    spec = ModelGatewaySpec.model_validate(
+        {"allowedEndpoints": {"namespaces": namespaces or {"from": "All"}}}
+    )
+    return GatewaySource(*GATEWAY_KEY, 1, spec)
+
+
+def endpoint(
+    name: str,
+    namespace: str = "team-a",
+    model: str | None = None,
+    created: str = "2026-01-01T00:00:00Z",
+    backends: list[dict[str, Any]] | None = None,
+) -> EndpointSource:
+    """An endpoint on the `infra/shared` gateway; by default OpenAI 3 : Anthropic 1."""
     spec = ModelEndpointSpec.model_validate(
         {
-            "gatewayRef": {"name": "shared", "namespace": "team-a"},
-            "model": "chat",
-            "backends": [
+            "gatewayRef": {"name": GATEWAY_KEY[1], "namespace": GATEWAY_KEY[0]},
+            "model": model or name,
+            "backends": backends
+            or [
                 {
                     "name": "oai",
                     "provider": "OpenAI",
@@ -35,11 +56,8 @@ def sample_plan() -> GatewayPlan:
             ],
         }
     )
-    gateway = GatewaySource("team-a", "shared", 1, ModelGatewaySpec())
-    return plan_gateway(
-        ("team-a", "shared"),
-        gateway,
-        [EndpointSource("team-a", "chat", 1, "2026-01-01T00:00:00Z", spec)],
-        {},
-        {("team-a", "keys"): SecretKeys(frozenset({"openai", "anthropic"}))},
-    )
+    return EndpointSource(namespace, name, 1, created, spec)
+
+
+def sample_plan() -> GatewayPlan:
+    return plan_gateway(GATEWAY_KEY, gateway(), [endpoint("chat")], {}, ALL_KEYS)

@@ -4,58 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from switchyard.api.models import ModelEndpointSpec, ModelGatewaySpec
-from switchyard.plan.gateway import (
-    EndpointSource,
-    GatewaySource,
-    SecretKeys,
-    plan_gateway,
-)
-
-GATEWAY_KEY = ("infra", "shared")
-
-
-def gateway(namespaces: dict[str, Any] | None = None) -> GatewaySource:
-    spec = ModelGatewaySpec.model_validate(
-        {"allowedEndpoints": {"namespaces": namespaces or {"from": "All"}}}
-    )
-    return GatewaySource("infra", "shared", 1, spec)
-
-
-def endpoint(
-    name: str,
-    namespace: str = "team-a",
-    model: str | None = None,
-    created: str = "2026-01-01T00:00:00Z",
-    backends: list[dict[str, Any]] | None = None,
-) -> EndpointSource:
-    spec = ModelEndpointSpec.model_validate(
-        {
-            "gatewayRef": {"name": "shared", "namespace": "infra"},
-            "model": model or name,
-            "backends": backends
-            or [
-                {
-                    "name": "oai",
-                    "provider": "OpenAI",
-                    "model": "gpt-4o",
-                    "weight": 3,
-                    "credentialsRef": {"name": "keys", "key": "openai"},
-                },
-                {
-                    "name": "claude",
-                    "provider": "Anthropic",
-                    "model": "claude",
-                    "weight": 1,
-                    "credentialsRef": {"name": "keys", "key": "anthropic"},
-                },
-            ],
-        }
-    )
-    return EndpointSource(namespace, name, 1, created, spec)
-
-
-ALL_KEYS = {("team-a", "keys"): SecretKeys(frozenset({"openai", "anthropic"}))}
+from switchyard.plan.gateway import EndpointSource, SecretKeys, plan_gateway
+from tests_support.plans import ALL_KEYS, GATEWAY_KEY, endpoint, gateway
 
 
 def conditions(plan: Any, key: tuple[str, str]) -> dict[str, tuple[str, str]]:

@@ -57,18 +57,11 @@ async def start(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
     configure(settings)
     kube = Kube(await load_configuration())
     store = Store()
-    # Prime the store before the first pass: a pass over a half-listed gateway would drop
-    # endpoints from its Secret and write them back a moment later.
-    # `switchyard run --namespace` passes its namespaces in the memo; KopfRunner passes none.
-    namespaces = memo.get("namespaces", ())
-    for body in await kube.list_custom("modelgateways", namespaces):
-        store.put_gateway(body)
-    for body in await kube.list_custom("modelendpoints", namespaces):
-        store.put_endpoint(body)
-    for namespace in await kube.list_namespaces():
-        store.put_namespace(
-            namespace["metadata"]["name"], namespace["metadata"].get("labels") or {}
-        )
+    try:
+        await _prime(kube, store, memo.get("namespaces", ()))
+    except BaseException:
+        await kube.close()  # the retry builds a new client
+        raise
     sync = GatewaySync(store, kube, SecretCache(kube))
     sync.mark(store.gateway_keys())
     worker = asyncio.create_task(sync.run(), name="switchyard-gateway-sync")
@@ -76,6 +69,19 @@ async def start(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
     logger.info(
         "primed with %d gateways and %d endpoints", len(store.gateways), len(store.endpoints)
     )
+
+
+async def _prime(kube: Kube, store: Store, namespaces: tuple[str, ...]) -> None:
+    """Fill the store before the first pass: a pass over a half-listed gateway would drop
+    endpoints from its Secret and write them back a moment later. `switchyard run
+    --namespace` passes its namespaces in the memo; KopfRunner passes none."""
+    for body in await kube.list_custom("modelgateways", namespaces):
+        store.put_gateway(body)
+    for body in await kube.list_custom("modelendpoints", namespaces):
+        store.put_endpoint(body)
+    for namespace in await kube.list_namespaces():
+        metadata = namespace["metadata"]
+        store.put_namespace(metadata["name"], metadata.get("labels") or {})
 
 
 @kopf.on.login()

@@ -13,7 +13,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from switchyard.api.models import ModelEndpointSpec, ModelGatewaySpec
-from switchyard.plan.gateway import EndpointSource, GatewaySource, ObjectKey, gateway_key_of
+from switchyard.plan.gateway import EndpointSource, GatewaySource, ObjectKey
 
 
 def object_key(body: dict[str, Any]) -> ObjectKey:
@@ -51,16 +51,9 @@ def _endpoint_record(body: dict[str, Any]) -> EndpointRecord:
         spec = ModelEndpointSpec.model_validate(body.get("spec") or {})
     except ValidationError as invalid:
         spec, error = None, validation_summary(invalid)
-    gateway_ref = (body.get("spec") or {}).get("gatewayRef") or {}
-    gateway = (
-        gateway_key_of(namespace, spec)
-        if spec
-        else (
-            (gateway_ref.get("namespace") or namespace, gateway_ref["name"])
-            if "name" in gateway_ref
-            else None
-        )
-    )
+    # Read from the raw spec, so that an invalid endpoint is still reported by its gateway.
+    ref = (body.get("spec") or {}).get("gatewayRef") or {}
+    gateway = (ref.get("namespace") or namespace, ref["name"]) if ref.get("name") else None
     secrets = frozenset(
         (namespace, b.credentials_ref.name)
         for b in (spec.backends if spec else [])

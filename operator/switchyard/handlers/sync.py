@@ -50,23 +50,18 @@ class GatewaySync:
         self.store = store
         self.kube = kube
         self.secrets = secrets
-        self.passes = 0
         self._dirty: set[ObjectKey] = set()
         self._wake = asyncio.Event()
         self._failures: dict[ObjectKey, int] = {}
-        self._idle = asyncio.Event()
 
     def mark(self, keys: set[ObjectKey]) -> None:
         if keys:
             self._dirty |= keys
-            self._idle.clear()
             self._wake.set()
 
     async def run(self) -> None:
         """Drain dirty gateways forever; one failing gateway never stops the others."""
         while True:
-            if not self._dirty:
-                self._idle.set()
             await self._wake.wait()
             await asyncio.sleep(DEBOUNCE_SECONDS)
             self._wake.clear()
@@ -95,7 +90,6 @@ class GatewaySync:
         else:
             self._failures.pop(key, None)
         finally:
-            self.passes += 1
             metrics.RECONCILE_DURATION.labels(*key).observe(time.monotonic() - started)
 
     async def sync(self, key: ObjectKey) -> None:
@@ -116,7 +110,7 @@ class GatewaySync:
             secret_keys,
         )
         if gateway_record is not None:
-            await self._apply_gateway(key, gateway_record.body, plan, gateway_record.error)
+            await self._apply_gateway(gateway_record.body, plan, gateway_record.error)
         for record in records:
             outcome = plan.outcomes[record.source.key]
             status = endpoint_status(
@@ -126,7 +120,7 @@ class GatewaySync:
         self.secrets.forget_unreferenced(self.store.referenced_secrets())
 
     async def _apply_gateway(
-        self, key: ObjectKey, body: dict[str, Any], plan: GatewayPlan, spec_error: str | None
+        self, body: dict[str, Any], plan: GatewayPlan, spec_error: str | None
     ) -> None:
         uid = body["metadata"]["uid"]
         generation = int(body["metadata"].get("generation", 0))
@@ -185,6 +179,3 @@ class GatewaySync:
                 updated, change.event_type, condition.reason, condition.message
             )
             metrics.API_WRITES.labels("events").inc()
-
-    async def wait_idle(self) -> None:
-        await self._idle.wait()

@@ -92,10 +92,6 @@ class GatewayPlan:
     credentials: list[CredentialCopy] = field(default_factory=list)
 
 
-def gateway_key_of(endpoint_namespace: str, spec: ModelEndpointSpec) -> ObjectKey:
-    return (spec.gateway_ref.namespace or endpoint_namespace, spec.gateway_ref.name)
-
-
 def admits(
     gateway: GatewaySource, namespace: str, namespace_labels: Mapping[str, str] | None
 ) -> bool:
