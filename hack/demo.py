@@ -1,7 +1,8 @@
 """`make demo`: the local control plane, the CRDs, the operator and the examples, end to end.
 
 Starts everything, waits until every example endpoint is Ready, shows what a user sees with
-kubectl, and stops again, unless --keep leaves it running to explore.
+kubectl (splits, owned objects, bad input refused or reported), and stops again, unless
+--keep leaves it running to explore.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -19,6 +21,106 @@ import localcluster
 
 ROOT = Path(__file__).resolve().parents[1]
 STATE = localcluster.CACHE_ROOT / "demo"
+OPERATOR_PID = STATE / "operator.pid"
+
+# An endpoint whose Secret does not exist: only the operator can see that.
+BROKEN = """
+apiVersion: switchyard.dev/v1alpha1
+kind: ModelEndpoint
+metadata: {name: broken, namespace: team-a}
+spec:
+  gatewayRef: {name: shared, namespace: ai-gateway}
+  model: broken
+  backends:
+  - name: openai
+    provider: OpenAI
+    model: gpt-4o-mini
+    credentialsRef: {name: missing-secret, key: api-key}
+    weight: 1
+"""
+
+
+class Kubectl:
+    def __init__(self, kubeconfig: Path) -> None:
+        self.env = {**os.environ, "KUBECONFIG": str(kubeconfig)}
+        self.path = str(localcluster.binary("kubectl"))
+
+    def run(self, *command: str, stdin: str | None = None, check: bool = True) -> str:
+        done = subprocess.run(
+            [self.path, *command], input=stdin, env=self.env, capture_output=True, text=True
+        )
+        if check and done.returncode != 0:
+            raise RuntimeError(f"kubectl {' '.join(command)}: {done.stderr.strip()}")
+        return done.stdout if done.returncode == 0 else done.stderr
+
+    def show(self, title: str, *command: str) -> None:
+        print(f"\n$ kubectl {' '.join(command)}   # {title}")
+        print(self.run(*command).rstrip())
+
+
+def demo(kubectl: Kubectl) -> None:
+    kubectl.run("apply", "-f", str(ROOT / "examples"))
+    endpoints = json.loads(kubectl.run("get", "modelendpoints", "-A", "-o", "json"))["items"]
+    for endpoint in endpoints:
+        metadata = endpoint["metadata"]
+        kubectl.run(
+            "wait", "--for=condition=Ready", "--timeout=60s",
+            "-n", metadata["namespace"], f"modelendpoint/{metadata['name']}",
+        )  # fmt: skip
+    kubectl.show(
+        "the gateway and its endpoints, Ready with their splits",
+        "get", "modelgateways,modelendpoints", "-A",
+    )  # fmt: skip
+    kubectl.show(
+        "what the gateway owns: credentials (a Secret) and its routing plan (a ConfigMap)",
+        "get", "secrets,configmaps", "-n", "ai-gateway",
+        "-l", "app.kubernetes.io/managed-by=switchyard",
+    )  # fmt: skip
+
+    print("\n# Bad input. A weight out of range is refused at apply, naming the field:")
+    bad = BROKEN.replace("missing-secret", "openai").replace("weight: 1", "weight: 5000")
+    print(kubectl.run("apply", "-f", "-", stdin=bad, check=False).strip())
+    print("# A Secret that does not exist is reported by the operator; the rest keeps working:")
+    kubectl.run("apply", "-f", "-", stdin=BROKEN)
+    kubectl.run(
+        "wait", "--for=condition=ResolvedRefs=False", "--timeout=60s",
+        "-n", "team-a", "modelendpoint/broken",
+    )  # fmt: skip
+    kubectl.show(
+        "the broken endpoint beside the good ones", "get", "modelendpoints", "-n", "team-a"
+    )
+    described = kubectl.run("describe", "modelendpoint", "broken", "-n", "team-a")
+    print("\n$ kubectl describe modelendpoint broken -n team-a   # its conditions and events")
+    print(described[described.index("  Conditions:") :].rstrip())
+
+
+def start_operator(kubectl: Kubectl) -> subprocess.Popen[bytes]:
+    stop_operator()
+    log = (STATE / "operator.log").open("wb")
+    switchyard = shutil.which("switchyard", path=str(Path(sys.executable).parent)) or "switchyard"
+    operator = subprocess.Popen(
+        [switchyard, "run"], env=kubectl.env, stdout=log, stderr=subprocess.STDOUT
+    )
+    OPERATOR_PID.write_text(str(operator.pid))
+    print(f"operator running (pid {operator.pid}), logging to {STATE / 'operator.log'}")
+    return operator
+
+
+def stop_operator() -> None:
+    if not OPERATOR_PID.exists():
+        return
+    pid = int(OPERATOR_PID.read_text())
+    OPERATOR_PID.unlink()
+    try:
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if os.waitpid(pid, os.WNOHANG) != (0, 0):
+                return
+            time.sleep(0.1)
+        os.kill(pid, signal.SIGKILL)
+    except (ProcessLookupError, ChildProcessError):
+        pass  # already gone, or not our child (a demo left running by another shell)
 
 
 def main() -> int:
@@ -27,102 +129,34 @@ def main() -> int:
     parser.add_argument("--down", action="store_true", help="stop a demo left running")
     args = parser.parse_args()
     if args.down:
-        _stop_operator()
+        stop_operator()
         localcluster.stop(STATE)
         print("demo stopped")
         return 0
 
     cluster = localcluster.start(STATE)
-    env = {**os.environ, "KUBECONFIG": str(cluster.kubeconfig)}
-    kubectl_path = str(localcluster.binary("kubectl"))
-
-    def kubectl(*command: str) -> str:
-        done = subprocess.run(
-            [kubectl_path, *command], env=env, check=True, capture_output=True, text=True
-        )
-        return done.stdout
-
-    def show(title: str, *command: str) -> None:
-        print(f"\n$ kubectl {' '.join(command)}   # {title}")
-        print(kubectl(*command).rstrip())
-
     print(f"control plane up; export KUBECONFIG={cluster.kubeconfig}")
-    kubectl("apply", "--server-side", "--force-conflicts", "-f", str(ROOT / "crds"))
-    kubectl(
-        "wait",
-        "--for=condition=Established",
-        "--timeout=60s",
-        "crd/modelendpoints.switchyard.dev",
-        "crd/modelgateways.switchyard.dev",
-    )
-
-    _stop_operator()
-    log = (STATE / "operator.log").open("w")
-    switchyard = shutil.which("switchyard", path=str(Path(sys.executable).parent)) or "switchyard"
-    operator = subprocess.Popen([switchyard, "run"], env=env, stdout=log, stderr=subprocess.STDOUT)
-    (STATE / "operator.pid").write_text(str(operator.pid))
-    print(f"operator running (pid {operator.pid}), logging to {STATE / 'operator.log'}")
-
-    kubectl("apply", "-f", str(ROOT / "examples"))
-    endpoints = json.loads(kubectl("get", "modelendpoints", "-A", "-o", "json"))["items"]
-    for endpoint in endpoints:
-        metadata = endpoint["metadata"]
-        kubectl(
-            "wait",
-            "--for=condition=Ready",
-            "--timeout=60s",
-            "-n",
-            metadata["namespace"],
-            f"modelendpoint/{metadata['name']}",
-        )
-    show(
-        "the gateway and its endpoints, Ready with their splits",
-        "get",
-        "modelgateways,modelendpoints",
-        "-A",
-    )
-    show(
-        "why an endpoint is Ready, and its transitions",
-        "describe",
-        "modelendpoint",
-        "chat",
-        "-n",
-        "team-a",
-    )
-    show(
-        "what the gateway owns: credentials (a Secret) and its routing plan (a ConfigMap)",
-        "get",
-        "secrets,configmaps",
-        "-n",
-        "ai-gateway",
-        "-l",
-        "app.kubernetes.io/managed-by=switchyard",
-    )
-
-    if args.keep:
-        print(f"\nleft running. export KUBECONFIG={cluster.kubeconfig}; `make demo-down` stops it.")
-        return 0
-    operator.terminate()
-    operator.wait(timeout=30)
-    (STATE / "operator.pid").unlink()
-    localcluster.stop(STATE)
-    print("\ndemo done and stopped (`make demo KEEP=1` leaves it running)")
-    return 0
-
-
-def _stop_operator() -> None:
-    pid_file = STATE / "operator.pid"
-    if not pid_file.exists():
-        return
-    pid = int(pid_file.read_text())
+    kubectl = Kubectl(cluster.kubeconfig)
+    keep = False
     try:
-        os.kill(pid, 15)
-        for _ in range(50):
-            os.kill(pid, 0)
-            time.sleep(0.1)
-    except ProcessLookupError:
-        pass
-    pid_file.unlink()
+        kubectl.run("apply", "--server-side", "--force-conflicts", "-f", str(ROOT / "crds"))
+        kubectl.run(
+            "wait", "--for=condition=Established", "--timeout=60s",
+            "crd/modelendpoints.switchyard.dev", "crd/modelgateways.switchyard.dev",
+        )  # fmt: skip
+        start_operator(kubectl)
+        demo(kubectl)
+        keep = args.keep
+    finally:
+        if keep:
+            print(
+                f"\nleft running: export KUBECONFIG={cluster.kubeconfig}; `make demo-down` stops it"
+            )
+        else:
+            stop_operator()
+            localcluster.stop(STATE)
+            print("\ndemo stopped (`make demo KEEP=1` leaves it running)")
+    return 0
 
 
 if __name__ == "__main__":

@@ -237,7 +237,7 @@ def _accepted(
             f"model {spec.model!r} on ModelGateway {gateway_name} is already served by "
             f"ModelEndpoint {owner.namespace}/{owner.name}, which is older",
         )
-    return DesiredCondition.true("Accepted", "Accepted", f"attached to ModelGateway {gateway_name}")
+    return DesiredCondition.true("Accepted", "Accepted", f"admitted by ModelGateway {gateway_name}")
 
 
 def _unresolved_backends(
