@@ -189,8 +189,11 @@ def test_a_namespace_the_gateway_does_not_admit_is_reported_until_it_is_labelled
         {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": outsider}}
     )
     try:
+        scenario.secret("providers", {"api-key": scenario.new_key()}, namespace=outsider)
         scenario.cluster.apply(
-            scenario.endpoint_manifest("intruder", [local_backend("a")], namespace=outsider)
+            scenario.endpoint_manifest(
+                "intruder", [openai_backend("oai", "providers")], namespace=outsider
+            )
         )
         accepted = scenario.wait_condition(
             "intruder", "Accepted", "False", "NotAllowedByGateway", namespace=outsider
@@ -198,11 +201,14 @@ def test_a_namespace_the_gateway_does_not_admit_is_reported_until_it_is_labelled
         assert f"does not admit endpoints from namespace {outsider}" in accepted["message"]
         assert "intruder" in [r["name"] for r in scenario.plan()["rejected"]]
         assert_healthy_endpoint_still_served(scenario)
+        # The gateway's Secret holds only the keys of endpoints it admits.
+        assert not [k for k in scenario.credentials() if k.startswith(outsider)]
 
         scenario.cluster.kubectl(
             "label", "namespace", outsider, f"switchyard.test/access={scenario.app_namespace}"
         )
         scenario.wait_condition("intruder", "Ready", "True", namespace=outsider)
+        eventually(lambda: f"{outsider}_intruder_oai" in scenario.credentials())
     finally:
         scenario.cluster.kubectl("delete", "namespace", outsider, "--wait=false")
 
