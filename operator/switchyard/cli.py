@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from collections.abc import Iterator, Sequence
@@ -125,6 +126,24 @@ def run_command(namespaces: Sequence[str], verbose: bool, debug: bool) -> int:
     return 0
 
 
+def fake_provider_command(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from switchyard.fakes.provider import FakeProvider, serve_forever
+
+    provider = FakeProvider(
+        args.provider,
+        args.api_key,
+        models=args.model or None,
+        host=args.host,
+        port=args.port,
+        stream_chunk_delay=args.stream_chunk_delay,
+    )
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(serve_forever(provider, args.control_port))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="switchyard",
@@ -153,6 +172,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     plan.add_argument("-o", "--output", choices=["table", "json"], default="table")
 
+    fake = commands.add_parser(
+        "fake-provider", help="serve a fake LLM provider API on loopback, for tests and demos"
+    )
+    fake.add_argument(
+        "--provider",
+        required=True,
+        choices=["OpenAI", "AzureOpenAI", "Anthropic", "OpenAICompatible"],
+    )
+    fake.add_argument("--port", type=int, required=True)
+    fake.add_argument("--api-key", required=True, help="the key clients must send")
+    fake.add_argument("--host", default="127.0.0.1")
+    fake.add_argument(
+        "--model",
+        action="append",
+        default=[],
+        help="a model (Azure: deployment) it serves; repeatable",
+    )
+    fake.add_argument(
+        "--control-port",
+        type=int,
+        help="port of the control API: GET/DELETE /requests, PUT/DELETE /fault",
+    )
+    fake.add_argument(
+        "--stream-chunk-delay", type=float, default=0.0, help="seconds between streamed chunks"
+    )
+
     crds = commands.add_parser("crds", help="write the CRDs generated from the models")
     crds.add_argument("--output", type=Path, default=Path("crds"), help="directory (default: crds)")
 
@@ -161,6 +206,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_command(args.namespace, args.verbose, args.debug)
     if args.command == "plan":
         return plan_command(args.filename, args.output)
+    if args.command == "fake-provider":
+        return fake_provider_command(args)
     for path in write_crds(args.output):
         print(path)
     return 0

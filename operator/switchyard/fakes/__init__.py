@@ -1,0 +1,1 @@
+"""Fake LLM providers for tests, the demo and benchmarks. Nothing in the operator imports this."""
