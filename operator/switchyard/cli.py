@@ -110,7 +110,9 @@ def _plan_json(plan: EndpointPlan, gateway: str) -> dict[str, Any]:
     }
 
 
-def run_command(namespaces: Sequence[str], verbose: bool, debug: bool) -> int:
+def run_command(
+    namespaces: Sequence[str], xds_address: str | None, verbose: bool, debug: bool
+) -> int:
     import kopf
 
     import switchyard.handlers.operator  # noqa: F401  (registers the handlers)
@@ -121,7 +123,7 @@ def run_command(namespaces: Sequence[str], verbose: bool, debug: bool) -> int:
         standalone=True,
         clusterwide=not namespaces,
         namespaces=list(namespaces),
-        memo=kopf.Memo(namespaces=tuple(namespaces)),
+        memo=kopf.Memo(namespaces=tuple(namespaces), xds_address=xds_address),
     )
     return 0
 
@@ -159,6 +161,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=[],
         help="watch only this namespace (repeatable); default: all namespaces",
     )
+    run.add_argument(
+        "--xds-address",
+        default=None,
+        help="where the xDS server for the gateways' Envoys listens (default 0.0.0.0:18000)",
+    )
     run.add_argument("--verbose", action="store_true", help="log more")
     run.add_argument("--debug", action="store_true", help="log everything Kopf does")
 
@@ -171,6 +178,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="YAML file with ModelEndpoints ('-' for stdin); repeatable",
     )
     plan.add_argument("-o", "--output", choices=["table", "json"], default="table")
+
+    envoy = commands.add_parser(
+        "envoy", help="run the real Envoy locally for a gateway, fed by a running operator"
+    )
+    envoy.add_argument("--gateway", required=True, help="NAMESPACE/NAME of the ModelGateway")
+    envoy.add_argument("--port", type=int, help="listen here (default: the gateway's port)")
+    envoy.add_argument(
+        "--xds-address",
+        default="127.0.0.1:18000",
+        help="the operator's xDS server (default 127.0.0.1:18000)",
+    )
+    envoy.add_argument("--admin-port", type=int, default=0, help="Envoy admin (default: any)")
+    envoy.add_argument("--log-level", default="warning")
 
     fake = commands.add_parser(
         "fake-provider", help="serve a fake LLM provider API on loopback, for tests and demos"
@@ -203,7 +223,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     args = parser.parse_args(argv)
     if args.command == "run":
-        return run_command(args.namespace, args.verbose, args.debug)
+        return run_command(args.namespace, args.xds_address, args.verbose, args.debug)
+    if args.command == "envoy":
+        import asyncio
+
+        from switchyard.local_envoy import run_envoy
+
+        return asyncio.run(
+            run_envoy(args.gateway, args.port, args.xds_address, args.admin_port, args.log_level)
+        )
     if args.command == "plan":
         return plan_command(args.filename, args.output)
     if args.command == "fake-provider":

@@ -202,12 +202,17 @@ class FakeProvider:
                 offered = request.headers["Authorization"].removeprefix("Bearer ")
             if not request.path.startswith("/openai/v1/") and "api-version" not in request.query:
                 raise ProviderError(404, "NotFound", "Resource not found: api-version is missing")
-        elif self.provider == "Anthropic" and request.path != "/v1/chat/completions":
+        elif self.provider == "Anthropic":
             offered = request.headers.get("x-api-key")
-            if offered == self.api_key and "anthropic-version" not in request.headers:
-                raise ProviderError(
-                    400, "invalid_request_error", "anthropic-version: header is required"
-                )
+            compatible = request.path == "/v1/chat/completions"
+            if compatible and offered is None:
+                # The OpenAI-compatible API also takes the OpenAI SDK's bearer token.
+                offered = request.headers.get("Authorization", "").removeprefix("Bearer ")
+            if not compatible and offered == self.api_key:
+                if "anthropic-version" not in request.headers:
+                    raise ProviderError(
+                        400, "invalid_request_error", "anthropic-version: header is required"
+                    )
         else:
             authorization = request.headers.get("Authorization", "")
             offered = authorization.removeprefix("Bearer ") if authorization else None

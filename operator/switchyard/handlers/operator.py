@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,10 +22,14 @@ from switchyard.kube.client import Kube, credentials, load_configuration
 from switchyard.kube.secrets import SecretCache
 from switchyard.plan.gateway import ObjectKey
 from switchyard.render.objects import GATEWAY_LABEL, MANAGED_BY
+from switchyard.xds.server import XdsServer, gateway_of_node
 
 logger = logging.getLogger(__name__)
 
 MANAGED = {"app.kubernetes.io/managed-by": MANAGED_BY}
+
+
+DEFAULT_XDS_ADDRESS = "0.0.0.0:18000"
 
 
 @dataclass
@@ -32,7 +37,17 @@ class Runtime:
     store: Store
     kube: Kube
     sync: GatewaySync
+    xds: XdsServer
     worker: asyncio.Task[None]
+
+
+def xds_address(memo: Any) -> tuple[str, int]:
+    """`switchyard run --xds-address`, else $SWITCHYARD_XDS_ADDRESS, else all interfaces."""
+    text = (
+        memo.get("xds_address") or os.environ.get("SWITCHYARD_XDS_ADDRESS") or DEFAULT_XDS_ADDRESS
+    )
+    host, _, port = text.rpartition(":")
+    return host, int(port)
 
 
 def _runtime(memo: Any) -> Runtime:
@@ -62,10 +77,18 @@ async def start(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
     except BaseException:
         await kube.close()  # the retry builds a new client
         raise
-    sync = GatewaySync(store, kube, SecretCache(kube))
+    xds = XdsServer()
+    try:
+        await xds.start(*xds_address(memo))
+    except BaseException:
+        await kube.close()
+        raise
+    sync = GatewaySync(store, kube, SecretCache(kube), xds)
+    # An Envoy that connects, ACKs or NACKs changes its gateway's Programmed condition.
+    xds.on_change = lambda node: sync.mark({gateway_of_node(node)})
     sync.mark(store.gateway_keys())
     worker = asyncio.create_task(sync.run(), name="switchyard-gateway-sync")
-    memo.runtime = Runtime(store=store, kube=kube, sync=sync, worker=worker)
+    memo.runtime = Runtime(store=store, kube=kube, sync=sync, xds=xds, worker=worker)
     logger.info(
         "primed with %d gateways and %d endpoints", len(store.gateways), len(store.endpoints)
     )
@@ -104,6 +127,7 @@ async def stop(memo: Any, **_: Any) -> None:
     runtime = _runtime(memo)
     runtime.worker.cancel()
     await asyncio.gather(runtime.worker, return_exceptions=True)
+    await runtime.xds.stop()
     await runtime.kube.close()
 
 

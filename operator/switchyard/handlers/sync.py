@@ -13,18 +13,22 @@ import time
 from typing import Any
 
 from switchyard import metrics
-from switchyard.handlers.state import Store
+from switchyard.api.models import DataPlaneType
+from switchyard.handlers.state import GatewayRecord, Store
 from switchyard.kube.client import Kube, OwnershipConflict, describe_error
 from switchyard.kube.secrets import SecretCache
 from switchyard.plan.conditions import DesiredCondition, transitions
 from switchyard.plan.gateway import GatewayPlan, ObjectKey, SecretKeys, plan_gateway
+from switchyard.render import envoy
 from switchyard.render.objects import credentials_secret, plan_configmap
 from switchyard.render.status import (
     endpoint_status,
     gateway_conditions,
     gateway_status,
+    programmed_condition,
     status_differs,
 )
+from switchyard.xds.server import XdsServer, node_of_gateway
 
 logger = logging.getLogger(__name__)
 
@@ -46,10 +50,11 @@ def _fmt(key: ObjectKey) -> str:
 
 
 class GatewaySync:
-    def __init__(self, store: Store, kube: Kube, secrets: SecretCache) -> None:
+    def __init__(self, store: Store, kube: Kube, secrets: SecretCache, xds: XdsServer) -> None:
         self.store = store
         self.kube = kube
         self.secrets = secrets
+        self.xds = xds
         self._dirty: set[ObjectKey] = set()
         self._wake = asyncio.Event()
         self._failures: dict[ObjectKey, int] = {}
@@ -109,8 +114,13 @@ class GatewaySync:
             self.store.namespace_labels,
             secret_keys,
         )
+        node = node_of_gateway(*key)
+        if gateway is None:
+            self.xds.remove_snapshot(node)
+        elif gateway.spec.data_plane.type == DataPlaneType.ENVOY:
+            self.xds.set_snapshot(node, envoy.render(plan, gateway.spec.listener.port))
         if gateway_record is not None:
-            await self._apply_gateway(gateway_record.body, plan, gateway_record.error)
+            await self._apply_gateway(gateway_record, plan)
         for record in records:
             outcome = plan.outcomes[record.source.key]
             status = endpoint_status(
@@ -119,21 +129,21 @@ class GatewaySync:
             await self._write_status("modelendpoints", record.body, status, outcome.conditions)
         self.secrets.forget_unreferenced(self.store.referenced_secrets())
 
-    async def _apply_gateway(
-        self, body: dict[str, Any], plan: GatewayPlan, spec_error: str | None
-    ) -> None:
-        uid = body["metadata"]["uid"]
-        generation = int(body["metadata"].get("generation", 0))
-        conditions = gateway_conditions(plan)
-        if spec_error is not None:
-            conditions = (
-                DesiredCondition.false("Accepted", "InvalidSpec", f"spec is invalid: {spec_error}"),
-                DesiredCondition.false("Ready", "InvalidSpec", "the gateway spec is invalid"),
+    async def _apply_gateway(self, record: GatewayRecord, plan: GatewayPlan) -> None:
+        body = record.body
+        if record.source is None:
+            invalid = f"spec is invalid: {record.error}"
+            conditions: tuple[DesiredCondition, ...] = tuple(
+                DesiredCondition.false(kind, "InvalidSpec", invalid)
+                for kind in ("Accepted", "Programmed", "Ready")
             )
         else:
-            secret_data = {
-                s: await self._secret_data(s) for s in {c.source for c in plan.credentials}
-            }
+            envoys = self.xds.status(node_of_gateway(plan.namespace, plan.name))
+            programmed = programmed_condition(record.source.spec.data_plane.type, envoys)
+            accepted, programmed, ready = gateway_conditions(plan, programmed)
+            uid = body["metadata"]["uid"]
+            sources = {c.source for c in plan.credentials}
+            secret_data = {source: await self._secret_data(source) for source in sources}
             try:
                 for manifest in (
                     plan_configmap(plan, uid),
@@ -142,10 +152,9 @@ class GatewaySync:
                     if await self.kube.apply_owned(manifest):
                         metrics.API_WRITES.labels(manifest["kind"]).inc()
             except OwnershipConflict as conflict:
-                conditions = (
-                    conditions[0],
-                    DesiredCondition.false("Ready", "OwnershipConflict", str(conflict)),
-                )
+                ready = DesiredCondition.false("Ready", "OwnershipConflict", str(conflict))
+            conditions = (accepted, programmed, ready)
+        generation = int(body["metadata"].get("generation", 0))
         status = gateway_status(plan, body.get("status") or {}, generation, _now(), conditions)
         await self._write_status("modelgateways", body, status, conditions)
 

@@ -120,6 +120,17 @@ class Kube:
             items += reply.get("items", [])
         return items
 
+    async def read_custom(self, plural: str, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            found: dict[str, Any] = await _json(
+                self.custom.get_namespaced_custom_object, GROUP, VERSION, namespace, plural, name
+            )
+        except ApiException as error:
+            if _is_not_found(error):
+                return None
+            raise
+        return found
+
     async def list_namespaces(self) -> list[dict[str, Any]]:
         reply = await _json(self.core.list_namespace)
         return list(reply.get("items", []))

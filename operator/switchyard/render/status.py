@@ -2,10 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol
 
 from switchyard.plan.conditions import DesiredCondition, merge_conditions
 from switchyard.plan.gateway import EndpointOutcome, GatewayPlan
+
+
+class DataPlaneStatus(Protocol):
+    """What the xDS server knows of a gateway's Envoys."""
+
+    @property
+    def streams(self) -> int: ...
+    @property
+    def programmed(self) -> bool: ...
+    @property
+    def rejection(self) -> str | None: ...
 
 
 def endpoint_status(
@@ -38,7 +49,34 @@ def endpoint_status(
     }
 
 
-def gateway_conditions(plan: GatewayPlan) -> tuple[DesiredCondition, ...]:
+def programmed_condition(data_plane: str, envoys: DataPlaneStatus) -> DesiredCondition:
+    """Whether the gateway's data plane runs the current config, in Envoy's own words."""
+    if data_plane != "Envoy":
+        return DesiredCondition.false(
+            "Programmed",
+            "UnsupportedDataPlane",
+            f"dataPlane.type {data_plane} is not served yet; the routing plan is published",
+        )
+    if envoys.rejection is not None:
+        return DesiredCondition.false(
+            "Programmed", "Rejected", f"Envoy rejected the config: {envoys.rejection}"
+        )
+    if envoys.streams == 0:
+        return DesiredCondition.false(
+            "Programmed", "NoDataPlane", "no Envoy is connected for this gateway"
+        )
+    if not envoys.programmed:
+        return DesiredCondition.false(
+            "Programmed", "Pending", "waiting for the Envoys to accept the current config"
+        )
+    return DesiredCondition.true(
+        "Programmed", "Programmed", f"{envoys.streams} Envoy(s) run the current config"
+    )
+
+
+def gateway_conditions(
+    plan: GatewayPlan, programmed: DesiredCondition
+) -> tuple[DesiredCondition, ...]:
     attached = len(plan.attached)
     rejected = len(plan.rejected)
     accepted = DesiredCondition.true("Accepted", "Accepted", "spec accepted")
@@ -46,7 +84,7 @@ def gateway_conditions(plan: GatewayPlan) -> tuple[DesiredCondition, ...]:
     if rejected:
         message += f", {rejected} rejected (listed in the routing plan ConfigMap)"
     ready = DesiredCondition.true("Ready", "Ready", message)
-    return (accepted, ready)
+    return (accepted, programmed, ready)
 
 
 def gateway_status(

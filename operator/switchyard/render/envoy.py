@@ -1,0 +1,571 @@
+"""A gateway's routing plan as Envoy xDS resources: one listener, one cluster per model.
+
+How a request flows:
+
+1. Downstream, a Lua filter reads the JSON body's `model` into `x-switchyard-model` and
+   clears the route cache, so the route table can select the model's cluster.
+2. Each model's cluster holds every backend of its endpoint as a locality of its own, with
+   the backend's effective weight as locality weight and its tier as priority. The cluster
+   is picked once, the backend per attempt: a retry (previous_hosts, previous_priorities)
+   lands on another backend or the next tier, so one dead provider costs no request.
+3. After host selection, the cluster's upstream filters shape the attempt for the chosen
+   backend: header_mutation copies the endpoint's metadata into scratch headers, then a Lua
+   filter rewrites `:path`, the body's `model` and the auth header, reading the API key from
+   a file of the mounted credentials Secret. Keys never travel over xDS.
+   Every backend-specific header is removed first, so a retry never carries the previous
+   backend's key to another provider.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from string import Template
+from typing import Any
+from urllib.parse import urlsplit
+
+from switchyard.plan.gateway import GatewayPlan
+from switchyard.plan.routing import BackendRoute, EndpointPlan
+
+TYPE = "type.googleapis.com/"
+CLUSTER_TYPE = TYPE + "envoy.config.cluster.v3.Cluster"
+LISTENER_TYPE = TYPE + "envoy.config.listener.v3.Listener"
+ANTHROPIC_VERSION = "2023-06-01"
+MODEL_HEADER = "x-switchyard-model"
+METADATA_NAMESPACE = "switchyard"
+# Requests up to 10 MB (long prompts, images) must pass, retries included.
+MAX_REQUEST_BYTES = 16 * 2**20
+SYSTEM_CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
+# Where Envoy finds the gateway's credentials Secret, one file per key, and its CA bundle.
+CREDENTIALS_DIR_ENV = "SWITCHYARD_CREDENTIALS_DIR"
+# Scratch headers: set from endpoint metadata, consumed and removed by the upstream Lua filter.
+SCRATCH = {
+    "provider": "x-sy-provider",
+    "credentials": "x-sy-credentials",
+    "path_base": "x-sy-path-base",
+    "query": "x-sy-query",
+    "model": "x-sy-model",
+}
+# Every header that carries a provider's key or version: cleared before each attempt.
+AUTH_HEADERS = ("authorization", "api-key", "x-api-key", "anthropic-version")
+
+_ROUTER_LUA = Template("""
+-- Expose the JSON body's top-level "model" to the route table.
+function envoy_on_request(handle)
+  local headers = handle:headers()
+  headers:remove("${model}")
+  if headers:get(":method") ~= "POST" then return end
+  local body = handle:body()
+  if body == nil then return end
+  local size = body:length()
+  local text = body:getBytes(0, math.min(size, 4096))
+  local model = string.match(text, '^%s*{%s*"model"%s*:%s*"([^"\\\\]*)"')
+  if model == nil then
+    model = string.match(body:getBytes(0, size), '"model"%s*:%s*"([^"\\\\]*)"')
+  end
+  if model ~= nil then
+    handle:headers():add("${model}", model)
+  end
+  handle:clearRouteCache()
+end
+""").substitute(model=MODEL_HEADER)
+
+_SHAPER_LUA = Template("""
+-- Shape one attempt for the backend Envoy chose: path, body model, auth header.
+local directory = os.getenv("${credentials_env}") or "/etc/switchyard/credentials"
+local keys, read_at = {}, {}
+
+local function key(name)
+  -- Re-read at most once a second: a rotated Secret shows up without a restart.
+  local now = os.time()
+  if read_at[name] ~= now then
+    local file = io.open(directory .. "/" .. name, "rb")
+    if file ~= nil then
+      keys[name] = file:read("*a")
+      file:close()
+    else
+      keys[name] = nil
+    end
+    read_at[name] = now
+  end
+  return keys[name]
+end
+
+function envoy_on_request(handle)
+  local headers = handle:headers()
+  local provider = headers:get("${provider}")
+  local credentials = headers:get("${credentials}")
+  local base = headers:get("${path_base}")
+  local query = headers:get("${query}")
+  local model = headers:get("${model}")
+  for _, name in ipairs({"${provider}", "${credentials}", "${path_base}", "${query}",
+                         "${model}"}) do
+    headers:remove(name)
+  end
+  if base ~= nil then
+    local path = headers:get(":path")
+    local rest = string.gsub(path, "^/v1", "", 1)
+    path = base .. rest
+    if query ~= nil and query ~= "" then
+      local separator = "?"
+      if string.find(path, "?", 1, true) then separator = "&" end
+      path = path .. separator .. query
+    end
+    headers:replace(":path", path)
+  end
+  if credentials ~= nil and credentials ~= "" then
+    local value = key(credentials)
+    if value ~= nil then
+      if provider == "AzureOpenAI" then
+        headers:replace("api-key", value)
+      elseif provider == "Anthropic" then
+        headers:replace("x-api-key", value)
+      else
+        headers:replace("authorization", "Bearer " .. value)
+      end
+    end
+  end
+  if provider == "Anthropic" then
+    headers:replace("anthropic-version", "${anthropic_version}")
+  end
+  if model ~= nil and model ~= "" and headers:get(":method") == "POST" then
+    local body = handle:body()
+    if body ~= nil and body:length() > 0 then
+      local text = body:getBytes(0, body:length())
+      local rewritten, count = string.gsub(
+        text, '("model"%s*:%s*)"[^"\\\\]*"', '%1"' .. model .. '"', 1)
+      if count == 1 then body:setBytes(rewritten) end
+    end
+  end
+end
+""").substitute(SCRATCH, credentials_env=CREDENTIALS_DIR_ENV, anthropic_version=ANTHROPIC_VERSION)
+
+
+def cluster_name(model: str, anthropic_only: bool = False) -> str:
+    return f"switchyard/{model}" + ("/anthropic" if anthropic_only else "")
+
+
+def openai_error(kind: str, message: str, code: str | None = None) -> dict[str, Any]:
+    return {"error": {"message": message, "type": kind, "param": None, "code": code}}
+
+
+def render(
+    plan: GatewayPlan, port: int, ca_bundle: str | None = None
+) -> dict[str, list[dict[str, Any]]]:
+    """xDS resources by type URL for the gateway's Envoys."""
+    clusters = []
+    for endpoint in plan.attached:
+        clusters.append(
+            _cluster(endpoint, endpoint.backends, cluster_name(endpoint.model), ca_bundle)
+        )
+        anthropic = tuple(b for b in endpoint.backends if b.provider == "Anthropic")
+        if anthropic:
+            clusters.append(
+                _cluster(endpoint, anthropic, cluster_name(endpoint.model, True), ca_bundle)
+            )
+    return {CLUSTER_TYPE: clusters, LISTENER_TYPE: [_listener(plan, port, clusters)]}
+
+
+def _listener(plan: GatewayPlan, port: int, clusters: list[dict[str, Any]]) -> dict[str, Any]:
+    names = {c["name"] for c in clusters}
+    routes: list[dict[str, Any]] = [
+        {
+            "match": {
+                "path": "/v1/models",
+                "headers": [{"name": ":method", "string_match": {"exact": "GET"}}],
+            },
+            "direct_response": {
+                "status": 200,
+                "body": {"inline_string": json.dumps(_model_list(plan))},
+            },
+            "response_headers_to_add": [_json_content_type()],
+        }
+    ]
+    for endpoint in plan.attached:
+        if cluster_name(endpoint.model, True) in names:
+            routes.append(_route(endpoint, "/v1/messages", cluster_name(endpoint.model, True)))
+        routes.append(_route(endpoint, "/v1/", cluster_name(endpoint.model)))
+    routes += [
+        {
+            "match": {"prefix": "/v1/", "headers": [{"name": MODEL_HEADER, "present_match": True}]},
+            "direct_response": {"status": 404, "body": {"inline_string": "model_not_found"}},
+        },
+        {
+            "match": {"prefix": "/"},
+            "direct_response": {"status": 400, "body": {"inline_string": "model_missing"}},
+        },
+    ]
+    return {
+        "name": f"switchyard-{port}",
+        "address": {"socket_address": {"address": "0.0.0.0", "port_value": port}},
+        "per_connection_buffer_limit_bytes": MAX_REQUEST_BYTES,
+        "filter_chains": [
+            {
+                "filters": [
+                    {
+                        "name": "envoy.filters.network.http_connection_manager",
+                        "typed_config": {
+                            "@type": TYPE + "envoy.extensions.filters.network."
+                            "http_connection_manager.v3.HttpConnectionManager",
+                            "stat_prefix": "switchyard",
+                            "stream_idle_timeout": "300s",
+                            "request_timeout": "0s",
+                            "http_filters": [
+                                _lua("model_router", _ROUTER_LUA),
+                                {
+                                    "name": "envoy.filters.http.router",
+                                    "typed_config": {
+                                        "@type": TYPE
+                                        + "envoy.extensions.filters.http.router.v3.Router"
+                                    },
+                                },
+                            ],
+                            "route_config": {
+                                "name": "switchyard",
+                                "virtual_hosts": [
+                                    {
+                                        "name": "models",
+                                        "domains": ["*"],
+                                        "request_body_buffer_limit": MAX_REQUEST_BYTES,
+                                        "routes": routes,
+                                    }
+                                ],
+                            },
+                            "local_reply_config": _local_replies(),
+                        },
+                    }
+                ]
+            }
+        ],
+    }
+
+
+def _local_replies() -> dict[str, Any]:
+    """Envoy's own answers (unknown model, no model, too large, no backend) in OpenAI's
+    error format, so that clients' SDKs show a readable message."""
+
+    def mapper(op: str, status: int, message: str, code: str | None) -> dict[str, Any]:
+        comparison = {"op": op, "value": {"default_value": status, "runtime_key": "switchyard"}}
+        kind = "invalid_request_error" if status < 500 else "api_error"
+        return {
+            "filter": {"status_code_filter": {"comparison": comparison}},
+            "body_format_override": {"json_format": openai_error(kind, message, code)},
+        }
+
+    return {
+        "mappers": [
+            mapper(
+                "EQ",
+                404,
+                f"The model '%REQ({MODEL_HEADER})%' does not exist on this gateway.",
+                "model_not_found",
+            ),
+            mapper("EQ", 400, "The request body must be JSON with a 'model' field.", None),
+            mapper("EQ", 413, "The request body is too large.", None),
+            # Anything else Envoy answers itself (no healthy backend, timeouts) keeps its text.
+            mapper("GE", 400, "%LOCAL_REPLY_BODY%", "%RESPONSE_CODE%"),
+        ]
+    }
+
+
+def _json_content_type() -> dict[str, Any]:
+    return {
+        "header": {"key": "content-type", "value": "application/json"},
+        "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
+    }
+
+
+def _model_list(plan: GatewayPlan) -> dict[str, Any]:
+    return {
+        "object": "list",
+        "data": [
+            {"id": e.model, "object": "model", "created": 0, "owned_by": "switchyard"}
+            for e in plan.attached
+        ],
+    }
+
+
+def _route(endpoint: EndpointPlan, prefix: str, cluster: str) -> dict[str, Any]:
+    return {
+        "match": {
+            "prefix": prefix,
+            "headers": [{"name": MODEL_HEADER, "string_match": {"exact": endpoint.model}}],
+        },
+        "route": {
+            "cluster": cluster,
+            "auto_host_rewrite": True,
+            "timeout": "0s",  # streams may run long; each attempt has its own timeout
+            "retry_policy": _retry_policy(endpoint),
+        },
+    }
+
+
+def _retry_policy(endpoint: EndpointPlan) -> dict[str, Any]:
+    conditions = {
+        "ConnectFailure": ["connect-failure", "reset", "refused-stream"],
+        "ServerError": ["5xx"],
+        "Timeout": ["gateway-error"],
+        "RateLimited": ["retriable-status-codes"],
+    }
+    retry_on = sorted({c for name in endpoint.retry_on for c in conditions[name]})
+    policy: dict[str, Any] = {
+        "retry_on": ",".join(retry_on) or "connect-failure",
+        "num_retries": endpoint.retry_attempts,
+        "per_try_timeout": f"{endpoint.per_try_timeout_seconds:g}s",
+        "retry_back_off": {"base_interval": "0.01s", "max_interval": "0.25s"},
+        # A retry goes to another backend, and to the next tier once a tier is exhausted.
+        "retry_host_predicate": [
+            {
+                "name": "envoy.retry_host_predicates.previous_hosts",
+                "typed_config": {
+                    "@type": TYPE
+                    + "envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"
+                },
+            }
+        ],
+        "host_selection_retry_max_attempts": 5,
+        "retry_priority": {
+            "name": "envoy.retry_priorities.previous_priorities",
+            "typed_config": {
+                "@type": TYPE
+                + "envoy.extensions.retry.priority.previous_priorities.v3.PreviousPrioritiesConfig",
+                "update_frequency": 1,
+            },
+        },
+    }
+    if "RateLimited" in endpoint.retry_on:
+        policy["retriable_status_codes"] = [429]
+    return policy
+
+
+def _lua(name: str, source: str) -> dict[str, Any]:
+    return {
+        "name": "envoy.filters.http.lua",
+        "typed_config": {
+            "@type": TYPE + "envoy.extensions.filters.http.lua.v3.Lua",
+            "stat_prefix": name,
+            "default_source_code": {"inline_string": source},
+        },
+    }
+
+
+def _cluster(
+    endpoint: EndpointPlan,
+    backends: tuple[BackendRoute, ...],
+    name: str,
+    ca_bundle: str | None,
+) -> dict[str, Any]:
+    carrying = [b for b in backends if b.effective_weight > 0]
+    localities = [
+        {
+            "locality": {"sub_zone": b.name},
+            "load_balancing_weight": b.effective_weight,
+            # Envoy needs priorities 0..N without gaps; tiers keep their order.
+            "priority": sorted({c.priority for c in carrying}).index(b.priority),
+            "lb_endpoints": [_lb_endpoint(b)],
+        }
+        for b in carrying
+    ]
+    tls_roots = SYSTEM_CA_BUNDLE if ca_bundle is None else ca_bundle
+    return {
+        "name": name,
+        "type": "STRICT_DNS",
+        "dns_lookup_family": "V4_PREFERRED",
+        "connect_timeout": "2s",
+        "lb_policy": "ROUND_ROBIN",
+        "per_connection_buffer_limit_bytes": MAX_REQUEST_BYTES,
+        "common_lb_config": {
+            "locality_weighted_lb_config": {},
+            # Never route to an ejected backend while a healthy one exists.
+            "healthy_panic_threshold": {"value": 0},
+        },
+        "outlier_detection": {
+            "consecutive_5xx": 2,
+            "consecutive_gateway_failure": 2,
+            "consecutive_local_origin_failure": 2,
+            "split_external_local_origin_errors": True,
+            "interval": "1s",
+            "base_ejection_time": "10s",
+            "max_ejection_percent": 100,
+            "enforcing_consecutive_5xx": 100,
+            "enforcing_consecutive_gateway_failure": 100,
+            "enforcing_consecutive_local_origin_failure": 100,
+        },
+        "typed_extension_protocol_options": {
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": TYPE + "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                "explicit_http_config": {"http_protocol_options": {}},
+                "upstream_http_protocol_options": {"auto_sni": True, "auto_san_validation": True},
+                "http_filters": [
+                    _header_mutation(),
+                    _lua("backend_shaper", _SHAPER_LUA),
+                    {
+                        "name": "envoy.filters.http.upstream_codec",
+                        "typed_config": {
+                            "@type": TYPE
+                            + "envoy.extensions.filters.http.upstream_codec.v3.UpstreamCodec"
+                        },
+                    },
+                ],
+            }
+        },
+        "transport_socket_matches": [
+            {
+                "name": "tls",
+                "match": {"tls": "true"},
+                "transport_socket": {
+                    "name": "envoy.transport_sockets.tls",
+                    "typed_config": {
+                        "@type": TYPE
+                        + "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+                        "common_tls_context": {
+                            "validation_context": {"trusted_ca": {"filename": tls_roots}},
+                        },
+                    },
+                },
+            },
+            {
+                "name": "plaintext",
+                "match": {},
+                "transport_socket": {
+                    "name": "envoy.transport_sockets.raw_buffer",
+                    "typed_config": {
+                        "@type": TYPE + "envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer"
+                    },
+                },
+            },
+        ],
+        "load_assignment": {
+            "cluster_name": name,
+            "endpoints": localities,
+            # A lower tier takes traffic only when the tier above has no healthy backend.
+            "policy": {"overprovisioning_factor": 100000},
+        },
+    }
+
+
+def _lb_endpoint(backend: BackendRoute) -> dict[str, Any]:
+    url = urlsplit(backend.url)
+    tls = url.scheme == "https"
+    port = url.port or (443 if tls else 80)
+    return {
+        "endpoint": {
+            "address": {"socket_address": {"address": url.hostname, "port_value": port}},
+            "hostname": url.hostname if url.port is None else f"{url.hostname}:{port}",
+        },
+        "metadata": {
+            "filter_metadata": {
+                "envoy.transport_socket_match": {"tls": "true" if tls else "false"},
+                METADATA_NAMESPACE: {
+                    "backend": backend.name,
+                    "provider": backend.provider,
+                    "credentials": backend.credentials_key or "",
+                    "path_base": _path_base(backend, url.path.rstrip("/")),
+                    "query": f"api-version={backend.api_version}" if backend.api_version else "",
+                    "model": backend.upstream_model,
+                },
+            }
+        },
+    }
+
+
+def _path_base(backend: BackendRoute, url_path: str) -> str:
+    """What replaces the client's leading `/v1` for this backend."""
+    if backend.provider == "AzureOpenAI":
+        if backend.api_version:
+            return f"{url_path}/openai/deployments/{backend.upstream_model}"
+        return f"{url_path}/openai/v1"
+    if backend.provider in ("AWSBedrock", "GCPVertexAI"):
+        return url_path  # their OpenAI-compatible base URL, given whole
+    return f"{url_path}/v1"
+
+
+def _header_mutation() -> dict[str, Any]:
+    removals = [{"remove": h} for h in (*AUTH_HEADERS, *SCRATCH.values())]
+    additions = [
+        {
+            "append": {
+                "header": {
+                    "key": header,
+                    "value": f"%UPSTREAM_METADATA({METADATA_NAMESPACE}:{field})%",
+                },
+                "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
+            }
+        }
+        for field, header in SCRATCH.items()
+    ]
+    return {
+        "name": "envoy.filters.http.header_mutation",
+        "typed_config": {
+            "@type": TYPE + "envoy.extensions.filters.http.header_mutation.v3.HeaderMutation",
+            "mutations": {"request_mutations": removals + additions},
+        },
+    }
+
+
+def valid_model_name(model: str) -> bool:
+    """Whether a model name can travel in a header and a Lua pattern unchanged."""
+    return re.fullmatch(r'[^"\\\x00-\x1f]+', model) is not None
+
+
+def bootstrap(
+    node: str,
+    xds_host: str,
+    xds_port: int,
+    admin_port: int = 9901,
+    node_metadata: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Envoy's static bootstrap: who it is, where the operator's ADS server is, and nothing
+    else. Everything it serves arrives over ADS; if the operator goes away, Envoy keeps
+    serving the last config it accepted."""
+    return {
+        "node": {"id": node, "cluster": "switchyard", "metadata": node_metadata or {}},
+        "admin": {
+            "address": {"socket_address": {"address": "127.0.0.1", "port_value": admin_port}}
+        },
+        "dynamic_resources": {
+            "ads_config": {
+                "api_type": "GRPC",
+                "transport_api_version": "V3",
+                "set_node_on_first_message_only": True,
+                "grpc_services": [{"envoy_grpc": {"cluster_name": "switchyard-xds"}}],
+            },
+            "cds_config": {"ads": {}, "resource_api_version": "V3"},
+            "lds_config": {"ads": {}, "resource_api_version": "V3"},
+        },
+        "static_resources": {
+            "clusters": [
+                {
+                    "name": "switchyard-xds",
+                    "type": "STRICT_DNS",
+                    "connect_timeout": "2s",
+                    "typed_extension_protocol_options": {
+                        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                            "@type": TYPE
+                            + "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                            "explicit_http_config": {"http2_protocol_options": {}},
+                        }
+                    },
+                    "load_assignment": {
+                        "cluster_name": "switchyard-xds",
+                        "endpoints": [
+                            {
+                                "lb_endpoints": [
+                                    {
+                                        "endpoint": {
+                                            "address": {
+                                                "socket_address": {
+                                                    "address": xds_host,
+                                                    "port_value": xds_port,
+                                                }
+                                            }
+                                        }
+                                    }
+                                ]
+                            }
+                        ],
+                    },
+                }
+            ]
+        },
+    }

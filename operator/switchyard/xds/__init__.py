@@ -1,0 +1,1 @@
+"""The xDS control plane: snapshots per gateway, served to its Envoys over ADS."""

@@ -1,0 +1,327 @@
+"""An Aggregated Discovery Service (state of the world, v3) for the gateways' Envoys.
+
+Each gateway is one xDS node (`<namespace>/<name>`). The operator sets a snapshot per node;
+every Envoy stream of that node gets it, and the server tracks what each stream ACKed or
+NACKed, so that the gateway's `Programmed` condition can tell the truth.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
+from google.protobuf import any_pb2, json_format
+
+from switchyard.xds import resources as _registered_types  # noqa: F401  (type registry)
+
+logger = logging.getLogger(__name__)
+
+CLUSTER = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
+LISTENER = "type.googleapis.com/envoy.config.listener.v3.Listener"
+# Clusters before the listeners whose routes use them, so an update never routes to nothing.
+PUSH_ORDER = (CLUSTER, LISTENER)
+
+
+@dataclass(frozen=True)
+class TypedResources:
+    version: str
+    resources: tuple[any_pb2.Any, ...]
+
+
+def pack(type_url: str, resources: list[dict[str, Any]]) -> TypedResources:
+    """JSON-shaped resources to Any messages, versioned by a hash of their content (so a
+    restarted operator serves the same version for the same config)."""
+    canonical = json.dumps(resources, sort_keys=True, separators=(",", ":"))
+    version = hashlib.sha256(canonical.encode()).hexdigest()[:16]
+    message_type = _message_type(type_url)
+    packed = []
+    for resource in resources:
+        message = json_format.ParseDict(resource, message_type())
+        wrapped = any_pb2.Any()
+        wrapped.Pack(message)
+        packed.append(wrapped)
+    return TypedResources(version, tuple(packed))
+
+
+def _message_type(type_url: str) -> Any:
+    from google.protobuf import symbol_database
+
+    name = type_url.rsplit("/", 1)[-1]
+    return symbol_database.Default().GetSymbol(name)
+
+
+@dataclass
+class StreamState:
+    node: str
+    # A local Envoy (`switchyard envoy --port`) may ask to listen elsewhere than the gateway's
+    # Pods do, through its node metadata.
+    listen_on: tuple[str, int] | None = None
+    sent: dict[str, tuple[str, str]] = field(default_factory=dict)  # type -> (version, nonce)
+    acked: dict[str, str] = field(default_factory=dict)  # type -> version
+    rejected: dict[str, tuple[str, str]] = field(default_factory=dict)  # type -> (version, error)
+    subscribed: set[str] = field(default_factory=set)
+
+
+@dataclass(frozen=True)
+class NodeStatus:
+    """What the Envoys of one node did with its current snapshot."""
+
+    streams: int
+    programmed: bool
+    rejection: str | None
+
+
+class XdsServer:
+    def __init__(self) -> None:
+        self._snapshots: dict[str, dict[str, TypedResources]] = {}
+        self._listeners: dict[str, list[dict[str, Any]]] = {}
+        self._relocated: dict[tuple[str, tuple[str, int]], TypedResources] = {}
+        self._streams: dict[str, list[StreamState]] = {}
+        self._changed: dict[str, asyncio.Event] = {}
+        self._nonce = 0
+        # Told the node whenever one of its Envoys connects, leaves, ACKs or NACKs.
+        self.on_change: Callable[[str], None] = lambda node: None
+        self._server: grpc.aio.Server | None = None
+        self.port: int | None = None
+        self.pushes = 0
+
+    # --- snapshots
+
+    def set_snapshot(self, node: str, resources: Mapping[str, list[dict[str, Any]]]) -> bool:
+        """Replace a node's snapshot; returns whether anything changed (and was pushed)."""
+        snapshot = {type_url: pack(type_url, items) for type_url, items in resources.items()}
+        current = self._snapshots.get(node)
+        if current is not None and _versions(current) == _versions(snapshot):
+            return False
+        self._snapshots[node] = snapshot
+        self._listeners[node] = list(resources.get(LISTENER, []))
+        self._relocated = {k: v for k, v in self._relocated.items() if k[0] != node}
+        for event in self._events(node):
+            event.set()
+        return True
+
+    def remove_snapshot(self, node: str) -> None:
+        self._snapshots.pop(node, None)
+        self._listeners.pop(node, None)
+
+    def versions(self, node: str) -> dict[str, str]:
+        return _versions(self._snapshots.get(node, {}))
+
+    def status(self, node: str) -> NodeStatus:
+        streams = self._streams.get(node, [])
+        wanted = self.versions(node)
+        rejection = next(
+            (
+                error
+                for stream in streams
+                for type_url, (version, error) in stream.rejected.items()
+                if wanted.get(type_url) == version
+            ),
+            None,
+        )
+        programmed = (
+            bool(streams)
+            and bool(wanted)
+            and all(
+                stream.acked.get(type_url) == version
+                for stream in streams
+                for type_url, version in wanted.items()
+            )
+        )
+        return NodeStatus(streams=len(streams), programmed=programmed, rejection=rejection)
+
+    def _events(self, node: str) -> list[asyncio.Event]:
+        return [e for key, e in self._changed.items() if key.startswith(f"{node}#")]
+
+    # --- gRPC
+
+    async def start(self, host: str, port: int) -> int:
+        server = grpc.aio.server(options=[("grpc.max_send_message_length", 64 * 2**20)])
+        ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(_Servicer(self), server)
+        self.port = server.add_insecure_port(f"{host}:{port}")
+        if self.port == 0:
+            raise OSError(f"cannot listen for xDS on {host}:{port}")
+        await server.start()
+        self._server = server
+        logger.info("xDS server listening on %s:%d", host, self.port)
+        return self.port
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            await self._server.stop(grace=1)
+            self._server = None
+
+    async def stream(
+        self, requests: AsyncIterator[discovery_pb2.DiscoveryRequest]
+    ) -> AsyncIterator[discovery_pb2.DiscoveryResponse]:
+        """One Envoy's ADS stream: answer its subscriptions, push changes, note ACK/NACK."""
+        inbox: asyncio.Queue[discovery_pb2.DiscoveryRequest | None] = asyncio.Queue()
+
+        async def read() -> None:
+            try:
+                async for request in requests:
+                    await inbox.put(request)
+            finally:
+                await inbox.put(None)
+
+        reader = asyncio.create_task(read())
+        state: StreamState | None = None
+        changed = asyncio.Event()
+        stream_key = ""
+        try:
+            while True:
+                if state is None or inbox.qsize():
+                    request = await inbox.get()
+                else:
+                    getter = asyncio.ensure_future(inbox.get())
+                    waiter = asyncio.ensure_future(changed.wait())
+                    done, _ = await asyncio.wait(
+                        {getter, waiter}, return_when=asyncio.FIRST_COMPLETED
+                    )
+                    if getter in done:
+                        waiter.cancel()
+                        request = getter.result()
+                    else:
+                        getter.cancel()
+                        changed.clear()
+                        for response in self._updates(state):
+                            yield response
+                        continue
+                if request is None:
+                    return
+                if state is None:
+                    state = StreamState(node=request.node.id, listen_on=_listen_on(request))
+                    self._nonce += 1
+                    stream_key = f"{state.node}#{self._nonce}"
+                    self._changed[stream_key] = changed
+                    self._streams.setdefault(state.node, []).append(state)
+                    logger.info("Envoy connected for %s", state.node)
+                    self.on_change(state.node)
+                response = self._handle(state, request)
+                if response is not None:
+                    yield response
+        finally:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reader
+            if state is not None:
+                self._changed.pop(stream_key, None)
+                self._streams[state.node].remove(state)
+                if not self._streams[state.node]:
+                    del self._streams[state.node]
+                logger.info("Envoy disconnected for %s", state.node)
+                self.on_change(state.node)
+
+    def _handle(
+        self, state: StreamState, request: discovery_pb2.DiscoveryRequest
+    ) -> discovery_pb2.DiscoveryResponse | None:
+        type_url = request.type_url
+        state.subscribed.add(type_url)
+        sent = state.sent.get(type_url)
+        if request.response_nonce:
+            if sent is None or request.response_nonce != sent[1]:
+                return None  # an answer to an older response: superseded already
+            if request.HasField("error_detail"):
+                message = request.error_detail.message
+                state.rejected[type_url] = (sent[0], message)
+                logger.warning(
+                    "Envoy for %s rejected %s version %s: %s",
+                    state.node,
+                    type_url.rsplit(".", 1)[-1],
+                    sent[0],
+                    message,
+                )
+            else:
+                state.acked[type_url] = request.version_info
+                state.rejected.pop(type_url, None)
+            self.on_change(state.node)
+            return None
+        return self._response(state, type_url)
+
+    def _updates(self, state: StreamState) -> list[discovery_pb2.DiscoveryResponse]:
+        wanted = self.versions(state.node)
+        responses = []
+        for type_url in PUSH_ORDER:
+            if type_url in state.subscribed and state.sent.get(type_url, ("", ""))[0] != wanted.get(
+                type_url
+            ):
+                response = self._response(state, type_url)
+                if response is not None:
+                    responses.append(response)
+        return responses
+
+    def _response(
+        self, state: StreamState, type_url: str
+    ) -> discovery_pb2.DiscoveryResponse | None:
+        snapshot = self._snapshots.get(state.node, {}).get(type_url)
+        if snapshot is None:
+            return None  # nothing for this node yet: the first snapshot will be pushed
+        if type_url == LISTENER and state.listen_on is not None:
+            # Same version as the gateway's own listener, so ACKs compare alike.
+            snapshot = TypedResources(
+                snapshot.version, self._relocate(state.node, state.listen_on).resources
+            )
+        self._nonce += 1
+        nonce = str(self._nonce)
+        state.sent[type_url] = (snapshot.version, nonce)
+        self.pushes += 1
+        return discovery_pb2.DiscoveryResponse(
+            version_info=snapshot.version,
+            resources=list(snapshot.resources),
+            type_url=type_url,
+            nonce=nonce,
+        )
+
+    def _relocate(self, node: str, listen_on: tuple[str, int]) -> TypedResources:
+        key = (node, listen_on)
+        if key not in self._relocated:
+            address, port = listen_on
+            moved = []
+            for listener in self._listeners.get(node, []):
+                copy = json.loads(json.dumps(listener))
+                copy["address"]["socket_address"] = {"address": address, "port_value": port}
+                copy["name"] = f"{copy['name']}-{address}-{port}"
+                moved.append(copy)
+            self._relocated[key] = pack(LISTENER, moved)
+        return self._relocated[key]
+
+
+def node_of_gateway(namespace: str, name: str) -> str:
+    """The xDS node of a gateway: every Envoy of the gateway announces itself with it."""
+    return f"{namespace}/{name}"
+
+
+def gateway_of_node(node: str) -> tuple[str, str]:
+    namespace, _, name = node.partition("/")
+    return (namespace, name)
+
+
+def _listen_on(request: discovery_pb2.DiscoveryRequest) -> tuple[str, int] | None:
+    fields = request.node.metadata.fields
+    if "listen_port" not in fields:
+        return None
+    address = fields["listen_address"].string_value if "listen_address" in fields else "0.0.0.0"
+    return (address or "0.0.0.0", int(fields["listen_port"].number_value))
+
+
+def _versions(snapshot: Mapping[str, TypedResources]) -> dict[str, str]:
+    return {type_url: typed.version for type_url, typed in snapshot.items()}
+
+
+class _Servicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignore[misc]
+    def __init__(self, server: XdsServer) -> None:
+        self._server = server
+
+    async def StreamAggregatedResources(
+        self, request_iterator: AsyncIterator[discovery_pb2.DiscoveryRequest], context: Any
+    ) -> AsyncIterator[discovery_pb2.DiscoveryResponse]:
+        async for response in self._server.stream(request_iterator):
+            yield response
