@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import os
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -40,12 +41,15 @@ def sync_passes(namespace: str, gateway: str) -> float:
 class Operator:
     """`switchyard.handlers.operator` under KopfRunner, restartable, with every log line kept."""
 
-    def __init__(self) -> None:
+    def __init__(self, xds_address: str = "127.0.0.1:0") -> None:
+        # Any free port unless a test runs Envoys against this operator.
+        self.xds_address = xds_address
         self.runner: KopfRunner | None = None
         self.records = _Records()
         self.outputs: list[str] = []
 
     def start(self) -> None:
+        os.environ["SWITCHYARD_XDS_ADDRESS"] = self.xds_address
         logging.getLogger().addHandler(self.records)
         self.runner = KopfRunner(
             [

@@ -69,7 +69,8 @@ class ProviderError(Exception):
 
 
 class FakeProvider:
-    """One provider on one port, plus an optional control port for faults and records."""
+    """One provider on one port, plus an optional control port for faults, records and key
+    rotation."""
 
     def __init__(
         self,
@@ -208,11 +209,11 @@ class FakeProvider:
             if compatible and offered is None:
                 # The OpenAI-compatible API also takes the OpenAI SDK's bearer token.
                 offered = request.headers.get("Authorization", "").removeprefix("Bearer ")
-            if not compatible and offered == self.api_key:
-                if "anthropic-version" not in request.headers:
-                    raise ProviderError(
-                        400, "invalid_request_error", "anthropic-version: header is required"
-                    )
+            versioned = compatible or "anthropic-version" in request.headers
+            if offered == self.api_key and not versioned:
+                raise ProviderError(
+                    400, "invalid_request_error", "anthropic-version: header is required"
+                )
         else:
             authorization = request.headers.get("Authorization", "")
             offered = authorization.removeprefix("Bearer ") if authorization else None
@@ -438,7 +439,13 @@ class FakeProvider:
         app.router.add_get("/fault", self._get_fault)
         app.router.add_put("/fault", self._put_fault)
         app.router.add_delete("/fault", self._clear_fault)
+        app.router.add_put("/api-key", self._put_api_key)
         return app
+
+    async def _put_api_key(self, request: web.Request) -> web.Response:
+        """Rotate the key the provider accepts, as a provider's console does."""
+        self.api_key = (await request.json())["apiKey"]
+        return web.Response(status=204)
 
     async def _get_requests(self, request: web.Request) -> web.Response:
         return web.json_response([asdict(r) for r in self.requests])

@@ -2,8 +2,9 @@
 
 How a request flows:
 
-1. Downstream, a Lua filter reads the JSON body's `model` into `x-switchyard-model` and
-   clears the route cache, so the route table can select the model's cluster.
+1. Downstream, json_to_metadata parses the JSON body's top-level `model` into dynamic
+   metadata, which the routes match to select the model's cluster. A small Lua filter keeps
+   the client's path there too, for retries.
 2. Each model's cluster holds every backend of its endpoint as a locality of its own, with
    the backend's effective weight as locality weight and its tier as priority. The cluster
    is picked once, the backend per attempt: a retry (previous_hosts, previous_priorities)
@@ -19,7 +20,6 @@ How a request flows:
 from __future__ import annotations
 
 import json
-import re
 from string import Template
 from typing import Any
 from urllib.parse import urlsplit
@@ -31,7 +31,6 @@ TYPE = "type.googleapis.com/"
 CLUSTER_TYPE = TYPE + "envoy.config.cluster.v3.Cluster"
 LISTENER_TYPE = TYPE + "envoy.config.listener.v3.Listener"
 ANTHROPIC_VERSION = "2023-06-01"
-MODEL_HEADER = "x-switchyard-model"
 METADATA_NAMESPACE = "switchyard"
 # Requests up to 10 MB (long prompts, images) must pass, retries included.
 MAX_REQUEST_BYTES = 16 * 2**20
@@ -49,29 +48,18 @@ SCRATCH = {
 # Every header that carries a provider's key or version: cleared before each attempt.
 AUTH_HEADERS = ("authorization", "api-key", "x-api-key", "anthropic-version")
 
-_ROUTER_LUA = Template("""
--- Expose the JSON body's top-level "model" to the route table.
+# Retries reuse the request whose headers an earlier attempt rewrote: keep the client's path.
+_ORIGINAL_PATH_LUA = """
 function envoy_on_request(handle)
-  local headers = handle:headers()
-  headers:remove("${model}")
-  if headers:get(":method") ~= "POST" then return end
-  local body = handle:body()
-  if body == nil then return end
-  local size = body:length()
-  local text = body:getBytes(0, math.min(size, 4096))
-  local model = string.match(text, '^%s*{%s*"model"%s*:%s*"([^"\\\\]*)"')
-  if model == nil then
-    model = string.match(body:getBytes(0, size), '"model"%s*:%s*"([^"\\\\]*)"')
-  end
-  if model ~= nil then
-    handle:headers():add("${model}", model)
-  end
-  handle:clearRouteCache()
+  handle:streamInfo():dynamicMetadata():set("switchyard", "path", handle:headers():get(":path"))
 end
-""").substitute(model=MODEL_HEADER)
+"""
 
 _SHAPER_LUA = Template("""
 -- Shape one attempt for the backend Envoy chose: path, body model, auth header.
+-- Runs again on every retry, on headers the previous attempt rewrote, so it derives
+-- everything from the client's original path and model (dynamic metadata) and from the
+-- scratch headers header_mutation has just set from the chosen endpoint's metadata.
 local directory = os.getenv("${credentials_env}") or "/etc/switchyard/credentials"
 local keys, read_at = {}, {}
 
@@ -91,7 +79,11 @@ local function key(name)
   return keys[name]
 end
 
-function envoy_on_request(handle)
+local function escape(text)
+  return (string.gsub(text, "[%^%$$%(%)%%%.%[%]%*%+%-%?]", "%%%0"))
+end
+
+local function shape(handle)
   local headers = handle:headers()
   local provider = headers:get("${provider}")
   local credentials = headers:get("${credentials}")
@@ -102,10 +94,9 @@ function envoy_on_request(handle)
                          "${model}"}) do
     headers:remove(name)
   end
-  if base ~= nil then
-    local path = headers:get(":path")
-    local rest = string.gsub(path, "^/v1", "", 1)
-    path = base .. rest
+  local client = handle:streamInfo():dynamicMetadata():get("switchyard") or {}
+  if base ~= nil and client["path"] ~= nil then
+    local path = base .. string.gsub(client["path"], "^/v1", "", 1)
     if query ~= nil and query ~= "" then
       local separator = "?"
       if string.find(path, "?", 1, true) then separator = "&" end
@@ -128,14 +119,26 @@ function envoy_on_request(handle)
   if provider == "Anthropic" then
     headers:replace("anthropic-version", "${anthropic_version}")
   end
-  if model ~= nil and model ~= "" and headers:get(":method") == "POST" then
+  local asked = client["model"]
+  if model ~= nil and model ~= "" and asked ~= nil and model ~= asked then
     local body = handle:body()
     if body ~= nil and body:length() > 0 then
       local text = body:getBytes(0, body:length())
-      local rewritten, count = string.gsub(
-        text, '("model"%s*:%s*)"[^"\\\\]*"', '%1"' .. model .. '"', 1)
+      local pattern = '("model"%s*:%s*)"' .. escape(asked) .. '"'
+      local rewritten, count = string.gsub(text, pattern, function(prefix)
+        return prefix .. '"' .. model .. '"'
+      end, 1)
       if count == 1 then body:setBytes(rewritten) end
     end
+  end
+end
+
+function envoy_on_request(handle)
+  -- An error here must not send one backend's request shape to another: fail the attempt.
+  local ok, problem = pcall(shape, handle)
+  if not ok then
+    handle:logErr("switchyard: " .. tostring(problem))
+    handle:respond({[":status"] = "502"}, "switchyard could not shape the request")
   end
 end
 """).substitute(SCRATCH, credentials_env=CREDENTIALS_DIR_ENV, anthropic_version=ANTHROPIC_VERSION)
@@ -187,7 +190,10 @@ def _listener(plan: GatewayPlan, port: int, clusters: list[dict[str, Any]]) -> d
         routes.append(_route(endpoint, "/v1/", cluster_name(endpoint.model)))
     routes += [
         {
-            "match": {"prefix": "/v1/", "headers": [{"name": MODEL_HEADER, "present_match": True}]},
+            "match": {
+                "prefix": "/v1/",
+                "dynamic_metadata": [_model_matcher({"present_match": True})],
+            },
             "direct_response": {"status": 404, "body": {"inline_string": "model_not_found"}},
         },
         {
@@ -211,7 +217,8 @@ def _listener(plan: GatewayPlan, port: int, clusters: list[dict[str, Any]]) -> d
                             "stream_idle_timeout": "300s",
                             "request_timeout": "0s",
                             "http_filters": [
-                                _lua("model_router", _ROUTER_LUA),
+                                _model_to_metadata(),
+                                _lua("original_path", _ORIGINAL_PATH_LUA),
                                 {
                                     "name": "envoy.filters.http.router",
                                     "typed_config": {
@@ -257,7 +264,7 @@ def _local_replies() -> dict[str, Any]:
             mapper(
                 "EQ",
                 404,
-                f"The model '%REQ({MODEL_HEADER})%' does not exist on this gateway.",
+                "The model '%DYNAMIC_METADATA(switchyard:model)%' does not exist on this gateway.",
                 "model_not_found",
             ),
             mapper("EQ", 400, "The request body must be JSON with a 'model' field.", None),
@@ -266,6 +273,39 @@ def _local_replies() -> dict[str, Any]:
             mapper("GE", 400, "%LOCAL_REPLY_BODY%", "%RESPONSE_CODE%"),
         ]
     }
+
+
+def _model_to_metadata() -> dict[str, Any]:
+    """The body's top-level `model`, parsed as JSON, into dynamic metadata the routes match."""
+    return {
+        "name": "envoy.filters.http.json_to_metadata",
+        "typed_config": {
+            "@type": TYPE + "envoy.extensions.filters.http.json_to_metadata.v3.JsonToMetadata",
+            "request_rules": {
+                "rules": [
+                    {
+                        "selectors": [{"key": "model"}],
+                        "on_present": {
+                            "metadata_namespace": METADATA_NAMESPACE,
+                            "key": "model",
+                            "type": "STRING",
+                        },
+                    }
+                ],
+                # curl -d sends a form content type; read JSON whatever the label says.
+                "allow_content_types": [
+                    "application/json",
+                    "application/x-www-form-urlencoded",
+                    "text/plain",
+                ],
+                "allow_empty_content_type": True,
+            },
+        },
+    }
+
+
+def _model_matcher(value: dict[str, Any]) -> dict[str, Any]:
+    return {"filter": METADATA_NAMESPACE, "path": [{"key": "model"}], "value": value}
 
 
 def _json_content_type() -> dict[str, Any]:
@@ -289,7 +329,7 @@ def _route(endpoint: EndpointPlan, prefix: str, cluster: str) -> dict[str, Any]:
     return {
         "match": {
             "prefix": prefix,
-            "headers": [{"name": MODEL_HEADER, "string_match": {"exact": endpoint.model}}],
+            "dynamic_metadata": [_model_matcher({"string_match": {"exact": endpoint.model}})],
         },
         "route": {
             "cluster": cluster,
@@ -366,7 +406,7 @@ def _cluster(
         }
         for b in carrying
     ]
-    tls_roots = SYSTEM_CA_BUNDLE if ca_bundle is None else ca_bundle
+    roots = ca_bundle or SYSTEM_CA_BUNDLE
     return {
         "name": name,
         "type": "STRICT_DNS",
@@ -395,7 +435,6 @@ def _cluster(
             "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
                 "@type": TYPE + "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
                 "explicit_http_config": {"http_protocol_options": {}},
-                "upstream_http_protocol_options": {"auto_sni": True, "auto_san_validation": True},
                 "http_filters": [
                     _header_mutation(),
                     _lua("backend_shaper", _SHAPER_LUA),
@@ -409,21 +448,10 @@ def _cluster(
                 ],
             }
         },
+        # One TLS context per https backend, with its own SNI and name check: auto_sni would
+        # use the client's Host, which the route rewrites only after the handshake is chosen.
         "transport_socket_matches": [
-            {
-                "name": "tls",
-                "match": {"tls": "true"},
-                "transport_socket": {
-                    "name": "envoy.transport_sockets.tls",
-                    "typed_config": {
-                        "@type": TYPE
-                        + "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
-                        "common_tls_context": {
-                            "validation_context": {"trusted_ca": {"filename": tls_roots}},
-                        },
-                    },
-                },
-            },
+            *(_tls_match(b, roots) for b in carrying if urlsplit(b.url).scheme == "https"),
             {
                 "name": "plaintext",
                 "match": {},
@@ -444,6 +472,29 @@ def _cluster(
     }
 
 
+def _tls_match(backend: BackendRoute, roots: str) -> dict[str, Any]:
+    host = urlsplit(backend.url).hostname or ""
+    return {
+        "name": f"tls-{backend.name}",
+        "match": {"backend": backend.name},
+        "transport_socket": {
+            "name": "envoy.transport_sockets.tls",
+            "typed_config": {
+                "@type": TYPE + "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+                "sni": host,
+                "common_tls_context": {
+                    "validation_context": {
+                        "trusted_ca": {"filename": roots},
+                        "match_typed_subject_alt_names": [
+                            {"san_type": "DNS", "matcher": {"exact": host}}
+                        ],
+                    }
+                },
+            },
+        },
+    }
+
+
 def _lb_endpoint(backend: BackendRoute) -> dict[str, Any]:
     url = urlsplit(backend.url)
     tls = url.scheme == "https"
@@ -455,7 +506,7 @@ def _lb_endpoint(backend: BackendRoute) -> dict[str, Any]:
         },
         "metadata": {
             "filter_metadata": {
-                "envoy.transport_socket_match": {"tls": "true" if tls else "false"},
+                "envoy.transport_socket_match": {"backend": backend.name},
                 METADATA_NAMESPACE: {
                     "backend": backend.name,
                     "provider": backend.provider,
@@ -501,11 +552,6 @@ def _header_mutation() -> dict[str, Any]:
             "mutations": {"request_mutations": removals + additions},
         },
     }
-
-
-def valid_model_name(model: str) -> bool:
-    """Whether a model name can travel in a header and a Lua pattern unchanged."""
-    return re.fullmatch(r'[^"\\\x00-\x1f]+', model) is not None
 
 
 def bootstrap(

@@ -1,0 +1,58 @@
+"""Session fixtures shared by the suites that need a Kubernetes API server.
+
+With KUBECONFIG set, the tests run against that cluster; otherwise they start the local
+control plane (built once, cached outside the repository) for the session.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import localcluster
+from tests_support.cluster import Cluster, KubectlError, eventually
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def kubeconfig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    existing = os.environ.get("KUBECONFIG")
+    if existing:
+        yield existing
+        return
+    directory = tmp_path_factory.mktemp("control-plane")
+    local = localcluster.start(directory)
+    os.environ["KUBECONFIG"] = str(local.kubeconfig)
+    try:
+        yield str(local.kubeconfig)
+    finally:
+        del os.environ["KUBECONFIG"]
+        localcluster.stop(directory)
+
+
+@pytest.fixture(scope="session")
+def cluster(kubeconfig: str) -> Cluster:
+    kube = Cluster(localcluster.build() / "kubectl", kubeconfig)
+    kube.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(ROOT / "crds"))
+    kube.kubectl(
+        "wait",
+        "--for=condition=Established",
+        "--timeout=60s",
+        "crd/modelendpoints.switchyard.dev",
+        "crd/modelgateways.switchyard.dev",
+    )
+    # Established is not yet servable: new CRD storage answers 429 while it initialises.
+    eventually(lambda: _servable(kube))
+    return kube
+
+
+def _servable(kube: Cluster) -> bool:
+    try:
+        kube.kubectl("get", "modelendpoints,modelgateways", "-A")
+    except KubectlError:
+        return False
+    return True
