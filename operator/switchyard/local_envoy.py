@@ -22,7 +22,7 @@ from switchyard.kube.client import Kube, load_configuration
 from switchyard.render.envoy import CREDENTIALS_DIR_ENV, bootstrap
 from switchyard.render.objects import credentials_secret_name
 
-SECRET_POLL_SECONDS = 1.0
+SECRET_POLL_SECONDS = 0.5
 
 
 def envoy_binary() -> str:

@@ -65,8 +65,9 @@ local keys, read_at = {}, {}
 
 local function key(name)
   -- Re-read at most once a second: a rotated Secret shows up without a restart.
+  -- A key not there yet is looked for again on the next request.
   local now = os.time()
-  if read_at[name] ~= now then
+  if read_at[name] ~= now or keys[name] == nil then
     local file = io.open(directory .. "/" .. name, "rb")
     if file ~= nil then
       keys[name] = file:read("*a")
@@ -345,9 +346,10 @@ def _retry_policy(endpoint: EndpointPlan) -> dict[str, Any]:
         "ConnectFailure": ["connect-failure", "reset", "refused-stream"],
         "ServerError": ["5xx"],
         "Timeout": ["gateway-error"],
-        "RateLimited": ["retriable-status-codes"],
+        "RateLimited": [],
     }
     retry_on = sorted({c for name in endpoint.retry_on for c in conditions[name]})
+    retry_on.append("retriable-status-codes")
     policy: dict[str, Any] = {
         "retry_on": ",".join(retry_on) or "connect-failure",
         "num_retries": endpoint.retry_attempts,
@@ -373,8 +375,11 @@ def _retry_policy(endpoint: EndpointPlan) -> dict[str, Any]:
             },
         },
     }
+    # A key the provider refuses is that backend's problem: another backend may serve.
+    codes = [401, 403]
     if "RateLimited" in endpoint.retry_on:
-        policy["retriable_status_codes"] = [429]
+        codes.append(429)
+    policy["retriable_status_codes"] = codes
     return policy
 
 
@@ -418,6 +423,19 @@ def _cluster(
             "locality_weighted_lb_config": {},
             # Never route to an ejected backend while a healthy one exists.
             "healthy_panic_threshold": {"value": 0},
+        },
+        # Envoy's default allows 3 concurrent retries per cluster: a dead backend under load
+        # would turn the 4th into a client error. Retries are what keep clients whole here.
+        "circuit_breakers": {
+            "thresholds": [
+                {
+                    "priority": "DEFAULT",
+                    "max_connections": 100000,
+                    "max_pending_requests": 100000,
+                    "max_requests": 100000,
+                    "max_retries": 100000,
+                }
+            ]
         },
         "outlier_detection": {
             "consecutive_5xx": 2,

@@ -1,0 +1,120 @@
+"""A gateway lab: the operator on the real control plane, serving xDS to a real Envoy that
+sends real HTTP to fake providers on loopback."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests_support.cluster import Cluster, condition, eventually
+from tests_support.gateway import FakeProcess, LocalEnvoy, chat, free_port, send_sync
+from tests_support.scenario import API_VERSION, Operator
+
+# name -> (provider, model it serves, seconds between streamed chunks); one key each, all
+# in the Secret "keys".
+FAKES = {
+    "openai": ("OpenAI", "gpt-4o", 0.0),
+    "azure": ("AzureOpenAI", "chat-deploy", 0.0),
+    "anthropic": ("Anthropic", "claude-x", 0.0),
+    "local-a": ("OpenAICompatible", "llama", 0.0),
+    "local-b": ("OpenAICompatible", "llama", 0.0),
+    "local-c": ("OpenAICompatible", "llama", 0.0),
+    "slow": ("OpenAICompatible", "llama", 0.2),
+}
+
+
+@dataclass
+class Lab:
+    cluster: Cluster
+    operator: Operator
+    namespace: str
+    envoy: LocalEnvoy
+    fakes: dict[str, FakeProcess]
+
+    def backend(self, fake: str, weight: int = 1, priority: int = 0) -> dict[str, Any]:
+        process = self.fakes[fake]
+        backend: dict[str, Any] = {
+            "name": fake,
+            "provider": process.provider,
+            "model": process.model,
+            "url": process.url,
+            "weight": weight,
+            "priority": priority,
+            "credentialsRef": {"name": "keys", "key": fake},
+        }
+        if process.provider == "AzureOpenAI":
+            backend["apiVersion"] = "2024-10-21"
+        return backend
+
+    def endpoint_manifest(
+        self, model: str, backends: list[dict[str, Any]], **spec: Any
+    ) -> dict[str, Any]:
+        return {
+            "apiVersion": API_VERSION,
+            "kind": "ModelEndpoint",
+            "metadata": {"name": model, "namespace": self.namespace},
+            "spec": {"gatewayRef": {"name": "gw"}, "model": model, "backends": backends, **spec},
+        }
+
+    def serve(self, model: str, backends: list[dict[str, Any]], **spec: Any) -> None:
+        """Apply an endpoint and wait until the gateway answers for its model."""
+        self.cluster.apply(self.endpoint_manifest(model, backends, **spec))
+        eventually(
+            lambda: condition(self.cluster.get("modelendpoints", model, self.namespace), "Ready")
+        )
+        # Served once every backend's key has reached Envoy: a run of clean answers.
+        eventually(lambda: send_sync(self.url, chat(model), 20, 2).statuses[200] == 20, timeout=15)
+
+    @property
+    def url(self) -> str:
+        return f"{self.envoy.url}/v1/chat/completions"
+
+    def port(self, fake: str) -> int:
+        return self.fakes[fake].port
+
+    def gateway(self) -> dict[str, Any] | None:
+        return self.cluster.get("modelgateways", "gw", self.namespace)
+
+
+@pytest.fixture(scope="module")
+def lab(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+    namespace = f"sy-e2e-{uuid.uuid4().hex[:6]}"
+    fakes = {
+        name: FakeProcess(provider, f"sk-test-{name}-{uuid.uuid4().hex[:8]}", model, delay)
+        for name, (provider, model, delay) in FAKES.items()
+    }
+    operator = Operator(xds_address=f"127.0.0.1:{free_port()}")
+    envoy: LocalEnvoy | None = None
+    try:
+        cluster.apply(
+            {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}},
+            {
+                "apiVersion": "v1",
+                "kind": "Secret",
+                "metadata": {"name": "keys", "namespace": namespace},
+                "stringData": {name: fake.api_key for name, fake in fakes.items()},
+            },
+            {
+                "apiVersion": API_VERSION,
+                "kind": "ModelGateway",
+                "metadata": {"name": "gw", "namespace": namespace},
+                "spec": {"listener": {"port": 8080}},
+            },
+        )
+        operator.start()
+        log: Path = tmp_path_factory.mktemp("envoy") / "envoy.log"
+        envoy = LocalEnvoy(f"{namespace}/gw", free_port(), operator.xds_address, log)
+        envoy.wait_listening()
+        yield Lab(cluster, operator, namespace, envoy, fakes)
+    finally:
+        if envoy is not None:
+            envoy.stop()
+        operator.stop()
+        for fake in fakes.values():
+            fake.stop()
+        cluster.kubectl("delete", "namespace", namespace, "--wait=false", "--ignore-not-found")

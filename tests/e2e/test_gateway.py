@@ -1,0 +1,252 @@
+"""Real traffic through an operator-managed Envoy: splits, shaping, streaming, failover."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Any
+
+import aiohttp
+import pytest
+
+from tests_support.cluster import condition, eventually
+from tests_support.gateway import Outcome, chat, send_sync
+
+from .conftest import Lab
+
+pytestmark = pytest.mark.e2e
+
+SPLIT_REQUESTS = 5000
+TOLERANCE = 0.02
+
+
+def shares_by_name(lab: Lab, outcome: Outcome) -> dict[str, float]:
+    by_port = outcome.shares()
+    return {name: by_port.get(fake.port, 0.0) for name, fake in lab.fakes.items()}
+
+
+@pytest.mark.parametrize(
+    ("case", "weights", "expected"),
+    [
+        ("two-way", {"local-a": (70, 0), "local-b": (30, 0)}, {"local-a": 0.7, "local-b": 0.3}),
+        (
+            "three-way",
+            {"local-a": (50, 0), "local-b": (30, 0), "local-c": (20, 0)},
+            {"local-a": 0.5, "local-b": 0.3, "local-c": 0.2},
+        ),
+        (
+            "two-tiers",
+            {"local-a": (3, 0), "local-b": (1, 0), "local-c": (1, 1)},
+            {"local-a": 0.75, "local-b": 0.25, "local-c": 0.0},
+        ),
+    ],
+)
+def test_split_matches_the_configured_shares(
+    lab: Lab, case: str, weights: dict[str, tuple[int, int]], expected: dict[str, float]
+) -> None:
+    model = f"split-{case}"
+    lab.serve(model, [lab.backend(name, w, p) for name, (w, p) in weights.items()])
+    outcome = send_sync(lab.url, chat(model), SPLIT_REQUESTS)
+    assert outcome.failed == 0, outcome.statuses
+    observed = shares_by_name(lab, outcome)
+    for name, share in expected.items():
+        assert abs(observed[name] - share) <= TOLERANCE, f"{name}: {observed[name]:.3f} vs {share}"
+
+
+def test_each_provider_gets_its_own_path_auth_and_model(lab: Lab) -> None:
+    model = "shaped"
+    lab.serve(model, [lab.backend("openai"), lab.backend("azure"), lab.backend("anthropic")])
+    for fake in lab.fakes.values():
+        fake.forget_requests()
+    outcome = send_sync(lab.url, chat(model), 60, concurrency=4)
+    assert outcome.failed == 0, outcome.statuses
+    keys = {name: fake.api_key for name, fake in lab.fakes.items()}
+
+    [openai, *_] = lab.fakes["openai"].requests()
+    assert openai["path"] == "/v1/chat/completions"
+    assert openai["headers"]["authorization"] == f"Bearer {keys['openai']}"
+    assert openai["body"]["model"] == "gpt-4o"
+
+    [azure, *_] = lab.fakes["azure"].requests()
+    assert azure["path"] == "/openai/deployments/chat-deploy/chat/completions"
+    assert azure["query"] == {"api-version": "2024-10-21"}
+    assert azure["headers"]["api-key"] == keys["azure"]
+
+    [anthropic, *_] = lab.fakes["anthropic"].requests()
+    assert anthropic["path"] == "/v1/chat/completions"
+    assert anthropic["headers"]["x-api-key"] == keys["anthropic"]
+    assert anthropic["headers"]["anthropic-version"] == "2023-06-01"
+    assert anthropic["body"]["model"] == "claude-x"
+
+    # No provider ever sees another's key, or the internal scratch headers.
+    for name in ("openai", "azure", "anthropic"):
+        for recorded in lab.fakes[name].requests():
+            text = json.dumps(recorded["headers"])
+            assert not [other for other, key in keys.items() if other != name and key in text]
+            assert not [h for h in recorded["headers"] if h.startswith("x-sy-")]
+
+
+def test_anthropic_messages_go_only_to_anthropic_backends(lab: Lab) -> None:
+    model = "native"
+    lab.serve(model, [lab.backend("openai"), lab.backend("anthropic")])
+    lab.fakes["openai"].forget_requests()
+    url = f"{lab.envoy.url}/v1/messages"
+    body = {"model": model, "max_tokens": 16, "messages": [{"role": "user", "content": "hi"}]}
+    outcome = send_sync(url, body, 20, concurrency=2)
+    assert outcome.statuses[200] == 20
+    assert set(outcome.ports) == {lab.port("anthropic")}
+    assert lab.fakes["openai"].requests() == []
+
+
+def test_a_weight_change_reaches_live_traffic_within_two_seconds(lab: Lab) -> None:
+    model = "reweighted"
+    lab.serve(model, [lab.backend("local-a", 1), lab.backend("local-b", 0)])
+    applied = time.monotonic()
+    lab.cluster.apply(
+        lab.endpoint_manifest(model, [lab.backend("local-a", 0), lab.backend("local-b", 1)])
+    )
+    port_b = lab.port("local-b")
+
+    def switched() -> bool:
+        return set(send_sync(lab.url, chat(model), 10, concurrency=2).ports) == {port_b}
+
+    eventually(switched, timeout=10, interval=0.05)
+    assert time.monotonic() - applied < 2.0
+
+
+def test_streaming_passes_through_unbuffered(lab: Lab) -> None:
+    model = "streamed"
+    lab.serve(model, [lab.backend("slow")])  # 0.2 s between chunks
+
+    async def stream() -> tuple[float, list[float]]:
+        arrivals = []
+        async with aiohttp.ClientSession() as session:
+            started = time.monotonic()
+            async with session.post(lab.url, json=chat(model, stream=True)) as reply:
+                assert reply.headers["content-type"].startswith("text/event-stream")
+                async for line in reply.content:
+                    if line.startswith(b"data: "):
+                        arrivals.append(time.monotonic())
+        return started, arrivals
+
+    started, arrivals = asyncio.run(stream())
+    assert len(arrivals) >= 5
+    # Each chunk arrives when it is produced, not all together at the end.
+    assert arrivals[-1] - arrivals[0] >= 1.0
+    assert arrivals[0] - started < 0.5
+
+
+@pytest.mark.parametrize(
+    ("case", "fault"),
+    [
+        ("refused", {"refuse": True}),
+        ("500", {"status": 500}),
+        ("503", {"status": 503}),
+        ("hang", {"hang": True}),
+    ],
+)
+def test_a_failing_provider_costs_no_request_and_gets_its_share_back(
+    lab: Lab, case: str, fault: dict[str, Any]
+) -> None:
+    model = f"failover-{case}"
+    lab.serve(
+        model,
+        [lab.backend("local-a", 1), lab.backend("local-b", 1)],
+        retry={"attempts": 2, "perTryTimeout": "1s"},
+    )
+    victim = lab.fakes["local-b"]
+    baseline = send_sync(lab.url, chat(model), 200, concurrency=4)
+    assert baseline.failed == 0
+    assert 0.3 < baseline.shares()[victim.port] < 0.7
+
+    victim.fault(**fault)
+    try:
+        during = send_sync(lab.url, chat(model), 300, concurrency=4)
+        assert during.failed == 0, (during.statuses, during.errors[:3])
+        after = send_sync(lab.url, chat(model), 100, concurrency=4)
+        assert after.failed == 0
+        assert victim.port not in after.ports, "the failing backend still gets traffic"
+    finally:
+        victim.heal()
+
+    def recovered() -> bool:
+        outcome = send_sync(lab.url, chat(model), 100, concurrency=4)
+        return outcome.failed == 0 and outcome.shares().get(victim.port, 0) > 0.3
+
+    eventually(recovered, timeout=40, interval=1)
+
+
+def test_a_rotated_key_is_used_without_restarting_envoy(lab: Lab) -> None:
+    model = "rotated"
+    lab.serve(model, [lab.backend("local-a")])
+    fake = lab.fakes["local-a"]
+    new_key = f"sk-test-rotated-{time.monotonic_ns()}"
+    pid = lab.envoy.process.pid
+    fake.rotate_key(new_key)  # the provider now refuses the old key
+    lab.cluster.apply(
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": "keys", "namespace": lab.namespace},
+            "stringData": {"local-a": new_key},
+        }
+    )
+    eventually(lambda: send_sync(lab.url, chat(model), 5, 1).statuses[200] == 5, timeout=15)
+    assert lab.envoy.process.pid == pid
+    assert lab.envoy.process.poll() is None
+    [*_, last] = fake.requests()
+    assert last["headers"]["authorization"] == f"Bearer {new_key}"
+
+
+def test_malformed_requests_get_openai_errors(lab: Lab) -> None:
+    lab.serve("well-formed", [lab.backend("local-a")])
+
+    async def post(data: bytes) -> tuple[int, dict[str, Any]]:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(lab.url, data=data, headers={"content-type": "application/json"}) as r,
+        ):
+            return r.status, await r.json(content_type=None)
+
+    status, body = asyncio.run(post(b"not json"))
+    assert status == 400
+    assert body["error"]["type"] == "invalid_request_error"
+    status, body = asyncio.run(post(json.dumps({"messages": []}).encode()))
+    assert status == 400
+    status, body = asyncio.run(post(json.dumps(chat("no-such-model")).encode()))
+    assert status == 404
+    assert body["error"]["code"] == "model_not_found"
+    assert "no-such-model" in body["error"]["message"]
+    status, body = asyncio.run(post(b'{"model": "well-formed", "x": "' + b"a" * 17 * 2**20 + b'"}'))
+    assert status == 413
+    assert body["error"]["type"] == "invalid_request_error"
+
+    async def models() -> dict[str, Any]:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(f"{lab.envoy.url}/v1/models") as reply,
+        ):
+            result: dict[str, Any] = await reply.json()
+            return result
+
+    assert "well-formed" in [m["id"] for m in asyncio.run(models())["data"]]
+
+
+def test_ten_megabyte_bodies_pass_and_are_retried_whole(lab: Lab) -> None:
+    model = "large"
+    lab.serve(model, [lab.backend("local-a"), lab.backend("local-b")])
+    lab.fakes["local-a"].fault(status=500)
+    try:
+        big = chat(model, padding="x" * 10 * 2**20)
+        outcome = send_sync(lab.url, big, 6, concurrency=2)
+    finally:
+        lab.fakes["local-a"].heal()
+    assert outcome.failed == 0, outcome.statuses
+    assert set(outcome.ports) == {lab.port("local-b")}
+
+
+def test_the_gateway_reports_programmed(lab: Lab) -> None:
+    programmed = eventually(lambda: condition(lab.gateway(), "Programmed"))
+    assert programmed["status"] == "True"
+    assert "Envoy(s) run the current config" in programmed["message"]

@@ -1,0 +1,176 @@
+"""Real processes for end-to-end tests: fake providers and a local Envoy, both started with
+the `switchyard` command users run, and a small HTTP load client."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+SWITCHYARD = shutil.which("switchyard", path=str(Path(sys.executable).parent)) or "switchyard"
+REPLY_PORT = re.compile(r"on port (\d+)\.")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for_port(port: int, process: subprocess.Popen[bytes], timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{process.args!r} exited with {process.returncode}")
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on port {port} after {timeout}s")
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+class FakeProcess:
+    """`switchyard fake-provider`, steered through its control port."""
+
+    def __init__(self, provider: str, api_key: str, model: str, chunk_delay: float = 0.0) -> None:
+        self.provider, self.api_key, self.model = provider, api_key, model
+        self.port, self.control_port = free_port(), free_port()
+        self.process = subprocess.Popen(
+            [
+                SWITCHYARD, "fake-provider", "--provider", provider, "--port", str(self.port),
+                "--api-key", api_key, "--model", model, "--control-port", str(self.control_port),
+                "--stream-chunk-delay", str(chunk_delay),
+            ],
+            stdout=subprocess.DEVNULL,
+        )  # fmt: skip
+        wait_for_port(self.control_port, self.process)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def _control(self, method: str, path: str, body: Any = None) -> Any:
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{self.control_port}{path}", data=data, method=method,
+            headers={"Content-Type": "application/json"},
+        )  # fmt: skip
+        with urllib.request.urlopen(request, timeout=10) as reply:
+            text = reply.read()
+        return json.loads(text) if text else None
+
+    def fault(self, **fault: Any) -> None:
+        self._control("PUT", "/fault", fault)
+
+    def heal(self) -> None:
+        self._control("DELETE", "/fault")
+
+    def requests(self) -> list[dict[str, Any]]:
+        recorded: list[dict[str, Any]] = self._control("GET", "/requests")
+        return recorded
+
+    def forget_requests(self) -> None:
+        self._control("DELETE", "/requests")
+
+    def rotate_key(self, api_key: str) -> None:
+        self.api_key = api_key
+        self._control("PUT", "/api-key", {"apiKey": api_key})
+
+    def stop(self) -> None:
+        _stop(self.process)
+
+
+class LocalEnvoy:
+    """`switchyard envoy --gateway`: the real Envoy with the Deployment's bootstrap."""
+
+    def __init__(self, gateway: str, port: int, xds_address: str, log: Path) -> None:
+        self.port = port
+        self.log = log
+        self.process = subprocess.Popen(
+            [
+                SWITCHYARD, "envoy", "--gateway", gateway, "--port", str(port),
+                "--xds-address", xds_address, "--log-level", "warning",
+            ],
+            stdout=log.open("wb"),
+            stderr=subprocess.STDOUT,
+        )  # fmt: skip
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def wait_listening(self) -> None:
+        wait_for_port(self.port, self.process, timeout=30)
+
+    def stop(self) -> None:
+        _stop(self.process)
+
+
+@dataclass
+class Outcome:
+    """What a batch of requests got: status counts and which backend (port) answered."""
+
+    statuses: Counter[int] = field(default_factory=Counter)
+    ports: list[int] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def failed(self) -> int:
+        return sum(n for status, n in self.statuses.items() if status != 200) + len(self.errors)
+
+    def shares(self) -> dict[int, float]:
+        counts = Counter(self.ports)
+        total = sum(counts.values()) or 1
+        return {port: n / total for port, n in counts.items()}
+
+
+def chat(model: str, **extra: Any) -> dict[str, Any]:
+    return {"model": model, "messages": [{"role": "user", "content": "hello"}], **extra}
+
+
+async def send(url: str, body: dict[str, Any], count: int, concurrency: int = 16) -> Outcome:
+    """POST `body` `count` times with bounded concurrency, noting who answered each."""
+    outcome = Outcome()
+    remaining = iter(range(count))
+    client_timeout = aiohttp.ClientTimeout(total=30)
+
+    async def worker(session: aiohttp.ClientSession) -> None:
+        for _ in remaining:
+            try:
+                async with session.post(url, json=body) as reply:
+                    text = await reply.text()
+                    outcome.statuses[reply.status] += 1
+                    if reply.status == 200 and (match := REPLY_PORT.search(text)):
+                        outcome.ports.append(int(match.group(1)))
+            except (TimeoutError, aiohttp.ClientError) as error:
+                outcome.errors.append(repr(error))
+
+    async with aiohttp.ClientSession(timeout=client_timeout) as session:
+        await asyncio.gather(*(worker(session) for _ in range(concurrency)))
+    return outcome
+
+
+def send_sync(url: str, body: dict[str, Any], count: int, concurrency: int = 16) -> Outcome:
+    return asyncio.run(send(url, body, count, concurrency))
