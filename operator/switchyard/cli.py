@@ -130,9 +130,14 @@ def run_command(
 
 def fake_provider_command(args: argparse.Namespace) -> int:
     import asyncio
+    import ssl
 
     from switchyard.fakes.provider import FakeProvider, serve_forever
 
+    context = None
+    if args.tls_cert:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(args.tls_cert, args.tls_key)
     provider = FakeProvider(
         args.provider,
         args.api_key,
@@ -140,6 +145,7 @@ def fake_provider_command(args: argparse.Namespace) -> int:
         host=args.host,
         port=args.port,
         stream_chunk_delay=args.stream_chunk_delay,
+        ssl_context=context,
     )
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(serve_forever(provider, args.control_port))
@@ -217,6 +223,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     fake.add_argument(
         "--stream-chunk-delay", type=float, default=0.0, help="seconds between streamed chunks"
     )
+    fake.add_argument("--tls-cert", help="serve https with this PEM certificate chain")
+    fake.add_argument("--tls-key", help="the certificate's PEM private key")
 
     crds = commands.add_parser("crds", help="write the CRDs generated from the models")
     crds.add_argument("--output", type=Path, default=Path("crds"), help="directory (default: crds)")

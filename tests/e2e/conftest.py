@@ -14,6 +14,7 @@ import pytest
 from tests_support.cluster import Cluster, condition, eventually
 from tests_support.gateway import FakeProcess, LocalEnvoy, chat, free_port, send_sync
 from tests_support.scenario import API_VERSION, Operator
+from tests_support.tls import make_ca_and_server
 
 # name -> (provider, model it serves, seconds between streamed chunks); one key each, all
 # in the Secret "keys".
@@ -26,6 +27,8 @@ FAKES = {
     "local-c": ("OpenAICompatible", "llama", 0.0),
     "slow": ("OpenAICompatible", "llama", 0.2),
 }
+# An https backend whose certificate a CA made by the test signs.
+SECURE = "secure"
 
 
 @dataclass
@@ -88,6 +91,11 @@ def lab(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         name: FakeProcess(provider, f"sk-test-{name}-{uuid.uuid4().hex[:8]}", model, delay)
         for name, (provider, model, delay) in FAKES.items()
     }
+    ca, certificate, key = make_ca_and_server(tmp_path_factory.mktemp("tls"), "localhost")
+    fakes[SECURE] = FakeProcess(
+        "OpenAICompatible", f"sk-test-secure-{uuid.uuid4().hex[:8]}", "llama",
+        tls=(certificate, key),
+    )  # fmt: skip
     operator = Operator(xds_address=f"127.0.0.1:{free_port()}")
     envoy: LocalEnvoy | None = None
     try:
@@ -103,7 +111,10 @@ def lab(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
                 "apiVersion": API_VERSION,
                 "kind": "ModelGateway",
                 "metadata": {"name": "gw", "namespace": namespace},
-                "spec": {"listener": {"port": 8080}},
+                "spec": {
+                    "listener": {"port": 8080},
+                    "backendTLS": {"caBundle": ca.read_text(), "hostnames": ["localhost"]},
+                },
             },
         )
         operator.start()

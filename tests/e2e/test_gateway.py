@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import time
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 
 from tests_support.cluster import condition, eventually
-from tests_support.gateway import Outcome, chat, send_sync
+from tests_support.gateway import LocalEnvoy, Outcome, chat, send_sync
 
 from .conftest import Lab
 
@@ -247,6 +249,59 @@ def test_ten_megabyte_bodies_pass_and_are_retried_whole(lab: Lab) -> None:
 
 
 def test_the_gateway_reports_programmed(lab: Lab) -> None:
-    programmed = eventually(lambda: condition(lab.gateway(), "Programmed"))
-    assert programmed["status"] == "True"
+    programmed = eventually(
+        lambda: (c := condition(lab.gateway(), "Programmed")) and c["status"] == "True" and c
+    )
     assert "Envoy(s) run the current config" in programmed["message"]
+
+
+def test_a_rejected_config_is_reported_and_traffic_goes_on(lab: Lab, tmp_path: Path) -> None:
+    """A second Envoy of the gateway whose port is taken NACKs its listener."""
+    lab.serve("steady", [lab.backend("local-a")])
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        second = LocalEnvoy(
+            f"{lab.namespace}/gw", port, lab.operator.xds_address, tmp_path / "second.log"
+        )
+        try:
+            rejected = eventually(
+                lambda: (
+                    (c := condition(lab.gateway(), "Programmed"))
+                    and c["reason"] == "Rejected"
+                    and c
+                )
+            )
+            assert rejected["status"] == "False"
+            assert "Address already in use" in rejected["message"]
+            assert send_sync(lab.url, chat("steady"), 50, 4).statuses[200] == 50
+        finally:
+            second.stop()
+    eventually(lambda: condition(lab.gateway(), "Programmed")["status"] == "True")  # type: ignore[index]
+
+
+def test_https_backends_are_verified_with_the_gateways_ca(lab: Lab) -> None:
+    lab.serve("private-tls", [lab.backend("secure")])
+    outcome = send_sync(lab.url, chat("private-tls"), 20, 2)
+    assert outcome.statuses[200] == 20
+    assert set(outcome.ports) == {lab.port("secure")}
+    [*_, last] = lab.fakes["secure"].requests()
+    assert last["headers"]["authorization"] == f"Bearer {lab.fakes['secure'].api_key}"
+
+    # The same server under a name the CA bundle does not cover is checked against the
+    # system trust store, which does not know the test's CA: the handshake fails.
+    untrusted = {**lab.backend("secure"), "url": f"https://127.0.0.1:{lab.port('secure')}"}
+    lab.cluster.apply(lab.endpoint_manifest("untrusted-tls", [untrusted]))
+    eventually(
+        lambda: condition(
+            lab.cluster.get("modelendpoints", "untrusted-tls", lab.namespace), "Ready"
+        )
+    )
+
+    def attempted() -> Outcome | None:
+        outcome = send_sync(lab.url, chat("untrusted-tls"), 3, 1)
+        return outcome if 404 not in outcome.statuses else None  # routed, not unknown
+
+    refused = eventually(attempted)
+    assert refused.statuses[200] == 0, refused.statuses

@@ -54,22 +54,31 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
 class FakeProcess:
     """`switchyard fake-provider`, steered through its control port."""
 
-    def __init__(self, provider: str, api_key: str, model: str, chunk_delay: float = 0.0) -> None:
+    def __init__(
+        self,
+        provider: str,
+        api_key: str,
+        model: str,
+        chunk_delay: float = 0.0,
+        tls: tuple[Path, Path] | None = None,
+    ) -> None:
         self.provider, self.api_key, self.model = provider, api_key, model
         self.port, self.control_port = free_port(), free_port()
-        self.process = subprocess.Popen(
-            [
-                SWITCHYARD, "fake-provider", "--provider", provider, "--port", str(self.port),
-                "--api-key", api_key, "--model", model, "--control-port", str(self.control_port),
-                "--stream-chunk-delay", str(chunk_delay),
-            ],
-            stdout=subprocess.DEVNULL,
-        )  # fmt: skip
+        self.scheme = "https" if tls else "http"
+        command = [
+            SWITCHYARD, "fake-provider", "--provider", provider, "--port", str(self.port),
+            "--api-key", api_key, "--model", model, "--control-port", str(self.control_port),
+            "--stream-chunk-delay", str(chunk_delay),
+        ]  # fmt: skip
+        if tls:
+            command += ["--tls-cert", str(tls[0]), "--tls-key", str(tls[1])]
+        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL)
         wait_for_port(self.control_port, self.process)
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        host = "localhost" if self.scheme == "https" else "127.0.0.1"
+        return f"{self.scheme}://{host}:{self.port}"
 
     def _control(self, method: str, path: str, body: Any = None) -> Any:
         data = None if body is None else json.dumps(body).encode()

@@ -511,6 +511,29 @@ class AllowedEndpoints(_Model):
     )
 
 
+class BackendTLS(_Model):
+    """Extra trust for backends with private certificates, such as an in-cluster vLLM."""
+
+    ca_bundle: str = Field(
+        description="PEM CA certificates that sign the listed hosts' certificates.",
+        min_length=1,
+        max_length=262144,
+    )
+    hostnames: list[Annotated[str, Field(min_length=1, max_length=253)]] = Field(
+        min_length=1,
+        max_length=64,
+        description="Backend hosts verified against caBundle instead of the system trust "
+        "store: exact names, or *.suffix wildcards.",
+        json_schema_extra={"x-kubernetes-list-type": "set"},
+    )
+
+    def covers(self, host: str) -> bool:
+        return any(
+            host == name or (name.startswith("*.") and host.endswith(name[1:]))
+            for name in self.hostnames
+        )
+
+
 class ModelGatewaySpec(_Model):
     """A data plane that serves the ModelEndpoints attached to it."""
 
@@ -528,6 +551,12 @@ class ModelGatewaySpec(_Model):
         default_factory=AllowedEndpoints,
         description="Which namespaces may attach ModelEndpoints. Defaults to the gateway's own.",
         json_schema_extra={"default": defaults_of(AllowedEndpoints)},
+    )
+    backend_tls: BackendTLS | None = Field(
+        default=None,
+        alias="backendTLS",
+        description="A CA bundle for https backends whose certificates the system trust store "
+        "does not cover. Other https backends are verified against the system trust store.",
     )
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import ssl
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -80,6 +81,7 @@ class FakeProvider:
         host: str = "127.0.0.1",
         port: int = 0,
         stream_chunk_delay: float = 0.0,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         if provider not in PROVIDERS:
             raise ValueError(f"provider must be one of {', '.join(PROVIDERS)}, not {provider!r}")
@@ -89,6 +91,7 @@ class FakeProvider:
         self.host = host
         self.port = port
         self.stream_chunk_delay = stream_chunk_delay
+        self.ssl_context = ssl_context
         self.fault = Fault()
         self.requests: list[RecordedRequest] = []
         self._runner: web.AppRunner | None = None
@@ -115,7 +118,9 @@ class FakeProvider:
 
     async def _listen(self) -> None:
         assert self._runner is not None
-        self._site = web.TCPSite(self._runner, self.host, self.port, reuse_address=True)
+        self._site = web.TCPSite(
+            self._runner, self.host, self.port, reuse_address=True, ssl_context=self.ssl_context
+        )
         await self._site.start()
         if self.port == 0:
             # Bound to a free port: keep it, so that a refuse-and-recover reopens the same one.
@@ -123,7 +128,8 @@ class FakeProvider:
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        scheme = "https" if self.ssl_context else "http"
+        return f"{scheme}://{self.host}:{self.port}"
 
     async def set_fault(self, fault: Fault) -> None:
         """Switch faults at run time; refusing closes the socket, clearing reopens it."""

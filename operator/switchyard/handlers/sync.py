@@ -118,7 +118,9 @@ class GatewaySync:
         if gateway is None:
             self.xds.remove_snapshot(node)
         elif gateway.spec.data_plane.type == DataPlaneType.ENVOY:
-            self.xds.set_snapshot(node, envoy.render(plan, gateway.spec.listener.port))
+            self.xds.set_snapshot(
+                node, envoy.render(plan, gateway.spec.listener.port, gateway.spec.backend_tls)
+            )
         if gateway_record is not None:
             await self._apply_gateway(gateway_record, plan)
         for record in records:

@@ -24,6 +24,7 @@ from string import Template
 from typing import Any
 from urllib.parse import urlsplit
 
+from switchyard.api.models import BackendTLS
 from switchyard.plan.gateway import GatewayPlan
 from switchyard.plan.routing import BackendRoute, EndpointPlan
 
@@ -154,19 +155,15 @@ def openai_error(kind: str, message: str, code: str | None = None) -> dict[str, 
 
 
 def render(
-    plan: GatewayPlan, port: int, ca_bundle: str | None = None
+    plan: GatewayPlan, port: int, backend_tls: BackendTLS | None = None
 ) -> dict[str, list[dict[str, Any]]]:
     """xDS resources by type URL for the gateway's Envoys."""
     clusters = []
     for endpoint in plan.attached:
-        clusters.append(
-            _cluster(endpoint, endpoint.backends, cluster_name(endpoint.model), ca_bundle)
-        )
+        clusters.append(_cluster(endpoint.backends, cluster_name(endpoint.model), backend_tls))
         anthropic = tuple(b for b in endpoint.backends if b.provider == "Anthropic")
         if anthropic:
-            clusters.append(
-                _cluster(endpoint, anthropic, cluster_name(endpoint.model, True), ca_bundle)
-            )
+            clusters.append(_cluster(anthropic, cluster_name(endpoint.model, True), backend_tls))
     return {CLUSTER_TYPE: clusters, LISTENER_TYPE: [_listener(plan, port, clusters)]}
 
 
@@ -395,10 +392,7 @@ def _lua(name: str, source: str) -> dict[str, Any]:
 
 
 def _cluster(
-    endpoint: EndpointPlan,
-    backends: tuple[BackendRoute, ...],
-    name: str,
-    ca_bundle: str | None,
+    backends: tuple[BackendRoute, ...], name: str, backend_tls: BackendTLS | None
 ) -> dict[str, Any]:
     carrying = [b for b in backends if b.effective_weight > 0]
     localities = [
@@ -411,7 +405,6 @@ def _cluster(
         }
         for b in carrying
     ]
-    roots = ca_bundle or SYSTEM_CA_BUNDLE
     return {
         "name": name,
         "type": "STRICT_DNS",
@@ -469,7 +462,7 @@ def _cluster(
         # One TLS context per https backend, with its own SNI and name check: auto_sni would
         # use the client's Host, which the route rewrites only after the handshake is chosen.
         "transport_socket_matches": [
-            *(_tls_match(b, roots) for b in carrying if urlsplit(b.url).scheme == "https"),
+            *(_tls_match(b, backend_tls) for b in carrying if urlsplit(b.url).scheme == "https"),
             {
                 "name": "plaintext",
                 "match": {},
@@ -490,8 +483,14 @@ def _cluster(
     }
 
 
-def _tls_match(backend: BackendRoute, roots: str) -> dict[str, Any]:
+def _tls_match(backend: BackendRoute, backend_tls: BackendTLS | None) -> dict[str, Any]:
     host = urlsplit(backend.url).hostname or ""
+    # CA certificates are public: they may travel over xDS, unlike keys.
+    roots = (
+        {"inline_string": backend_tls.ca_bundle}
+        if backend_tls is not None and backend_tls.covers(host)
+        else {"filename": SYSTEM_CA_BUNDLE}
+    )
     return {
         "name": f"tls-{backend.name}",
         "match": {"backend": backend.name},
@@ -502,7 +501,7 @@ def _tls_match(backend: BackendRoute, roots: str) -> dict[str, Any]:
                 "sni": host,
                 "common_tls_context": {
                     "validation_context": {
-                        "trusted_ca": {"filename": roots},
+                        "trusted_ca": roots,
                         "match_typed_subject_alt_names": [
                             {"san_type": "DNS", "matcher": {"exact": host}}
                         ],
