@@ -111,7 +111,11 @@ def _plan_json(plan: EndpointPlan, gateway: str) -> dict[str, Any]:
 
 
 def run_command(
-    namespaces: Sequence[str], xds_address: str | None, verbose: bool, debug: bool
+    namespaces: Sequence[str],
+    xds_address: str | None,
+    xds_service: str | None,
+    verbose: bool,
+    debug: bool,
 ) -> int:
     import kopf
 
@@ -123,7 +127,9 @@ def run_command(
         standalone=True,
         clusterwide=not namespaces,
         namespaces=list(namespaces),
-        memo=kopf.Memo(namespaces=tuple(namespaces), xds_address=xds_address),
+        memo=kopf.Memo(
+            namespaces=tuple(namespaces), xds_address=xds_address, xds_service=xds_service
+        ),
     )
     return 0
 
@@ -171,6 +177,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--xds-address",
         default=None,
         help="where the xDS server for the gateways' Envoys listens (default 0.0.0.0:18000)",
+    )
+    run.add_argument(
+        "--xds-service",
+        default=None,
+        help="where gateway Pods reach that server "
+        "(default switchyard.switchyard-system.svc:18000, the Helm chart's Service)",
     )
     run.add_argument("--verbose", action="store_true", help="log more")
     run.add_argument("--debug", action="store_true", help="log everything Kopf does")
@@ -231,7 +243,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     args = parser.parse_args(argv)
     if args.command == "run":
-        return run_command(args.namespace, args.xds_address, args.verbose, args.debug)
+        return run_command(
+            args.namespace, args.xds_address, args.xds_service, args.verbose, args.debug
+        )
     if args.command == "envoy":
         import asyncio
 

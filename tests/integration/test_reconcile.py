@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from tests_support.backends import anthropic_backend, local_backend, openai_backend
@@ -199,3 +201,59 @@ def test_many_endpoint_changes_coalesce_into_few_passes(scenario: Scenario) -> N
     # (let alone N) per endpoint.
     assert passes <= count / 4, f"{passes} passes for {count} endpoint changes"
     assert len(scenario.credentials()) == count
+
+
+def test_an_envoy_gateway_gets_its_deployment_service_and_bootstrap(scenario: Scenario) -> None:
+    key = scenario.new_key()
+    scenario.secret("providers", {"api-key": key})
+    scenario.cluster.apply(
+        scenario.gateway_manifest(
+            dataPlane={"type": "Envoy", "replicas": 2}, listener={"port": 9000}
+        ),
+        scenario.endpoint_manifest("chat", [openai_backend("oai", "providers")]),
+    )
+    scenario.wait_condition("chat", "Ready", "True")
+    namespace = scenario.gateway_namespace
+    deployment = eventually(
+        lambda: scenario.cluster.get("deployments", "shared-switchyard-envoy", namespace)
+    )
+    assert deployment["spec"]["replicas"] == 2
+    pod = deployment["spec"]["template"]["spec"]
+    [envoy] = pod["containers"]
+    assert envoy["image"] == "envoyproxy/envoy:v1.40.0"
+    assert envoy["ports"] == [{"name": "http", "containerPort": 9000, "protocol": "TCP"}]
+    assert envoy["securityContext"]["readOnlyRootFilesystem"] is True
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["credentials"]["secret"]["secretName"] == "shared-switchyard-credentials"
+    assert volumes["bootstrap"]["configMap"]["name"] == "shared-switchyard-envoy"
+    assert key not in json.dumps(deployment)
+
+    bootstrap = json.loads(
+        scenario.cluster.get("configmaps", "shared-switchyard-envoy", namespace)["data"][  # type: ignore[index]
+            "bootstrap.json"
+        ]
+    )
+    assert bootstrap["node"]["id"] == f"{namespace}/shared"
+    service = scenario.cluster.get("services", "shared-switchyard", namespace)
+    assert service is not None
+    assert service["spec"]["ports"][0]["port"] == 9000
+
+    programmed = condition(scenario.gateway(), "Programmed")
+    assert programmed is not None
+    assert (programmed["status"], programmed["reason"]) == ("False", "NoDataPlane")
+
+    # Drift is repaired: a deleted Service comes back, an edited Deployment is restored.
+    scenario.cluster.delete("services", "shared-switchyard", namespace)
+    eventually(lambda: scenario.cluster.get("services", "shared-switchyard", namespace))
+    scenario.cluster.kubectl(
+        "scale", "deployment", "shared-switchyard-envoy", "-n", namespace, "--replicas=5"
+    )
+    eventually(
+        lambda: (
+            scenario.cluster.get("deployments", "shared-switchyard-envoy", namespace)[  # type: ignore[index]
+                "spec"
+            ]["replicas"]
+            == 2
+        )
+    )

@@ -14,7 +14,10 @@ import yaml
 T = TypeVar("T")
 
 # Kinds whose every object a no-write check snapshots in the test namespaces.
-SNAPSHOT_KINDS = ("modelendpoints", "modelgateways", "secrets", "configmaps", "events")
+SNAPSHOT_KINDS = (
+    "modelendpoints", "modelgateways", "secrets", "configmaps", "events", "services",
+    "deployments",
+)  # fmt: skip
 
 
 class KubectlError(Exception):
@@ -68,13 +71,20 @@ class Cluster:
         )
 
     def versions(self, namespaces: Iterable[str]) -> dict[tuple[str, str, str], str]:
-        """resourceVersion of every object of SNAPSHOT_KINDS: equal snapshots mean no writes."""
+        """resourceVersion of every object of SNAPSHOT_KINDS: equal snapshots mean no writes.
+
+        A Deployment counts by its generation, which only spec writes move: its status is
+        the deployment controller's to write.
+        """
         snapshot = {}
         for namespace in namespaces:
             for kind in SNAPSHOT_KINDS:
                 for item in self.list(kind, namespace):
                     metadata = item["metadata"]
-                    snapshot[(kind, namespace, metadata["name"])] = metadata["resourceVersion"]
+                    version = metadata["generation"] if kind == "deployments" else None
+                    snapshot[(kind, namespace, metadata["name"])] = str(
+                        version or metadata["resourceVersion"]
+                    )
         return snapshot
 
 

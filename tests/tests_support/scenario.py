@@ -230,7 +230,7 @@ class Scenario:
             uid = gateway["metadata"]["uid"]
             owned = [
                 (kind, item["metadata"]["name"])
-                for kind in ("secrets", "configmaps")
+                for kind in ("secrets", "configmaps", "services", "deployments")
                 for item in self.cluster.list(kind, self.gateway_namespace)
                 if any(ref["uid"] == uid for ref in item["metadata"].get("ownerReferences") or [])
             ]

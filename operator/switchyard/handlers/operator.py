@@ -30,6 +30,8 @@ MANAGED = {"app.kubernetes.io/managed-by": MANAGED_BY}
 
 
 DEFAULT_XDS_ADDRESS = "0.0.0.0:18000"
+# The operator's Service, as the Helm chart names it: where gateway Pods find xDS.
+DEFAULT_XDS_SERVICE = "switchyard.switchyard-system.svc:18000"
 
 
 @dataclass
@@ -41,13 +43,19 @@ class Runtime:
     worker: asyncio.Task[None]
 
 
-def xds_address(memo: Any) -> tuple[str, int]:
-    """`switchyard run --xds-address`, else $SWITCHYARD_XDS_ADDRESS, else all interfaces."""
-    text = (
-        memo.get("xds_address") or os.environ.get("SWITCHYARD_XDS_ADDRESS") or DEFAULT_XDS_ADDRESS
-    )
+def _address(memo: Any, option: str, variable: str, default: str) -> tuple[str, int]:
+    """A `switchyard run` option, else an environment variable, else the default."""
+    text = memo.get(option) or os.environ.get(variable) or default
     host, _, port = text.rpartition(":")
     return host, int(port)
+
+
+def xds_address(memo: Any) -> tuple[str, int]:
+    return _address(memo, "xds_address", "SWITCHYARD_XDS_ADDRESS", DEFAULT_XDS_ADDRESS)
+
+
+def xds_service(memo: Any) -> tuple[str, int]:
+    return _address(memo, "xds_service", "SWITCHYARD_XDS_SERVICE", DEFAULT_XDS_SERVICE)
 
 
 def _runtime(memo: Any) -> Runtime:
@@ -83,7 +91,7 @@ async def start(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
     except BaseException:
         await kube.close()
         raise
-    sync = GatewaySync(store, kube, SecretCache(kube), xds)
+    sync = GatewaySync(store, kube, SecretCache(kube), xds, xds_service(memo))
     # An Envoy that connects, ACKs or NACKs changes its gateway's Programmed condition.
     xds.on_change = lambda node: sync.mark({gateway_of_node(node)})
     sync.mark(store.gateway_keys())
@@ -173,8 +181,10 @@ async def secret_event(type: str | None, body: kopf.Body, memo: Any, **_: Any) -
 
 
 @kopf.on.event("", "v1", "configmaps", labels=MANAGED)
-async def configmap_event(body: kopf.Body, memo: Any, **_: Any) -> None:
-    """Someone edited or deleted a plan ConfigMap: the owner's pass puts it back."""
+@kopf.on.event("", "v1", "services", labels=MANAGED)
+@kopf.on.event("apps", "v1", "deployments", labels=MANAGED)
+async def owned_object_event(body: kopf.Body, memo: Any, **_: Any) -> None:
+    """Someone edited or deleted an object a gateway owns: the owner's pass puts it back."""
     _mark_owner(_runtime(memo), body)
 
 

@@ -13,13 +13,13 @@ import time
 from typing import Any
 
 from switchyard import metrics
-from switchyard.api.models import DataPlaneType
+from switchyard.api.models import DataPlaneType, ModelGatewaySpec
 from switchyard.handlers.state import GatewayRecord, Store
-from switchyard.kube.client import Kube, OwnershipConflict, describe_error
+from switchyard.kube.client import ApiError, Kube, OwnershipConflict, describe_error
 from switchyard.kube.secrets import SecretCache
 from switchyard.plan.conditions import DesiredCondition, transitions
 from switchyard.plan.gateway import GatewayPlan, ObjectKey, SecretKeys, plan_gateway
-from switchyard.render import envoy
+from switchyard.render import deployment, envoy
 from switchyard.render.objects import credentials_secret, plan_configmap
 from switchyard.render.status import (
     endpoint_status,
@@ -50,11 +50,20 @@ def _fmt(key: ObjectKey) -> str:
 
 
 class GatewaySync:
-    def __init__(self, store: Store, kube: Kube, secrets: SecretCache, xds: XdsServer) -> None:
+    def __init__(
+        self,
+        store: Store,
+        kube: Kube,
+        secrets: SecretCache,
+        xds: XdsServer,
+        xds_service: tuple[str, int],
+    ) -> None:
         self.store = store
         self.kube = kube
         self.secrets = secrets
         self.xds = xds
+        # Where the gateways' Pods reach this operator's xDS server (its Service).
+        self.xds_service = xds_service
         self._dirty: set[ObjectKey] = set()
         self._wake = asyncio.Event()
         self._failures: dict[ObjectKey, int] = {}
@@ -143,22 +152,32 @@ class GatewaySync:
             envoys = self.xds.status(node_of_gateway(plan.namespace, plan.name))
             programmed = programmed_condition(record.source.spec.data_plane.type, envoys)
             accepted, programmed, ready = gateway_conditions(plan, programmed)
-            uid = body["metadata"]["uid"]
-            sources = {c.source for c in plan.credentials}
-            secret_data = {source: await self._secret_data(source) for source in sources}
             try:
-                for manifest in (
-                    plan_configmap(plan, uid),
-                    credentials_secret(plan, uid, secret_data),
-                ):
-                    if await self.kube.apply_owned(manifest):
-                        metrics.API_WRITES.labels(manifest["kind"]).inc()
+                await self._apply_objects(record.source.spec, body["metadata"]["uid"], plan)
             except OwnershipConflict as conflict:
                 ready = DesiredCondition.false("Ready", "OwnershipConflict", str(conflict))
+            except ApiError as error:
+                # Refused by the API server (quota, admission, RBAC): say so on the gateway.
+                ready = DesiredCondition.false("Ready", "ApplyFailed", describe_error(error))
             conditions = (accepted, programmed, ready)
         generation = int(body["metadata"].get("generation", 0))
         status = gateway_status(plan, body.get("status") or {}, generation, _now(), conditions)
         await self._write_status("modelgateways", body, status, conditions)
+
+    async def _apply_objects(self, spec: ModelGatewaySpec, uid: str, plan: GatewayPlan) -> None:
+        sources = {c.source for c in plan.credentials}
+        secret_data = {source: await self._secret_data(source) for source in sources}
+        manifests = [plan_configmap(plan, uid), credentials_secret(plan, uid, secret_data)]
+        if spec.data_plane.type == DataPlaneType.ENVOY:
+            bootstrap = deployment.bootstrap_configmap(plan, uid, *self.xds_service)
+            manifests += [
+                bootstrap,
+                deployment.envoy_deployment(plan, spec, uid, bootstrap),
+                deployment.envoy_service(plan, spec, uid),
+            ]
+        for manifest in manifests:
+            if await self.kube.apply_owned(manifest):
+                metrics.API_WRITES.labels(manifest["kind"]).inc()
 
     async def _secret_data(self, key: ObjectKey) -> dict[str, str]:
         return await self.secrets.get(key) or {}

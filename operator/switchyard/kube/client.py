@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import logging
@@ -19,14 +20,22 @@ from switchyard.api.models import GROUP, VERSION
 logger = logging.getLogger(__name__)
 
 MERGE_PATCH = "application/merge-patch+json"
+APPLY_PATCH = "application/apply-patch+yaml"
 REPORTING_COMPONENT = "switchyard"
 
 
+ApiError = ApiException
+
+
 def describe_error(error: Exception) -> str:
-    """A short, key-free description of a failed API call, for logs."""
-    if isinstance(error, ApiException):
-        return f"{error.status} {error.reason}"
-    return type(error).__name__
+    """A short, key-free description of a failed API call: status, reason and the API
+    server's own message (which names objects and fields, never Secret values)."""
+    if not isinstance(error, ApiException):
+        return type(error).__name__
+    message = ""
+    with contextlib.suppress(ValueError, AttributeError):
+        message = json.loads(error.body or b"{}").get("message", "")
+    return f"{error.status} {error.reason}" + (f": {message}" if message else "")
 
 
 class OwnershipConflict(Exception):
@@ -93,6 +102,29 @@ def _is_not_found(error: ApiException) -> bool:
     return bool(error.status == 404)
 
 
+def contains(live: Any, desired: Any) -> bool:
+    """Whether `live` holds every field of `desired` (it may hold more, such as defaults)."""
+    if isinstance(desired, dict):
+        return isinstance(live, dict) and all(
+            key in live and contains(live[key], value) for key, value in desired.items()
+        )
+    if isinstance(desired, list):
+        return (
+            isinstance(live, list)
+            and len(live) == len(desired)
+            and all(contains(a, b) for a, b in zip(live, desired, strict=True))
+        )
+    return bool(live == desired)
+
+
+@dataclass(frozen=True)
+class _KindApi:
+    read: Any
+    create: Any
+    replace: Any
+    patch: Any
+
+
 class Kube:
     """The operations Switchyard performs on the API server, and nothing else."""
 
@@ -101,6 +133,21 @@ class Kube:
         self.api = api
         self.core = client.CoreV1Api(api)
         self.custom = client.CustomObjectsApi(api)
+        apps = client.AppsV1Api(api)
+        self._apis = {
+            kind: _KindApi(
+                read=getattr(owner, f"read_namespaced_{suffix}"),
+                create=getattr(owner, f"create_namespaced_{suffix}"),
+                replace=getattr(owner, f"replace_namespaced_{suffix}"),
+                patch=getattr(owner, f"patch_namespaced_{suffix}"),
+            )
+            for kind, owner, suffix in (
+                ("Secret", self.core, "secret"),
+                ("ConfigMap", self.core, "config_map"),
+                ("Service", self.core, "service"),
+                ("Deployment", apps, "deployment"),
+            )
+        }
 
     async def close(self) -> None:
         await self.api.close()
@@ -146,33 +193,24 @@ class Kube:
         return dict(secret.get("data") or {})
 
     async def apply_owned(self, manifest: dict[str, Any]) -> bool:
-        """Create or update a Secret or ConfigMap the operator owns. Returns whether it wrote.
+        """Create or repair an object the operator owns. Returns whether it wrote.
 
-        Only `data`, labels and owner references are compared, so an unchanged object costs
-        one read and no write. An object of that name owned by another controller is left
-        alone and reported.
+        An unchanged object costs one read and no write: a Secret or ConfigMap is compared
+        by its `data`, a Deployment or Service by whether the live `spec` still holds every
+        field the operator sets (the API server adds defaults of its own). Secrets and
+        ConfigMaps are replaced whole, so stray keys go; Deployments and Services are
+        server-side applied. An object of that name owned by someone else is left alone.
         """
         kind = manifest["kind"]
-        read, create, replace = {
-            "Secret": (
-                self.core.read_namespaced_secret,
-                self.core.create_namespaced_secret,
-                self.core.replace_namespaced_secret,
-            ),
-            "ConfigMap": (
-                self.core.read_namespaced_config_map,
-                self.core.create_namespaced_config_map,
-                self.core.replace_namespaced_config_map,
-            ),
-        }[kind]
+        api = self._apis[kind]
         metadata = manifest["metadata"]
         namespace, name = metadata["namespace"], metadata["name"]
         try:
-            current = await _json(read, name, namespace)
+            current = await _json(api.read, name, namespace)
         except ApiException as error:
             if not _is_not_found(error):
                 raise
-            await _json(create, namespace, manifest)
+            await _json(api.create, namespace, manifest)
             logger.info("created %s %s/%s", kind, namespace, name)
             return True
         owner_uids = {ref["uid"] for ref in metadata["ownerReferences"]}
@@ -182,21 +220,29 @@ class Kube:
                 f"{kind} {namespace}/{name} exists and is not owned by this ModelGateway"
             )
         labels = current["metadata"].get("labels") or {}
+        content = "data" if "data" in manifest else "spec"
         if (
-            (current.get("data") or {}) == manifest["data"]
+            contains(current.get(content) or {}, manifest[content])
+            and (content == "spec" or (current.get("data") or {}) == manifest["data"])
             and all(labels.get(k) == v for k, v in metadata["labels"].items())
             and current_owners == metadata["ownerReferences"]
         ):
             return False
-        updated = {
-            **manifest,
-            "metadata": {
-                **metadata,
-                "labels": {**labels, **metadata["labels"]},
-                "resourceVersion": current["metadata"]["resourceVersion"],
-            },
-        }
-        await _json(replace, name, namespace, updated)
+        if content == "data":
+            updated = {
+                **manifest,
+                "metadata": {
+                    **metadata,
+                    "labels": {**labels, **metadata["labels"]},
+                    "resourceVersion": current["metadata"]["resourceVersion"],
+                },
+            }
+            await _json(api.replace, name, namespace, updated)
+        else:
+            await _json(
+                api.patch, name, namespace, manifest,
+                field_manager=REPORTING_COMPONENT, force=True, _content_type=APPLY_PATCH,
+            )  # fmt: skip
         logger.info("updated %s %s/%s", kind, namespace, name)
         return True
 

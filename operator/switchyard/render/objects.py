@@ -79,7 +79,7 @@ def plan_document(plan: GatewayPlan) -> dict[str, Any]:
     }
 
 
-def _metadata(plan: GatewayPlan, name: str, owner_uid: str) -> dict[str, Any]:
+def owned_metadata(plan: GatewayPlan, name: str, owner_uid: str) -> dict[str, Any]:
     return {
         "name": name,
         "namespace": plan.namespace,
@@ -105,7 +105,7 @@ def plan_configmap(plan: GatewayPlan, owner_uid: str) -> dict[str, Any]:
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
-        "metadata": _metadata(plan, plan_configmap_name(plan.name), owner_uid),
+        "metadata": owned_metadata(plan, plan_configmap_name(plan.name), owner_uid),
         "data": {PLAN_KEY: json.dumps(plan_document(plan), indent=2, sort_keys=True) + "\n"},
     }
 
@@ -120,6 +120,6 @@ def credentials_secret(
         "apiVersion": "v1",
         "kind": "Secret",
         "type": "Opaque",
-        "metadata": _metadata(plan, credentials_secret_name(plan.name), owner_uid),
+        "metadata": owned_metadata(plan, credentials_secret_name(plan.name), owner_uid),
         "data": data,
     }

