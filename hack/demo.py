@@ -15,9 +15,11 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import localcluster
+from gatewaylab import FakeProcess, LocalEnvoy, Outcome, chat, free_port, send_sync
 
 ROOT = Path(__file__).resolve().parents[1]
 STATE = localcluster.CACHE_ROOT / "demo"
@@ -94,6 +96,85 @@ def demo(kubectl: Kubectl) -> None:
     print(described[described.index("  Conditions:") :].rstrip())
 
 
+def traffic(kubectl: Kubectl) -> None:
+    """Real requests through the gateway's Envoy to fake providers, a split and a failover."""
+    fakes = {
+        "openai": FakeProcess("OpenAI", f"demo-{uuid.uuid4().hex}", "gpt-4o"),
+        "azure": FakeProcess("AzureOpenAI", f"demo-{uuid.uuid4().hex}", "gpt-4o-deployment"),
+        "anthropic": FakeProcess("Anthropic", f"demo-{uuid.uuid4().hex}", "claude-sonnet-4-5"),
+    }
+    envoy: LocalEnvoy | None = None
+    try:
+        secret = {
+            "apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": "demo-providers", "namespace": "team-a"},
+            "stringData": {name: fake.api_key for name, fake in fakes.items()},
+        }  # fmt: skip
+        backends = [
+            {"name": name, "provider": fake.provider, "model": fake.model, "url": fake.url,
+             "weight": weight, "credentialsRef": {"name": "demo-providers", "key": name}}
+            for (name, fake), weight in zip(fakes.items(), (50, 30, 20), strict=True)
+        ]  # fmt: skip
+        backends[1]["apiVersion"] = "2024-10-21"
+        endpoint = {
+            "apiVersion": "switchyard.dev/v1alpha1", "kind": "ModelEndpoint",
+            "metadata": {"name": "demo-chat", "namespace": "team-a"},
+            "spec": {"gatewayRef": {"name": "shared", "namespace": "ai-gateway"},
+                     "model": "demo-chat", "backends": backends},
+        }  # fmt: skip
+        kubectl.run(
+            "apply",
+            "-f",
+            "-",
+            stdin=json.dumps({"apiVersion": "v1", "kind": "List", "items": [secret, endpoint]}),
+        )
+        kubectl.run("wait", "--for=condition=Ready", "--timeout=60s", "-n", "team-a",
+                    "modelendpoint/demo-chat")  # fmt: skip
+        port = free_port()
+        envoy = LocalEnvoy(
+            "ai-gateway/shared", port, "127.0.0.1:18000", STATE / "envoy.log",
+            kubeconfig=kubectl.env["KUBECONFIG"],
+        )  # fmt: skip
+        envoy.wait_listening()
+        url = f"{envoy.url}/v1/chat/completions"
+        deadline = time.monotonic() + 30
+        while send_sync(url, chat("demo-chat"), 20, 2).statuses[200] != 20:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the gateway does not serve demo-chat; see {envoy.log}")
+            time.sleep(0.2)
+        print(
+            f"\n# Real traffic: `switchyard envoy --gateway ai-gateway/shared --port {port}`"
+            " runs the real Envoy, fed by the operator over xDS, in front of three fake"
+            " providers (OpenAI, Azure OpenAI, Anthropic)."
+        )
+        print(f'$ curl -s {url} -d \'{{"model": "demo-chat", "messages": [...]}}\'')
+        reply = subprocess.run(
+            ["curl", "-s", url, "-H", "content-type: application/json",
+             "-d", json.dumps(chat("demo-chat"))],
+            capture_output=True, text=True, check=False,
+        )  # fmt: skip
+        print(reply.stdout.strip()[:300])
+        names = {fake.port: name for name, fake in fakes.items()}
+        print("\n# 1,000 requests, spec weights openai=50 azure=30 anthropic=20:")
+        print("  " + _describe(send_sync(url, chat("demo-chat"), 1000), names))
+        fakes["anthropic"].fault(refuse=True)
+        print("# Anthropic goes down (connections refused). 1,000 more requests:")
+        print("  " + _describe(send_sync(url, chat("demo-chat"), 1000), names))
+        fakes["anthropic"].heal()
+    finally:
+        if envoy is not None:
+            envoy.stop()
+        for fake in fakes.values():
+            fake.stop()
+
+
+def _describe(outcome: Outcome, names: dict[int, str]) -> str:
+    shares = " ".join(
+        f"{names[port]}={share:.1%}" for port, share in sorted(outcome.shares().items())
+    )
+    return f"observed split {shares}; failed requests: {outcome.failed}"
+
+
 def start_operator(kubectl: Kubectl) -> subprocess.Popen[bytes]:
     stop_operator()
     log = (STATE / "operator.log").open("wb")
@@ -146,6 +227,7 @@ def main() -> int:
         )  # fmt: skip
         start_operator(kubectl)
         demo(kubectl)
+        traffic(kubectl)
         keep = args.keep
     finally:
         if keep:

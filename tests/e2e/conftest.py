@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
+from gatewaylab import FakeProcess, LocalEnvoy, chat, free_port, send_sync
 from tests_support.cluster import Cluster, condition, eventually
-from tests_support.gateway import FakeProcess, LocalEnvoy, chat, free_port, send_sync
 from tests_support.scenario import API_VERSION, Operator
 from tests_support.tls import make_ca_and_server
 

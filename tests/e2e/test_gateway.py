@@ -12,8 +12,8 @@ from typing import Any
 import aiohttp
 import pytest
 
+from gatewaylab import LocalEnvoy, Outcome, chat, send_sync
 from tests_support.cluster import condition, eventually
-from tests_support.gateway import LocalEnvoy, Outcome, chat, send_sync
 
 from .conftest import Lab
 

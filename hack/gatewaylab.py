@@ -1,10 +1,11 @@
-"""Real processes for end-to-end tests: fake providers and a local Envoy, both started with
-the `switchyard` command users run, and a small HTTP load client."""
+"""Real processes for the demo and the end-to-end tests: fake providers and a local Envoy,
+both started with the `switchyard` command users run, and a small HTTP load client."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import shutil
 import socket
@@ -114,9 +115,12 @@ class FakeProcess:
 class LocalEnvoy:
     """`switchyard envoy --gateway`: the real Envoy with the Deployment's bootstrap."""
 
-    def __init__(self, gateway: str, port: int, xds_address: str, log: Path) -> None:
+    def __init__(
+        self, gateway: str, port: int, xds_address: str, log: Path, kubeconfig: str | None = None
+    ) -> None:
         self.port = port
         self.log = log
+        env = {**os.environ, **({"KUBECONFIG": kubeconfig} if kubeconfig else {})}
         self.process = subprocess.Popen(
             [
                 SWITCHYARD, "envoy", "--gateway", gateway, "--port", str(port),
@@ -124,6 +128,7 @@ class LocalEnvoy:
             ],
             stdout=log.open("wb"),
             stderr=subprocess.STDOUT,
+            env=env,
         )  # fmt: skip
 
     @property
