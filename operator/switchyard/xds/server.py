@@ -36,11 +36,15 @@ class TypedResources:
     resources: tuple[any_pb2.Any, ...]
 
 
-def pack(type_url: str, resources: list[dict[str, Any]]) -> TypedResources:
-    """JSON-shaped resources to Any messages, versioned by a hash of their content (so a
-    restarted operator serves the same version for the same config)."""
+def version_of(resources: list[dict[str, Any]]) -> str:
+    """A hash of the content, so a restarted operator serves the same version for the same
+    config, and an unchanged config is recognised before any protobuf work."""
     canonical = json.dumps(resources, sort_keys=True, separators=(",", ":"))
-    version = hashlib.sha256(canonical.encode()).hexdigest()[:16]
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def pack(type_url: str, resources: list[dict[str, Any]]) -> TypedResources:
+    """JSON-shaped resources to versioned Any messages."""
     message_type = _message_type(type_url)
     packed = []
     for resource in resources:
@@ -48,7 +52,7 @@ def pack(type_url: str, resources: list[dict[str, Any]]) -> TypedResources:
         wrapped = any_pb2.Any()
         wrapped.Pack(message)
         packed.append(wrapped)
-    return TypedResources(version, tuple(packed))
+    return TypedResources(version_of(resources), tuple(packed))
 
 
 def _message_type(type_url: str) -> Any:
@@ -97,10 +101,16 @@ class XdsServer:
 
     def set_snapshot(self, node: str, resources: Mapping[str, list[dict[str, Any]]]) -> bool:
         """Replace a node's snapshot; returns whether anything changed (and was pushed)."""
-        snapshot = {type_url: pack(type_url, items) for type_url, items in resources.items()}
-        current = self._snapshots.get(node)
-        if current is not None and _versions(current) == _versions(snapshot):
+        current = self._snapshots.get(node, {})
+        versions = {type_url: version_of(items) for type_url, items in resources.items()}
+        if current and _versions(current) == versions:
             return False
+        snapshot = {
+            type_url: current[type_url]
+            if type_url in current and current[type_url].version == versions[type_url]
+            else pack(type_url, items)
+            for type_url, items in resources.items()
+        }
         self._snapshots[node] = snapshot
         self._listeners[node] = list(resources.get(LISTENER, []))
         self._relocated = {k: v for k, v in self._relocated.items() if k[0] != node}

@@ -1,0 +1,125 @@
+"""The Envoy config rendered from a plan, and the xDS snapshots built from it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from switchyard.api.models import BackendTLS
+from switchyard.plan.gateway import plan_gateway
+from switchyard.render.envoy import CLUSTER_TYPE, LISTENER_TYPE, bootstrap, render
+from switchyard.xds.server import XdsServer, pack
+from tests_support.plans import ALL_KEYS, GATEWAY_KEY, endpoint, gateway
+
+
+def local(name: str, weight: int = 1, priority: int = 0, url: str | None = None) -> dict[str, Any]:
+    return {
+        "name": name,
+        "provider": "OpenAICompatible",
+        "model": f"{name}-model",
+        "url": url or f"http://{name}.svc:8000",
+        "weight": weight,
+        "priority": priority,
+    }
+
+
+def rendered(*endpoints: Any, tls: BackendTLS | None = None) -> dict[str, list[dict[str, Any]]]:
+    plan = plan_gateway(GATEWAY_KEY, gateway(), list(endpoints), {}, ALL_KEYS)
+    return render(plan, 8080, tls)
+
+
+def test_every_rendered_resource_is_valid_envoy_config() -> None:
+    resources = rendered(endpoint("chat"), endpoint("other", backends=[local("a")]))
+    for type_url, items in resources.items():
+        assert pack(type_url, items).resources  # parses every typed_config it names
+    names = [c["name"] for c in resources[CLUSTER_TYPE]]
+    assert names == ["switchyard/chat", "switchyard/chat/anthropic", "switchyard/other"]
+
+
+def test_backends_become_weighted_localities_in_compact_priorities() -> None:
+    backends = [local("a", 3), local("b", 1), local("idle", 0), local("c", 2, priority=5)]
+    [cluster] = rendered(endpoint("m", backends=backends))[CLUSTER_TYPE]
+    localities = {
+        e["locality"]["sub_zone"]: (e["load_balancing_weight"], e["priority"])
+        for e in cluster["load_assignment"]["endpoints"]
+    }
+    assert localities == {"a": (3, 0), "b": (1, 0), "c": (2, 1)}
+
+
+def test_each_backend_carries_its_shape_in_metadata() -> None:
+    [openai_cluster, _] = rendered(endpoint("chat"))[CLUSTER_TYPE]
+    shapes = {
+        e["locality"]["sub_zone"]: e["lb_endpoints"][0]["metadata"]["filter_metadata"]["switchyard"]
+        for e in openai_cluster["load_assignment"]["endpoints"]
+    }
+    assert shapes["oai"]["path_base"] == "/v1"
+    assert shapes["oai"]["credentials"] == "team-a_chat_oai"
+    assert shapes["claude"]["provider"] == "Anthropic"
+    assert shapes["claude"]["model"] == "claude"
+    azure = {
+        **local("az"),
+        "provider": "AzureOpenAI",
+        "url": "https://x.openai.azure.com",
+        "apiVersion": "2024-10-21",
+        "credentialsRef": {"name": "keys", "key": "openai"},
+    }
+    [cluster] = rendered(endpoint("m", backends=[azure]))[CLUSTER_TYPE]
+    [locality] = cluster["load_assignment"]["endpoints"]
+    shape = locality["lb_endpoints"][0]["metadata"]["filter_metadata"]["switchyard"]
+    assert shape["path_base"] == "/openai/deployments/az-model"
+    assert shape["query"] == "api-version=2024-10-21"
+
+
+def test_https_backends_get_their_own_sni_and_trust() -> None:
+    backends = [
+        local("pub", url="https://api.example.com"),
+        local("priv", url="https://vllm.models.svc:8443"),
+        local("plain"),
+    ]
+    tls = BackendTLS(ca_bundle="-----BEGIN CERTIFICATE-----", hostnames=["*.models.svc"])
+    [cluster] = rendered(endpoint("m", backends=backends), tls=tls)[CLUSTER_TYPE]
+    matches = {m["name"]: m for m in cluster["transport_socket_matches"]}
+    assert set(matches) == {"tls-pub", "tls-priv", "plaintext"}
+    public = matches["tls-pub"]["transport_socket"]["typed_config"]
+    private = matches["tls-priv"]["transport_socket"]["typed_config"]
+    assert public["sni"] == "api.example.com"
+    assert public["common_tls_context"]["validation_context"]["trusted_ca"] == {
+        "filename": "/etc/ssl/certs/ca-certificates.crt"
+    }
+    assert private["sni"] == "vllm.models.svc"
+    assert private["common_tls_context"]["validation_context"]["trusted_ca"] == {
+        "inline_string": "-----BEGIN CERTIFICATE-----"
+    }
+
+
+def test_retries_go_to_other_backends_and_tiers() -> None:
+    [listener] = rendered(endpoint("chat"))[LISTENER_TYPE]
+    hcm = listener["filter_chains"][0]["filters"][0]["typed_config"]
+    routes = hcm["route_config"]["virtual_hosts"][0]["routes"]
+    chat = next(r for r in routes if r.get("route", {}).get("cluster") == "switchyard/chat")
+    policy = chat["route"]["retry_policy"]
+    assert policy["num_retries"] == 2
+    assert policy["retriable_status_codes"] == [401, 403, 429]
+    assert "connect-failure" in policy["retry_on"]
+    assert policy["retry_host_predicate"][0]["name"].endswith("previous_hosts")
+
+
+def test_snapshots_change_only_when_the_config_does() -> None:
+    server = XdsServer()
+    assert server.set_snapshot("ns/gw", rendered(endpoint("chat", backends=[local("a", 1)])))
+    versions = server.versions("ns/gw")
+    assert not server.set_snapshot("ns/gw", rendered(endpoint("chat", backends=[local("a", 1)])))
+    # A new weight changes the clusters only: listeners are not pushed again.
+    assert server.set_snapshot("ns/gw", rendered(endpoint("chat", backends=[local("a", 2)])))
+    assert server.versions("ns/gw")[LISTENER_TYPE] == versions[LISTENER_TYPE]
+    assert server.versions("ns/gw")[CLUSTER_TYPE] != versions[CLUSTER_TYPE]
+    status = server.status("ns/gw")
+    assert (status.streams, status.programmed, status.rejection) == (0, False, None)
+
+
+def test_the_bootstrap_names_the_node_and_the_xds_server_only() -> None:
+    config = bootstrap("ns/gw", "switchyard.system.svc", 18000)
+    assert config["node"]["id"] == "ns/gw"
+    [cluster] = config["static_resources"]["clusters"]
+    address = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]
+    assert address["socket_address"] == {"address": "switchyard.system.svc", "port_value": 18000}
+    assert "listeners" not in config["static_resources"]
