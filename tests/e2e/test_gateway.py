@@ -305,3 +305,68 @@ def test_https_backends_are_verified_with_the_gateways_ca(lab: Lab) -> None:
 
     refused = eventually(attempted)
     assert refused.statuses[200] == 0, refused.statuses
+
+
+def test_a_rate_limited_backend_costs_no_request(lab: Lab) -> None:
+    model = "rate-limited"
+    lab.serve(model, [lab.backend("local-a"), lab.backend("local-b")])
+    limited = lab.fakes["local-b"]
+    limited.fault(status=429, retryAfter=4)
+    try:
+        outcome = send_sync(lab.url, chat(model), 200, concurrency=2)
+    finally:
+        limited.heal()
+    assert outcome.failed == 0, outcome.statuses
+    assert limited.port not in outcome.ports
+
+
+def test_clients_see_the_providers_429_when_every_backend_is_rate_limited(lab: Lab) -> None:
+    model = "all-limited"
+    lab.serve(model, [lab.backend("local-c")])
+    lab.fakes["local-c"].fault(status=429, retryAfter=3)
+    try:
+        outcome = send_sync(lab.url, chat(model), 3, 1)
+    finally:
+        lab.fakes["local-c"].heal()
+    assert outcome.statuses[429] >= 1, outcome.statuses
+
+
+def test_the_next_tier_takes_over_when_a_tier_is_down(lab: Lab) -> None:
+    model = "tiers"
+    lab.serve(model, [lab.backend("local-a", 1, 0), lab.backend("local-c", 1, 1)])
+    assert set(send_sync(lab.url, chat(model), 50, 2).ports) == {lab.port("local-a")}
+    lab.fakes["local-a"].fault(refuse=True)
+    try:
+        during = send_sync(lab.url, chat(model), 200, concurrency=4)
+    finally:
+        lab.fakes["local-a"].heal()
+    assert during.failed == 0, during.statuses
+    assert during.shares()[lab.port("local-c")] > 0.95
+
+
+def test_embeddings_and_completions_are_routed_too(lab: Lab) -> None:
+    lab.serve("embed", [lab.backend("local-a")])
+    embeddings = send_sync(
+        f"{lab.envoy.url}/v1/embeddings", {"model": "embed", "input": ["a", "b"]}, 5, 1
+    )
+    assert embeddings.statuses[200] == 5
+    completions = send_sync(
+        f"{lab.envoy.url}/v1/completions", {"model": "embed", "prompt": "hi"}, 5, 1
+    )
+    assert completions.statuses[200] == 5
+    paths = {r["path"] for r in lab.fakes["local-a"].requests()}
+    assert {"/v1/embeddings", "/v1/completions"} <= paths
+
+
+def test_envoy_keeps_serving_while_the_operator_is_away(lab: Lab) -> None:
+    lab.serve("steady-state", [lab.backend("local-a")])
+    lab.operator.stop()
+    try:
+        outcome = send_sync(lab.url, chat("steady-state"), 100, 4)
+    finally:
+        lab.operator.start()
+    assert outcome.statuses[200] == 100
+    eventually(
+        lambda: (c := condition(lab.gateway(), "Programmed")) and c["status"] == "True",
+        timeout=30,
+    )

@@ -15,13 +15,17 @@ from tests_support.scenario import Scenario
 pytestmark = pytest.mark.integration
 
 
-def serve_healthy_endpoint(scenario: Scenario) -> None:
-    """A good endpoint beside every bad one: it must stay Ready throughout."""
+def serve_healthy_endpoint_without_waiting(scenario: Scenario) -> None:
     scenario.secret("providers", {"api-key": scenario.new_key()})
     scenario.cluster.apply(
         scenario.gateway_manifest(),
         scenario.endpoint_manifest("healthy", [openai_backend("oai", "providers")]),
     )
+
+
+def serve_healthy_endpoint(scenario: Scenario) -> None:
+    """A good endpoint beside every bad one: it must stay Ready throughout."""
+    serve_healthy_endpoint_without_waiting(scenario)
     scenario.wait_condition("healthy", "Ready", "True")
 
 
@@ -288,3 +292,39 @@ def test_a_tier_whose_weights_are_all_zero_is_reported(scenario: Scenario) -> No
     assert "priority tier 0" in accepted["message"]
     assert ("ZeroWeightTier", accepted["message"]) in warning_events(scenario, "idle")
     assert_healthy_endpoint_still_served(scenario)
+
+
+def test_a_data_plane_the_api_server_refuses_is_reported_and_retried(
+    scenario: Scenario,
+) -> None:
+    quota = {
+        "apiVersion": "v1",
+        "kind": "ResourceQuota",
+        "metadata": {"name": "no-deployments", "namespace": scenario.gateway_namespace},
+        "spec": {"hard": {"count/deployments.apps": "0"}},
+    }
+    scenario.cluster.apply(quota)
+    namespace = scenario.gateway_namespace
+
+    def counted() -> bool:
+        """The quota admits nothing only once the quota controller has counted."""
+        found = scenario.cluster.get("resourcequotas", "no-deployments", namespace) or {}
+        return bool(found.get("status", {}).get("hard"))
+
+    eventually(counted)
+    serve_healthy_endpoint_without_waiting(scenario)
+    ready = eventually(
+        lambda: (c := condition(scenario.gateway(), "Ready")) and c["status"] == "False" and c
+    )
+    assert ready["reason"] == "ApplyFailed"
+    assert "exceeded quota" in ready["message"]
+    assert "shared-switchyard-envoy" in ready["message"]
+
+    scenario.cluster.delete("resourcequotas", "no-deployments", namespace)
+    eventually(
+        lambda: (c := condition(scenario.gateway(), "Ready")) and c["status"] == "True",
+        timeout=60,
+    )
+    assert scenario.cluster.get(
+        "deployments", "shared-switchyard-envoy", scenario.gateway_namespace
+    )

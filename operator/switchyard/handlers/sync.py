@@ -45,6 +45,10 @@ def _now() -> str:
     )
 
 
+class ApplyFailed(Exception):
+    """A pass that wrote its status but could not apply every object: retry it later."""
+
+
 def _fmt(key: ObjectKey) -> str:
     return f"{key[0]}/{key[1]}"
 
@@ -130,8 +134,7 @@ class GatewaySync:
             self.xds.set_snapshot(
                 node, envoy.render(plan, gateway.spec.listener.port, gateway.spec.backend_tls)
             )
-        if gateway_record is not None:
-            await self._apply_gateway(gateway_record, plan)
+        applied = gateway_record is None or await self._apply_gateway(gateway_record, plan)
         for record in records:
             outcome = plan.outcomes[record.source.key]
             status = endpoint_status(
@@ -139,9 +142,14 @@ class GatewaySync:
             )
             await self._write_status("modelendpoints", record.body, status, outcome.conditions)
         self.secrets.forget_unreferenced(self.store.referenced_secrets())
+        if not applied:
+            # Reported on the gateway already; the pass is retried with backoff.
+            raise ApplyFailed(f"the objects of ModelGateway {_fmt(key)} were not all applied")
 
-    async def _apply_gateway(self, record: GatewayRecord, plan: GatewayPlan) -> None:
+    async def _apply_gateway(self, record: GatewayRecord, plan: GatewayPlan) -> bool:
+        """Apply the gateway's objects and write its status; False if the API refused."""
         body = record.body
+        applied = True
         if record.source is None:
             invalid = f"spec is invalid: {record.error}"
             conditions: tuple[DesiredCondition, ...] = tuple(
@@ -156,13 +164,16 @@ class GatewaySync:
                 await self._apply_objects(record.source.spec, body["metadata"]["uid"], plan)
             except OwnershipConflict as conflict:
                 ready = DesiredCondition.false("Ready", "OwnershipConflict", str(conflict))
+                applied = False
             except ApiError as error:
                 # Refused by the API server (quota, admission, RBAC): say so on the gateway.
                 ready = DesiredCondition.false("Ready", "ApplyFailed", describe_error(error))
+                applied = False
             conditions = (accepted, programmed, ready)
         generation = int(body["metadata"].get("generation", 0))
         status = gateway_status(plan, body.get("status") or {}, generation, _now(), conditions)
         await self._write_status("modelgateways", body, status, conditions)
+        return applied
 
     async def _apply_objects(self, spec: ModelGatewaySpec, uid: str, plan: GatewayPlan) -> None:
         sources = {c.source for c in plan.credentials}

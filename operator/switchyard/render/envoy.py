@@ -96,6 +96,7 @@ local function shape(handle)
                          "${model}"}) do
     headers:remove(name)
   end
+
   local client = handle:streamInfo():dynamicMetadata():get("switchyard") or {}
   if base ~= nil and client["path"] ~= nil then
     local path = base .. string.gsub(client["path"], "^/v1", "", 1)
@@ -143,7 +144,11 @@ function envoy_on_request(handle)
     handle:respond({[":status"] = "502"}, "switchyard could not shape the request")
   end
 end
-""").substitute(SCRATCH, credentials_env=CREDENTIALS_DIR_ENV, anthropic_version=ANTHROPIC_VERSION)
+""").substitute(
+    SCRATCH,
+    credentials_env=CREDENTIALS_DIR_ENV,
+    anthropic_version=ANTHROPIC_VERSION,
+)
 
 
 def cluster_name(model: str, anthropic_only: bool = False) -> str:
