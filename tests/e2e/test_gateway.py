@@ -307,17 +307,33 @@ def test_https_backends_are_verified_with_the_gateways_ca(lab: Lab) -> None:
     assert refused.statuses[200] == 0, refused.statuses
 
 
-def test_a_rate_limited_backend_costs_no_request(lab: Lab) -> None:
+def test_a_429_takes_the_backend_out_of_rotation_for_its_retry_after(lab: Lab) -> None:
     model = "rate-limited"
     lab.serve(model, [lab.backend("local-a"), lab.backend("local-b")])
     limited = lab.fakes["local-b"]
-    limited.fault(status=429, retryAfter=4)
+    limited.fault(status=429, retryAfter=6)
     try:
-        outcome = send_sync(lab.url, chat(model), 200, concurrency=2)
+        first = send_sync(lab.url, chat(model), 20, concurrency=2)
+        assert first.failed == 0, first.statuses
+
+        def backing_off() -> bool:
+            status = lab.cluster.get("modelendpoints", model, lab.namespace) or {}
+            backends = {b["name"]: b for b in status.get("status", {}).get("backends", [])}
+            return bool(backends.get("local-b", {}).get("reason") == "RateLimited")
+
+        eventually(backing_off, timeout=3, interval=0.1)
+        time.sleep(0.5)  # the push that took it out reaches Envoy
+        limited.forget_requests()
+        during = send_sync(lab.url, chat(model), 100, concurrency=2)
+        assert during.failed == 0, during.statuses
+        assert limited.requests() == [], "a rate-limited backend was asked again too soon"
     finally:
         limited.heal()
-    assert outcome.failed == 0, outcome.statuses
-    assert limited.port not in outcome.ports
+
+    def back() -> bool:
+        return send_sync(lab.url, chat(model), 50, 2).shares().get(limited.port, 0) > 0.2
+
+    eventually(back, timeout=15, interval=0.5)
 
 
 def test_clients_see_the_providers_429_when_every_backend_is_rate_limited(lab: Lab) -> None:

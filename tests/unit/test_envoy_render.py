@@ -32,7 +32,7 @@ def test_every_rendered_resource_is_valid_envoy_config() -> None:
     for type_url, items in resources.items():
         assert pack(type_url, items).resources  # parses every typed_config it names
     names = [c["name"] for c in resources[CLUSTER_TYPE]]
-    assert names == ["switchyard/chat", "switchyard/chat/anthropic", "switchyard/other"]
+    assert names == ["switchyard/chat", "switchyard-anthropic/chat", "switchyard/other"]
 
 
 def test_backends_become_weighted_localities_in_compact_priorities() -> None:

@@ -94,6 +94,7 @@ async def start(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
     sync = GatewaySync(store, kube, SecretCache(kube), xds, xds_service(memo))
     # An Envoy that connects, ACKs or NACKs changes its gateway's Programmed condition.
     xds.on_change = lambda node: sync.mark({gateway_of_node(node)})
+    xds.on_rate_limited = sync.rate_limited
     sync.mark(store.gateway_keys())
     worker = asyncio.create_task(sync.run(), name="switchyard-gateway-sync")
     memo.runtime = Runtime(store=store, kube=kube, sync=sync, xds=xds, worker=worker)

@@ -28,7 +28,7 @@ from switchyard.render.status import (
     programmed_condition,
     status_differs,
 )
-from switchyard.xds.server import XdsServer, node_of_gateway
+from switchyard.xds.server import RateLimited, XdsServer, gateway_of_node, node_of_gateway
 
 logger = logging.getLogger(__name__)
 
@@ -68,6 +68,8 @@ class GatewaySync:
         self.xds = xds
         # Where the gateways' Pods reach this operator's xDS server (its Service).
         self.xds_service = xds_service
+        # Gateway -> (model, backend) -> monotonic time until which the provider said 429.
+        self._backoffs: dict[ObjectKey, dict[tuple[str, str], float]] = {}
         self._dirty: set[ObjectKey] = set()
         self._wake = asyncio.Event()
         self._failures: dict[ObjectKey, int] = {}
@@ -110,6 +112,25 @@ class GatewaySync:
         finally:
             metrics.RECONCILE_DURATION.labels(*key).observe(time.monotonic() - started)
 
+    def rate_limited(self, report: RateLimited) -> None:
+        """An Envoy saw a provider answer 429: route around that backend for Retry-After."""
+        key = gateway_of_node(report.node)
+        model = envoy.model_of_cluster(report.cluster)
+        backoffs = self._backoffs.setdefault(key, {})
+        until = time.monotonic() + report.seconds
+        if backoffs.get((model, report.backend), 0.0) < until:
+            backoffs[(model, report.backend)] = until
+            self.mark({key})
+            # Bring it back when the provider said it may be asked again.
+            asyncio.get_running_loop().call_later(report.seconds, self.mark, {key})
+
+    def _backing_off(self, key: ObjectKey) -> set[tuple[str, str]]:
+        now = time.monotonic()
+        backoffs = self._backoffs.get(key, {})
+        for expired in [pair for pair, until in backoffs.items() if until <= now]:
+            del backoffs[expired]
+        return set(backoffs)
+
     async def sync(self, key: ObjectKey) -> None:
         gateway_record = self.store.gateways.get(key)
         records = self.store.endpoints_of(key)
@@ -126,6 +147,7 @@ class GatewaySync:
             [r.source for r in records],
             self.store.namespace_labels,
             secret_keys,
+            self._backing_off(key),
         )
         node = node_of_gateway(*key)
         if gateway is None:

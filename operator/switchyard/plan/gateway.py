@@ -7,7 +7,7 @@ conditions are decided here too, in one pass per gateway.
 from __future__ import annotations
 
 import base64
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 
 from switchyard.api.models import ModelEndpointSpec, ModelGatewaySpec, NamespacesFrom
@@ -113,10 +113,12 @@ def plan_gateway(
     endpoints: list[EndpointSource],
     namespace_labels: Mapping[str, Mapping[str, str]],
     secrets: Mapping[ObjectKey, SecretKeys | None],
+    rate_limited: Collection[tuple[str, str]] = (),
 ) -> GatewayPlan:
     """Decide, for every endpoint that names this gateway, whether and how it is served.
 
     `secrets` holds every Secret the endpoints reference; None marks one that does not exist.
+    `rate_limited` holds the (model, backend) pairs a provider asked to back off from.
     """
     namespace, name = key
     result = GatewayPlan(namespace=namespace, name=name, gateway=gateway)
@@ -124,7 +126,7 @@ def plan_gateway(
     ordered = sorted(endpoints, key=lambda e: (e.created, e.namespace, e.name))
     claimed: dict[str, EndpointSource] = {}
     for endpoint in ordered:
-        outcome = _decide(endpoint, key, gateway, namespace_labels, secrets, claimed)
+        outcome = _decide(endpoint, key, gateway, namespace_labels, secrets, claimed, rate_limited)
         result.outcomes[endpoint.key] = outcome
         if outcome.plan is not None:
             result.attached.append(outcome.plan)
@@ -152,6 +154,7 @@ def _decide(
     namespace_labels: Mapping[str, Mapping[str, str]],
     secrets: Mapping[ObjectKey, SecretKeys | None],
     claimed: dict[str, EndpointSource],
+    rate_limited: Collection[tuple[str, str]],
 ) -> EndpointOutcome:
     spec = endpoint.spec
     gateway_name = f"{key[0]}/{key[1]}"
@@ -177,9 +180,16 @@ def _decide(
     if accepted.status == "False":
         return EndpointOutcome((accepted, resolved_refs, _not_ready(accepted)), None, spec)
 
-    plan = plan_endpoint(
-        endpoint.namespace, endpoint.name, spec, {b: why[0] for b, why in unresolved.items()}
-    )
+    unavailable = {b: why[0] for b, why in unresolved.items()}
+    backing_off = {
+        b.name: "RateLimited"
+        for b in spec.backends
+        if (spec.model, b.name) in rate_limited and b.name not in unavailable
+    }
+    plan = plan_endpoint(endpoint.namespace, endpoint.name, spec, unavailable | backing_off)
+    if backing_off and not plan.routable:
+        # Every backend asked to back off: keep sending, so retries have somewhere to go.
+        plan = plan_endpoint(endpoint.namespace, endpoint.name, spec, unavailable)
     if not plan.routable:
         ready = DesiredCondition.false(
             "Ready",

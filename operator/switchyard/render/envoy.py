@@ -36,7 +36,10 @@ METADATA_NAMESPACE = "switchyard"
 # Requests up to 10 MB (long prompts, images) must pass, retries included.
 MAX_REQUEST_BYTES = 16 * 2**20
 SYSTEM_CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
-# Where Envoy finds the gateway's credentials Secret, one file per key, and its CA bundle.
+# The bootstrap's cluster for the operator: xDS, and the rate-limit reports back to it.
+XDS_CLUSTER = "switchyard-xds"
+RATE_LIMIT_LOG = "switchyard-rate-limited"
+# The directory where Envoy finds the gateway's credentials Secret, one file per key.
 CREDENTIALS_DIR_ENV = "SWITCHYARD_CREDENTIALS_DIR"
 # Scratch headers: set from endpoint metadata, consumed and removed by the upstream Lua filter.
 SCRATCH = {
@@ -152,7 +155,12 @@ end
 
 
 def cluster_name(model: str, anthropic_only: bool = False) -> str:
-    return f"switchyard/{model}" + ("/anthropic" if anthropic_only else "")
+    return ("switchyard-anthropic/" if anthropic_only else "switchyard/") + model
+
+
+def model_of_cluster(name: str) -> str:
+    """The model a cluster of `cluster_name` serves."""
+    return name.partition("/")[2]
 
 
 def openai_error(kind: str, message: str, code: str | None = None) -> dict[str, Any]:
@@ -222,13 +230,7 @@ def _listener(plan: GatewayPlan, port: int, clusters: list[dict[str, Any]]) -> d
                             "http_filters": [
                                 _model_to_metadata(),
                                 _lua("original_path", _ORIGINAL_PATH_LUA),
-                                {
-                                    "name": "envoy.filters.http.router",
-                                    "typed_config": {
-                                        "@type": TYPE
-                                        + "envoy.extensions.filters.http.router.v3.Router"
-                                    },
-                                },
+                                _router(),
                             ],
                             "route_config": {
                                 "name": "switchyard",
@@ -275,6 +277,52 @@ def _local_replies() -> dict[str, Any]:
             # Anything else Envoy answers itself (no healthy backend, timeouts) keeps its text.
             mapper("GE", 400, "%LOCAL_REPLY_BODY%", "%RESPONSE_CODE%"),
         ]
+    }
+
+
+def _router() -> dict[str, Any]:
+    """The router, reporting every attempt a provider answered with 429 to the operator
+    (gRPC access log over the xDS connection's cluster), which takes that backend out of
+    rotation for its Retry-After."""
+    is_429 = {
+        "status_code_filter": {
+            "comparison": {
+                "op": "EQ",
+                "value": {"default_value": 429, "runtime_key": "switchyard.rate_limited"},
+            }
+        }
+    }
+    backend_tag = {
+        "tag": "backend",
+        "metadata": {
+            "kind": {"host": {}},
+            "metadata_key": {"key": METADATA_NAMESPACE, "path": [{"key": "backend"}]},
+        },
+    }
+    return {
+        "name": "envoy.filters.http.router",
+        "typed_config": {
+            "@type": TYPE + "envoy.extensions.filters.http.router.v3.Router",
+            "upstream_log": [
+                {
+                    "name": "envoy.access_loggers.http_grpc",
+                    "filter": is_429,
+                    "typed_config": {
+                        "@type": TYPE
+                        + "envoy.extensions.access_loggers.grpc.v3.HttpGrpcAccessLogConfig",
+                        "common_config": {
+                            "log_name": RATE_LIMIT_LOG,
+                            "grpc_service": {"envoy_grpc": {"cluster_name": XDS_CLUSTER}},
+                            "transport_api_version": "V3",
+                            "buffer_flush_interval": "0.05s",
+                            "buffer_size_bytes": 1,
+                            "custom_tags": [backend_tag],
+                        },
+                        "additional_response_headers_to_log": ["retry-after"],
+                    },
+                }
+            ],
+        },
     }
 
 
@@ -596,7 +644,7 @@ def bootstrap(
                 "api_type": "GRPC",
                 "transport_api_version": "V3",
                 "set_node_on_first_message_only": True,
-                "grpc_services": [{"envoy_grpc": {"cluster_name": "switchyard-xds"}}],
+                "grpc_services": [{"envoy_grpc": {"cluster_name": XDS_CLUSTER}}],
             },
             "cds_config": {"ads": {}, "resource_api_version": "V3"},
             "lds_config": {"ads": {}, "resource_api_version": "V3"},
@@ -604,7 +652,7 @@ def bootstrap(
         "static_resources": {
             "clusters": [
                 {
-                    "name": "switchyard-xds",
+                    "name": XDS_CLUSTER,
                     "type": "STRICT_DNS",
                     "connect_timeout": "2s",
                     "typed_extension_protocol_options": {
@@ -615,7 +663,7 @@ def bootstrap(
                         }
                     },
                     "load_assignment": {
-                        "cluster_name": "switchyard-xds",
+                        "cluster_name": XDS_CLUSTER,
                         "endpoints": [
                             {
                                 "lb_endpoints": [

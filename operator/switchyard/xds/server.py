@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
+from envoy.service.accesslog.v3 import als_pb2, als_pb2_grpc
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 from google.protobuf import any_pb2, json_format
 
@@ -75,6 +76,16 @@ class StreamState:
 
 
 @dataclass(frozen=True)
+class RateLimited:
+    """A backend a provider rate-limited, as one of the node's Envoys saw it."""
+
+    node: str
+    cluster: str
+    backend: str
+    seconds: float
+
+
+@dataclass(frozen=True)
 class NodeStatus:
     """What the Envoys of one node did with its current snapshot."""
 
@@ -93,6 +104,8 @@ class XdsServer:
         self._nonce = 0
         # Told the node whenever one of its Envoys connects, leaves, ACKs or NACKs.
         self.on_change: Callable[[str], None] = lambda node: None
+        # Told (node, cluster, backend, seconds) when a provider answered 429 Retry-After.
+        self.on_rate_limited: Callable[[RateLimited], None] = lambda report: None
         self._server: grpc.aio.Server | None = None
         self.port: int | None = None
         self.pushes = 0
@@ -156,6 +169,7 @@ class XdsServer:
     async def start(self, host: str, port: int) -> int:
         server = grpc.aio.server(options=[("grpc.max_send_message_length", 64 * 2**20)])
         ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(_Servicer(self), server)
+        als_pb2_grpc.add_AccessLogServiceServicer_to_server(_RateLimitReports(self), server)
         self.port = server.add_insecure_port(f"{host}:{port}")
         if self.port == 0:
             raise OSError(f"cannot listen for xDS on {host}:{port}")
@@ -320,6 +334,38 @@ def _listen_on(request: discovery_pb2.DiscoveryRequest) -> tuple[str, int] | Non
         return None
     address = fields["listen_address"].string_value if "listen_address" in fields else "0.0.0.0"
     return (address or "0.0.0.0", int(fields["listen_port"].number_value))
+
+
+class _RateLimitReports(als_pb2_grpc.AccessLogServiceServicer):  # type: ignore[misc]
+    """Envoy's upstream access log, filtered to 429s: the data plane's view of rate limits."""
+
+    def __init__(self, server: XdsServer) -> None:
+        self._server = server
+
+    async def StreamAccessLogs(
+        self, request_iterator: AsyncIterator[als_pb2.StreamAccessLogsMessage], context: Any
+    ) -> als_pb2.StreamAccessLogsResponse:
+        node = ""
+        async for message in request_iterator:
+            if message.HasField("identifier"):
+                node = message.identifier.node.id
+            for entry in message.http_logs.log_entry:
+                common = entry.common_properties
+                backend = common.custom_tags.get("backend")
+                seconds = _retry_after(entry.response.response_headers.get("retry-after", ""))
+                if node and backend and seconds:
+                    self._server.on_rate_limited(
+                        RateLimited(node, common.upstream_cluster, backend, seconds)
+                    )
+        return als_pb2.StreamAccessLogsResponse()
+
+
+def _retry_after(value: str) -> float:
+    """Retry-After in seconds; none, an HTTP date or garbage count as one second."""
+    try:
+        return max(1.0, min(float(value), 3600.0))
+    except ValueError:
+        return 1.0
 
 
 def _versions(snapshot: Mapping[str, TypedResources]) -> dict[str, str]:
