@@ -101,6 +101,10 @@ class FakeProcess:
         recorded: list[dict[str, Any]] = self._control("GET", "/requests")
         return recorded
 
+    def traffic(self) -> list[dict[str, Any]]:
+        """The requests clients sent through the gateway, without the operator's probes."""
+        return [r for r in self.requests() if r["method"] == "POST"]
+
     def forget_requests(self) -> None:
         self._control("DELETE", "/requests")
 

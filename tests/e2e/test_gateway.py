@@ -65,17 +65,17 @@ def test_each_provider_gets_its_own_path_auth_and_model(lab: Lab) -> None:
     assert outcome.failed == 0, outcome.statuses
     keys = {name: fake.api_key for name, fake in lab.fakes.items()}
 
-    [openai, *_] = lab.fakes["openai"].requests()
+    [openai, *_] = lab.fakes["openai"].traffic()
     assert openai["path"] == "/v1/chat/completions"
     assert openai["headers"]["authorization"] == f"Bearer {keys['openai']}"
     assert openai["body"]["model"] == "gpt-4o"
 
-    [azure, *_] = lab.fakes["azure"].requests()
+    [azure, *_] = lab.fakes["azure"].traffic()
     assert azure["path"] == "/openai/deployments/chat-deploy/chat/completions"
     assert azure["query"] == {"api-version": "2024-10-21"}
     assert azure["headers"]["api-key"] == keys["azure"]
 
-    [anthropic, *_] = lab.fakes["anthropic"].requests()
+    [anthropic, *_] = lab.fakes["anthropic"].traffic()
     assert anthropic["path"] == "/v1/chat/completions"
     assert anthropic["headers"]["x-api-key"] == keys["anthropic"]
     assert anthropic["headers"]["anthropic-version"] == "2023-06-01"
@@ -83,7 +83,7 @@ def test_each_provider_gets_its_own_path_auth_and_model(lab: Lab) -> None:
 
     # No provider ever sees another's key, or the internal scratch headers.
     for name in ("openai", "azure", "anthropic"):
-        for recorded in lab.fakes[name].requests():
+        for recorded in lab.fakes[name].traffic():
             text = json.dumps(recorded["headers"])
             assert not [other for other, key in keys.items() if other != name and key in text]
             assert not [h for h in recorded["headers"] if h.startswith("x-sy-")]
@@ -98,7 +98,7 @@ def test_anthropic_messages_go_only_to_anthropic_backends(lab: Lab) -> None:
     outcome = send_sync(url, body, 20, concurrency=2)
     assert outcome.statuses[200] == 20
     assert set(outcome.ports) == {lab.port("anthropic")}
-    assert lab.fakes["openai"].requests() == []
+    assert lab.fakes["openai"].traffic() == []
 
 
 def test_a_weight_change_reaches_live_traffic_within_two_seconds(lab: Lab) -> None:
@@ -197,7 +197,7 @@ def test_a_rotated_key_is_used_without_restarting_envoy(lab: Lab) -> None:
     eventually(lambda: send_sync(lab.url, chat(model), 5, 1).statuses[200] == 5, timeout=15)
     assert lab.envoy.process.pid == pid
     assert lab.envoy.process.poll() is None
-    [*_, last] = fake.requests()
+    [*_, last] = fake.traffic()
     assert last["headers"]["authorization"] == f"Bearer {new_key}"
 
 
@@ -286,7 +286,7 @@ def test_https_backends_are_verified_with_the_gateways_ca(lab: Lab) -> None:
     outcome = send_sync(lab.url, chat("private-tls"), 20, 2)
     assert outcome.statuses[200] == 20
     assert set(outcome.ports) == {lab.port("secure")}
-    [*_, last] = lab.fakes["secure"].requests()
+    [*_, last] = lab.fakes["secure"].traffic()
     assert last["headers"]["authorization"] == f"Bearer {lab.fakes['secure'].api_key}"
 
     # The same server under a name the CA bundle does not cover is checked against the
@@ -326,7 +326,7 @@ def test_a_429_takes_the_backend_out_of_rotation_for_its_retry_after(lab: Lab) -
         limited.forget_requests()
         during = send_sync(lab.url, chat(model), 100, concurrency=2)
         assert during.failed == 0, during.statuses
-        assert limited.requests() == [], "a rate-limited backend was asked again too soon"
+        assert limited.traffic() == [], "a rate-limited backend was asked again too soon"
     finally:
         limited.heal()
 
@@ -370,7 +370,7 @@ def test_embeddings_and_completions_are_routed_too(lab: Lab) -> None:
         f"{lab.envoy.url}/v1/completions", {"model": "embed", "prompt": "hi"}, 5, 1
     )
     assert completions.statuses[200] == 5
-    paths = {r["path"] for r in lab.fakes["local-a"].requests()}
+    paths = {r["path"] for r in lab.fakes["local-a"].traffic()}
     assert {"/v1/embeddings", "/v1/completions"} <= paths
 
 

@@ -214,7 +214,8 @@ def test_a_namespace_the_gateway_does_not_admit_is_reported_until_it_is_labelled
         scenario.wait_condition("intruder", "Ready", "True", namespace=outsider)
         eventually(lambda: f"{outsider}_intruder_oai" in scenario.credentials())
     finally:
-        scenario.cluster.kubectl("delete", "namespace", outsider, "--wait=false")
+        # Gone before the closing proofs, which must see nothing change.
+        scenario.cluster.kubectl("delete", "namespace", outsider, "--timeout=60s")
 
 
 def test_a_missing_secret_or_key_is_reported_and_the_rest_still_served(scenario: Scenario) -> None:

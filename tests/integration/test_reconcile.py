@@ -38,6 +38,7 @@ def test_endpoints_become_ready_with_their_split_and_the_gateway_gets_its_object
     assert {c["type"]: c["status"] for c in chat["status"]["conditions"]} == {
         "Accepted": "True",
         "ResolvedRefs": "True",
+        "Degraded": "False",
         "Ready": "True",
     }
     backends = {b["name"]: b for b in chat["status"]["backends"]}

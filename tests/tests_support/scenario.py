@@ -191,7 +191,8 @@ class Scenario:
 
     def prove_no_write_on_resync(self) -> None:
         """A restarted operator reconciles everything again and writes nothing."""
-        time.sleep(1.0)  # let the last pass's writes land before the snapshot
+        # Let the last pass's writes land, and the first probes (spread over a second) publish.
+        time.sleep(2.5)
         before = self.cluster.versions(self.namespaces)
         self.operator.stop()
         passes = sync_passes(self.gateway_namespace, "shared")

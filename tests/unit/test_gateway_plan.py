@@ -18,6 +18,7 @@ def test_an_admitted_endpoint_with_resolved_refs_is_attached_and_ready() -> None
     assert conditions(plan, ("team-a", "chat")) == {
         "Accepted": ("True", "Accepted"),
         "ResolvedRefs": ("True", "ResolvedRefs"),
+        "Degraded": ("False", "AllBackendsAvailable"),
         "Ready": ("True", "Ready"),
     }
     copies = {(c.target_key, c.source, c.source_key) for c in plan.credentials}
@@ -105,3 +106,28 @@ def test_an_invalid_spec_is_reported_without_a_plan() -> None:
     plan = plan_gateway(GATEWAY_KEY, gateway(), [broken, endpoint("chat")], {}, ALL_KEYS)
     assert conditions(plan, ("team-a", "broken"))["Accepted"] == ("False", "InvalidSpec")
     assert [p.name for p in plan.attached] == ["chat"]
+
+
+def test_backends_held_back_give_their_share_to_the_others() -> None:
+    held = {("team-a", "chat", "oai"): "Unhealthy"}
+    plan = plan_gateway(GATEWAY_KEY, gateway(), [endpoint("chat")], {}, ALL_KEYS, held)
+    state = conditions(plan, ("team-a", "chat"))
+    assert state["Degraded"] == ("True", "BackendsUnavailable")
+    assert state["Ready"] == ("True", "Ready")
+    routes = {b.name: (b.effective_weight, b.unavailable_reason) for b in plan.attached[0].backends}
+    assert routes == {"oai": (0, "Unhealthy"), "claude": (1, None)}
+
+
+def test_when_every_backend_is_held_back_traffic_fails_open() -> None:
+    held = {
+        ("team-a", "chat", "oai"): "Unhealthy",
+        ("team-a", "chat", "claude"): "RateLimited",
+    }
+    plan = plan_gateway(GATEWAY_KEY, gateway(), [endpoint("chat")], {}, ALL_KEYS, held)
+    state = conditions(plan, ("team-a", "chat"))
+    assert state["Degraded"] == ("True", "NoHealthyBackend")
+    assert state["Ready"] == ("False", "NoHealthyBackend")
+    assert {b.name: b.effective_weight for b in plan.attached[0].backends} == {
+        "oai": 3,
+        "claude": 1,
+    }

@@ -16,6 +16,7 @@ from typing import Any
 import kopf
 
 from switchyard.api.models import GROUP, VERSION
+from switchyard.handlers.health_monitor import HealthMonitor
 from switchyard.handlers.state import Store, object_key
 from switchyard.handlers.sync import GatewaySync
 from switchyard.kube.client import Kube, credentials, load_configuration
@@ -40,7 +41,7 @@ class Runtime:
     kube: Kube
     sync: GatewaySync
     xds: XdsServer
-    worker: asyncio.Task[None]
+    workers: list[asyncio.Task[None]]
 
 
 def _address(memo: Any, option: str, variable: str, default: str) -> tuple[str, int]:
@@ -91,13 +92,18 @@ async def start(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
     except BaseException:
         await kube.close()
         raise
-    sync = GatewaySync(store, kube, SecretCache(kube), xds, xds_service(memo))
+    secrets = SecretCache(kube)
+    health = HealthMonitor(secrets, lambda gateway: sync.mark({gateway}))
+    sync = GatewaySync(store, kube, secrets, xds, xds_service(memo), health)
     # An Envoy that connects, ACKs or NACKs changes its gateway's Programmed condition.
     xds.on_change = lambda node: sync.mark({gateway_of_node(node)})
     xds.on_rate_limited = sync.rate_limited
     sync.mark(store.gateway_keys())
-    worker = asyncio.create_task(sync.run(), name="switchyard-gateway-sync")
-    memo.runtime = Runtime(store=store, kube=kube, sync=sync, xds=xds, worker=worker)
+    workers = [
+        asyncio.create_task(sync.run(), name="switchyard-gateway-sync"),
+        asyncio.create_task(health.run(), name="switchyard-health-probes"),
+    ]
+    memo.runtime = Runtime(store=store, kube=kube, sync=sync, xds=xds, workers=workers)
     logger.info(
         "primed with %d gateways and %d endpoints", len(store.gateways), len(store.endpoints)
     )
@@ -134,8 +140,9 @@ async def login(**_: Any) -> kopf.ConnectionInfo:
 @kopf.on.cleanup()
 async def stop(memo: Any, **_: Any) -> None:
     runtime = _runtime(memo)
-    runtime.worker.cancel()
-    await asyncio.gather(runtime.worker, return_exceptions=True)
+    for worker in runtime.workers:
+        worker.cancel()
+    await asyncio.gather(*runtime.workers, return_exceptions=True)
     await runtime.xds.stop()
     await runtime.kube.close()
 

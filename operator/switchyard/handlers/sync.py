@@ -13,8 +13,10 @@ import time
 from typing import Any
 
 from switchyard import metrics
-from switchyard.api.models import DataPlaneType, ModelGatewaySpec
-from switchyard.handlers.state import GatewayRecord, Store
+from switchyard.api.models import DataPlaneType, ModelGatewaySpec, parse_duration
+from switchyard.handlers.health_monitor import BackendKey, HealthMonitor
+from switchyard.handlers.state import EndpointRecord, GatewayRecord, Store
+from switchyard.health.probes import Target
 from switchyard.kube.client import ApiError, Kube, OwnershipConflict, describe_error
 from switchyard.kube.secrets import SecretCache
 from switchyard.plan.conditions import DesiredCondition, transitions
@@ -45,6 +47,33 @@ def _now() -> str:
     )
 
 
+def _probe_targets(
+    plan: GatewayPlan, records: list[EndpointRecord]
+) -> tuple[dict[BackendKey, Any], dict[BackendKey, dict[str, Any]]]:
+    """Every backend the gateway serves, as the health monitor probes it, and what each
+    endpoint's status shows of it now (to resume from after a restart)."""
+    specs = {r.source.key: r.source.spec for r in records}
+    statuses = {r.source.key: (r.body.get("status") or {}).get("backends") or [] for r in records}
+    targets: dict[BackendKey, Any] = {}
+    shown: dict[BackendKey, dict[str, Any]] = {}
+    for endpoint in plan.attached:
+        spec = specs[(endpoint.namespace, endpoint.name)]
+        assert spec is not None
+        refs = {b.name: b.credentials_ref for b in spec.backends}
+        timeout = parse_duration(spec.health_check.timeout)
+        for backend in endpoint.backends:
+            key = (endpoint.namespace, endpoint.name, backend.name)
+            ref = refs[backend.name]
+            credentials = ((endpoint.namespace, ref.name), ref.key) if ref else None
+            target = Target(
+                backend.provider, backend.url, backend.upstream_model, backend.api_version, timeout
+            )
+            targets[key] = (target, credentials, spec.health_check)
+        for entry in statuses[(endpoint.namespace, endpoint.name)]:
+            shown[(endpoint.namespace, endpoint.name, entry.get("name", ""))] = entry
+    return targets, shown
+
+
 class ApplyFailed(Exception):
     """A pass that wrote its status but could not apply every object: retry it later."""
 
@@ -61,6 +90,7 @@ class GatewaySync:
         secrets: SecretCache,
         xds: XdsServer,
         xds_service: tuple[str, int],
+        health: HealthMonitor,
     ) -> None:
         self.store = store
         self.kube = kube
@@ -68,6 +98,7 @@ class GatewaySync:
         self.xds = xds
         # Where the gateways' Pods reach this operator's xDS server (its Service).
         self.xds_service = xds_service
+        self.health = health
         # Gateway -> (model, backend) -> monotonic time until which the provider said 429.
         self._backoffs: dict[ObjectKey, dict[tuple[str, str], float]] = {}
         self._dirty: set[ObjectKey] = set()
@@ -124,12 +155,19 @@ class GatewaySync:
             # Bring it back when the provider said it may be asked again.
             asyncio.get_running_loop().call_later(report.seconds, self.mark, {key})
 
-    def _backing_off(self, key: ObjectKey) -> set[tuple[str, str]]:
+    def _held_back(self, key: ObjectKey, records: list[EndpointRecord]) -> dict[BackendKey, str]:
+        """Backends to route around: the probes' verdicts and the providers' 429s."""
+        held = self.health.held_back(key)
         now = time.monotonic()
         backoffs = self._backoffs.get(key, {})
         for expired in [pair for pair, until in backoffs.items() if until <= now]:
             del backoffs[expired]
-        return set(backoffs)
+        for record in records:
+            spec = record.source.spec
+            for model, backend in backoffs:
+                if spec is not None and spec.model == model:
+                    held.setdefault((*record.source.key, backend), "RateLimited")
+        return held
 
     async def sync(self, key: ObjectKey) -> None:
         gateway_record = self.store.gateways.get(key)
@@ -147,8 +185,12 @@ class GatewaySync:
             [r.source for r in records],
             self.store.namespace_labels,
             secret_keys,
-            self._backing_off(key),
+            self._held_back(key, records),
         )
+        if gateway is None:
+            self.health.forget(key)
+        else:
+            self.health.watch(key, *_probe_targets(plan, records))
         node = node_of_gateway(*key)
         if gateway is None:
             self.xds.remove_snapshot(node)
@@ -159,8 +201,12 @@ class GatewaySync:
         applied = gateway_record is None or await self._apply_gateway(gateway_record, plan)
         for record in records:
             outcome = plan.outcomes[record.source.key]
+            health = {
+                b.name: self.health.shown((*record.source.key, b.name))
+                for b in (record.source.spec.backends if record.source.spec else [])
+            }
             status = endpoint_status(
-                outcome, record.body.get("status") or {}, record.source.generation, _now()
+                outcome, record.body.get("status") or {}, record.source.generation, _now(), health
             )
             await self._write_status("modelendpoints", record.body, status, outcome.conditions)
         self.secrets.forget_unreferenced(self.store.referenced_secrets())

@@ -7,7 +7,7 @@ conditions are decided here too, in one pass per gateway.
 from __future__ import annotations
 
 import base64
-from collections.abc import Collection, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from switchyard.api.models import ModelEndpointSpec, ModelGatewaySpec, NamespacesFrom
@@ -113,12 +113,13 @@ def plan_gateway(
     endpoints: list[EndpointSource],
     namespace_labels: Mapping[str, Mapping[str, str]],
     secrets: Mapping[ObjectKey, SecretKeys | None],
-    rate_limited: Collection[tuple[str, str]] = (),
+    held_back: Mapping[tuple[str, str, str], str] | None = None,
 ) -> GatewayPlan:
     """Decide, for every endpoint that names this gateway, whether and how it is served.
 
     `secrets` holds every Secret the endpoints reference; None marks one that does not exist.
-    `rate_limited` holds the (model, backend) pairs a provider asked to back off from.
+    `held_back` maps (namespace, endpoint, backend) to why that backend should carry no
+    traffic now: Unhealthy, CredentialsInvalid or RateLimited.
     """
     namespace, name = key
     result = GatewayPlan(namespace=namespace, name=name, gateway=gateway)
@@ -126,7 +127,9 @@ def plan_gateway(
     ordered = sorted(endpoints, key=lambda e: (e.created, e.namespace, e.name))
     claimed: dict[str, EndpointSource] = {}
     for endpoint in ordered:
-        outcome = _decide(endpoint, key, gateway, namespace_labels, secrets, claimed, rate_limited)
+        outcome = _decide(
+            endpoint, key, gateway, namespace_labels, secrets, claimed, held_back or {}
+        )
         result.outcomes[endpoint.key] = outcome
         if outcome.plan is not None:
             result.attached.append(outcome.plan)
@@ -154,7 +157,7 @@ def _decide(
     namespace_labels: Mapping[str, Mapping[str, str]],
     secrets: Mapping[ObjectKey, SecretKeys | None],
     claimed: dict[str, EndpointSource],
-    rate_limited: Collection[tuple[str, str]],
+    held_back: Mapping[tuple[str, str, str], str],
 ) -> EndpointOutcome:
     spec = endpoint.spec
     gateway_name = f"{key[0]}/{key[1]}"
@@ -181,15 +184,23 @@ def _decide(
         return EndpointOutcome((accepted, resolved_refs, _not_ready(accepted)), None, spec)
 
     unavailable = {b: why[0] for b, why in unresolved.items()}
-    backing_off = {
-        b.name: "RateLimited"
+    held = {
+        b.name: reason
         for b in spec.backends
-        if (spec.model, b.name) in rate_limited and b.name not in unavailable
+        if (reason := held_back.get((*endpoint.key, b.name))) and b.name not in unavailable
     }
-    plan = plan_endpoint(endpoint.namespace, endpoint.name, spec, unavailable | backing_off)
-    if backing_off and not plan.routable:
-        # Every backend asked to back off: keep sending, so retries have somewhere to go.
+    plan = plan_endpoint(endpoint.namespace, endpoint.name, spec, unavailable | held)
+    if held and not plan.routable:
+        # Nothing healthy is left: send to all of them, so retries have somewhere to go.
         plan = plan_endpoint(endpoint.namespace, endpoint.name, spec, unavailable)
+        if plan.routable:
+            why = "; ".join(f"backend {b}: {r}" for b, r in sorted(held.items()))
+            degraded = DesiredCondition.true(
+                "Degraded", "NoHealthyBackend", f"no backend is available ({why}); "
+                "traffic goes to all of them until one recovers",
+            )  # fmt: skip
+            ready = DesiredCondition.false("Ready", "NoHealthyBackend", degraded.message)
+            return EndpointOutcome((accepted, resolved_refs, degraded, ready), plan, spec)
     if not plan.routable:
         ready = DesiredCondition.false(
             "Ready",
@@ -197,6 +208,17 @@ def _decide(
             "no backend can carry traffic: " + resolved_refs.message,
         )
         return EndpointOutcome((accepted, resolved_refs, ready), None, spec)
+    if held:
+        degraded = DesiredCondition.true(
+            "Degraded",
+            "BackendsUnavailable",
+            "; ".join(f"backend {b}: {r}" for b, r in sorted(held.items()))
+            + "; their share goes to the other backends",
+        )
+    else:
+        degraded = DesiredCondition.false(
+            "Degraded", "AllBackendsAvailable", "every configured backend may carry traffic"
+        )
     if unresolved:
         ready = DesiredCondition.false(
             "Ready",
@@ -207,7 +229,7 @@ def _decide(
         )
     else:
         ready = DesiredCondition.true("Ready", "Ready", f"served by gateway {gateway_name}")
-    return EndpointOutcome((accepted, resolved_refs, ready), plan, spec)
+    return EndpointOutcome((accepted, resolved_refs, degraded, ready), plan, spec)
 
 
 def _accepted(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Protocol
 
 from switchyard.plan.conditions import DesiredCondition, merge_conditions
@@ -20,20 +21,29 @@ class DataPlaneStatus(Protocol):
 
 
 def endpoint_status(
-    outcome: EndpointOutcome, current: dict[str, Any], generation: int, now: str
+    outcome: EndpointOutcome,
+    current: dict[str, Any],
+    generation: int,
+    now: str,
+    health: Mapping[str, Mapping[str, Any]],
 ) -> dict[str, Any]:
+    """`health` maps backend names to what their probes last published (empty until the
+    first probe: a backend is assumed healthy until probed)."""
     plan = outcome.plan
     routes = {b.name: b for b in plan.backends} if plan else {}
     backends = []
     for backend in outcome.spec.backends if outcome.spec else []:
         route = routes.get(backend.name)
+        probed = health.get(backend.name, {})
         entry: dict[str, Any] = {
             "name": backend.name,
-            # Probes come later; until a backend is probed it is assumed healthy.
-            "healthy": True,
+            "healthy": bool(probed.get("healthy", True)),
             "effectiveWeight": route.effective_weight if route else 0,
-            "consecutiveFailures": 0,
+            "consecutiveFailures": probed.get("consecutiveFailures") or 0,
         }
+        for field in ("lastProbeTime", "lastProbeLatencyMs"):
+            if probed.get(field) is not None:
+                entry[field] = probed[field]
         if route and route.unavailable_reason:
             entry["reason"] = route.unavailable_reason
         elif not route:

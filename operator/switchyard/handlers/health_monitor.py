@@ -1,0 +1,153 @@
+"""Runs every attached backend's probe on its interval, with bounded concurrency, and tells
+the gateway pass when a backend changes state (or its status is due a refresh)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import datetime
+import logging
+import random
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+
+from switchyard.api.models import parse_duration
+from switchyard.health.probes import Target, probe
+from switchyard.health.state import BackendHealth
+from switchyard.kube.secrets import SecretCache
+from switchyard.plan.gateway import ObjectKey
+
+logger = logging.getLogger(__name__)
+
+BackendKey = tuple[str, str, str]  # (namespace, endpoint, backend)
+# Thousands of backends must not open thousands of sockets at once.
+MAX_CONCURRENT_PROBES = 64
+# A steady backend's probe time and latency reach its status at most this often.
+STATUS_REFRESH_SECONDS = 60.0
+TICK_SECONDS = 0.2
+
+
+@dataclass
+class Watched:
+    gateway: ObjectKey
+    target: Target
+    credentials: tuple[ObjectKey, str] | None  # (Secret, key) of the backend's API key
+    interval: float
+    health: BackendHealth
+    next_due: float
+    running: bool = False
+
+
+class HealthMonitor:
+    def __init__(self, secrets: SecretCache, on_change: Callable[[ObjectKey], None]) -> None:
+        self._secrets = secrets
+        self._on_change = on_change
+        self._watched: dict[BackendKey, Watched] = {}
+        self._limit = asyncio.Semaphore(MAX_CONCURRENT_PROBES)
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def watch(
+        self,
+        gateway: ObjectKey,
+        backends: Mapping[BackendKey, tuple[Target, tuple[ObjectKey, str] | None, Any]],
+        shown: Mapping[BackendKey, dict[str, Any]],
+    ) -> None:
+        """Set the backends probed for a gateway: (target, credentials, healthCheck spec).
+
+        A backend seen for the first time resumes from what its status shows."""
+        now = time.monotonic()
+        for key in [k for k, w in self._watched.items() if w.gateway == gateway]:
+            if key not in backends:
+                del self._watched[key]
+        for key, (target, credentials, check) in backends.items():
+            current = self._watched.get(key)
+            thresholds = (check.unhealthy_threshold, check.healthy_threshold)
+            if (
+                current is None
+                or (
+                    current.health.unhealthy_threshold,
+                    current.health.healthy_threshold,
+                )
+                != thresholds
+            ):
+                health = BackendHealth(*thresholds)
+                if key in shown:
+                    health.restore(shown[key], now)
+                interval = _seconds(check.interval)
+                # Spread the first probes over the interval instead of all at once.
+                current = Watched(
+                    gateway, target, credentials, interval, health,
+                    now + random.uniform(0, min(interval, 1.0)),
+                )  # fmt: skip
+                self._watched[key] = current
+            else:
+                current.target, current.credentials = target, credentials
+                current.interval = _seconds(check.interval)
+
+    def forget(self, gateway: ObjectKey) -> None:
+        for key in [k for k, w in self._watched.items() if w.gateway == gateway]:
+            del self._watched[key]
+
+    def held_back(self, gateway: ObjectKey) -> dict[BackendKey, str]:
+        now = time.monotonic()
+        held = {}
+        for key, watched in self._watched.items():
+            if watched.gateway == gateway and (reason := watched.health.held_back(now)):
+                held[key] = reason
+        return held
+
+    def shown(self, key: BackendKey) -> dict[str, Any]:
+        watched = self._watched.get(key)
+        return dict(watched.health.published) if watched else {}
+
+    async def run(self) -> None:
+        connector = aiohttp.TCPConnector(limit=MAX_CONCURRENT_PROBES, force_close=True)
+        async with aiohttp.ClientSession(connector=connector) as session:
+            while True:
+                now = time.monotonic()
+                for key, watched in list(self._watched.items()):
+                    if not watched.running and watched.next_due <= now:
+                        watched.running = True
+                        task = asyncio.create_task(self._probe(session, key, watched))
+                        self._tasks.add(task)
+                        task.add_done_callback(self._tasks.discard)
+                await asyncio.sleep(TICK_SECONDS)
+
+    async def _probe(
+        self, session: aiohttp.ClientSession, key: BackendKey, watched: Watched
+    ) -> None:
+        try:
+            async with self._limit:
+                api_key = await self._key(watched.credentials)
+                result = await probe(session, watched.target, api_key)
+            now = time.monotonic()
+            wall = datetime.datetime.now(datetime.UTC).replace(microsecond=0)
+            if watched.health.observe(
+                result, now, wall.isoformat().replace("+00:00", "Z"), STATUS_REFRESH_SECONDS
+            ):
+                self._on_change(watched.gateway)
+            if result.retry_after:
+                # Route to it again once its Retry-After has passed.
+                loop = asyncio.get_running_loop()
+                loop.call_later(result.retry_after, self._on_change, watched.gateway)
+        except Exception:
+            logger.exception("probe of backend %s/%s/%s failed", *key)
+        finally:
+            watched.running = False
+            watched.next_due = time.monotonic() + watched.interval
+
+    async def _key(self, credentials: tuple[ObjectKey, str] | None) -> str | None:
+        if credentials is None:
+            return None
+        secret, key = credentials
+        data = await self._secrets.get(secret) or {}
+        value = data.get(key)
+        return base64.b64decode(value).decode().strip() if value else None
+
+
+def _seconds(duration: str) -> float:
+    return parse_duration(duration)

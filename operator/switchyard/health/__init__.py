@@ -1,0 +1,1 @@
+"""Active health probes and the healthy/unhealthy state machine."""

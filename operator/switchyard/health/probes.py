@@ -1,0 +1,100 @@
+"""Active probes: each provider's cheapest honest check, over HTTP, bounded by a timeout."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from enum import StrEnum
+
+import aiohttp
+
+ANTHROPIC_VERSION = "2023-06-01"
+
+
+class Outcome(StrEnum):
+    HEALTHY = "Healthy"
+    FAILED = "Failed"  # timeout, connection error, 5xx, garbage: counts toward unhealthy
+    CREDENTIALS_INVALID = "CredentialsInvalid"  # 401/403: the key, not the provider
+    RATE_LIMITED = "RateLimited"  # 429: back off for Retry-After
+
+
+@dataclass(frozen=True)
+class Target:
+    """What a probe needs to know about one backend."""
+
+    provider: str
+    url: str
+    model: str
+    api_version: str | None
+    timeout: float
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    outcome: Outcome
+    latency_ms: int
+    reason: str  # readable, names no key
+    retry_after: float = 0.0
+
+
+def request_for(target: Target, key: str | None) -> tuple[str, dict[str, str]]:
+    """The URL and headers of the listing each provider serves cheaply."""
+    headers: dict[str, str] = {}
+    if target.provider == "AzureOpenAI":
+        if target.api_version:
+            url = f"{target.url}/openai/deployments?api-version={target.api_version}"
+        else:
+            url = f"{target.url}/openai/v1/models"
+        if key:
+            headers["api-key"] = key
+    elif target.provider == "Anthropic":
+        url = f"{target.url}/v1/models"
+        headers["anthropic-version"] = ANTHROPIC_VERSION
+        if key:
+            headers["x-api-key"] = key
+    elif target.provider in ("AWSBedrock", "GCPVertexAI"):
+        url = f"{target.url}/models"
+        if key:
+            headers["Authorization"] = f"Bearer {key}"
+    else:
+        url = f"{target.url}/v1/models"
+        if key:
+            headers["Authorization"] = f"Bearer {key}"
+    return url, headers
+
+
+async def probe(session: aiohttp.ClientSession, target: Target, key: str | None) -> ProbeResult:
+    url, headers = request_for(target, key)
+    started = time.monotonic()
+
+    def result(outcome: Outcome, reason: str, retry_after: float = 0.0) -> ProbeResult:
+        latency = int((time.monotonic() - started) * 1000)
+        return ProbeResult(outcome, latency, reason, retry_after)
+
+    try:
+        async with asyncio.timeout(target.timeout):
+            async with session.get(url, headers=headers, allow_redirects=False) as reply:
+                body = await reply.read()
+                status = reply.status
+                retry_after = reply.headers.get("Retry-After", "")
+    except TimeoutError:
+        return result(Outcome.FAILED, f"no answer within {target.timeout:g}s")
+    except aiohttp.ClientError as error:
+        return result(Outcome.FAILED, f"connection failed: {type(error).__name__}")
+    if status in (401, 403):
+        return result(Outcome.CREDENTIALS_INVALID, f"HTTP {status}: the key was refused")
+    if status == 429:
+        return result(Outcome.RATE_LIMITED, "HTTP 429", _seconds(retry_after))
+    if status >= 300:
+        return result(Outcome.FAILED, f"HTTP {status}")
+    if not body.lstrip().startswith(b"{"):
+        return result(Outcome.FAILED, f"HTTP {status} but not JSON (an error page?)")
+    return result(Outcome.HEALTHY, f"HTTP {status}")
+
+
+def _seconds(value: str) -> float:
+    try:
+        return max(1.0, min(float(value), 3600.0))
+    except ValueError:
+        return 1.0
