@@ -386,3 +386,88 @@ def test_envoy_keeps_serving_while_the_operator_is_away(lab: Lab) -> None:
         lambda: (c := condition(lab.gateway(), "Programmed")) and c["status"] == "True",
         timeout=30,
     )
+
+
+FAST_PROBES = {"interval": "1s", "timeout": "500ms", "unhealthyThreshold": 2, "healthyThreshold": 2}
+
+
+def backend_status(lab: Lab, model: str, backend: str) -> dict[str, Any]:
+    endpoint = lab.cluster.get("modelendpoints", model, lab.namespace) or {}
+    for entry in endpoint.get("status", {}).get("backends", []):
+        if entry["name"] == backend:
+            return dict(entry)
+    return {}
+
+
+def test_probes_take_a_down_backend_out_and_bring_it_back(lab: Lab) -> None:
+    model = "probed"
+    lab.serve(model, [lab.backend("local-a"), lab.backend("local-c")], healthCheck=FAST_PROBES)
+    eventually(lambda: backend_status(lab, model, "local-c").get("lastProbeTime"))
+    broken = lab.fakes["local-c"]
+    broken.fault(status=503)
+    started = time.monotonic()
+    try:
+        eventually(
+            lambda: backend_status(lab, model, "local-c").get("healthy") is False,
+            timeout=10,
+            interval=0.1,
+        )
+        # Reported within interval x unhealthyThreshold, plus 2 s.
+        assert time.monotonic() - started <= 1 * 2 + 2
+        down = backend_status(lab, model, "local-c")
+        assert down["effectiveWeight"] == 0
+        assert down["reason"] == "Unhealthy"
+        assert down["consecutiveFailures"] >= 2
+        endpoint = lab.cluster.get("modelendpoints", model, lab.namespace)
+        assert condition(endpoint, "Degraded")["status"] == "True"  # type: ignore[index]
+        assert condition(endpoint, "Ready")["status"] == "True"  # type: ignore[index]
+        time.sleep(0.5)  # the new weights reach Envoy
+        broken.forget_requests()
+        outcome = send_sync(lab.url, chat(model), 100, 2)
+        assert outcome.failed == 0
+        assert broken.traffic() == [], "the unhealthy backend still got traffic"
+        events = [
+            e["reason"]
+            for e in lab.cluster.list("events", lab.namespace)
+            if e["involvedObject"]["name"] == model
+        ]
+        assert "BackendsUnavailable" in events
+    finally:
+        broken.heal()
+    healed = time.monotonic()
+    eventually(
+        lambda: backend_status(lab, model, "local-c").get("healthy") is True,
+        timeout=10,
+        interval=0.1,
+    )
+    assert time.monotonic() - healed <= 1 * 2 + 2
+    eventually(
+        lambda: send_sync(lab.url, chat(model), 50, 2).shares().get(broken.port, 0) > 0.2,
+        timeout=10,
+    )
+
+
+def test_when_every_backend_is_down_traffic_fails_open(lab: Lab) -> None:
+    model = "all-down"
+    lab.serve(model, [lab.backend("local-b")], healthCheck=FAST_PROBES)
+    lab.fakes["local-b"].fault(status=500)
+    try:
+        eventually(
+            lambda: backend_status(lab, model, "local-b").get("healthy") is False,
+            timeout=10,
+            interval=0.1,
+        )
+        endpoint = lab.cluster.get("modelendpoints", model, lab.namespace)
+        degraded = condition(endpoint, "Degraded")
+        ready = condition(endpoint, "Ready")
+        assert degraded is not None
+        assert ready is not None
+        assert (degraded["status"], degraded["reason"]) == ("True", "NoHealthyBackend")
+        assert (ready["status"], ready["reason"]) == ("False", "NoHealthyBackend")
+        # Still routed (fail open): the provider's own error reaches the client, not a 404.
+        assert backend_status(lab, model, "local-b")["effectiveWeight"] == 1
+        outcome = send_sync(lab.url, chat(model), 3, 1)
+        assert 404 not in outcome.statuses
+    finally:
+        lab.fakes["local-b"].heal()
+    eventually(lambda: backend_status(lab, model, "local-b").get("healthy") is True, timeout=10)

@@ -27,6 +27,21 @@ def test_transitions_are_changes_of_status_or_reason() -> None:
     assert [t.event_type for t in transitions([], [READY])] == ["Normal"]
 
 
+def test_degraded_is_bad_when_true_and_its_recovery_is_worth_an_event() -> None:
+    degraded = DesiredCondition.true("Degraded", "BackendsUnavailable", "backend a: Unhealthy")
+    fine = DesiredCondition.false("Degraded", "AllBackendsAvailable", "all fine")
+    accepted = DesiredCondition.true("Accepted", "Accepted", "ok")
+    [first_fine, first_accepted] = transitions([], [fine, accepted])
+    assert first_fine.good
+    assert not first_fine.worth_an_event
+    assert not first_accepted.worth_an_event
+    current = merge_conditions([], [fine], 1, "t")
+    [worse] = transitions(current, [degraded])
+    assert (worse.event_type, worse.worth_an_event) == ("Warning", True)
+    [better] = transitions(merge_conditions([], [degraded], 1, "t"), [fine])
+    assert (better.event_type, better.worth_an_event) == ("Normal", True)
+
+
 def test_label_selectors() -> None:
     selector = LabelSelector.model_validate(
         {

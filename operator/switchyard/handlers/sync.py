@@ -281,9 +281,9 @@ class GatewaySync:
         else:
             self.store.set_gateway_status(key, updated.get("status") or {})
         for change in transitions(current.get("conditions") or [], desired):
+            if not change.worth_an_event:
+                continue
             condition = change.condition
-            if condition.status == "True" and condition.type != "Ready":
-                continue  # recoveries show in the Ready transition; one Event, not three
             await self.kube.post_event(
                 updated, change.event_type, condition.reason, condition.message
             )

@@ -23,15 +23,35 @@ class DesiredCondition:
         return cls(type_, "False", reason, message)
 
 
+# Conditions that are good when False.
+NEGATIVE_POLARITY = frozenset({"Degraded"})
+
+
 @dataclass(frozen=True)
 class Transition:
-    """A condition whose status or reason changed: one Event."""
+    """A condition whose status or reason changed."""
 
     condition: DesiredCondition
+    previous_status: str | None
+
+    @property
+    def good(self) -> bool:
+        bad_status = "True" if self.condition.type in NEGATIVE_POLARITY else "False"
+        return self.condition.status != bad_status
 
     @property
     def event_type(self) -> str:
-        return "Normal" if self.condition.status == "True" else "Warning"
+        return "Normal" if self.good else "Warning"
+
+    @property
+    def worth_an_event(self) -> bool:
+        """Every turn for the worse; for the better, Ready, and recoveries of Degraded.
+        A new endpoint gets one Event, not one per condition."""
+        if not self.good:
+            return True
+        return self.condition.type == "Ready" or (
+            self.condition.type in NEGATIVE_POLARITY and self.previous_status == "True"
+        )
 
 
 def merge_conditions(
@@ -64,4 +84,8 @@ def transitions(
 ) -> list[Transition]:
     """Conditions whose status or reason differs from what the object shows now."""
     previous = {c.get("type"): (c.get("status"), c.get("reason")) for c in current}
-    return [Transition(c) for c in desired if previous.get(c.type) != (c.status, c.reason)]
+    return [
+        Transition(c, previous.get(c.type, (None, None))[0])
+        for c in desired
+        if previous.get(c.type) != (c.status, c.reason)
+    ]
