@@ -114,6 +114,7 @@ def run_command(
     namespaces: Sequence[str],
     xds_address: str | None,
     xds_service: str | None,
+    metrics_address: str | None,
     verbose: bool,
     debug: bool,
 ) -> int:
@@ -128,7 +129,10 @@ def run_command(
         clusterwide=not namespaces,
         namespaces=list(namespaces),
         memo=kopf.Memo(
-            namespaces=tuple(namespaces), xds_address=xds_address, xds_service=xds_service
+            namespaces=tuple(namespaces),
+            xds_address=xds_address,
+            xds_service=xds_service,
+            metrics_address=metrics_address,
         ),
     )
     return 0
@@ -183,6 +187,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=None,
         help="where gateway Pods reach that server "
         "(default switchyard.switchyard-system.svc:18000, the Helm chart's Service)",
+    )
+    run.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        help="port of /metrics (Prometheus) and /healthz (liveness); default 8000",
     )
     run.add_argument("--verbose", action="store_true", help="log more")
     run.add_argument("--debug", action="store_true", help="log everything Kopf does")
@@ -243,8 +253,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     args = parser.parse_args(argv)
     if args.command == "run":
+        metrics = f"0.0.0.0:{args.metrics_port}" if args.metrics_port is not None else None
         return run_command(
-            args.namespace, args.xds_address, args.xds_service, args.verbose, args.debug
+            args.namespace, args.xds_address, args.xds_service, metrics, args.verbose, args.debug
         )
     if args.command == "envoy":
         import asyncio

@@ -41,15 +41,19 @@ def sync_passes(namespace: str, gateway: str) -> float:
 class Operator:
     """`switchyard.handlers.operator` under KopfRunner, restartable, with every log line kept."""
 
-    def __init__(self, xds_address: str = "127.0.0.1:0") -> None:
-        # Any free port unless a test runs Envoys against this operator.
+    def __init__(
+        self, xds_address: str = "127.0.0.1:0", metrics_address: str = "127.0.0.1:0"
+    ) -> None:
+        # Any free port unless a test runs Envoys against this operator or scrapes it.
         self.xds_address = xds_address
+        self.metrics_address = metrics_address
         self.runner: KopfRunner | None = None
         self.records = _Records()
         self.outputs: list[str] = []
 
     def start(self) -> None:
         os.environ["SWITCHYARD_XDS_ADDRESS"] = self.xds_address
+        os.environ["SWITCHYARD_METRICS_ADDRESS"] = self.metrics_address
         logging.getLogger().addHandler(self.records)
         self.runner = KopfRunner(
             [

@@ -15,6 +15,7 @@ from typing import Any
 
 import aiohttp
 
+from switchyard import metrics
 from switchyard.api.models import parse_duration
 from switchyard.health.probes import Target, probe
 from switchyard.health.state import BackendHealth
@@ -34,6 +35,7 @@ TICK_SECONDS = 0.2
 @dataclass
 class Watched:
     gateway: ObjectKey
+    labels: tuple[str, str, str, str, str]  # namespace, endpoint, backend, provider, gateway
     target: Target
     credentials: tuple[ObjectKey, str] | None  # (Secret, key) of the backend's API key
     interval: float
@@ -62,7 +64,7 @@ class HealthMonitor:
         now = time.monotonic()
         for key in [k for k, w in self._watched.items() if w.gateway == gateway]:
             if key not in backends:
-                del self._watched[key]
+                metrics.forget_backend(self._watched.pop(key).labels)
         for key, (target, credentials, check) in backends.items():
             current = self._watched.get(key)
             thresholds = (check.unhealthy_threshold, check.healthy_threshold)
@@ -79,8 +81,9 @@ class HealthMonitor:
                     health.restore(shown[key], now)
                 interval = _seconds(check.interval)
                 # Spread the first probes over the interval instead of all at once.
+                labels = (*key, target.provider, f"{gateway[0]}/{gateway[1]}")
                 current = Watched(
-                    gateway, target, credentials, interval, health,
+                    gateway, labels, target, credentials, interval, health,
                     now + random.uniform(0, min(interval, 1.0)),
                 )  # fmt: skip
                 self._watched[key] = current
@@ -90,7 +93,7 @@ class HealthMonitor:
 
     def forget(self, gateway: ObjectKey) -> None:
         for key in [k for k, w in self._watched.items() if w.gateway == gateway]:
-            del self._watched[key]
+            metrics.forget_backend(self._watched.pop(key).labels)
 
     def held_back(self, gateway: ObjectKey) -> dict[BackendKey, str]:
         now = time.monotonic()
@@ -126,10 +129,12 @@ class HealthMonitor:
                 result = await probe(session, watched.target, api_key)
             now = time.monotonic()
             wall = datetime.datetime.now(datetime.UTC).replace(microsecond=0)
+            before = watched.health.held_back(now)
             if watched.health.observe(
                 result, now, wall.isoformat().replace("+00:00", "Z"), STATUS_REFRESH_SECONDS
             ):
                 self._on_change(watched.gateway)
+            _export(watched, result.latency_ms, before, now)
             if result.retry_after:
                 # Route to it again once its Retry-After has passed.
                 loop = asyncio.get_running_loop()
@@ -147,6 +152,18 @@ class HealthMonitor:
         data = await self._secrets.get(secret) or {}
         value = data.get(key)
         return base64.b64decode(value).decode().strip() if value else None
+
+
+def _export(watched: Watched, latency_ms: int, before: str | None, now: float) -> None:
+    health, labels = watched.health, watched.labels
+    metrics.BACKEND_PROBE_DURATION.labels(*labels).observe(latency_ms / 1000)
+    metrics.BACKEND_UP.labels(*labels).set(1 if health.healthy else 0)
+    metrics.BACKEND_CONSECUTIVE_FAILURES.labels(*labels).set(health.consecutive_failures)
+    metrics.BACKEND_CREDENTIALS_VALID.labels(*labels).set(1 if health.credentials_valid else 0)
+    metrics.BACKEND_RATE_LIMITED.labels(*labels).set(1 if health.rate_limited_until > now else 0)
+    after = health.held_back(now)
+    if after is not None and before is None:
+        metrics.FAILOVERS.labels(*labels, after).inc()
 
 
 def _seconds(duration: str) -> float:

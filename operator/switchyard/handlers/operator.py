@@ -14,7 +14,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import kopf
+from aiohttp import web
 
+from switchyard import metrics
 from switchyard.api.models import GROUP, VERSION
 from switchyard.handlers.health_monitor import HealthMonitor
 from switchyard.handlers.state import Store, object_key
@@ -31,6 +33,7 @@ MANAGED = {"app.kubernetes.io/managed-by": MANAGED_BY}
 
 
 DEFAULT_XDS_ADDRESS = "0.0.0.0:18000"
+DEFAULT_METRICS_ADDRESS = "0.0.0.0:8000"
 # The operator's Service, as the Helm chart names it: where gateway Pods find xDS.
 DEFAULT_XDS_SERVICE = "switchyard.switchyard-system.svc:18000"
 
@@ -42,6 +45,7 @@ class Runtime:
     sync: GatewaySync
     xds: XdsServer
     workers: list[asyncio.Task[None]]
+    scraper: web.AppRunner
 
 
 def _address(memo: Any, option: str, variable: str, default: str) -> tuple[str, int]:
@@ -53,6 +57,10 @@ def _address(memo: Any, option: str, variable: str, default: str) -> tuple[str, 
 
 def xds_address(memo: Any) -> tuple[str, int]:
     return _address(memo, "xds_address", "SWITCHYARD_XDS_ADDRESS", DEFAULT_XDS_ADDRESS)
+
+
+def metrics_address(memo: Any) -> tuple[str, int]:
+    return _address(memo, "metrics_address", "SWITCHYARD_METRICS_ADDRESS", DEFAULT_METRICS_ADDRESS)
 
 
 def xds_service(memo: Any) -> tuple[str, int]:
@@ -103,7 +111,12 @@ async def start(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
         asyncio.create_task(sync.run(), name="switchyard-gateway-sync"),
         asyncio.create_task(health.run(), name="switchyard-health-probes"),
     ]
-    memo.runtime = Runtime(store=store, kube=kube, sync=sync, xds=xds, workers=workers)
+    scraper = await metrics.serve(
+        *metrics_address(memo), alive=lambda: not any(w.done() for w in workers)
+    )
+    memo.runtime = Runtime(
+        store=store, kube=kube, sync=sync, xds=xds, workers=workers, scraper=scraper
+    )
     logger.info(
         "primed with %d gateways and %d endpoints", len(store.gateways), len(store.endpoints)
     )
@@ -144,6 +157,7 @@ async def stop(memo: Any, **_: Any) -> None:
         worker.cancel()
     await asyncio.gather(*runtime.workers, return_exceptions=True)
     await runtime.xds.stop()
+    await runtime.scraper.cleanup()
     await runtime.kube.close()
 
 

@@ -47,6 +47,15 @@ def _now() -> str:
     )
 
 
+def _export_routing(plan: GatewayPlan) -> None:
+    gateway = f"{plan.namespace}/{plan.name}"
+    for endpoint in plan.attached:
+        for backend in endpoint.backends:
+            labels = (endpoint.namespace, endpoint.name, backend.name, backend.provider, gateway)
+            metrics.BACKEND_EFFECTIVE_WEIGHT.labels(*labels).set(backend.effective_weight)
+            metrics.BACKEND_TRAFFIC_SHARE.labels(*labels).set(backend.share)
+
+
 def _probe_targets(
     plan: GatewayPlan, records: list[EndpointRecord]
 ) -> tuple[dict[BackendKey, Any], dict[BackendKey, dict[str, Any]]]:
@@ -191,6 +200,7 @@ class GatewaySync:
             self.health.forget(key)
         else:
             self.health.watch(key, *_probe_targets(plan, records))
+            _export_routing(plan)
         node = node_of_gateway(*key)
         if gateway is None:
             self.xds.remove_snapshot(node)

@@ -21,6 +21,7 @@ from envoy.service.accesslog.v3 import als_pb2, als_pb2_grpc
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 from google.protobuf import any_pb2, json_format
 
+from switchyard import metrics
 from switchyard.xds import resources as _registered_types  # noqa: F401  (type registry)
 
 logger = logging.getLogger(__name__)
@@ -108,7 +109,6 @@ class XdsServer:
         self.on_rate_limited: Callable[[RateLimited], None] = lambda report: None
         self._server: grpc.aio.Server | None = None
         self.port: int | None = None
-        self.pushes = 0
 
     # --- snapshots
 
@@ -256,6 +256,7 @@ class XdsServer:
             if request.HasField("error_detail"):
                 message = request.error_detail.message
                 state.rejected[type_url] = (sent[0], message)
+                metrics.XDS_REJECTIONS.labels(*gateway_of_node(state.node)).inc()
                 logger.warning(
                     "Envoy for %s rejected %s version %s: %s",
                     state.node,
@@ -296,7 +297,7 @@ class XdsServer:
         self._nonce += 1
         nonce = str(self._nonce)
         state.sent[type_url] = (snapshot.version, nonce)
-        self.pushes += 1
+        metrics.XDS_PUSHES.labels(*gateway_of_node(state.node)).inc()
         return discovery_pb2.DiscoveryResponse(
             version_info=snapshot.version,
             resources=list(snapshot.resources),
