@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | cksum | cut -d' ' -f1)
 
-.PHONY: all venv controlplane lint test unit integration demo demo-down crds cluster-up cluster-down clean
+.PHONY: all venv controlplane tools lint test unit integration demo demo-down crds cluster-up cluster-down clean
 
 all: test
 
@@ -21,6 +21,11 @@ venv: $(STAMP)
 controlplane: venv
 	$(BIN)/python hack/localcluster.py build
 
+# promtool (and Prometheus) from Debian's prometheus package; installing needs root.
+tools:
+	@command -v promtool >/dev/null || { apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus; }
+
 crds: venv
 	$(BIN)/switchyard crds
 
@@ -33,12 +38,12 @@ lint: venv
 unit: venv
 	$(BIN)/pytest tests/unit
 
-integration: controlplane
-	$(BIN)/pytest tests/integration
+integration: controlplane tools
+	$(BIN)/pytest tests/integration tests/e2e
 
 # The whole suite: lint, layering contracts, unit and integration tests on a real API server
 # (the local control plane, or the cluster KUBECONFIG names).
-test: lint controlplane
+test: lint controlplane tools
 	$(BIN)/pytest tests
 
 demo: controlplane

@@ -96,7 +96,9 @@ def lab(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         "OpenAICompatible", f"sk-test-secure-{uuid.uuid4().hex[:8]}", "llama",
         tls=(certificate, key),
     )  # fmt: skip
-    operator = Operator(xds_address=f"127.0.0.1:{free_port()}")
+    operator = Operator(
+        xds_address=f"127.0.0.1:{free_port()}", metrics_address=f"127.0.0.1:{free_port()}"
+    )
     envoy: LocalEnvoy | None = None
     try:
         cluster.apply(

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 import socket
+import subprocess
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -471,3 +474,37 @@ def test_when_every_backend_is_down_traffic_fails_open(lab: Lab) -> None:
     finally:
         lab.fakes["local-b"].heal()
     eventually(lambda: backend_status(lab, model, "local-b").get("healthy") is True, timeout=10)
+
+
+def test_the_operator_exports_clean_metrics_without_key_material(lab: Lab) -> None:
+    model = "measured"
+    lab.serve(
+        model, [lab.backend("local-a", 3), lab.backend("local-b", 1)], healthCheck=FAST_PROBES
+    )
+    base = f"http://{lab.operator.metrics_address}"
+
+    def scrape() -> str:
+        with urllib.request.urlopen(f"{base}/metrics", timeout=5) as reply:
+            return str(reply.read().decode())
+
+    series = f'backend="local-a",endpoint="{model}",gateway="{lab.namespace}/gw"'
+
+    def probed() -> str | None:
+        text = scrape()
+        return text if f"switchyard_backend_up{{{series}" in text else None
+
+    text = eventually(probed)
+    assert f'switchyard_backend_effective_weight{{{series},namespace="{lab.namespace}"' in text
+    assert "switchyard_backend_probe_duration_seconds_bucket" in text
+    assert "switchyard_xds_pushes_total" in text
+    assert "switchyard_gateway_reconcile_duration_seconds_count" in text
+    for fake in lab.fakes.values():
+        assert fake.api_key not in text
+    with urllib.request.urlopen(f"{base}/healthz", timeout=5) as reply:
+        assert reply.status == 200
+    promtool = shutil.which("promtool")
+    assert promtool, "promtool is missing: `make test` installs Debian's prometheus package"
+    checked = subprocess.run(
+        [promtool, "check", "metrics"], input=text, capture_output=True, text=True, check=False
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
