@@ -1,0 +1,86 @@
+"""The alert rules (promtool) and the Grafana dashboard, checked against what we export."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from prometheus_client.metrics import MetricWrapperBase
+
+import switchyard.metrics
+
+MONITORING = Path(__file__).resolve().parents[2] / "monitoring"
+DASHBOARD = MONITORING / "grafana" / "switchyard-dashboard.json"
+REQUIRED_ALERTS = {
+    "BackendDown", "EndpointHasNoHealthyBackend", "FailoverActive", "CredentialsInvalid",
+    "BackendRateLimited", "XdsConfigRejected", "OperatorDown",
+}  # fmt: skip
+
+
+def promtool(*args: str) -> str:
+    binary = shutil.which("promtool")
+    assert binary, "promtool is missing: `make test` installs Debian's prometheus package"
+    done = subprocess.run([binary, *args], capture_output=True, text=True, cwd=MONITORING)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout
+
+
+def test_the_rules_are_valid_and_pass_their_unit_tests() -> None:
+    assert "SUCCESS: 7 rules found" in promtool("check", "rules", "switchyard-rules.yaml")
+    assert "SUCCESS" in promtool("test", "rules", "tests/switchyard-rules.test.yaml")
+
+
+def test_every_required_alert_exists_with_a_runbook() -> None:
+    import yaml
+
+    rules = yaml.safe_load((MONITORING / "switchyard-rules.yaml").read_text())
+    alerts = {r["alert"]: r for group in rules["groups"] for r in group["rules"]}
+    assert set(alerts) >= REQUIRED_ALERTS
+    for name, rule in alerts.items():
+        assert rule["annotations"].get("runbook"), f"{name} has no runbook"
+
+
+def exported_names() -> set[str]:
+    """Every sample name the operator's series produce, children or not."""
+    suffixes = {"counter": ["_total"], "histogram": ["_bucket", "_count", "_sum"], "gauge": [""]}
+    names: set[str] = set()
+    for metric in vars(switchyard.metrics).values():
+        if isinstance(metric, MetricWrapperBase):
+            names.update(metric._name + suffix for suffix in suffixes[str(metric._type)])
+    return names
+
+
+@pytest.mark.parametrize(
+    "title",
+    [
+        "Traffic split per endpoint",
+        "Backend health",
+        "Probe latency (p95)",
+        "Failovers",
+        "Credential problems",
+    ],
+)
+def test_the_dashboard_has_the_panel(title: str) -> None:
+    dashboard = json.loads(DASHBOARD.read_text())
+    panel = next((p for p in dashboard["panels"] if p["title"] == title), None)
+    assert panel is not None, f"no panel {title!r}"
+    assert panel["targets"]
+    assert all(t["expr"] for t in panel["targets"])
+
+
+def test_dashboard_queries_use_only_series_the_operator_exports() -> None:
+    dashboard = json.loads(DASHBOARD.read_text())
+    used = {
+        name
+        for panel in dashboard["panels"]
+        for target in panel["targets"]
+        for name in re.findall(r"switchyard_[a-z_]+", target["expr"])
+    }
+    # Histograms and counters are exported with their _bucket/_count/_total samples.
+    missing = {name for name in used if name not in exported_names()}
+    assert not missing, f"the dashboard queries series nobody exports: {missing}"
+    assert len({p["id"] for p in dashboard["panels"]}) == len(dashboard["panels"])
