@@ -98,6 +98,9 @@ def forget_backend(labels: tuple[str, str, str, str, str]) -> None:
     for series in _BACKEND_SERIES:
         with contextlib.suppress(KeyError):
             series.remove(*labels)
+    for reason in ("Unhealthy", "CredentialsInvalid", "RateLimited"):
+        with contextlib.suppress(KeyError):
+            FAILOVERS.remove(*labels, reason)
 
 
 async def serve(host: str, port: int, alive: Callable[[], bool]) -> web.AppRunner:

@@ -30,6 +30,7 @@ MAX_CONCURRENT_PROBES = 64
 # A steady backend's probe time and latency reach its status at most this often.
 STATUS_REFRESH_SECONDS = 60.0
 TICK_SECONDS = 0.2
+FAILOVER_REASONS = ("Unhealthy", "CredentialsInvalid", "RateLimited")
 
 
 @dataclass
@@ -82,6 +83,9 @@ class HealthMonitor:
                 interval = _seconds(check.interval)
                 # Spread the first probes over the interval instead of all at once.
                 labels = (*key, target.provider, f"{gateway[0]}/{gateway[1]}")
+                for reason in FAILOVER_REASONS:
+                    # Counters exist from 0, so that increase() sees their first failover.
+                    metrics.FAILOVERS.labels(*labels, reason)
                 current = Watched(
                     gateway, labels, target, credentials, interval, health,
                     now + random.uniform(0, min(interval, 1.0)),

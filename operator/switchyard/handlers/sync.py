@@ -131,6 +131,7 @@ class GatewaySync:
 
     async def _sync_guarded(self, key: ObjectKey) -> None:
         started = time.monotonic()
+        metrics.RECONCILE_ERRORS.labels(*key)  # exists from 0, for rate() and alerts
         try:
             await self.sync(key)
         except asyncio.CancelledError:

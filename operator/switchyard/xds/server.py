@@ -126,6 +126,8 @@ class XdsServer:
         }
         self._snapshots[node] = snapshot
         self._listeners[node] = list(resources.get(LISTENER, []))
+        # Counters exist from 0, so that increase() sees the first rejection.
+        metrics.XDS_REJECTIONS.labels(*gateway_of_node(node))
         self._relocated = {k: v for k, v in self._relocated.items() if k[0] != node}
         for event in self._events(node):
             event.set()

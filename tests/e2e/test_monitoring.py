@@ -1,0 +1,132 @@
+"""A real Prometheus scrapes the running operator while a fake provider fails and recovers:
+alerts fire and resolve, and every dashboard panel's query returns data."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from gatewaylab import chat, free_port, send_sync, wait_for_port
+from tests_support.cluster import eventually
+
+from .conftest import Lab
+
+pytestmark = pytest.mark.e2e
+
+MONITORING = Path(__file__).resolve().parents[2] / "monitoring"
+FAST_PROBES = {"interval": "1s", "timeout": "500ms", "unhealthyThreshold": 2, "healthyThreshold": 2}
+
+
+class Prometheus:
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    def get(self, path: str, **params: str) -> Any:
+        query = urllib.parse.urlencode(params)
+        with urllib.request.urlopen(f"{self.url}{path}?{query}", timeout=10) as reply:
+            body = json.loads(reply.read())
+        assert body["status"] == "success", body
+        return body["data"]
+
+    def firing(self, alert: str, **labels: str) -> bool:
+        return any(
+            a["labels"]["alertname"] == alert
+            and a["state"] == "firing"
+            and all(a["labels"].get(k) == v for k, v in labels.items())
+            for a in self.get("/api/v1/alerts")["alerts"]
+        )
+
+
+@pytest.fixture(scope="module")
+def prometheus(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prometheus]:
+    binary = shutil.which("prometheus")
+    assert binary, "prometheus is missing: `make test` installs Debian's prometheus package"
+    directory = tmp_path_factory.mktemp("prometheus")
+    # The shipped rules, with their `for:` cut to seconds so the test need not wait minutes.
+    rules = yaml.safe_load((MONITORING / "switchyard-rules.yaml").read_text())
+    for group in rules["groups"]:
+        for rule in group["rules"]:
+            if "for" in rule:
+                rule["for"] = "2s"
+            rule["expr"] = rule["expr"].replace("[10m]", "[1m]")
+    (directory / "rules.yaml").write_text(yaml.safe_dump(rules))
+    config = {
+        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+        "rule_files": [str(directory / "rules.yaml")],
+        "scrape_configs": [
+            {
+                "job_name": "switchyard",
+                "static_configs": [{"targets": [lab.operator.metrics_address]}],
+            }
+        ],
+    }
+    (directory / "prometheus.yml").write_text(yaml.safe_dump(config))
+    port = free_port()
+    process = subprocess.Popen(
+        [
+            binary, f"--config.file={directory / 'prometheus.yml'}",
+            f"--storage.tsdb.path={directory / 'data'}",
+            f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn",
+        ],
+        stdout=(directory / "prometheus.log").open("wb"),
+        stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        wait_for_port(port, process)
+        yield Prometheus(f"http://127.0.0.1:{port}")
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+def test_alerts_fire_and_resolve_and_every_panel_has_data(lab: Lab, prometheus: Prometheus) -> None:
+    model = "monitored"
+    lab.serve(model, [lab.backend("local-a"), lab.backend("local-c")], healthCheck=FAST_PROBES)
+    selector = {"namespace": lab.namespace, "endpoint": model, "backend": "local-c"}
+    eventually(
+        lambda: prometheus.get("/api/v1/query", query="switchyard_backend_up")["result"],
+        timeout=20,
+    )
+    broken = lab.fakes["local-c"]
+    broken.fault(status=503)
+    try:
+        eventually(lambda: prometheus.firing("BackendDown", **selector), timeout=20)
+        eventually(lambda: prometheus.firing("FailoverActive", **selector), timeout=20)
+        assert send_sync(lab.url, chat(model), 20, 2).failed == 0
+    finally:
+        broken.heal()
+    eventually(lambda: not prometheus.firing("BackendDown", **selector), timeout=20)
+    assert not prometheus.firing("OperatorDown")
+
+    dashboard = json.loads((MONITORING / "grafana" / "switchyard-dashboard.json").read_text())
+    empty = []
+    for panel in dashboard["panels"]:
+        for target in panel["targets"]:
+            expr = re.sub(r"\$(namespace|endpoint)", ".*", target["expr"])
+            result = prometheus.get("/api/v1/query", query=expr)["result"]
+            if not result:
+                empty.append(f"{panel['title']}: {expr}")
+    assert not empty, "dashboard queries without data:\n" + "\n".join(empty)
+
+
+def test_operator_down_fires_while_it_is_away(lab: Lab, prometheus: Prometheus) -> None:
+    eventually(
+        lambda: prometheus.get("/api/v1/query", query='up{job="switchyard"} == 1')["result"],
+        timeout=20,
+    )
+    lab.operator.stop()
+    try:
+        eventually(lambda: prometheus.firing("OperatorDown"), timeout=20)
+    finally:
+        lab.operator.start()
+    eventually(lambda: not prometheus.firing("OperatorDown"), timeout=30)
