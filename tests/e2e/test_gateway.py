@@ -508,3 +508,28 @@ def test_the_operator_exports_clean_metrics_without_key_material(lab: Lab) -> No
         [promtool, "check", "metrics"], input=text, capture_output=True, text=True, check=False
     )
     assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+def test_live_failures_make_the_operator_probe_at_once(lab: Lab) -> None:
+    """Envoy reports failed attempts; the operator probes then instead of in 30 s."""
+    model = "passive"
+    slow_probes = {
+        "interval": "30s",
+        "timeout": "500ms",
+        "unhealthyThreshold": 2,
+        "healthyThreshold": 1,
+    }
+    lab.serve(model, [lab.backend("local-a"), lab.backend("local-b")], healthCheck=slow_probes)
+    eventually(lambda: backend_status(lab, model, "local-b").get("lastProbeTime"))
+    lab.fakes["local-b"].fault(status=502)
+    started = time.monotonic()
+    try:
+
+        def reported() -> bool:
+            assert send_sync(lab.url, chat(model), 10, 2).failed == 0
+            return backend_status(lab, model, "local-b").get("healthy") is False
+
+        eventually(reported, timeout=15, interval=0.2)
+        assert time.monotonic() - started < 10, "the live failures did not hasten the probes"
+    finally:
+        lab.fakes["local-b"].heal()

@@ -31,6 +31,9 @@ MAX_CONCURRENT_PROBES = 64
 STATUS_REFRESH_SECONDS = 60.0
 TICK_SECONDS = 0.2
 FAILOVER_REASONS = ("Unhealthy", "CredentialsInvalid", "RateLimited")
+# Live failures reported by Envoy bring a backend's probe forward, but no closer than this.
+EXPEDITE_SECONDS = 1.0
+IN_DOUBT_SECONDS = 30.0
 
 
 @dataclass
@@ -43,6 +46,8 @@ class Watched:
     health: BackendHealth
     next_due: float
     running: bool = False
+    last_started: float = float("-inf")
+    in_doubt_until: float = float("-inf")
 
 
 class HealthMonitor:
@@ -95,6 +100,16 @@ class HealthMonitor:
                 current.target, current.credentials = target, credentials
                 current.interval = _seconds(check.interval)
 
+    def expedite(self, key: BackendKey) -> None:
+        """Live traffic to the backend is failing: probe it now, and keep probing it once a
+        second while it is in doubt, so the thresholds are met in seconds, not intervals."""
+        watched = self._watched.get(key)
+        if watched is None:
+            return
+        watched.in_doubt_until = time.monotonic() + IN_DOUBT_SECONDS
+        if not watched.running:
+            watched.next_due = min(watched.next_due, watched.last_started + EXPEDITE_SECONDS)
+
     def forget(self, gateway: ObjectKey) -> None:
         for key in [k for k, w in self._watched.items() if w.gateway == gateway]:
             metrics.forget_backend(self._watched.pop(key).labels)
@@ -119,6 +134,7 @@ class HealthMonitor:
                 for key, watched in list(self._watched.items()):
                     if not watched.running and watched.next_due <= now:
                         watched.running = True
+                        watched.last_started = now
                         task = asyncio.create_task(self._probe(session, key, watched))
                         self._tasks.add(task)
                         task.add_done_callback(self._tasks.discard)
@@ -147,7 +163,9 @@ class HealthMonitor:
             logger.exception("probe of backend %s/%s/%s failed", *key)
         finally:
             watched.running = False
-            watched.next_due = time.monotonic() + watched.interval
+            now = time.monotonic()
+            doubtful = now < watched.in_doubt_until and watched.health.consecutive_failures > 0
+            watched.next_due = now + (EXPEDITE_SECONDS if doubtful else watched.interval)
 
     async def _key(self, credentials: tuple[ObjectKey, str] | None) -> str | None:
         if credentials is None:

@@ -105,7 +105,7 @@ async def start(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
     sync = GatewaySync(store, kube, secrets, xds, xds_service(memo), health)
     # An Envoy that connects, ACKs or NACKs changes its gateway's Programmed condition.
     xds.on_change = lambda node: sync.mark({gateway_of_node(node)})
-    xds.on_rate_limited = sync.rate_limited
+    xds.on_failed_attempt = sync.failed_attempt
     sync.mark(store.gateway_keys())
     workers = [
         asyncio.create_task(sync.run(), name="switchyard-gateway-sync"),

@@ -30,7 +30,7 @@ from switchyard.render.status import (
     programmed_condition,
     status_differs,
 )
-from switchyard.xds.server import RateLimited, XdsServer, gateway_of_node, node_of_gateway
+from switchyard.xds.server import FailedAttempt, XdsServer, gateway_of_node, node_of_gateway
 
 logger = logging.getLogger(__name__)
 
@@ -153,17 +153,24 @@ class GatewaySync:
         finally:
             metrics.RECONCILE_DURATION.labels(*key).observe(time.monotonic() - started)
 
-    def rate_limited(self, report: RateLimited) -> None:
-        """An Envoy saw a provider answer 429: route around that backend for Retry-After."""
+    def failed_attempt(self, report: FailedAttempt) -> None:
+        """An Envoy saw a backend fail live traffic. A 429 holds the backend back for its
+        Retry-After; anything else makes its probe run now, and the probes decide."""
         key = gateway_of_node(report.node)
         model = envoy.model_of_cluster(report.cluster)
+        if report.status != 429:
+            for record in self.store.endpoints_of(key):
+                spec = record.source.spec
+                if spec is not None and spec.model == model:
+                    self.health.expedite((*record.source.key, report.backend))
+            return
         backoffs = self._backoffs.setdefault(key, {})
-        until = time.monotonic() + report.seconds
+        until = time.monotonic() + report.retry_after
         if backoffs.get((model, report.backend), 0.0) < until:
             backoffs[(model, report.backend)] = until
             self.mark({key})
             # Bring it back when the provider said it may be asked again.
-            asyncio.get_running_loop().call_later(report.seconds, self.mark, {key})
+            asyncio.get_running_loop().call_later(report.retry_after, self.mark, {key})
 
     def _held_back(self, key: ObjectKey, records: list[EndpointRecord]) -> dict[BackendKey, str]:
         """Backends to route around: the probes' verdicts and the providers' 429s."""

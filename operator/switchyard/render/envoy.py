@@ -36,9 +36,9 @@ METADATA_NAMESPACE = "switchyard"
 # Requests up to 10 MB (long prompts, images) must pass, retries included.
 MAX_REQUEST_BYTES = 16 * 2**20
 SYSTEM_CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
-# The bootstrap's cluster for the operator: xDS, and the rate-limit reports back to it.
+# The bootstrap's cluster for the operator: xDS, and the failed-attempt reports back to it.
 XDS_CLUSTER = "switchyard-xds"
-RATE_LIMIT_LOG = "switchyard-rate-limited"
+DATA_PLANE_LOG = "switchyard-failed-attempts"
 # The directory where Envoy finds the gateway's credentials Secret, one file per key.
 CREDENTIALS_DIR_ENV = "SWITCHYARD_CREDENTIALS_DIR"
 # Scratch headers: set from endpoint metadata, consumed and removed by the upstream Lua filter.
@@ -281,15 +281,22 @@ def _local_replies() -> dict[str, Any]:
 
 
 def _router() -> dict[str, Any]:
-    """The router, reporting every attempt a provider answered with 429 to the operator
-    (gRPC access log over the xDS connection's cluster), which takes that backend out of
-    rotation for its Retry-After."""
-    is_429 = {
-        "status_code_filter": {
-            "comparison": {
-                "op": "EQ",
-                "value": {"default_value": 429, "runtime_key": "switchyard.rate_limited"},
-            }
+    """The router, reporting every failed attempt to the operator (gRPC access log over the
+    xDS connection's cluster): a 429 holds that backend back for its Retry-After; a 5xx or
+    a connection failure makes the operator probe the backend at once."""
+
+    def status(op: str, code: int) -> dict[str, Any]:
+        value = {"default_value": code, "runtime_key": "switchyard.reported_status"}
+        return {"status_code_filter": {"comparison": {"op": op, "value": value}}}
+
+    # 429s, 5xx, and attempts that never got an answer (connect failure, timeout, reset).
+    worth_reporting = {
+        "or_filter": {
+            "filters": [
+                status("EQ", 429),
+                status("GE", 500),
+                {"response_flag_filter": {"flags": ["UF", "UT", "UC", "URX"]}},
+            ]
         }
     }
     backend_tag = {
@@ -306,12 +313,12 @@ def _router() -> dict[str, Any]:
             "upstream_log": [
                 {
                     "name": "envoy.access_loggers.http_grpc",
-                    "filter": is_429,
+                    "filter": worth_reporting,
                     "typed_config": {
                         "@type": TYPE
                         + "envoy.extensions.access_loggers.grpc.v3.HttpGrpcAccessLogConfig",
                         "common_config": {
-                            "log_name": RATE_LIMIT_LOG,
+                            "log_name": DATA_PLANE_LOG,
                             "grpc_service": {"envoy_grpc": {"cluster_name": XDS_CLUSTER}},
                             "transport_api_version": "V3",
                             "buffer_flush_interval": "0.05s",

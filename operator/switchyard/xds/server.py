@@ -77,13 +77,15 @@ class StreamState:
 
 
 @dataclass(frozen=True)
-class RateLimited:
-    """A backend a provider rate-limited, as one of the node's Envoys saw it."""
+class FailedAttempt:
+    """An attempt on a backend that one of the node's Envoys saw fail: a 429 (with the
+    seconds its Retry-After asked for), a 5xx, or no answer at all (status 0)."""
 
     node: str
     cluster: str
     backend: str
-    seconds: float
+    status: int
+    retry_after: float
 
 
 @dataclass(frozen=True)
@@ -105,8 +107,8 @@ class XdsServer:
         self._nonce = 0
         # Told the node whenever one of its Envoys connects, leaves, ACKs or NACKs.
         self.on_change: Callable[[str], None] = lambda node: None
-        # Told (node, cluster, backend, seconds) when a provider answered 429 Retry-After.
-        self.on_rate_limited: Callable[[RateLimited], None] = lambda report: None
+        # Told of every failed attempt the Envoys report.
+        self.on_failed_attempt: Callable[[FailedAttempt], None] = lambda report: None
         self._server: grpc.aio.Server | None = None
         self.port: int | None = None
 
@@ -171,7 +173,7 @@ class XdsServer:
     async def start(self, host: str, port: int) -> int:
         server = grpc.aio.server(options=[("grpc.max_send_message_length", 64 * 2**20)])
         ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(_Servicer(self), server)
-        als_pb2_grpc.add_AccessLogServiceServicer_to_server(_RateLimitReports(self), server)
+        als_pb2_grpc.add_AccessLogServiceServicer_to_server(_FailedAttemptReports(self), server)
         self.port = server.add_insecure_port(f"{host}:{port}")
         if self.port == 0:
             raise OSError(f"cannot listen for xDS on {host}:{port}")
@@ -339,8 +341,8 @@ def _listen_on(request: discovery_pb2.DiscoveryRequest) -> tuple[str, int] | Non
     return (address or "0.0.0.0", int(fields["listen_port"].number_value))
 
 
-class _RateLimitReports(als_pb2_grpc.AccessLogServiceServicer):  # type: ignore[misc]
-    """Envoy's upstream access log, filtered to 429s: the data plane's view of rate limits."""
+class _FailedAttemptReports(als_pb2_grpc.AccessLogServiceServicer):  # type: ignore[misc]
+    """Envoy's upstream access log, filtered to failed attempts: the data plane's view."""
 
     def __init__(self, server: XdsServer) -> None:
         self._server = server
@@ -355,10 +357,15 @@ class _RateLimitReports(als_pb2_grpc.AccessLogServiceServicer):  # type: ignore[
             for entry in message.http_logs.log_entry:
                 common = entry.common_properties
                 backend = common.custom_tags.get("backend")
-                seconds = _retry_after(entry.response.response_headers.get("retry-after", ""))
-                if node and backend and seconds:
-                    self._server.on_rate_limited(
-                        RateLimited(node, common.upstream_cluster, backend, seconds)
+                status = entry.response.response_code.value
+                retry_after = (
+                    _retry_after(entry.response.response_headers.get("retry-after", ""))
+                    if status == 429
+                    else 0.0
+                )
+                if node and backend:
+                    self._server.on_failed_attempt(
+                        FailedAttempt(node, common.upstream_cluster, backend, status, retry_after)
                     )
         return als_pb2.StreamAccessLogsResponse()
 
