@@ -91,3 +91,31 @@ def test_an_html_error_page_is_a_failure() -> None:
     result = asyncio.run(body())
     assert result.outcome == Outcome.FAILED
     assert "not JSON" in result.reason
+
+
+def test_thousands_of_backends_do_not_open_thousands_of_sockets() -> None:
+    from switchyard.api.models import HealthCheck
+    from switchyard.handlers.health_monitor import MAX_CONCURRENT_PROBES, HealthMonitor
+    from switchyard.kube.secrets import SecretCache
+
+    async def body() -> int:
+        fake = FakeProvider("OpenAICompatible", KEY, models=["m"])
+        async with running(fake):
+            await fake.set_fault(Fault(hang=True))
+            monitor = HealthMonitor(SecretCache(None), lambda gateway: None)  # type: ignore[arg-type]
+            check = HealthCheck(interval="60s", timeout="5s")
+            target = Target("OpenAICompatible", fake.url, "m", None, 5.0)
+            monitor.watch(
+                ("ns", "gw"),
+                {("ns", f"ep-{i}", "b"): (target, None, check) for i in range(1000)},
+                {},
+            )
+            task = asyncio.create_task(monitor.run())
+            await asyncio.sleep(1.5)
+            task.cancel()
+            open_at_once = len(fake.requests)
+            await fake.set_fault(Fault())
+            return open_at_once
+
+    open_at_once = asyncio.run(body())
+    assert 0 < open_at_once <= MAX_CONCURRENT_PROBES
