@@ -34,6 +34,7 @@ lint: venv
 	$(BIN)/ruff format --check operator tests hack
 	$(BIN)/mypy
 	$(BIN)/lint-imports
+	$(BIN)/hadolint Dockerfile
 
 unit: venv
 	$(BIN)/pytest tests/unit
