@@ -39,8 +39,28 @@ BIN_DIR = CACHE_ROOT / f"k8s-{KUBERNETES_VERSION}"
 SERVICE_CIDR = "10.96.0.0/16"
 
 
+HELM_VERSION = "v4.3.1"
+HELM = CACHE_ROOT / f"helm-{HELM_VERSION}" / "helm"
+
+
 def binary(name: str) -> Path:
     return BIN_DIR / name
+
+
+def build_helm() -> Path:
+    """Helm from its Go module at a pinned release, cached like the control plane."""
+    if not HELM.is_file():
+        print(
+            f"building Helm {HELM_VERSION} into {HELM.parent} (about 2 minutes, once)",
+            file=sys.stderr,
+            flush=True,
+        )
+        subprocess.run(
+            ["go", "install", f"helm.sh/helm/v4/cmd/helm@{HELM_VERSION}"],
+            check=True,
+            env={**os.environ, "GOBIN": str(HELM.parent), "CGO_ENABLED": "0"},
+        )
+    return HELM
 
 
 def build() -> Path:
@@ -395,7 +415,7 @@ def _reap(pid: int) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("build", help="build and cache the control-plane binaries")
+    commands.add_parser("build", help="build and cache the control-plane binaries and Helm")
     for name in ("start", "stop"):
         sub = commands.add_parser(name)
         sub.add_argument("--dir", type=Path, required=True, help="state directory")
@@ -403,6 +423,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "build":
         print(build())
+        print(build_helm())
     elif args.command == "bin-dir":
         print(BIN_DIR)
     elif args.command == "start":
