@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | cksum | cut -d' ' -f1)
 
-.PHONY: all venv controlplane tools lint test unit integration demo demo-down crds cluster-up cluster-down clean
+.PHONY: all venv controlplane tools lint test unit integration demo demo-down crds cluster-up cluster-down kind-e2e clean
 
 all: test
 
@@ -59,6 +59,10 @@ cluster-up: controlplane
 
 cluster-down: venv
 	$(BIN)/python hack/localcluster.py stop --dir $(or $(DIR),.state/cluster)
+
+# For users with Docker: the image on a kind cluster, end to end. Not part of `make test`.
+kind-e2e: venv
+	hack/kind-e2e.sh
 
 clean:
 	rm -rf $(VENV) .state .pytest_cache .mypy_cache .ruff_cache
