@@ -5,30 +5,29 @@ from __future__ import annotations
 from typing import Any
 
 
-def openai_backend(
-    name: str, secret: str, key: str = "api-key", weight: int = 1, priority: int = 0
+def _hosted(
+    provider: str, model: str, name: str, secret: str, key: str, weight: int, priority: int
 ) -> dict[str, Any]:
     return {
         "name": name,
-        "provider": "OpenAI",
-        "model": "gpt-4o",
+        "provider": provider,
+        "model": model,
         "credentialsRef": {"name": secret, "key": key},
         "weight": weight,
         "priority": priority,
     }
+
+
+def openai_backend(
+    name: str, secret: str, key: str = "api-key", weight: int = 1, priority: int = 0
+) -> dict[str, Any]:
+    return _hosted("OpenAI", "gpt-4o", name, secret, key, weight, priority)
 
 
 def anthropic_backend(
     name: str, secret: str, key: str = "api-key", weight: int = 1, priority: int = 0
 ) -> dict[str, Any]:
-    return {
-        "name": name,
-        "provider": "Anthropic",
-        "model": "claude-sonnet-4-5",
-        "credentialsRef": {"name": secret, "key": key},
-        "weight": weight,
-        "priority": priority,
-    }
+    return _hosted("Anthropic", "claude-sonnet-4-5", name, secret, key, weight, priority)
 
 
 def local_backend(name: str, weight: int = 1, priority: int = 0) -> dict[str, Any]:

@@ -110,6 +110,22 @@ class HealthMonitor:
         if not watched.running:
             watched.next_due = min(watched.next_due, watched.last_started + EXPEDITE_SECONDS)
 
+    def back_off(self, key: BackendKey, seconds: float) -> None:
+        """A provider answered live traffic with 429: route around the backend until its
+        Retry-After has passed, then back to it."""
+        watched = self._watched.get(key)
+        if watched is None:
+            return
+        now = time.monotonic()
+        before = watched.health.held_back(now)
+        until = watched.health.rate_limited_until
+        if watched.health.back_off(seconds, now):
+            self._on_change(watched.gateway)
+        if watched.health.rate_limited_until > until:
+            # Each later Retry-After moves the moment the backend comes back.
+            asyncio.get_running_loop().call_later(seconds, self._on_change, watched.gateway)
+        _export_state(watched, before, now)
+
     def forget(self, gateway: ObjectKey) -> None:
         for key in [k for k, w in self._watched.items() if w.gateway == gateway]:
             metrics.forget_backend(self._watched.pop(key).labels)
@@ -154,7 +170,8 @@ class HealthMonitor:
                 result, now, wall.isoformat().replace("+00:00", "Z"), STATUS_REFRESH_SECONDS
             ):
                 self._on_change(watched.gateway)
-            _export(watched, result.latency_ms, before, now)
+            metrics.BACKEND_PROBE_DURATION.labels(*watched.labels).observe(result.latency_ms / 1000)
+            _export_state(watched, before, now)
             if result.retry_after:
                 # Route to it again once its Retry-After has passed.
                 loop = asyncio.get_running_loop()
@@ -176,9 +193,8 @@ class HealthMonitor:
         return base64.b64decode(value).decode().strip() if value else None
 
 
-def _export(watched: Watched, latency_ms: int, before: str | None, now: float) -> None:
+def _export_state(watched: Watched, before: str | None, now: float) -> None:
     health, labels = watched.health, watched.labels
-    metrics.BACKEND_PROBE_DURATION.labels(*labels).observe(latency_ms / 1000)
     metrics.BACKEND_UP.labels(*labels).set(1 if health.healthy else 0)
     metrics.BACKEND_CONSECUTIVE_FAILURES.labels(*labels).set(health.consecutive_failures)
     metrics.BACKEND_CREDENTIALS_VALID.labels(*labels).set(1 if health.credentials_valid else 0)

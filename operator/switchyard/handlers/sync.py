@@ -108,8 +108,6 @@ class GatewaySync:
         # Where the gateways' Pods reach this operator's xDS server (its Service).
         self.xds_service = xds_service
         self.health = health
-        # Gateway -> (model, backend) -> monotonic time until which the provider said 429.
-        self._backoffs: dict[ObjectKey, dict[tuple[str, str], float]] = {}
         self._dirty: set[ObjectKey] = set()
         self._wake = asyncio.Event()
         self._failures: dict[ObjectKey, int] = {}
@@ -158,33 +156,15 @@ class GatewaySync:
         Retry-After; anything else makes its probe run now, and the probes decide."""
         key = gateway_of_node(report.node)
         model = envoy.model_of_cluster(report.cluster)
-        if report.status != 429:
-            for record in self.store.endpoints_of(key):
-                spec = record.source.spec
-                if spec is not None and spec.model == model:
-                    self.health.expedite((*record.source.key, report.backend))
-            return
-        backoffs = self._backoffs.setdefault(key, {})
-        until = time.monotonic() + report.retry_after
-        if backoffs.get((model, report.backend), 0.0) < until:
-            backoffs[(model, report.backend)] = until
-            self.mark({key})
-            # Bring it back when the provider said it may be asked again.
-            asyncio.get_running_loop().call_later(report.retry_after, self.mark, {key})
-
-    def _held_back(self, key: ObjectKey, records: list[EndpointRecord]) -> dict[BackendKey, str]:
-        """Backends to route around: the probes' verdicts and the providers' 429s."""
-        held = self.health.held_back(key)
-        now = time.monotonic()
-        backoffs = self._backoffs.get(key, {})
-        for expired in [pair for pair, until in backoffs.items() if until <= now]:
-            del backoffs[expired]
-        for record in records:
+        for record in self.store.endpoints_of(key):
             spec = record.source.spec
-            for model, backend in backoffs:
-                if spec is not None and spec.model == model:
-                    held.setdefault((*record.source.key, backend), "RateLimited")
-        return held
+            if spec is None or spec.model != model:
+                continue
+            backend = (*record.source.key, report.backend)
+            if report.status == 429:
+                self.health.back_off(backend, report.retry_after)
+            else:
+                self.health.expedite(backend)
 
     async def sync(self, key: ObjectKey) -> None:
         gateway_record = self.store.gateways.get(key)
@@ -202,7 +182,7 @@ class GatewaySync:
             [r.source for r in records],
             self.store.namespace_labels,
             secret_keys,
-            self._held_back(key, records),
+            self.health.held_back(key),
         )
         if gateway is None:
             self.health.forget(key)

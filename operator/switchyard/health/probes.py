@@ -9,6 +9,8 @@ from enum import StrEnum
 
 import aiohttp
 
+from switchyard.plan.backoff import retry_after_seconds
+
 ANTHROPIC_VERSION = "2023-06-01"
 
 
@@ -85,16 +87,9 @@ async def probe(session: aiohttp.ClientSession, target: Target, key: str | None)
     if status in (401, 403):
         return result(Outcome.CREDENTIALS_INVALID, f"HTTP {status}: the key was refused")
     if status == 429:
-        return result(Outcome.RATE_LIMITED, "HTTP 429", _seconds(retry_after))
+        return result(Outcome.RATE_LIMITED, "HTTP 429", retry_after_seconds(retry_after))
     if status >= 300:
         return result(Outcome.FAILED, f"HTTP {status}")
     if not body.lstrip().startswith(b"{"):
         return result(Outcome.FAILED, f"HTTP {status} but not JSON (an error page?)")
     return result(Outcome.HEALTHY, f"HTTP {status}")
-
-
-def _seconds(value: str) -> float:
-    try:
-        return max(1.0, min(float(value), 3600.0))
-    except ValueError:
-        return 1.0

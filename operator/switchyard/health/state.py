@@ -34,7 +34,7 @@ class BackendHealth:
             self.credentials_valid = False
         elif result.outcome == Outcome.RATE_LIMITED:
             self.credentials_valid = True
-            self.rate_limited_until = now + result.retry_after
+            self.rate_limited_until = max(self.rate_limited_until, now + result.retry_after)
         elif result.outcome == Outcome.FAILED:
             self.consecutive_successes = 0
             self.consecutive_failures += 1
@@ -57,6 +57,13 @@ class BackendHealth:
             self.published_at = now
             return True
         return False
+
+    def back_off(self, seconds: float, now: float) -> bool:
+        """The data plane saw a 429: hold back for its Retry-After. Returns whether that
+        changed anything the data plane cares about."""
+        before = self.routing_state(now)
+        self.rate_limited_until = max(self.rate_limited_until, now + seconds)
+        return self.routing_state(now) != before
 
     def restore(self, shown: dict[str, int | str | bool | None], now: float) -> None:
         """Resume from what status showed before a restart, so a restart writes nothing."""

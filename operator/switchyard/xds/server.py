@@ -22,6 +22,7 @@ from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 from google.protobuf import any_pb2, json_format
 
 from switchyard import metrics
+from switchyard.plan.backoff import retry_after_seconds
 from switchyard.xds import resources as _registered_types  # noqa: F401  (type registry)
 
 logger = logging.getLogger(__name__)
@@ -359,7 +360,7 @@ class _FailedAttemptReports(als_pb2_grpc.AccessLogServiceServicer):  # type: ign
                 backend = common.custom_tags.get("backend")
                 status = entry.response.response_code.value
                 retry_after = (
-                    _retry_after(entry.response.response_headers.get("retry-after", ""))
+                    retry_after_seconds(entry.response.response_headers.get("retry-after", ""))
                     if status == 429
                     else 0.0
                 )
@@ -368,14 +369,6 @@ class _FailedAttemptReports(als_pb2_grpc.AccessLogServiceServicer):  # type: ign
                         FailedAttempt(node, common.upstream_cluster, backend, status, retry_after)
                     )
         return als_pb2.StreamAccessLogsResponse()
-
-
-def _retry_after(value: str) -> float:
-    """Retry-After in seconds; none, an HTTP date or garbage count as one second."""
-    try:
-        return max(1.0, min(float(value), 3600.0))
-    except ValueError:
-        return 1.0
 
 
 def _versions(snapshot: Mapping[str, TypedResources]) -> dict[str, str]:
