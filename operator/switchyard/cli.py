@@ -156,6 +156,7 @@ def fake_provider_command(args: argparse.Namespace) -> int:
         port=args.port,
         stream_chunk_delay=args.stream_chunk_delay,
         ssl_context=context,
+        keep_requests=args.keep_requests,
     )
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(serve_forever(provider, args.control_port))
@@ -244,6 +245,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     fake.add_argument(
         "--stream-chunk-delay", type=float, default=0.0, help="seconds between streamed chunks"
+    )
+    fake.add_argument(
+        "--keep-requests",
+        type=int,
+        default=None,
+        help="remember only the newest N requests for GET /requests (default: all)",
     )
     fake.add_argument("--tls-cert", help="serve https with this PEM certificate chain")
     fake.add_argument("--tls-key", help="the certificate's PEM private key")

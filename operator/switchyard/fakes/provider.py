@@ -14,6 +14,7 @@ import json
 import ssl
 import time
 import uuid
+from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -82,6 +83,7 @@ class FakeProvider:
         port: int = 0,
         stream_chunk_delay: float = 0.0,
         ssl_context: ssl.SSLContext | None = None,
+        keep_requests: int | None = None,
     ) -> None:
         if provider not in PROVIDERS:
             raise ValueError(f"provider must be one of {', '.join(PROVIDERS)}, not {provider!r}")
@@ -93,7 +95,8 @@ class FakeProvider:
         self.stream_chunk_delay = stream_chunk_delay
         self.ssl_context = ssl_context
         self.fault = Fault()
-        self.requests: list[RecordedRequest] = []
+        # Only the newest `keep_requests` (all if None): a long load run stays small.
+        self.requests: deque[RecordedRequest] = deque(maxlen=keep_requests)
         self._runner: web.AppRunner | None = None
         self._site: web.TCPSite | None = None
         self._control: web.AppRunner | None = None
