@@ -1,0 +1,221 @@
+"""What every benchmark shares: where results go, summary statistics, the machine, and real
+processes (the local control plane, the operator as users run it) to measure."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+for _path in (ROOT / "hack", ROOT / "tests"):
+    if str(_path) not in sys.path:
+        sys.path.insert(0, str(_path))
+
+import localcluster  # noqa: E402
+from gatewaylab import free_port, wait_for_port  # noqa: E402
+from tests_support.cluster import Cluster, KubectlError, eventually  # noqa: E402
+
+RESULTS = ROOT / "bench" / "results"
+PLOTS = ROOT / "bench" / "plots"
+WORK = localcluster.CACHE_ROOT / "bench"
+SWITCHYARD = shutil.which("switchyard", path=str(Path(sys.executable).parent)) or "switchyard"
+
+
+# --- statistics
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The q-th percentile (0-100), nearest-rank: a value that was actually observed."""
+    if not values:
+        raise ValueError("no values")
+    ordered = sorted(values)
+    rank = max(0, min(len(ordered) - 1, round(q / 100 * len(ordered) + 0.5) - 1))
+    return ordered[rank]
+
+
+def spread(values: Sequence[float]) -> dict[str, float]:
+    """Median and range of one figure over repeated runs."""
+    return {
+        "median": statistics.median(values),
+        "min": min(values),
+        "max": max(values),
+        "runs": len(values),
+    }
+
+
+# --- results
+
+
+def save(name: str, data: dict[str, Any]) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    return path
+
+
+def load(name: str) -> dict[str, Any] | None:
+    path = RESULTS / f"{name}.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def machine() -> dict[str, Any]:
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    memory_kb = int(re.search(r"MemTotal:\s+(\d+)", Path("/proc/meminfo").read_text())[1])  # type: ignore[index]
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "memory_gib": round(memory_kb / 2**20, 1),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    }
+
+
+# --- processes
+
+
+def peak_rss_mb(pid: int) -> float:
+    """Peak resident memory (VmHWM) of one live process, in MB."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(re.search(r"VmHWM:\s+(\d+)", status)[1]) / 1024  # type: ignore[index]
+
+
+def tree_pids(pid: int) -> list[int]:
+    """A process and all its descendants."""
+    children = Path(f"/proc/{pid}/task/{pid}/children")
+    found = [pid]
+    if children.exists():
+        for child in children.read_text().split():
+            found += tree_pids(int(child))
+    return found
+
+
+def rss_mb(pids: Sequence[int]) -> float:
+    total = 0
+    for pid in pids:
+        try:
+            status = Path(f"/proc/{pid}/status").read_text()
+        except FileNotFoundError:
+            continue
+        match = re.search(r"VmRSS:\s+(\d+)", status)
+        total += int(match[1]) if match else 0
+    return total / 1024
+
+
+@contextmanager
+def control_plane() -> Iterator[Cluster]:
+    """The cluster KUBECONFIG names, or the local control plane, with the CRDs installed."""
+    directory = WORK / "control-plane"
+    existing = os.environ.get("KUBECONFIG")
+    if existing:
+        kubeconfig = existing
+    else:
+        localcluster.stop(directory)
+        kubeconfig = str(localcluster.start(directory).kubeconfig)
+    try:
+        cluster = Cluster(localcluster.build() / "kubectl", kubeconfig)
+        cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(ROOT / "crds"))
+        cluster.kubectl(
+            "wait", "--for=condition=Established", "--timeout=60s",
+            "crd/modelendpoints.switchyard.dev", "crd/modelgateways.switchyard.dev",
+        )  # fmt: skip
+        eventually(lambda: _servable(cluster))
+        yield cluster
+    finally:
+        if not existing:
+            localcluster.stop(directory)
+
+
+def _servable(cluster: Cluster) -> bool:
+    try:
+        cluster.kubectl("get", "modelendpoints,modelgateways", "-A")
+    except KubectlError:
+        return False
+    return True
+
+
+@dataclass
+class OperatorProcess:
+    """`switchyard run`, as users run it, in its own process: its memory is its own."""
+
+    kubeconfig: str
+    log: Path
+    xds_port: int = 0
+    metrics_port: int = 0
+    process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.xds_port = self.xds_port or free_port()
+        self.metrics_port = self.metrics_port or free_port()
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        self.process = subprocess.Popen(
+            [
+                SWITCHYARD, "run", "--xds-address", f"127.0.0.1:{self.xds_port}",
+                "--metrics-port", str(self.metrics_port),
+            ],
+            env={**os.environ, "KUBECONFIG": self.kubeconfig},
+            stdout=self.log.open("ab"),
+            stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        wait_for_port(self.metrics_port, self.process, timeout=60)
+
+    @property
+    def xds_address(self) -> str:
+        return f"127.0.0.1:{self.xds_port}"
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def peak_rss_mb(self) -> float:
+        return peak_rss_mb(self.pid)
+
+    def metrics(self) -> str:
+        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+        with urllib.request.urlopen(url, timeout=10) as reply:
+            return reply.read().decode()  # type: ignore[no-any-return]
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+def metric_sum(text: str, name: str, **labels: str) -> float:
+    """Sum of the samples of one series in Prometheus text whose labels include `labels`."""
+    total = 0.0
+    for line in text.splitlines():
+        if not line.startswith(name) or line.startswith("#"):
+            continue
+        series, _, value = line.rpartition(" ")
+        if series.split("{", 1)[0] != name:
+            continue
+        if all(f'{k}="{v}"' in series for k, v in labels.items()):
+            total += float(value)
+    return total
