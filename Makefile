@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | cksum | cut -d' ' -f1)
 
-.PHONY: all venv controlplane tools lint test unit integration demo demo-down crds cluster-up cluster-down kind-e2e clean
+.PHONY: all venv controlplane tools bench-tools lint test unit integration bench demo demo-down crds cluster-up cluster-down kind-e2e clean
 
 all: test
 
@@ -26,12 +26,17 @@ tools:
 	@command -v promtool >/dev/null || { apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus; }
 
+# wrk, the load generator of the benchmarks, from Debian's package.
+bench-tools:
+	@command -v wrk >/dev/null || { apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends wrk; }
+
 crds: venv
 	$(BIN)/switchyard crds
 
 lint: venv
-	$(BIN)/ruff check operator tests hack
-	$(BIN)/ruff format --check operator tests hack
+	$(BIN)/ruff check operator tests hack bench
+	$(BIN)/ruff format --check operator tests hack bench
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 	$(BIN)/hadolint Dockerfile
@@ -46,6 +51,12 @@ integration: controlplane tools
 # (the local control plane, or the cluster KUBECONFIG names).
 test: lint controlplane tools
 	$(BIN)/pytest tests
+
+# Benchmarks of the control plane, the data plane and failover, against LiteLLM's proxy in the
+# same run (installed into its own venv, cached): rewrites BENCHMARKS.md and bench/plots.
+# QUICK=1 for small scales and short runs; ONLY=dataplane (or controlplane, failover) for one part.
+bench: controlplane bench-tools
+	$(BIN)/python bench/run.py $(if $(QUICK),--quick) $(if $(ONLY),--only $(ONLY))
 
 demo: controlplane
 	$(BIN)/python hack/demo.py $(if $(KEEP),--keep)

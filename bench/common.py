@@ -219,3 +219,61 @@ def metric_sum(text: str, name: str, **labels: str) -> float:
         if all(f'{k}="{v}"' in series for k, v in labels.items()):
             total += float(value)
     return total
+
+
+# --- report
+
+
+def fmt(figure: dict[str, float], digits: int = 0, unit: str = "") -> str:
+    """`median (min–max)` of a spread()."""
+    if figure["runs"] == 1 or figure["min"] == figure["max"]:
+        return f"{figure['median']:,.{digits}f}{unit}"
+    return (
+        f"{figure['median']:,.{digits}f}{unit} "
+        f"({figure['min']:,.{digits}f}–{figure['max']:,.{digits}f})"
+    )
+
+
+def target(what: str, measured: str, met: bool) -> dict[str, Any]:
+    """One row of BENCHMARKS.md's table of targets."""
+    return {"target": what, "measured": measured, "met": met}
+
+
+def bars(
+    filename: str,
+    title: str,
+    ylabel: str,
+    groups: Sequence[str],
+    series: dict[str, Sequence[dict[str, float]]],
+    log: bool = False,
+) -> str:
+    """A grouped bar chart of spreads: bar at the median, whisker over min–max. Returns the
+    Markdown image link."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    PLOTS.mkdir(parents=True, exist_ok=True)
+    figure, axes = plt.subplots(figsize=(7, 3.6), dpi=110)
+    width = 0.8 / max(1, len(series))
+    for index, (label, spreads) in enumerate(series.items()):
+        positions = [g + (index - (len(series) - 1) / 2) * width for g in range(len(groups))]
+        medians = [s["median"] for s in spreads]
+        errors = [
+            [s["median"] - s["min"] for s in spreads],
+            [s["max"] - s["median"] for s in spreads],
+        ]
+        axes.bar(positions, medians, width, yerr=errors, capsize=3, label=label)
+    axes.set_xticks(range(len(groups)), groups)
+    axes.set_ylabel(ylabel)
+    axes.set_title(title)
+    if log:
+        axes.set_yscale("log")
+    if len(series) > 1:
+        axes.legend()
+    axes.grid(axis="y", alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(PLOTS / filename)
+    plt.close(figure)
+    return f"![{title}](bench/plots/{filename})"

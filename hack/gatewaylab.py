@@ -62,6 +62,7 @@ class FakeProcess:
         model: str,
         chunk_delay: float = 0.0,
         tls: tuple[Path, Path] | None = None,
+        keep_requests: int | None = None,
     ) -> None:
         self.provider, self.api_key, self.model = provider, api_key, model
         self.port, self.control_port = free_port(), free_port()
@@ -71,6 +72,8 @@ class FakeProcess:
             "--api-key", api_key, "--model", model, "--control-port", str(self.control_port),
             "--stream-chunk-delay", str(chunk_delay),
         ]  # fmt: skip
+        if keep_requests is not None:
+            command += ["--keep-requests", str(keep_requests)]
         if tls:
             command += ["--tls-cert", str(tls[0]), "--tls-key", str(tls[1])]
         self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL)
@@ -168,7 +171,13 @@ def chat(model: str, **extra: Any) -> dict[str, Any]:
     return {"model": model, "messages": [{"role": "user", "content": "hello"}], **extra}
 
 
-async def send(url: str, body: dict[str, Any], count: int, concurrency: int = 16) -> Outcome:
+async def send(
+    url: str,
+    body: dict[str, Any],
+    count: int,
+    concurrency: int = 16,
+    headers: dict[str, str] | None = None,
+) -> Outcome:
     """POST `body` `count` times with bounded concurrency, noting who answered each."""
     outcome = Outcome()
     remaining = iter(range(count))
@@ -177,7 +186,7 @@ async def send(url: str, body: dict[str, Any], count: int, concurrency: int = 16
     async def worker(session: aiohttp.ClientSession) -> None:
         for _ in remaining:
             try:
-                async with session.post(url, json=body) as reply:
+                async with session.post(url, json=body, headers=headers) as reply:
                     text = await reply.text()
                     outcome.statuses[reply.status] += 1
                     if reply.status == 200 and (match := REPLY_PORT.search(text)):
@@ -190,5 +199,11 @@ async def send(url: str, body: dict[str, Any], count: int, concurrency: int = 16
     return outcome
 
 
-def send_sync(url: str, body: dict[str, Any], count: int, concurrency: int = 16) -> Outcome:
-    return asyncio.run(send(url, body, count, concurrency))
+def send_sync(
+    url: str,
+    body: dict[str, Any],
+    count: int,
+    concurrency: int = 16,
+    headers: dict[str, str] | None = None,
+) -> Outcome:
+    return asyncio.run(send(url, body, count, concurrency, headers))
