@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import re
 import time
@@ -32,7 +33,7 @@ FAULTS: dict[str, dict[str, Any]] = {
     "429 Retry-After 5": {"status": 429, "retryAfter": 5},
 }
 FAILING = "a"  # the backend with half of the traffic
-RATE = 50  # requests per second: well within what every peer serves, so latency is not queueing
+RATE = 20  # requests per second: well within what every peer serves, so no queueing
 PER_TRY_TIMEOUT_S = 1.0
 # Both peers are told the same: give up an attempt after 1 s and try another backend.
 SWITCHYARD_SPEC = {
@@ -93,15 +94,17 @@ async def steady_load(url: str, model: str, headers: dict[str, str], seconds: fl
     return replies
 
 
-class EnvoyHostWatch:
-    """Samples the gateway Envoy's per-host counters of one backend: the last moment they
-    moved is the last moment Envoy sent it anything, answered or not."""
+class BackendWatch:
+    """Samples, for the failing backend, the gateway Envoy's per-host counters (the last
+    moment they moved is the last moment Envoy sent it anything, answered or not) and the
+    share the operator routes it (its `switchyard_backend_traffic_share_ratio`)."""
 
-    def __init__(self, admin: str, port: int) -> None:
-        self.admin, self.port = admin, port
-        self.samples: list[tuple[float, int]] = []
+    def __init__(self, stage: Stage, port: int) -> None:
+        self.admin, self.operator, self.port = _admin_url(stage), stage.operator, port
+        self.attempts: list[tuple[float, int]] = []
+        self.shares: list[tuple[float, float]] = []
 
-    def attempts(self) -> int:
+    def sample(self) -> None:
         with urllib.request.urlopen(f"{self.admin}/clusters?format=json", timeout=5) as reply:
             clusters = json.load(reply)["cluster_statuses"]
         total = 0
@@ -111,20 +114,35 @@ class EnvoyHostWatch:
                     continue
                 stats = {s["name"]: int(s.get("value", 0)) for s in host.get("stats", [])}
                 total += stats.get("rq_total", 0) + stats.get("cx_connect_fail", 0)
-        return total
+        now = time.time()
+        self.attempts.append((now, total))
+        share = common.metric_sum(
+            self.operator.metrics(),
+            "switchyard_backend_traffic_share_ratio",
+            endpoint="bench-chat",
+            backend=FAILING,
+        )
+        self.shares.append((now, share))
 
     async def run(self, seconds: float) -> None:
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
-            self.samples.append((time.time(), await asyncio.to_thread(self.attempts)))
+            await asyncio.to_thread(self.sample)
             await asyncio.sleep(0.05)
 
     def last_attempt_between(self, start: float, end: float) -> float:
         last = start
-        for (_, before), (when, after) in zip(self.samples, self.samples[1:], strict=False):
+        for (_, before), (when, after) in itertools.pairwise(self.attempts):
             if start < when <= end and after > before:
                 last = when
         return last
+
+    def operator_share_turned(self, start: float, to_zero: bool) -> float | None:
+        """Seconds from `start` until the operator's share became 0 (or, back, above 0)."""
+        for when, share in self.shares:
+            if when > start and (share == 0) == to_zero:
+                return when - start
+        return None
 
 
 def _admin_url(stage: Stage) -> str:
@@ -141,7 +159,7 @@ def scenario(stage: Stage, peer: str, fault: dict[str, Any], quick: bool) -> dic
     else:
         url, model = stage.litellm.url, "bench-chat"
         headers = {"Authorization": f"Bearer {stage.litellm.master_key}"}
-    watch = EnvoyHostWatch(_admin_url(stage), fake.port)
+    watch = BackendWatch(stage, fake.port)
     marks: dict[str, float] = {}
 
     async def drive() -> list[Reply]:
@@ -181,8 +199,27 @@ def scenario(stage: Stage, peer: str, fault: dict[str, Any], quick: bool) -> dic
         "outage_p50_ms": common.percentile(latencies, 50) if latencies else None,
         "outage_p99_ms": common.percentile(latencies, 99) if latencies else None,
         "recovered_after_s": (min(back) - heal_at) if back else None,
+        "operator_out_after_s": (
+            watch.operator_share_turned(fault_at, to_zero=True) if peer == "Switchyard" else None
+        ),
+        "operator_back_after_s": (
+            watch.operator_share_turned(heal_at, to_zero=False) if peer == "Switchyard" else None
+        ),
         "share_during_outage": sum(1 for r in outage if r.port == fake.port) / max(1, len(outage)),
     }
+
+
+def settle(stage: Stage) -> None:
+    """Start every scenario from the full split: the operator routes the healed backend its
+    share again, and LiteLLM's cooldown (5 s by default) is over."""
+    deadline = time.monotonic() + 30
+    watch = BackendWatch(stage, stage.fakes[FAILING].port)
+    while time.monotonic() < deadline:
+        watch.sample()
+        if watch.shares[-1][1] > 0:
+            break
+        time.sleep(0.2)
+    time.sleep(6)
 
 
 def run(quick: bool = False) -> dict[str, Any]:
@@ -196,7 +233,7 @@ def run(quick: bool = False) -> dict[str, Any]:
                     outcome = scenario(running, peer, fault, quick)
                     print(f"{name:20} {peer:10} {outcome}", flush=True)
                     results.setdefault(name, {}).setdefault(peer, []).append(outcome)
-                    time.sleep(3)  # let both settle back to the full split
+                    settle(running)
     data: dict[str, Any] = {
         "runs": results,
         "summary": {
@@ -219,6 +256,10 @@ def run(quick: bool = False) -> dict[str, Any]:
 
 
 PEERS = ("Switchyard", "LiteLLM")
+HEADER = (
+    "| Fault | Peer | no more traffic after | operator out | failed | p50 ms | p99 ms "
+    "| back after | operator back |\n|---|---|---|---|---|---|---|---|---|"
+)
 ZERO = {"median": 0.0, "min": 0.0, "max": 0.0, "runs": 1}
 
 
@@ -245,13 +286,17 @@ def section(data: dict[str, Any]) -> str:
     for name, peers in summary.items():
         for peer in PEERS:
             figures = peers[peer]
-            recovered = figures.get("recovered_after_s")
+
+            def seconds(key: str, figures: dict[str, Any] = figures) -> str:
+                return common.fmt(figures[key], 1, " s") if key in figures else "–"
+
             rows.append(
-                f"| {name} | {peer} | {common.fmt(figures['time_to_zero_s'], 1, ' s')} | "
+                f"| {name} | {peer} | {seconds('time_to_zero_s')} | "
+                f"{seconds('operator_out_after_s')} | "
                 f"{figures['failed']['max']:.0f} of {figures['outage_requests']['median']:.0f} | "
                 f"{common.fmt(figures.get('outage_p50_ms', ZERO), 1)} | "
                 f"{common.fmt(figures.get('outage_p99_ms', ZERO), 1)} | "
-                f"{common.fmt(recovered, 1, ' s') if recovered else 'not within the run'} |"
+                f"{seconds('recovered_after_s')} | {seconds('operator_back_after_s')} |"
             )
     faults = list(summary)
     zero_plot = common.bars(
@@ -290,12 +335,15 @@ timeout: 1s}}`; LiteLLM runs its router defaults (2 retries, a cooldown after fa
   failures to that backend), sampled every 50 ms; LiteLLM exposes no such counter, so for it,
   the fake provider's record of the requests it received, and for refused connections (which
   no fake can record), the last client request LiteLLM had to retry.
+- **operator out / back**: for Switchyard, when the operator's own share for the backend
+  (`switchyard_backend_traffic_share_ratio`, sampled every 50 ms) fell to 0 after the fault, and
+  rose again after healing: its probes and the failed-attempt reports Envoy sends it. Envoy's
+  retries and outlier detection act first, on live traffic; the operator's weights follow.
 - **failed**: requests clients saw fail (any status but 200, or no answer), over the whole run.
 - **latency**: of the requests sent during the outage.
 - **back after**: from healing until the backend answered a client request again.
 
-| Fault | Peer | no more traffic after | failed | p50 ms | p99 ms | back after |
-|---|---|---|---|---|---|---|
+{HEADER}
 {chr(10).join(rows)}
 
 {zero_plot}
