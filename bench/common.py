@@ -123,9 +123,10 @@ def rss_mb(pids: Sequence[int]) -> float:
 
 
 @contextmanager
-def control_plane() -> Iterator[Cluster]:
-    """The cluster KUBECONFIG names, or the local control plane, with the CRDs installed."""
-    directory = WORK / "control-plane"
+def control_plane(name: str = "control-plane") -> Iterator[Cluster]:
+    """The cluster KUBECONFIG names, or a local control plane of its own (state in WORK/name,
+    so that parts run side by side never stop each other's), with the CRDs installed."""
+    directory = WORK / name
     existing = os.environ.get("KUBECONFIG")
     if existing:
         kubeconfig = existing

@@ -57,7 +57,7 @@ class Target:
             lines.append(f'wrk.headers["{name}"] = "{value}"')
         # wrk's own summary, as JSON on the last line: latencies in microseconds.
         lines.append(WRK_DONE)
-        path = WORK / f"wrk-{self.name}.lua"
+        path = WORK / f"wrk-{self.name.replace(' ', '-')}.lua"
         path.write_text("\n".join(lines) + "\n")
         return path
 
@@ -203,7 +203,7 @@ def bare_envoy_config(
 class BareEnvoy:
     def __init__(self, backends: dict[str, tuple[int, int]], log: Path) -> None:
         self.port = free_port()
-        config = WORK / "bare-envoy.json"
+        config = log.with_suffix(".json")
         config.write_text(json.dumps(bare_envoy_config(self.port, free_port(), backends)))
         # Same binary and worker count as the gateway's Envoy.
         self.process = subprocess.Popen(
@@ -309,15 +309,15 @@ def deployments(fakes: dict[str, FakeProcess], weights: dict[str, int]) -> list[
 
 @contextmanager
 def stage(
-    litellm_router: dict[str, Any] | None = None, spec: dict[str, Any] | None = None
+    name: str, litellm_router: dict[str, Any] | None = None, spec: dict[str, Any] | None = None
 ) -> Iterator[Stage]:
     """The local control plane, the operator, Switchyard's gateway Envoy, a bare Envoy and
     LiteLLM, all in front of the same fake providers."""
-    logs = WORK / "logs"
+    logs = WORK / name / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     api_key = f"sk-bench-{uuid.uuid4().hex}"
     with ExitStack() as stack:
-        cluster = stack.enter_context(control_plane())
+        cluster = stack.enter_context(control_plane(f"{name}/control-plane"))
         fakes = {
             "a": FakeProcess("OpenAI", api_key, UPSTREAM_MODEL, keep_requests=1000),
             "b": FakeProcess("OpenAI", api_key, UPSTREAM_MODEL, keep_requests=1000),
@@ -475,7 +475,7 @@ def split_accuracy(stage: Stage, requests: int) -> dict[str, Any]:
 
 def run(quick: bool = False) -> dict[str, Any]:
     started = time.monotonic()
-    with stage() as running:
+    with stage("dataplane") as running:
         data: dict[str, Any] = {
             "throughput": throughput(running, rounds=1 if quick else 3, seconds=3 if quick else 10),
             "split": split_accuracy(running, 1000 if quick else 10_000),

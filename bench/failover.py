@@ -226,7 +226,7 @@ def run(quick: bool = False) -> dict[str, Any]:
     started = time.monotonic()
     repeats = 1 if quick else 2
     results: dict[str, dict[str, list[dict[str, Any]]]] = {}
-    with stage(litellm_router=LITELLM_ROUTER, spec=SWITCHYARD_SPEC) as running:
+    with stage("failover", litellm_router=LITELLM_ROUTER, spec=SWITCHYARD_SPEC) as running:
         for _ in range(repeats):
             for name, fault in FAULTS.items():
                 for peer in ("Switchyard", "LiteLLM"):
