@@ -152,7 +152,7 @@ def _admin_url(stage: Stage) -> str:
 
 
 def scenario(stage: Stage, peer: str, fault: dict[str, Any], quick: bool) -> dict[str, Any]:
-    before, during, after = (2, 6, 6) if quick else (3, 12, 10)
+    before, during, after = (2, 6, 8) if quick else (5, 12, 12)
     fake = stage.fakes[FAILING]
     if peer == "Switchyard":
         url, model, headers = stage.gateway.url, "bench-chat", {}
@@ -192,10 +192,12 @@ def scenario(stage: Stage, peer: str, fault: dict[str, Any], quick: bool) -> dic
         last = max([marks["last_request_at_backend"], *retried])
     back = [r.sent + r.latency for r in replies if r.sent >= heal_at and r.port == fake.port]
     latencies = sorted(r.latency * 1000 for r in outage if r.status == 200)
+    baseline = [r.latency * 1000 for r in replies if r.sent < fault_at and r.status == 200]
     return {
         "time_to_zero_s": last - fault_at,
         "failed": sum(1 for r in replies if r.status != 200),
         "outage_requests": len(outage),
+        "baseline_p99_ms": common.percentile(baseline, 99),
         "outage_p50_ms": common.percentile(latencies, 50) if latencies else None,
         "outage_p99_ms": common.percentile(latencies, 99) if latencies else None,
         "recovered_after_s": (min(back) - heal_at) if back else None,
@@ -257,8 +259,8 @@ def run(quick: bool = False) -> dict[str, Any]:
 
 PEERS = ("Switchyard", "LiteLLM")
 HEADER = (
-    "| Fault | Peer | no more traffic after | operator out | failed | p50 ms | p99 ms "
-    "| back after | operator back |\n|---|---|---|---|---|---|---|---|---|"
+    "| Fault | Peer | no more traffic after | operator out | failed | p99 ms before "
+    "| p50 ms | p99 ms | back after | operator back |\n|---|---|---|---|---|---|---|---|---|---|"
 )
 ZERO = {"median": 0.0, "min": 0.0, "max": 0.0, "runs": 1}
 
@@ -294,6 +296,7 @@ def section(data: dict[str, Any]) -> str:
                 f"| {name} | {peer} | {seconds('time_to_zero_s')} | "
                 f"{seconds('operator_out_after_s')} | "
                 f"{figures['failed']['max']:.0f} of {figures['outage_requests']['median']:.0f} | "
+                f"{common.fmt(figures['baseline_p99_ms'], 1)} | "
                 f"{common.fmt(figures.get('outage_p50_ms', ZERO), 1)} | "
                 f"{common.fmt(figures.get('outage_p99_ms', ZERO), 1)} | "
                 f"{seconds('recovered_after_s')} | {seconds('operator_back_after_s')} |"
@@ -340,7 +343,9 @@ timeout: 1s}}`; LiteLLM runs its router defaults (2 retries, a cooldown after fa
   rose again after healing: its probes and the failed-attempt reports Envoy sends it. Envoy's
   retries and outlier detection act first, on live traffic; the operator's weights follow.
 - **failed**: requests clients saw fail (any status but 200, or no answer), over the whole run.
-- **latency**: of the requests sent during the outage.
+- **latency**: of the requests sent during the outage; "before" is the p99 of the same
+  client in the seconds before the fault, which is what the client, the proxy and this shared
+  machine cost without any failure.
 - **back after**: from healing until the backend answered a client request again.
 
 {HEADER}
