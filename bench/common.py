@@ -4,6 +4,7 @@ processes (the local control plane, the operator as users run it) to measure."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import re
@@ -42,8 +43,8 @@ def percentile(values: Sequence[float], q: float) -> float:
     if not values:
         raise ValueError("no values")
     ordered = sorted(values)
-    rank = max(0, min(len(ordered) - 1, round(q / 100 * len(ordered) + 0.5) - 1))
-    return ordered[rank]
+    rank = max(1, math.ceil(q / 100 * len(ordered)))
+    return ordered[min(rank, len(ordered)) - 1]
 
 
 def spread(values: Sequence[float]) -> dict[str, float]:
