@@ -16,9 +16,9 @@ import subprocess
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,10 +26,10 @@ import common
 from common import WORK, OperatorProcess, control_plane, spread
 from gatewaylab import FakeProcess, LocalEnvoy, chat, free_port, send_sync, wait_for_port
 from litellm_proxy import LITELLM_VERSION, Deployment, LiteLLMProxy
+from switchyard.api.models import API_VERSION
 from switchyard.local_envoy import envoy_binary
 from tests_support.cluster import Cluster, condition, eventually
 
-API_VERSION = "switchyard.dev/v1alpha1"
 NAMESPACE = "bench-data"
 # Three OpenAI-wire fakes share the load in every throughput run; the mixed endpoint adds
 # Azure OpenAI and Anthropic, for the split-accuracy run.
@@ -37,7 +37,6 @@ SPLIT = {"a": 50, "b": 30, "c": 20}
 MIXED = {"a": 50, "azure": 30, "anthropic": 20}
 UPSTREAM_MODEL = "gpt-4o"
 CONNECTIONS = 8
-LITELLM_VERSION_TEXT = LITELLM_VERSION
 
 
 @dataclass
@@ -48,7 +47,7 @@ class Target:
     url: str
     model: str
     headers: dict[str, str]
-    pids: Any  # () -> list[int]: the processes whose memory counts
+    pids: Callable[[], list[int]]  # the processes whose memory counts
 
     def wrk_script(self) -> Path:
         body = json.dumps(chat(self.model)).replace("'", "\\'")
@@ -235,7 +234,6 @@ class Stage:
     litellm: LiteLLMProxy
     api_key: str
     logs: Path
-    extra: list[Any] = field(default_factory=list)
 
     def envoy_pids(self) -> list[int]:
         """The gateway's Envoy alone, without the `switchyard envoy` wrapper around it,
@@ -577,7 +575,7 @@ interleaved rounds. The targets:
   50/30/20 split: the client names the public model `bench-chat` and sends no key; the
   gateway picks a backend, rewrites the body's model and injects that backend's key from the
   mounted Secret;
-- **LiteLLM**: `litellm` {LITELLM_VERSION_TEXT} proxy, one worker, the same three deployments
+- **LiteLLM**: `litellm` {LITELLM_VERSION} proxy, one worker, the same three deployments
   with weights 50/30/20, the client sending the proxy's master key.
 
 All four share this machine's 2 cores with wrk and the fake providers (Python), which bounds
