@@ -30,6 +30,11 @@ API_WRITES = Counter(
     "Writes the operator made to the Kubernetes API.",
     ["kind"],
 )
+API_REQUESTS = Counter(
+    "switchyard_api_requests_total",
+    "Requests the operator made to the Kubernetes API (its watches aside), by client call.",
+    ["operation"],
+)
 BACKEND_UP = Gauge(
     "switchyard_backend_up",
     "1 while the backend passes its health probes (with hysteresis), else 0.",

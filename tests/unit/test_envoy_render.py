@@ -6,8 +6,8 @@ from typing import Any
 
 from switchyard.api.models import BackendTLS
 from switchyard.plan.gateway import plan_gateway
-from switchyard.render.envoy import CLUSTER_TYPE, LISTENER_TYPE, bootstrap, render
-from switchyard.xds.server import XdsServer, pack
+from switchyard.render.envoy import CLUSTER_TYPE, LISTENER_TYPE, RenderCache, bootstrap, render
+from switchyard.xds.server import Packer, XdsServer, pack, version_of
 from tests_support.plans import ALL_KEYS, GATEWAY_KEY, endpoint, gateway
 
 
@@ -123,3 +123,47 @@ def test_the_bootstrap_names_the_node_and_the_xds_server_only() -> None:
     address = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]
     assert address["socket_address"] == {"address": "switchyard.system.svc", "port_value": 18000}
     assert "listeners" not in config["static_resources"]
+
+
+def many(count: int) -> dict[str, list[dict[str, Any]]]:
+    return rendered(*(endpoint(f"m{i}", backends=[local("a")]) for i in range(count)))
+
+
+def test_the_model_list_fits_envoys_direct_response_limit() -> None:
+    [listener] = many(200)[LISTENER_TYPE]
+    manager = listener["filter_chains"][0]["filters"][0]["typed_config"]
+    route_config = manager["route_config"]
+    body = route_config["virtual_hosts"][0]["routes"][0]["direct_response"]["body"]
+    assert len(body["inline_string"]) > 4096
+    assert route_config["max_direct_response_body_size_bytes"] >= len(body["inline_string"])
+
+
+def test_a_render_cache_renders_only_what_changed() -> None:
+    cache = RenderCache()
+    endpoints = [endpoint(f"m{i}", backends=[local("a")]) for i in range(3)]
+    first = render(plan_gateway(GATEWAY_KEY, gateway(), endpoints, {}, ALL_KEYS), 8080, None, cache)
+    endpoints[1] = endpoint("m1", backends=[local("a"), local("b")])
+    plan = plan_gateway(GATEWAY_KEY, gateway(), endpoints, {}, ALL_KEYS)
+    second = render(plan, 8080, None, cache)
+    assert second == render(plan, 8080)  # the same config as without a cache
+    before, after = first[CLUSTER_TYPE], second[CLUSTER_TYPE]
+    assert after[0] is before[0]
+    assert after[2] is before[2]
+    assert after[1] is not before[1]
+    assert len(cache.entries) == 3
+
+
+def test_packing_with_a_packer_gives_the_same_messages_and_versions() -> None:
+    packer = Packer()
+    for count in (3, 4, 4):
+        resources = many(count)
+        for type_url, items in resources.items():
+            fresh = pack(type_url, items)
+            remembered = pack(type_url, items, packer)
+            assert remembered.version == fresh.version
+            assert [r.SerializeToString(deterministic=True) for r in remembered.resources] == [
+                r.SerializeToString(deterministic=True) for r in fresh.resources
+            ]
+        packer.forget_unused()
+    assert many(3)[CLUSTER_TYPE]
+    assert version_of(many(3)[CLUSTER_TYPE]) != version_of(many(4)[CLUSTER_TYPE])

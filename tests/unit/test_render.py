@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import gzip
 import json
 
 from switchyard.render.objects import (
@@ -39,3 +40,17 @@ def test_owned_names_stay_within_the_limit() -> None:
     assert len(long) <= 253
     assert long.endswith("-switchyard-credentials")
     assert long != owned_name("g" * 252 + "h", "switchyard-credentials")
+
+
+def test_a_plan_too_large_for_text_is_stored_compressed() -> None:
+    plan = sample_plan()
+    small = plan_configmap(plan, "uid-1")
+    assert "binaryData" not in small
+    plan.attached = plan.attached * 2000  # about 2 MB as indented JSON
+    large = plan_configmap(plan, "uid-1")
+    assert large["data"] == {}
+    packed = base64.b64decode(large["binaryData"]["plan.json.gz"])
+    assert len(packed) < 512 * 1024
+    document = json.loads(gzip.decompress(packed))
+    assert len(document["endpoints"]) == 2000
+    assert plan_configmap(plan, "uid-1") == large  # the same plan is the same bytes

@@ -199,24 +199,26 @@ async def secret_event(type: str | None, body: kopf.Body, memo: Any, **_: Any) -
     data = None if type == "DELETED" else dict(body.get("data") or {})
     if runtime.sync.secrets.observe(key, data):
         runtime.sync.mark(runtime.store.gateways_using_secret(key))
-    _mark_owner(runtime, body)
+    _mark_owner(runtime, body, type)
 
 
 @kopf.on.event("", "v1", "configmaps", labels=MANAGED)
 @kopf.on.event("", "v1", "services", labels=MANAGED)
 @kopf.on.event("apps", "v1", "deployments", labels=MANAGED)
-async def owned_object_event(body: kopf.Body, memo: Any, **_: Any) -> None:
+async def owned_object_event(type: str | None, body: kopf.Body, memo: Any, **_: Any) -> None:
     """Someone edited or deleted an object a gateway owns: the owner's pass puts it back."""
-    _mark_owner(_runtime(memo), body)
+    _mark_owner(_runtime(memo), body, type)
 
 
 def _key(body: kopf.Body) -> ObjectKey:
     return (body.metadata.namespace or "", body.metadata.name or "")
 
 
-def _mark_owner(runtime: Runtime, body: kopf.Body) -> None:
+def _mark_owner(runtime: Runtime, body: kopf.Body, type: str | None) -> None:
     labels = body.metadata.labels
     if labels.get("app.kubernetes.io/managed-by") == MANAGED_BY and GATEWAY_LABEL in labels:
+        version = None if type == "DELETED" else body.metadata.get("resourceVersion")
+        runtime.sync.observed_owned(str(body.get("kind", "")), *_key(body), version)
         for owner in body.metadata.get("ownerReferences") or []:
             if owner.get("kind") == "ModelGateway":
                 runtime.sync.mark({(_key(body)[0], owner["name"])})

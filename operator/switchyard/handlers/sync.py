@@ -10,6 +10,7 @@ import asyncio
 import datetime
 import logging
 import time
+from dataclasses import dataclass, field
 from typing import Any
 
 from switchyard import metrics
@@ -21,6 +22,7 @@ from switchyard.kube.client import ApiError, Kube, OwnershipConflict, describe_e
 from switchyard.kube.secrets import SecretCache
 from switchyard.plan.conditions import DesiredCondition, transitions
 from switchyard.plan.gateway import GatewayPlan, ObjectKey, SecretKeys, plan_gateway
+from switchyard.plan.routing import EndpointPlan, PlanCache
 from switchyard.render import deployment, envoy
 from switchyard.render.objects import credentials_secret, plan_configmap
 from switchyard.render.status import (
@@ -36,6 +38,10 @@ logger = logging.getLogger(__name__)
 
 DEBOUNCE_SECONDS = 0.05
 MAX_BACKOFF_SECONDS = 30.0
+# How long Envoys may take to ACK a push, or to reconnect after the operator starts, before
+# a gateway that showed Programmed=True is reported otherwise.
+PENDING_GRACE_SECONDS = 10.0
+RECONNECT_GRACE_SECONDS = 60.0
 
 
 def _now() -> str:
@@ -47,40 +53,87 @@ def _now() -> str:
     )
 
 
-def _export_routing(plan: GatewayPlan) -> None:
+def _export_routing(
+    plan: GatewayPlan, exported: dict[ObjectKey, EndpointPlan]
+) -> dict[ObjectKey, EndpointPlan]:
+    """Set the routing gauges of the endpoints whose plan changed since `exported`; returns
+    what is exported now."""
     gateway = f"{plan.namespace}/{plan.name}"
+    now: dict[ObjectKey, EndpointPlan] = {}
     for endpoint in plan.attached:
+        key = (endpoint.namespace, endpoint.name)
+        now[key] = endpoint
+        if exported.get(key) == endpoint:
+            continue
         for backend in endpoint.backends:
             labels = (endpoint.namespace, endpoint.name, backend.name, backend.provider, gateway)
             metrics.BACKEND_EFFECTIVE_WEIGHT.labels(*labels).set(backend.effective_weight)
             metrics.BACKEND_TRAFFIC_SHARE.labels(*labels).set(backend.share)
+    return now
 
 
 def _probe_targets(
-    plan: GatewayPlan, records: list[EndpointRecord]
+    plan: GatewayPlan, records: list[EndpointRecord], memo: dict[int, tuple[Any, Any]]
 ) -> tuple[dict[BackendKey, Any], dict[BackendKey, dict[str, Any]]]:
     """Every backend the gateway serves, as the health monitor probes it, and what each
-    endpoint's status shows of it now (to resume from after a restart)."""
-    specs = {r.source.key: r.source.spec for r in records}
-    statuses = {r.source.key: (r.body.get("status") or {}).get("backends") or [] for r in records}
+    endpoint's status shows of it now (to resume from after a restart).
+
+    `memo` keeps each endpoint's targets by spec object from one pass to the next; it is
+    left holding only the endpoints of this pass."""
+    by_key = {r.source.key: r for r in records}
     targets: dict[BackendKey, Any] = {}
     shown: dict[BackendKey, dict[str, Any]] = {}
+    used: dict[int, tuple[Any, Any]] = {}
     for endpoint in plan.attached:
-        spec = specs[(endpoint.namespace, endpoint.name)]
+        record = by_key[(endpoint.namespace, endpoint.name)]
+        spec = record.source.spec
         assert spec is not None
-        refs = {b.name: b.credentials_ref for b in spec.backends}
-        timeout = parse_duration(spec.health_check.timeout)
-        for backend in endpoint.backends:
-            key = (endpoint.namespace, endpoint.name, backend.name)
-            ref = refs[backend.name]
-            credentials = ((endpoint.namespace, ref.name), ref.key) if ref else None
-            target = Target(
-                backend.provider, backend.url, backend.upstream_model, backend.api_version, timeout
-            )
-            targets[key] = (target, credentials, spec.health_check)
-        for entry in statuses[(endpoint.namespace, endpoint.name)]:
+        found = memo.get(id(spec))
+        if found is None or found[0] is not spec:
+            found = (spec, _endpoint_targets(endpoint, spec))
+        used[id(spec)] = found
+        targets.update(found[1])
+        for entry in (record.body.get("status") or {}).get("backends") or []:
             shown[(endpoint.namespace, endpoint.name, entry.get("name", ""))] = entry
+    memo.clear()
+    memo.update(used)
     return targets, shown
+
+
+def _endpoint_targets(endpoint: EndpointPlan, spec: Any) -> dict[BackendKey, Any]:
+    refs = {b.name: b.credentials_ref for b in spec.backends}
+    timeout = parse_duration(spec.health_check.timeout)
+    targets: dict[BackendKey, Any] = {}
+    for backend in endpoint.backends:
+        key = (endpoint.namespace, endpoint.name, backend.name)
+        ref = refs[backend.name]
+        credentials = ((endpoint.namespace, ref.name), ref.key) if ref else None
+        target = Target(
+            backend.provider, backend.url, backend.upstream_model, backend.api_version, timeout
+        )
+        targets[key] = (target, credentials, spec.health_check)
+    return targets
+
+
+@dataclass
+class _Seen:
+    """What one gateway's previous pass produced, to skip unchanged work in the next."""
+
+    plans: PlanCache = field(default_factory=PlanCache)
+    render: envoy.RenderCache = field(default_factory=envoy.RenderCache)
+    # Endpoint spec object -> its probe targets (and the spec, so its id stays its own)
+    probes: dict[int, tuple[Any, Any]] = field(default_factory=dict)
+    exported: dict[ObjectKey, EndpointPlan] = field(default_factory=dict)
+    targets: Any = None
+    # Endpoint key -> (the inputs of its status, the status object they were checked against)
+    statuses: dict[ObjectKey, tuple[Any, Any]] = field(default_factory=dict)
+    pushed_at: float = float("-inf")
+
+
+@dataclass(frozen=True)
+class _Owned:
+    manifest: dict[str, Any]
+    resource_version: str
 
 
 class ApplyFailed(Exception):
@@ -111,6 +164,19 @@ class GatewaySync:
         self._dirty: set[ObjectKey] = set()
         self._wake = asyncio.Event()
         self._failures: dict[ObjectKey, int] = {}
+        self._seen: dict[ObjectKey, _Seen] = {}
+        # Owned objects as last applied or verified, by (kind, namespace, name): applied
+        # again only when the desired manifest changes or a watch event shows the object
+        # moved (edited or deleted by someone else), so a pass reads none of them otherwise.
+        self._owned: dict[tuple[str, str, str], _Owned] = {}
+        self._started = time.monotonic()
+
+    def observed_owned(self, kind: str, namespace: str, name: str, version: str | None) -> None:
+        """A watch event of an owned object: forget it unless it is what we wrote last."""
+        key = (kind, namespace, name)
+        known = self._owned.get(key)
+        if known is not None and known.resource_version != version:
+            del self._owned[key]
 
     def mark(self, keys: set[ObjectKey]) -> None:
         if keys:
@@ -176,6 +242,7 @@ class GatewaySync:
                     data = await self.secrets.get(secret)
                     secret_keys[secret] = None if data is None else SecretKeys.from_data(data)
         gateway = gateway_record.source if gateway_record else None
+        seen = self._seen.setdefault(key, _Seen())
         plan = plan_gateway(
             key,
             gateway,
@@ -183,36 +250,59 @@ class GatewaySync:
             self.store.namespace_labels,
             secret_keys,
             self.health.held_back(key),
+            seen.plans,
         )
         if gateway is None:
             self.health.forget(key)
+            self._seen.pop(key, None)
         else:
-            self.health.watch(key, *_probe_targets(plan, records))
-            _export_routing(plan)
+            targets = _probe_targets(plan, records, seen.probes)
+            if targets[0] != seen.targets:
+                self.health.watch(key, *targets)
+                seen.targets = targets[0]
+            seen.exported = _export_routing(plan, seen.exported)
         node = node_of_gateway(*key)
         if gateway is None:
             self.xds.remove_snapshot(node)
         elif gateway.spec.data_plane.type == DataPlaneType.ENVOY:
-            self.xds.set_snapshot(
-                node, envoy.render(plan, gateway.spec.listener.port, gateway.spec.backend_tls)
+            rendered = envoy.render(
+                plan, gateway.spec.listener.port, gateway.spec.backend_tls, seen.render
             )
-        applied = gateway_record is None or await self._apply_gateway(gateway_record, plan)
+            if self.xds.set_snapshot(node, rendered):
+                seen.pushed_at = time.monotonic()
+        # Endpoint statuses first: they are what users wait for after an apply; the
+        # gateway's own objects and status follow in the same pass.
+        statuses: dict[ObjectKey, tuple[Any, Any]] = {}
         for record in records:
             outcome = plan.outcomes[record.source.key]
             health = {
                 b.name: self.health.shown((*record.source.key, b.name))
                 for b in (record.source.spec.backends if record.source.spec else [])
             }
-            status = endpoint_status(
-                outcome, record.body.get("status") or {}, record.source.generation, _now(), health
+            current = record.body.get("status") or {}
+            # Same outcome, health and generation against the same status as last pass:
+            # nothing to write, and nothing worth building a status for.
+            inputs = (
+                outcome.conditions,
+                outcome.plan,
+                record.source.generation,
+                tuple((name, tuple(sorted(h.items()))) for name, h in health.items()),
             )
+            before = seen.statuses.get(record.source.key)
+            if before is not None and before[0] == inputs and before[1] is current:
+                statuses[record.source.key] = before
+                continue
+            status = endpoint_status(outcome, current, record.source.generation, _now(), health)
             await self._write_status("modelendpoints", record.body, status, outcome.conditions)
+            statuses[record.source.key] = (inputs, record.body.get("status") or {})
+        seen.statuses = statuses
+        applied = gateway_record is None or await self._apply_gateway(gateway_record, plan, seen)
         self.secrets.forget_unreferenced(self.store.referenced_secrets())
         if not applied:
             # Reported on the gateway already; the pass is retried with backoff.
             raise ApplyFailed(f"the objects of ModelGateway {_fmt(key)} were not all applied")
 
-    async def _apply_gateway(self, record: GatewayRecord, plan: GatewayPlan) -> bool:
+    async def _apply_gateway(self, record: GatewayRecord, plan: GatewayPlan, seen: _Seen) -> bool:
         """Apply the gateway's objects and write its status; False if the API refused."""
         body = record.body
         applied = True
@@ -225,6 +315,7 @@ class GatewaySync:
         else:
             envoys = self.xds.status(node_of_gateway(plan.namespace, plan.name))
             programmed = programmed_condition(record.source.spec.data_plane.type, envoys)
+            programmed = self._settling(plan, programmed, body.get("status") or {}, seen)
             accepted, programmed, ready = gateway_conditions(plan, programmed)
             try:
                 await self._apply_objects(record.source.spec, body["metadata"]["uid"], plan)
@@ -241,6 +332,34 @@ class GatewaySync:
         await self._write_status("modelgateways", body, status, conditions)
         return applied
 
+    def _settling(
+        self,
+        plan: GatewayPlan,
+        programmed: DesiredCondition,
+        current: dict[str, Any],
+        seen: _Seen,
+    ) -> DesiredCondition:
+        """Keep a gateway's Programmed=True while its Envoys are simply catching up: for a
+        moment after each push (the ACK is on its way, and brings its own pass), and after
+        the operator starts (the Envoys kept serving and are reconnecting). Otherwise every
+        change would flip the gateway to Pending and back, with a Warning Event each time,
+        and every restart would write. If the moment passes, the next pass tells the truth."""
+        now = time.monotonic()
+        if programmed.reason == "Pending":
+            until = seen.pushed_at + PENDING_GRACE_SECONDS
+        elif programmed.reason == "NoDataPlane":
+            until = self._started + RECONNECT_GRACE_SECONDS
+        else:
+            return programmed
+        shown: dict[str, Any] = next(
+            (c for c in current.get("conditions") or [] if c.get("type") == "Programmed"), {}
+        )
+        if shown.get("status") != "True" or now >= until:
+            return programmed
+        key = (plan.namespace, plan.name)
+        asyncio.get_running_loop().call_later(until - now + 0.1, self.mark, {key})
+        return DesiredCondition.true("Programmed", shown["reason"], shown.get("message", ""))
+
     async def _apply_objects(self, spec: ModelGatewaySpec, uid: str, plan: GatewayPlan) -> None:
         sources = {c.source for c in plan.credentials}
         secret_data = {source: await self._secret_data(source) for source in sources}
@@ -253,7 +372,17 @@ class GatewaySync:
                 deployment.envoy_service(plan, spec, uid),
             ]
         for manifest in manifests:
-            if await self.kube.apply_owned(manifest):
+            metadata = manifest["metadata"]
+            key = (manifest["kind"], metadata["namespace"], metadata["name"])
+            known = self._owned.pop(key, None)
+            if known is not None and known.manifest == manifest:
+                self._owned[key] = known
+                continue
+            applied = await self.kube.apply_owned(
+                manifest, known.resource_version if known is not None else None
+            )
+            self._owned[key] = _Owned(manifest, applied.resource_version)
+            if applied.wrote:
                 metrics.API_WRITES.labels(manifest["kind"]).inc()
 
     async def _secret_data(self, key: ObjectKey) -> dict[str, str]:

@@ -15,6 +15,7 @@ from typing import Any
 from kubernetes_asyncio import client, config
 from kubernetes_asyncio.client.exceptions import ApiException
 
+from switchyard import metrics
 from switchyard.api.models import GROUP, VERSION
 
 logger = logging.getLogger(__name__)
@@ -88,6 +89,7 @@ async def credentials(configuration: client.Configuration) -> Credentials:
 
 async def _json(call: Any, *args: Any, **kwargs: Any) -> Any:
     """Call an API method and return the raw JSON, skipping the slow model classes."""
+    metrics.API_REQUESTS.labels(getattr(call, "__name__", "other")).inc()
     response = await call(*args, _preload_content=False, **kwargs)
     body = await response.read()
     if response.status >= 400:
@@ -115,6 +117,12 @@ def contains(live: Any, desired: Any) -> bool:
             and all(contains(a, b) for a, b in zip(live, desired, strict=True))
         )
     return bool(live == desired)
+
+
+@dataclass(frozen=True)
+class Applied:
+    wrote: bool
+    resource_version: str
 
 
 @dataclass(frozen=True)
@@ -192,8 +200,11 @@ class Kube:
             raise
         return dict(secret.get("data") or {})
 
-    async def apply_owned(self, manifest: dict[str, Any]) -> bool:
-        """Create or repair an object the operator owns. Returns whether it wrote.
+    async def apply_owned(
+        self, manifest: dict[str, Any], known_version: str | None = None
+    ) -> Applied:
+        """Create or repair an object the operator owns. Returns whether it wrote, and the
+        object's resourceVersion after.
 
         An unchanged object costs one read and no write: a Secret or ConfigMap is compared
         by its `data`, a Deployment or Service by whether the live `spec` still holds every
@@ -205,14 +216,29 @@ class Kube:
         api = self._apis[kind]
         metadata = manifest["metadata"]
         namespace, name = metadata["namespace"], metadata["name"]
+        if known_version is not None and "data" in manifest:
+            # The caller wrote or verified this object at known_version and has seen no
+            # change since: replace it at that version without reading it first. If it did
+            # move, the API server refuses (409) and the object is read and compared below.
+            try:
+                written = await _json(
+                    api.replace, name, namespace,
+                    {**manifest, "metadata": {**metadata, "resourceVersion": known_version}},
+                )  # fmt: skip
+            except ApiException as error:
+                if error.status not in (404, 409):
+                    raise
+            else:
+                logger.info("updated %s %s/%s", kind, namespace, name)
+                return Applied(True, written["metadata"]["resourceVersion"])
         try:
             current = await _json(api.read, name, namespace)
         except ApiException as error:
             if not _is_not_found(error):
                 raise
-            await _json(api.create, namespace, manifest)
+            created = await _json(api.create, namespace, manifest)
             logger.info("created %s %s/%s", kind, namespace, name)
-            return True
+            return Applied(True, created["metadata"]["resourceVersion"])
         owner_uids = {ref["uid"] for ref in metadata["ownerReferences"]}
         current_owners = current["metadata"].get("ownerReferences") or []
         if not any(ref.get("uid") in owner_uids for ref in current_owners):
@@ -223,11 +249,17 @@ class Kube:
         content = "data" if "data" in manifest else "spec"
         if (
             contains(current.get(content) or {}, manifest[content])
-            and (content == "spec" or (current.get("data") or {}) == manifest["data"])
+            and (
+                content == "spec"
+                or all(
+                    (current.get(k) or {}) == (manifest.get(k) or {})
+                    for k in ("data", "binaryData")
+                )
+            )
             and all(labels.get(k) == v for k, v in metadata["labels"].items())
             and current_owners == metadata["ownerReferences"]
         ):
-            return False
+            return Applied(False, current["metadata"]["resourceVersion"])
         if content == "data":
             updated = {
                 **manifest,
@@ -237,14 +269,14 @@ class Kube:
                     "resourceVersion": current["metadata"]["resourceVersion"],
                 },
             }
-            await _json(api.replace, name, namespace, updated)
+            written = await _json(api.replace, name, namespace, updated)
         else:
-            await _json(
+            written = await _json(
                 api.patch, name, namespace, manifest,
                 field_manager=REPORTING_COMPONENT, force=True, _content_type=APPLY_PATCH,
             )  # fmt: skip
         logger.info("updated %s %s/%s", kind, namespace, name)
-        return True
+        return Applied(True, written["metadata"]["resourceVersion"])
 
     async def patch_status(
         self, plural: str, namespace: str, name: str, status: Mapping[str, Any]

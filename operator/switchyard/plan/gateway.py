@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from switchyard.api.models import ModelEndpointSpec, ModelGatewaySpec, NamespacesFrom
 from switchyard.plan.conditions import DesiredCondition
-from switchyard.plan.routing import EndpointPlan, plan_endpoint, zero_weight_tiers
+from switchyard.plan.routing import EndpointPlan, PlanCache, zero_weight_tiers
 from switchyard.plan.selectors import selector_matches
 
 ObjectKey = tuple[str, str]  # (namespace, name)
@@ -114,6 +114,7 @@ def plan_gateway(
     namespace_labels: Mapping[str, Mapping[str, str]],
     secrets: Mapping[ObjectKey, SecretKeys | None],
     held_back: Mapping[tuple[str, str, str], str] | None = None,
+    cache: PlanCache | None = None,
 ) -> GatewayPlan:
     """Decide, for every endpoint that names this gateway, whether and how it is served.
 
@@ -126,9 +127,10 @@ def plan_gateway(
     # The oldest endpoint keeps a contested model name; name order breaks ties.
     ordered = sorted(endpoints, key=lambda e: (e.created, e.namespace, e.name))
     claimed: dict[str, EndpointSource] = {}
+    planner = cache if cache is not None else PlanCache()
     for endpoint in ordered:
         outcome = _decide(
-            endpoint, key, gateway, namespace_labels, secrets, claimed, held_back or {}
+            endpoint, key, gateway, namespace_labels, secrets, claimed, held_back or {}, planner
         )
         result.outcomes[endpoint.key] = outcome
         if outcome.plan is not None:
@@ -145,6 +147,7 @@ def plan_gateway(
                     message=ready.message,
                 )
             )
+    planner.rotate()
     result.attached.sort(key=lambda p: p.model)
     result.credentials.sort(key=lambda c: c.target_key)
     return result
@@ -158,6 +161,7 @@ def _decide(
     secrets: Mapping[ObjectKey, SecretKeys | None],
     claimed: dict[str, EndpointSource],
     held_back: Mapping[tuple[str, str, str], str],
+    planner: PlanCache,
 ) -> EndpointOutcome:
     spec = endpoint.spec
     gateway_name = f"{key[0]}/{key[1]}"
@@ -189,10 +193,10 @@ def _decide(
         for b in spec.backends
         if (reason := held_back.get((*endpoint.key, b.name))) and b.name not in unavailable
     }
-    plan = plan_endpoint(endpoint.namespace, endpoint.name, spec, unavailable | held)
+    plan = planner.plan(endpoint.namespace, endpoint.name, spec, unavailable | held)
     if held and not plan.routable:
         # Nothing healthy is left: send to all of them, so retries have somewhere to go.
-        plan = plan_endpoint(endpoint.namespace, endpoint.name, spec, unavailable)
+        plan = planner.plan(endpoint.namespace, endpoint.name, spec, unavailable)
         if plan.routable:
             why = "; ".join(f"backend {b}: {r}" for b, r in sorted(held.items()))
             degraded = DesiredCondition.true(

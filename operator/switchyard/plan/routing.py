@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from switchyard.api.models import Backend, ModelEndpointSpec, parse_duration
 
@@ -127,3 +127,30 @@ def format_split(backends: tuple[BackendRoute, ...]) -> str:
         text = f"{percent:.0f}" if abs(percent - round(percent)) < 0.05 else f"{percent:.1f}"
         parts.append(f"{backend.name}={text}%")
     return " ".join(parts)
+
+
+_PlanKey = tuple[int, str, str, tuple[tuple[str, str], ...]]
+
+
+@dataclass
+class PlanCache:
+    """Endpoint plans of one gateway's previous pass, kept by the caller: an endpoint whose
+    spec object and unavailable backends are the same gets the same plan without
+    recomputing it, so a change to one endpoint of thousands plans that one only."""
+
+    entries: dict[_PlanKey, tuple[ModelEndpointSpec, EndpointPlan]] = field(default_factory=dict)
+    used: dict[_PlanKey, tuple[ModelEndpointSpec, EndpointPlan]] = field(default_factory=dict)
+
+    def plan(
+        self, namespace: str, name: str, spec: ModelEndpointSpec, unavailable: Mapping[str, str]
+    ) -> EndpointPlan:
+        key = (id(spec), namespace, name, tuple(sorted(unavailable.items())))
+        found = self.used.get(key) or self.entries.get(key)
+        if found is None or found[0] is not spec:  # the spec object keeps its id its own
+            found = (spec, plan_endpoint(namespace, name, spec, unavailable))
+        self.used[key] = found
+        return found[1]
+
+    def rotate(self) -> None:
+        """Keep only what the latest pass used."""
+        self.entries, self.used = self.used, {}

@@ -19,7 +19,9 @@ How a request flows:
 
 from __future__ import annotations
 
+import functools
 import json
+from dataclasses import dataclass, field
 from string import Template
 from typing import Any
 from urllib.parse import urlsplit
@@ -167,38 +169,72 @@ def openai_error(kind: str, message: str, code: str | None = None) -> dict[str, 
     return {"error": {"message": message, "type": kind, "param": None, "code": code}}
 
 
+Resources = list[dict[str, Any]]
+
+
+@dataclass
+class RenderCache:
+    """What each endpoint plan rendered to last time (its clusters and routes), kept by the
+    caller between renders of one gateway: a change to one endpoint of thousands renders
+    that endpoint only, and the unchanged resources stay the same objects, which lets the
+    xDS server skip packing them again. The rendered dicts must not be mutated."""
+
+    entries: dict[tuple[EndpointPlan, str], tuple[Resources, Resources]] = field(
+        default_factory=dict
+    )
+
+
 def render(
-    plan: GatewayPlan, port: int, backend_tls: BackendTLS | None = None
-) -> dict[str, list[dict[str, Any]]]:
+    plan: GatewayPlan,
+    port: int,
+    backend_tls: BackendTLS | None = None,
+    cache: RenderCache | None = None,
+) -> dict[str, Resources]:
     """xDS resources by type URL for the gateway's Envoys."""
-    clusters = []
+    tls = backend_tls.model_dump_json() if backend_tls is not None else ""
+    previous = cache.entries if cache is not None else {}
+    used: dict[tuple[EndpointPlan, str], tuple[Resources, Resources]] = {}
+    clusters: Resources = []
+    routes: Resources = []
     for endpoint in plan.attached:
-        clusters.append(_cluster(endpoint.backends, cluster_name(endpoint.model), backend_tls))
-        anthropic = tuple(b for b in endpoint.backends if b.provider == "Anthropic")
-        if anthropic:
-            clusters.append(_cluster(anthropic, cluster_name(endpoint.model, True), backend_tls))
-    return {CLUSTER_TYPE: clusters, LISTENER_TYPE: [_listener(plan, port, clusters)]}
+        key = (endpoint, tls)
+        rendered = used.get(key) or previous.get(key) or _endpoint(endpoint, backend_tls)
+        used[key] = rendered
+        clusters += rendered[0]
+        routes += rendered[1]
+    if cache is not None:
+        cache.entries = used
+    return {CLUSTER_TYPE: clusters, LISTENER_TYPE: [_listener(plan, port, routes)]}
 
 
-def _listener(plan: GatewayPlan, port: int, clusters: list[dict[str, Any]]) -> dict[str, Any]:
-    names = {c["name"] for c in clusters}
+def _endpoint(
+    endpoint: EndpointPlan, backend_tls: BackendTLS | None
+) -> tuple[Resources, Resources]:
+    """One endpoint's clusters and routes."""
+    clusters = [_cluster(endpoint.backends, cluster_name(endpoint.model), backend_tls)]
+    routes = []
+    anthropic = tuple(b for b in endpoint.backends if b.provider == "Anthropic")
+    if anthropic:
+        name = cluster_name(endpoint.model, True)
+        clusters.append(_cluster(anthropic, name, backend_tls))
+        routes.append(_route(endpoint, "/v1/messages", name))
+    routes.append(_route(endpoint, "/v1/", cluster_name(endpoint.model)))
+    return clusters, routes
+
+
+def _listener(plan: GatewayPlan, port: int, endpoint_routes: Resources) -> dict[str, Any]:
+    models = json.dumps(_model_list(plan))
     routes: list[dict[str, Any]] = [
         {
             "match": {
                 "path": "/v1/models",
                 "headers": [{"name": ":method", "string_match": {"exact": "GET"}}],
             },
-            "direct_response": {
-                "status": 200,
-                "body": {"inline_string": json.dumps(_model_list(plan))},
-            },
+            "direct_response": {"status": 200, "body": {"inline_string": models}},
             "response_headers_to_add": [_json_content_type()],
         }
     ]
-    for endpoint in plan.attached:
-        if cluster_name(endpoint.model, True) in names:
-            routes.append(_route(endpoint, "/v1/messages", cluster_name(endpoint.model, True)))
-        routes.append(_route(endpoint, "/v1/", cluster_name(endpoint.model)))
+    routes += endpoint_routes
     routes += [
         {
             "match": {
@@ -234,6 +270,11 @@ def _listener(plan: GatewayPlan, port: int, clusters: list[dict[str, Any]]) -> d
                             ],
                             "route_config": {
                                 "name": "switchyard",
+                                # Envoy refuses a direct response over 4 KB by default: the
+                                # model list of a gateway with ~50 endpoints is already more.
+                                "max_direct_response_body_size_bytes": max(
+                                    4096, len(models.encode())
+                                ),
                                 "virtual_hosts": [
                                     {
                                         "name": "models",
@@ -411,6 +452,20 @@ def _retry_policy(endpoint: EndpointPlan) -> dict[str, Any]:
         "retry_on": ",".join(retry_on) or "connect-failure",
         "num_retries": endpoint.retry_attempts,
         "per_try_timeout": f"{endpoint.per_try_timeout_seconds:g}s",
+        **_retry_constants(),
+    }
+    # A key the provider refuses is that backend's problem: another backend may serve.
+    codes = [401, 403]
+    if "RateLimited" in endpoint.retry_on:
+        codes.append(429)
+    policy["retriable_status_codes"] = codes
+    return policy
+
+
+@functools.cache
+def _retry_constants() -> dict[str, Any]:
+    """The retry policy's parts every route shares (one object for all of them)."""
+    return {
         "retry_back_off": {"base_interval": "0.01s", "max_interval": "0.25s"},
         # A retry goes to another backend, and to the next tier once a tier is exhausted.
         "retry_host_predicate": [
@@ -432,12 +487,6 @@ def _retry_policy(endpoint: EndpointPlan) -> dict[str, Any]:
             },
         },
     }
-    # A key the provider refuses is that backend's problem: another backend may serve.
-    codes = [401, 403]
-    if "RateLimited" in endpoint.retry_on:
-        codes.append(429)
-    policy["retriable_status_codes"] = codes
-    return policy
 
 
 def _lua(name: str, source: str) -> dict[str, Any]:
@@ -472,6 +521,27 @@ def _cluster(
         "connect_timeout": "2s",
         "lb_policy": "ROUND_ROBIN",
         "per_connection_buffer_limit_bytes": MAX_REQUEST_BYTES,
+        **_cluster_constants(),
+        # One TLS context per https backend, with its own SNI and name check: auto_sni would
+        # use the client's Host, which the route rewrites only after the handshake is chosen.
+        "transport_socket_matches": [
+            *(_tls_match(b, backend_tls) for b in carrying if urlsplit(b.url).scheme == "https"),
+            _plaintext(),
+        ],
+        "load_assignment": {
+            "cluster_name": name,
+            "endpoints": localities,
+            # A lower tier takes traffic only when the tier above has no healthy backend.
+            "policy": {"overprovisioning_factor": 100000},
+        },
+    }
+
+
+@functools.cache
+def _cluster_constants() -> dict[str, Any]:
+    """What every cluster holds alike: built once and shared by all of them (rendered
+    resources are never mutated), so thousands of clusters do not hold thousands of copies."""
+    return {
         "common_lb_config": {
             "locality_weighted_lb_config": {},
             # Never route to an ejected backend while a healthy one exists.
@@ -519,26 +589,19 @@ def _cluster(
                 ],
             }
         },
-        # One TLS context per https backend, with its own SNI and name check: auto_sni would
-        # use the client's Host, which the route rewrites only after the handshake is chosen.
-        "transport_socket_matches": [
-            *(_tls_match(b, backend_tls) for b in carrying if urlsplit(b.url).scheme == "https"),
-            {
-                "name": "plaintext",
-                "match": {},
-                "transport_socket": {
-                    "name": "envoy.transport_sockets.raw_buffer",
-                    "typed_config": {
-                        "@type": TYPE + "envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer"
-                    },
-                },
+    }
+
+
+@functools.cache
+def _plaintext() -> dict[str, Any]:
+    return {
+        "name": "plaintext",
+        "match": {},
+        "transport_socket": {
+            "name": "envoy.transport_sockets.raw_buffer",
+            "typed_config": {
+                "@type": TYPE + "envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer"
             },
-        ],
-        "load_assignment": {
-            "cluster_name": name,
-            "endpoints": localities,
-            # A lower tier takes traffic only when the tier above has no healthy backend.
-            "policy": {"overprovisioning_factor": 100000},
         },
     }
 

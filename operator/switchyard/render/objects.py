@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import gzip
 import hashlib
 import json
 from collections.abc import Mapping
@@ -12,6 +14,8 @@ from switchyard.plan.gateway import GatewayPlan, ObjectKey
 MANAGED_BY = "switchyard"
 GATEWAY_LABEL = "switchyard.dev/gateway"
 PLAN_KEY = "plan.json"
+# Beyond this, the plan is stored compressed: a ConfigMap holds 1 MiB in all.
+PLAN_TEXT_LIMIT = 512 * 1024
 _MAX_NAME = 253
 
 
@@ -102,12 +106,21 @@ def owned_metadata(plan: GatewayPlan, name: str, owner_uid: str) -> dict[str, An
 
 
 def plan_configmap(plan: GatewayPlan, owner_uid: str) -> dict[str, Any]:
-    return {
+    """`plan.json` while it fits comfortably; a gateway with more endpoints than a ConfigMap
+    holds as text (1 MiB, about 1,000 endpoints) gets `plan.json.gz` in binaryData instead,
+    gzip without a timestamp so that the same plan is the same bytes."""
+    text = json.dumps(plan_document(plan), indent=2, sort_keys=True) + "\n"
+    manifest: dict[str, Any] = {
         "apiVersion": "v1",
         "kind": "ConfigMap",
         "metadata": owned_metadata(plan, plan_configmap_name(plan.name), owner_uid),
-        "data": {PLAN_KEY: json.dumps(plan_document(plan), indent=2, sort_keys=True) + "\n"},
+        "data": {PLAN_KEY: text},
     }
+    if len(text) > PLAN_TEXT_LIMIT:
+        packed = gzip.compress(text.encode(), compresslevel=6, mtime=0)
+        manifest["data"] = {}
+        manifest["binaryData"] = {PLAN_KEY + ".gz": base64.b64encode(packed).decode()}
+    return manifest
 
 
 def credentials_secret(

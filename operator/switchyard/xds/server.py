@@ -39,23 +39,126 @@ class TypedResources:
     resources: tuple[any_pb2.Any, ...]
 
 
-def version_of(resources: list[dict[str, Any]]) -> str:
+def digest(resource: Any) -> str:
+    canonical = json.dumps(resource, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def version_of(resources: list[dict[str, Any]], packer: Packer | None = None) -> str:
     """A hash of the content, so a restarted operator serves the same version for the same
     config, and an unchanged config is recognised before any protobuf work."""
-    canonical = json.dumps(resources, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+    digests = [(packer or Packer()).digest(resource) for resource in resources]
+    return hashlib.sha256("".join(digests).encode()).hexdigest()[:16]
 
 
-def pack(type_url: str, resources: list[dict[str, Any]]) -> TypedResources:
+def pack(
+    type_url: str, resources: list[dict[str, Any]], packer: Packer | None = None
+) -> TypedResources:
     """JSON-shaped resources to versioned Any messages."""
-    message_type = _message_type(type_url)
-    packed = []
-    for resource in resources:
-        message = json_format.ParseDict(resource, message_type())
-        wrapped = any_pb2.Any()
-        wrapped.Pack(message)
-        packed.append(wrapped)
-    return TypedResources(version_of(resources), tuple(packed))
+    packer = packer or Packer()
+    packed = tuple(packer.pack(type_url, resource) for resource in resources)
+    return TypedResources(version_of(resources, packer), packed)
+
+
+# Where a rendered listener keeps its routes: the one part of it that grows with endpoints.
+_HCM_PATH = ("filter_chains", 0, "filters", 0, "typed_config")
+_ROUTES_PATH = ("route_config", "virtual_hosts", 0, "routes")
+
+
+class Packer:
+    """Digests and protobuf messages of rendered resources, remembered by object identity
+    for as long as the resource stays in a snapshot. The renderer hands back the same dict
+    for an unchanged endpoint, so a change to one endpoint of thousands parses and hashes
+    that endpoint's resources only; a listener is parsed without its routes, and each route
+    is parsed once. Resources must not be mutated once rendered."""
+
+    def __init__(self) -> None:
+        # id -> (the object itself, so the id stays its own; the value)
+        self._digests: dict[int, tuple[Any, str]] = {}
+        self._messages: dict[int, tuple[Any, Any]] = {}
+        self._seen: set[int] = set()
+
+    def digest(self, resource: dict[str, Any]) -> str:
+        routes = _routes_of(resource)
+        if routes is None:
+            found: str = self._remember(self._digests, resource, lambda: digest(resource))
+            return found
+        parts = [digest(_without_routes(resource))]
+        parts += [self._remember(self._digests, r, lambda r=r: digest(r)) for r in routes]
+        return hashlib.sha256("".join(parts).encode()).hexdigest()
+
+    def pack(self, type_url: str, resource: dict[str, Any]) -> any_pb2.Any:
+        routes = _routes_of(resource)
+        if routes is None:
+            message = self._remember(self._messages, resource, lambda: _parse(type_url, resource))
+            return _wrap(message)
+        listener = _parse(type_url, _without_routes(resource))
+        manager_any = listener.filter_chains[0].filters[0].typed_config
+        manager = _message_type(manager_any.TypeName())()
+        manager_any.Unpack(manager)
+        route_type = manager.route_config.virtual_hosts[0].routes
+        route_type.extend(
+            self._remember(self._messages, r, lambda r=r: _parse_route(r)) for r in routes
+        )
+        manager_any.Pack(manager)
+        return _wrap(listener)
+
+    def _remember(self, memo: dict[int, tuple[Any, Any]], source: Any, make: Any) -> Any:
+        key = id(source)
+        self._seen.add(key)
+        found = memo.get(key)
+        if found is None or found[0] is not source:
+            found = (source, make())
+            memo[key] = found
+        return found[1]
+
+    def forget_unused(self) -> None:
+        """Drop what the resources of the latest snapshot did not use."""
+        for memo in (self._digests, self._messages):
+            for key in [k for k in memo if k not in self._seen]:
+                del memo[key]
+        self._seen = set()
+
+
+def _routes_of(resource: dict[str, Any]) -> list[dict[str, Any]] | None:
+    node: Any = resource
+    try:
+        for step in (*_HCM_PATH, *_ROUTES_PATH):
+            node = node[step]
+    except (KeyError, IndexError, TypeError):
+        return None
+    return node if isinstance(node, list) else None
+
+
+def _without_routes(resource: dict[str, Any]) -> dict[str, Any]:
+    """A copy of the listener down to its routes, with no routes; the rest is shared."""
+
+    def strip(node: Any, path: tuple[Any, ...]) -> Any:
+        if not path:
+            return []
+        step, rest = path[0], path[1:]
+        copy: Any = list(node) if isinstance(node, list) else dict(node)
+        copy[step] = strip(node[step], rest)
+        return copy
+
+    stripped: dict[str, Any] = strip(resource, (*_HCM_PATH, *_ROUTES_PATH))
+    return stripped
+
+
+def _parse(type_url: str, resource: dict[str, Any]) -> Any:
+    return json_format.ParseDict(resource, _message_type(type_url)())
+
+
+def _parse_route(route: dict[str, Any]) -> Any:
+    from envoy.config.route.v3 import route_components_pb2
+
+    return json_format.ParseDict(route, route_components_pb2.Route())
+
+
+def _wrap(message: Any) -> any_pb2.Any:
+    wrapped = any_pb2.Any()
+    wrapped.Pack(message)
+    return wrapped
 
 
 def _message_type(type_url: str) -> Any:
@@ -101,6 +204,7 @@ class NodeStatus:
 class XdsServer:
     def __init__(self) -> None:
         self._snapshots: dict[str, dict[str, TypedResources]] = {}
+        self._packers: dict[str, Packer] = {}
         self._listeners: dict[str, list[dict[str, Any]]] = {}
         self._relocated: dict[tuple[str, tuple[str, int]], TypedResources] = {}
         self._streams: dict[str, list[StreamState]] = {}
@@ -118,15 +222,20 @@ class XdsServer:
     def set_snapshot(self, node: str, resources: Mapping[str, list[dict[str, Any]]]) -> bool:
         """Replace a node's snapshot; returns whether anything changed (and was pushed)."""
         current = self._snapshots.get(node, {})
-        versions = {type_url: version_of(items) for type_url, items in resources.items()}
+        packer = self._packers.setdefault(node, Packer())
+        versions = {type_url: version_of(items, packer) for type_url, items in resources.items()}
         if current and _versions(current) == versions:
+            packer.forget_unused()
             return False
         snapshot = {
             type_url: current[type_url]
             if type_url in current and current[type_url].version == versions[type_url]
-            else pack(type_url, items)
+            else TypedResources(
+                versions[type_url], tuple(packer.pack(type_url, item) for item in items)
+            )
             for type_url, items in resources.items()
         }
+        packer.forget_unused()
         self._snapshots[node] = snapshot
         self._listeners[node] = list(resources.get(LISTENER, []))
         # Counters exist from 0, so that increase() sees the first rejection.
@@ -138,6 +247,7 @@ class XdsServer:
 
     def remove_snapshot(self, node: str) -> None:
         self._snapshots.pop(node, None)
+        self._packers.pop(node, None)
         self._listeners.pop(node, None)
 
     def versions(self, node: str) -> dict[str, str]:
@@ -314,13 +424,16 @@ class XdsServer:
         key = (node, listen_on)
         if key not in self._relocated:
             address, port = listen_on
-            moved = []
-            for listener in self._listeners.get(node, []):
-                copy = json.loads(json.dumps(listener))
-                copy["address"]["socket_address"] = {"address": address, "port_value": port}
-                copy["name"] = f"{copy['name']}-{address}-{port}"
-                moved.append(copy)
-            self._relocated[key] = pack(LISTENER, moved)
+            # Shallow copies: the routes stay the objects the packer knows already.
+            moved = [
+                {
+                    **listener,
+                    "address": {"socket_address": {"address": address, "port_value": port}},
+                    "name": f"{listener['name']}-{address}-{port}",
+                }
+                for listener in self._listeners.get(node, [])
+            ]
+            self._relocated[key] = pack(LISTENER, moved, self._packers.get(node))
         return self._relocated[key]
 
 
