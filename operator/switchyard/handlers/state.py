@@ -80,6 +80,20 @@ def _gateway_record(body: dict[str, Any]) -> GatewayRecord:
     return GatewayRecord(body, GatewaySource(namespace, name, generation, spec), None)
 
 
+LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
+
+
+def trimmed(body: dict[str, Any]) -> dict[str, Any]:
+    """The object without what no pass reads and what weighs most: managedFields (about
+    three times the spec) and kubectl's copy of the applied object. Thousands of endpoints
+    are kept in memory."""
+    metadata = {k: v for k, v in body["metadata"].items() if k != "managedFields"}
+    annotations = metadata.get("annotations")
+    if annotations and LAST_APPLIED in annotations:
+        metadata["annotations"] = {k: v for k, v in annotations.items() if k != LAST_APPLIED}
+    return {**body, "metadata": metadata}
+
+
 def _spec_identity(body: dict[str, Any]) -> tuple[Any, ...]:
     """What decides a pass's output, apart from status: a change here needs a new pass."""
     metadata = body["metadata"]
@@ -98,6 +112,7 @@ class Store:
 
     def put_endpoint(self, body: dict[str, Any]) -> set[ObjectKey]:
         """Store an endpoint; returns the gateways whose pass it changes."""
+        body = trimmed(body)
         key = object_key(body)
         previous = self.endpoints.get(key)
         if previous is not None and _spec_identity(previous.body) == _spec_identity(body):
@@ -142,6 +157,7 @@ class Store:
     # --- ModelGateways
 
     def put_gateway(self, body: dict[str, Any]) -> set[ObjectKey]:
+        body = trimmed(body)
         key = object_key(body)
         previous = self.gateways.get(key)
         if previous is not None and _spec_identity(previous.body) == _spec_identity(body):
