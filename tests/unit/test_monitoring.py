@@ -9,6 +9,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from prometheus_client import CollectorRegistry
 from prometheus_client.metrics import MetricWrapperBase
 
 import switchyard.metrics
@@ -51,6 +52,9 @@ def exported_names() -> set[str]:
     for metric in vars(switchyard.metrics).values():
         if isinstance(metric, MetricWrapperBase):
             names.update(metric._name + suffix for suffix in suffixes[str(metric._type)])
+        elif isinstance(metric, switchyard.metrics.BackendSeries):
+            for family in metric.describe():
+                names.update(family.name + suffix for suffix in suffixes[family.type])
     return names
 
 
@@ -84,3 +88,35 @@ def test_dashboard_queries_use_only_series_the_operator_exports() -> None:
     missing = {name for name in used if name not in exported_names()}
     assert not missing, f"the dashboard queries series nobody exports: {missing}"
     assert len({p["id"] for p in dashboard["panels"]}) == len(dashboard["panels"])
+
+
+def test_backend_series_are_exported_as_they_become_known_and_go_with_the_backend() -> None:
+    series = switchyard.metrics.BackendSeries()
+    registry = CollectorRegistry()
+    registry.register(series)
+    labels = ("team-a", "chat", "openai", "OpenAI", "gw-ns/gw")
+    names = dict(zip(switchyard.metrics.BACKEND_LABELS, labels, strict=True))
+
+    def failovers(reason: str) -> float | None:
+        return registry.get_sample_value("switchyard_failovers_total", {**names, "reason": reason})
+
+    values = series.of(labels)
+    # Failover counters exist from 0; nothing else is known before a probe or a plan.
+    assert failovers("Unhealthy") == 0
+    assert registry.get_sample_value("switchyard_backend_up", names) is None
+
+    values.up, values.traffic_share = 1, 0.25
+    values.observe_probe(0.04)
+    values.observe_probe(3.0)
+    values.failed_over("RateLimited")
+    assert registry.get_sample_value("switchyard_backend_up", names) == 1
+    assert registry.get_sample_value("switchyard_backend_traffic_share_ratio", names) == 0.25
+    bucket = "switchyard_backend_probe_duration_seconds_bucket"
+    assert registry.get_sample_value(bucket, {**names, "le": "0.05"}) == 1
+    assert registry.get_sample_value(bucket, {**names, "le": "5"}) == 2
+    assert registry.get_sample_value(bucket, {**names, "le": "+Inf"}) == 2
+    assert registry.get_sample_value("switchyard_backend_probe_duration_seconds_sum", names) == 3.04
+    assert failovers("RateLimited") == 1
+
+    series.forget(labels)
+    assert failovers("RateLimited") is None

@@ -30,7 +30,6 @@ MAX_CONCURRENT_PROBES = 64
 # A steady backend's probe time and latency reach its status at most this often.
 STATUS_REFRESH_SECONDS = 60.0
 TICK_SECONDS = 0.2
-FAILOVER_REASONS = ("Unhealthy", "CredentialsInvalid", "RateLimited")
 # Live failures reported by Envoy bring a backend's probe forward, but no closer than this.
 EXPEDITE_SECONDS = 1.0
 IN_DOUBT_SECONDS = 30.0
@@ -70,7 +69,7 @@ class HealthMonitor:
         now = time.monotonic()
         for key in [k for k, w in self._watched.items() if w.gateway == gateway]:
             if key not in backends:
-                metrics.forget_backend(self._watched.pop(key).labels)
+                metrics.BACKENDS.forget(self._watched.pop(key).labels)
         for key, (target, credentials, check) in backends.items():
             current = self._watched.get(key)
             thresholds = (check.unhealthy_threshold, check.healthy_threshold)
@@ -88,9 +87,8 @@ class HealthMonitor:
                 interval = _seconds(check.interval)
                 # Spread the first probes over the interval instead of all at once.
                 labels = (*key, target.provider, f"{gateway[0]}/{gateway[1]}")
-                for reason in FAILOVER_REASONS:
-                    # Counters exist from 0, so that increase() sees their first failover.
-                    metrics.FAILOVERS.labels(*labels, reason)
+                # Its failover counters exist from 0, so that increase() sees the first.
+                metrics.BACKENDS.of(labels)
                 current = Watched(
                     gateway, labels, target, credentials, interval, health,
                     now + random.uniform(0, min(interval, 1.0)),
@@ -128,7 +126,7 @@ class HealthMonitor:
 
     def forget(self, gateway: ObjectKey) -> None:
         for key in [k for k, w in self._watched.items() if w.gateway == gateway]:
-            metrics.forget_backend(self._watched.pop(key).labels)
+            metrics.BACKENDS.forget(self._watched.pop(key).labels)
 
     def held_back(self, gateway: ObjectKey) -> dict[BackendKey, str]:
         now = time.monotonic()
@@ -170,7 +168,7 @@ class HealthMonitor:
                 result, now, wall.isoformat().replace("+00:00", "Z"), STATUS_REFRESH_SECONDS
             ):
                 self._on_change(watched.gateway)
-            metrics.BACKEND_PROBE_DURATION.labels(*watched.labels).observe(result.latency_ms / 1000)
+            metrics.BACKENDS.of(watched.labels).observe_probe(result.latency_ms / 1000)
             _export_state(watched, before, now)
             if result.retry_after:
                 # Route to it again once its Retry-After has passed.
@@ -194,14 +192,14 @@ class HealthMonitor:
 
 
 def _export_state(watched: Watched, before: str | None, now: float) -> None:
-    health, labels = watched.health, watched.labels
-    metrics.BACKEND_UP.labels(*labels).set(1 if health.healthy else 0)
-    metrics.BACKEND_CONSECUTIVE_FAILURES.labels(*labels).set(health.consecutive_failures)
-    metrics.BACKEND_CREDENTIALS_VALID.labels(*labels).set(1 if health.credentials_valid else 0)
-    metrics.BACKEND_RATE_LIMITED.labels(*labels).set(1 if health.rate_limited_until > now else 0)
+    health, values = watched.health, metrics.BACKENDS.of(watched.labels)
+    values.up = 1 if health.healthy else 0
+    values.consecutive_failures = health.consecutive_failures
+    values.credentials_valid = 1 if health.credentials_valid else 0
+    values.rate_limited = 1 if health.rate_limited_until > now else 0
     after = health.held_back(now)
     if after is not None and before is None:
-        metrics.FAILOVERS.labels(*labels, after).inc()
+        values.failed_over(after)
 
 
 def _seconds(duration: str) -> float:

@@ -67,8 +67,9 @@ def _export_routing(
             continue
         for backend in endpoint.backends:
             labels = (endpoint.namespace, endpoint.name, backend.name, backend.provider, gateway)
-            metrics.BACKEND_EFFECTIVE_WEIGHT.labels(*labels).set(backend.effective_weight)
-            metrics.BACKEND_TRAFFIC_SHARE.labels(*labels).set(backend.share)
+            values = metrics.BACKENDS.of(labels)
+            values.effective_weight = backend.effective_weight
+            values.traffic_share = backend.share
     return now
 
 
