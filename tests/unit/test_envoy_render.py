@@ -2,11 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator
 from typing import Any
+
+from envoy.config.core.v3 import base_pb2
+from envoy.service.discovery.v3.discovery_pb2 import DiscoveryRequest, DiscoveryResponse
 
 from switchyard.api.models import BackendTLS
 from switchyard.plan.gateway import plan_gateway
-from switchyard.render.envoy import CLUSTER_TYPE, LISTENER_TYPE, RenderCache, bootstrap, render
+from switchyard.render.envoy import (
+    CLUSTER_TYPE,
+    LISTENER_TYPE,
+    ROUTE_CONFIG_NAME,
+    ROUTE_TYPE,
+    RenderCache,
+    bootstrap,
+    render,
+)
 from switchyard.xds.server import Packer, XdsServer, pack, version_of
 from tests_support.plans import ALL_KEYS, GATEWAY_KEY, endpoint, gateway
 
@@ -92,9 +105,8 @@ def test_https_backends_get_their_own_sni_and_trust() -> None:
 
 
 def test_retries_go_to_other_backends_and_tiers() -> None:
-    [listener] = rendered(endpoint("chat"))[LISTENER_TYPE]
-    hcm = listener["filter_chains"][0]["filters"][0]["typed_config"]
-    routes = hcm["route_config"]["virtual_hosts"][0]["routes"]
+    [route_config] = rendered(endpoint("chat"))[ROUTE_TYPE]
+    routes = route_config["virtual_hosts"][0]["routes"]
     chat = next(r for r in routes if r.get("route", {}).get("cluster") == "switchyard/chat")
     policy = chat["route"]["retry_policy"]
     assert policy["num_retries"] == 2
@@ -116,6 +128,70 @@ def test_snapshots_change_only_when_the_config_does() -> None:
     assert (status.streams, status.programmed, status.rejection) == (0, False, None)
 
 
+def test_the_listener_takes_its_routes_from_rds() -> None:
+    resources = rendered(endpoint("chat"))
+    [listener] = resources[LISTENER_TYPE]
+    manager = listener["filter_chains"][0]["filters"][0]["typed_config"]
+    assert "route_config" not in manager
+    assert manager["rds"] == {
+        "config_source": {"ads": {}, "resource_api_version": "V3"},
+        "route_config_name": ROUTE_CONFIG_NAME,
+    }
+    assert [r["name"] for r in resources[ROUTE_TYPE]] == [ROUTE_CONFIG_NAME]
+
+
+def test_the_backend_shaper_is_configured_once_for_all_clusters() -> None:
+    """One Lua filter config on the router, not one per cluster: Envoy runs a Lua VM per
+    worker for each config, which at thousands of clusters costs gigabytes."""
+    resources = many(3)
+    for cluster in resources[CLUSTER_TYPE]:
+        options = cluster["typed_extension_protocol_options"]
+        assert (
+            "http_filters" not in options["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]
+        )
+    [listener] = resources[LISTENER_TYPE]
+    manager = listener["filter_chains"][0]["filters"][0]["typed_config"]
+    router = manager["http_filters"][-1]["typed_config"]
+    names = [f["name"] for f in router["upstream_http_filters"]]
+    assert names == [
+        "envoy.filters.http.header_mutation",
+        "envoy.filters.http.lua",
+        "envoy.filters.http.upstream_codec",
+    ]
+
+
+def test_an_endpoint_change_leaves_the_listener_alone() -> None:
+    """Adding, changing and removing endpoints pushes clusters and routes, never the listener:
+    Envoy would otherwise replace its listener (and drain the old one) on every change."""
+    server = XdsServer()
+    cache = RenderCache()
+    states = [
+        [endpoint("chat", backends=[local("a")])],
+        [endpoint("chat", backends=[local("a")]), endpoint("other", backends=[local("b")])],
+        [endpoint("chat", backends=[local("a", 3)]), endpoint("other", backends=[local("b")])],
+        [endpoint("other", backends=[local("b")])],
+    ]
+    seen: list[dict[str, str]] = []
+    packed = []
+    for endpoints in states:
+        plan = plan_gateway(GATEWAY_KEY, gateway(), endpoints, {}, ALL_KEYS)
+        resources = render(plan, 8080, None, cache)
+        assert server.set_snapshot("ns/gw", resources)
+        seen.append(server.versions("ns/gw"))
+        packed.append(server._snapshots["ns/gw"][LISTENER_TYPE])
+    assert len({v[LISTENER_TYPE] for v in seen}) == 1
+    assert all(p is packed[0] for p in packed)  # not even packed again
+    assert len({v[CLUSTER_TYPE] for v in seen}) == len(states)
+    # A new weight is the cluster's business alone; a new or removed model changes routes.
+    routes = [v[ROUTE_TYPE] for v in seen]
+    assert routes[2] == routes[1]
+    assert len({routes[0], routes[1], routes[3]}) == 3
+    # Only a change of the listener itself (its port) makes a new listener.
+    plan = plan_gateway(GATEWAY_KEY, gateway(), states[-1], {}, ALL_KEYS)
+    assert server.set_snapshot("ns/gw", render(plan, 9090, None, cache))
+    assert server.versions("ns/gw")[LISTENER_TYPE] != seen[-1][LISTENER_TYPE]
+
+
 def test_the_bootstrap_names_the_node_and_the_xds_server_only() -> None:
     config = bootstrap("ns/gw", "switchyard.system.svc", 18000)
     assert config["node"]["id"] == "ns/gw"
@@ -130,9 +206,7 @@ def many(count: int) -> dict[str, list[dict[str, Any]]]:
 
 
 def test_the_model_list_fits_envoys_direct_response_limit() -> None:
-    [listener] = many(200)[LISTENER_TYPE]
-    manager = listener["filter_chains"][0]["filters"][0]["typed_config"]
-    route_config = manager["route_config"]
+    [route_config] = many(200)[ROUTE_TYPE]
     body = route_config["virtual_hosts"][0]["routes"][0]["direct_response"]["body"]
     assert len(body["inline_string"]) > 4096
     assert route_config["max_direct_response_body_size_bytes"] >= len(body["inline_string"])
@@ -167,3 +241,87 @@ def test_packing_with_a_packer_gives_the_same_messages_and_versions() -> None:
         packer.forget_unused()
     assert many(3)[CLUSTER_TYPE]
     assert version_of(many(3)[CLUSTER_TYPE]) != version_of(many(4)[CLUSTER_TYPE])
+
+
+def test_routes_are_acked_rejected_and_pushed_after_their_clusters() -> None:
+    """One ADS stream as Envoy drives it: it subscribes to clusters, listeners and routes,
+    ACKs each; an endpoint change pushes clusters, then routes, and never the listener; a
+    NACK of the routes is reported; asking for other route names gets an answer."""
+    node = base_pb2.Node(id="ns/gw")
+
+    def ask(type_url: str, names: tuple[str, ...] = (), **extra: Any) -> DiscoveryRequest:
+        return DiscoveryRequest(node=node, type_url=type_url, resource_names=names, **extra)
+
+    def ack(
+        response: DiscoveryResponse, names: tuple[str, ...] = (ROUTE_CONFIG_NAME,), **extra: Any
+    ) -> DiscoveryRequest:
+        return ask(
+            response.type_url,
+            names if response.type_url == ROUTE_TYPE else (),
+            version_info=response.version_info,
+            response_nonce=response.nonce,
+            **extra,
+        )
+
+    async def scenario() -> None:
+        server = XdsServer()
+        server.set_snapshot("ns/gw", rendered(endpoint("chat", backends=[local("a")])))
+        inbox: asyncio.Queue[DiscoveryRequest | None] = asyncio.Queue()
+
+        async def requests() -> AsyncIterator[DiscoveryRequest]:
+            while (request := await inbox.get()) is not None:
+                yield request
+
+        outbox: asyncio.Queue[DiscoveryResponse] = asyncio.Queue()
+
+        async def pump() -> None:  # as gRPC does: read the stream's responses as they come
+            async for response in server.stream(requests()):
+                await outbox.put(response)
+
+        pumping = asyncio.create_task(pump())
+
+        async def next_response() -> DiscoveryResponse:
+            return await asyncio.wait_for(outbox.get(), 5)
+
+        first: list[DiscoveryResponse] = []
+        for type_url in (CLUSTER_TYPE, LISTENER_TYPE):
+            await inbox.put(ask(type_url))
+            first.append(await next_response())
+        await inbox.put(ask(ROUTE_TYPE, (ROUTE_CONFIG_NAME,)))
+        first.append(await next_response())
+        assert [r.type_url for r in first] == [CLUSTER_TYPE, LISTENER_TYPE, ROUTE_TYPE]
+        for response in first[:2]:
+            await inbox.put(ack(response))
+        assert not server.status("ns/gw").programmed  # the routes are not ACKed yet
+        await inbox.put(ack(first[2]))
+        await asyncio.sleep(0.05)
+        assert server.status("ns/gw").programmed
+
+        endpoints = [
+            endpoint("chat", backends=[local("a")]),
+            endpoint("new", backends=[local("b")]),
+        ]
+        server.set_snapshot("ns/gw", rendered(*endpoints))
+        pushed = [await next_response(), await next_response()]
+        assert [r.type_url for r in pushed] == [CLUSTER_TYPE, ROUTE_TYPE]
+        await inbox.put(ack(pushed[0]))
+        await asyncio.sleep(0.05)
+        assert not server.status("ns/gw").programmed
+        await inbox.put(ack(pushed[1], error_detail={"message": "route: unknown cluster"}))
+        await asyncio.sleep(0.05)
+        status = server.status("ns/gw")
+        assert (status.programmed, status.rejection) == (False, "route: unknown cluster")
+
+        # Envoy wants other route configurations, with the last nonce: it gets an answer.
+        await inbox.put(ask(ROUTE_TYPE, ("other",), response_nonce=pushed[1].nonce))
+        again = await next_response()
+        assert again.type_url == ROUTE_TYPE
+        await inbox.put(ack(again, ("other",)))
+        await asyncio.sleep(0.05)
+        assert server.status("ns/gw").programmed
+        assert outbox.empty()
+        await inbox.put(None)
+        await asyncio.wait_for(pumping, 5)
+        assert server.status("ns/gw").streams == 0
+
+    asyncio.run(scenario())

@@ -1,4 +1,7 @@
-"""A gateway's routing plan as Envoy xDS resources: one listener, one cluster per model.
+"""A gateway's routing plan as Envoy xDS resources: one listener, one route configuration
+(RDS), one cluster per model. The listener does not depend on the endpoints, so an endpoint
+change touches only the route configuration and that endpoint's clusters; Envoy never
+replaces (and drains) its listener for one.
 
 How a request flows:
 
@@ -9,12 +12,14 @@ How a request flows:
    the backend's effective weight as locality weight and its tier as priority. The cluster
    is picked once, the backend per attempt: a retry (previous_hosts, previous_priorities)
    lands on another backend or the next tier, so one dead provider costs no request.
-3. After host selection, the cluster's upstream filters shape the attempt for the chosen
+3. After host selection, the router's upstream filters shape the attempt for the chosen
    backend: header_mutation copies the endpoint's metadata into scratch headers, then a Lua
    filter rewrites `:path`, the body's `model` and the auth header, reading the API key from
    a file of the mounted credentials Secret. Keys never travel over xDS.
    Every backend-specific header is removed first, so a retry never carries the previous
-   backend's key to another provider.
+   backend's key to another provider. The chain is the router's, not each cluster's: Envoy
+   builds a Lua VM per worker for each Lua filter config, so one per cluster would cost
+   about 0.3 MB of memory per cluster; on the router, all clusters share one.
 """
 
 from __future__ import annotations
@@ -33,6 +38,9 @@ from switchyard.plan.routing import BackendRoute, EndpointPlan
 TYPE = "type.googleapis.com/"
 CLUSTER_TYPE = TYPE + "envoy.config.cluster.v3.Cluster"
 LISTENER_TYPE = TYPE + "envoy.config.listener.v3.Listener"
+ROUTE_TYPE = TYPE + "envoy.config.route.v3.RouteConfiguration"
+# The listener's routes, served over ADS as a resource of their own.
+ROUTE_CONFIG_NAME = "switchyard"
 ANTHROPIC_VERSION = "2023-06-01"
 METADATA_NAMESPACE = "switchyard"
 # Requests up to 10 MB (long prompts, images) must pass, retries included.
@@ -204,7 +212,11 @@ def render(
         routes += rendered[1]
     if cache is not None:
         cache.entries = used
-    return {CLUSTER_TYPE: clusters, LISTENER_TYPE: [_listener(plan, port, routes)]}
+    return {
+        CLUSTER_TYPE: clusters,
+        LISTENER_TYPE: [_listener(port)],
+        ROUTE_TYPE: [_route_configuration(plan, routes)],
+    }
 
 
 def _endpoint(
@@ -222,7 +234,7 @@ def _endpoint(
     return clusters, routes
 
 
-def _listener(plan: GatewayPlan, port: int, endpoint_routes: Resources) -> dict[str, Any]:
+def _route_configuration(plan: GatewayPlan, endpoint_routes: Resources) -> dict[str, Any]:
     models = json.dumps(_model_list(plan))
     routes: list[dict[str, Any]] = [
         {
@@ -249,6 +261,25 @@ def _listener(plan: GatewayPlan, port: int, endpoint_routes: Resources) -> dict[
         },
     ]
     return {
+        "name": ROUTE_CONFIG_NAME,
+        # Envoy refuses a direct response over 4 KB by default: the model list of a gateway
+        # with ~50 endpoints is already more.
+        "max_direct_response_body_size_bytes": max(4096, len(models.encode())),
+        "virtual_hosts": [
+            {
+                "name": "models",
+                "domains": ["*"],
+                "request_body_buffer_limit": MAX_REQUEST_BYTES,
+                "routes": routes,
+            }
+        ],
+    }
+
+
+@functools.cache
+def _listener(port: int) -> dict[str, Any]:
+    """The same for every plan (one object per port): its routes come over RDS."""
+    return {
         "name": f"switchyard-{port}",
         "address": {"socket_address": {"address": "0.0.0.0", "port_value": port}},
         "per_connection_buffer_limit_bytes": MAX_REQUEST_BYTES,
@@ -268,21 +299,9 @@ def _listener(plan: GatewayPlan, port: int, endpoint_routes: Resources) -> dict[
                                 _lua("original_path", _ORIGINAL_PATH_LUA),
                                 _router(),
                             ],
-                            "route_config": {
-                                "name": "switchyard",
-                                # Envoy refuses a direct response over 4 KB by default: the
-                                # model list of a gateway with ~50 endpoints is already more.
-                                "max_direct_response_body_size_bytes": max(
-                                    4096, len(models.encode())
-                                ),
-                                "virtual_hosts": [
-                                    {
-                                        "name": "models",
-                                        "domains": ["*"],
-                                        "request_body_buffer_limit": MAX_REQUEST_BYTES,
-                                        "routes": routes,
-                                    }
-                                ],
+                            "rds": {
+                                "config_source": {"ads": {}, "resource_api_version": "V3"},
+                                "route_config_name": ROUTE_CONFIG_NAME,
                             },
                             "local_reply_config": _local_replies(),
                         },
@@ -351,6 +370,7 @@ def _router() -> dict[str, Any]:
         "name": "envoy.filters.http.router",
         "typed_config": {
             "@type": TYPE + "envoy.extensions.filters.http.router.v3.Router",
+            "upstream_http_filters": _upstream_filters(),
             "upstream_log": [
                 {
                     "name": "envoy.access_loggers.http_grpc",
@@ -576,20 +596,23 @@ def _cluster_constants() -> dict[str, Any]:
             "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
                 "@type": TYPE + "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
                 "explicit_http_config": {"http_protocol_options": {}},
-                "http_filters": [
-                    _header_mutation(),
-                    _lua("backend_shaper", _SHAPER_LUA),
-                    {
-                        "name": "envoy.filters.http.upstream_codec",
-                        "typed_config": {
-                            "@type": TYPE
-                            + "envoy.extensions.filters.http.upstream_codec.v3.UpstreamCodec"
-                        },
-                    },
-                ],
             }
         },
     }
+
+
+def _upstream_filters() -> list[dict[str, Any]]:
+    """Every attempt's chain, after host selection: shape the request for the backend."""
+    return [
+        _header_mutation(),
+        _lua("backend_shaper", _SHAPER_LUA),
+        {
+            "name": "envoy.filters.http.upstream_codec",
+            "typed_config": {
+                "@type": TYPE + "envoy.extensions.filters.http.upstream_codec.v3.UpstreamCodec"
+            },
+        },
+    ]
 
 
 @functools.cache

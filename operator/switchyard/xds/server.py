@@ -29,8 +29,10 @@ logger = logging.getLogger(__name__)
 
 CLUSTER = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
 LISTENER = "type.googleapis.com/envoy.config.listener.v3.Listener"
-# Clusters before the listeners whose routes use them, so an update never routes to nothing.
-PUSH_ORDER = (CLUSTER, LISTENER)
+ROUTE = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
+# Envoy's ADS order: clusters before the listeners and routes that use them, so a route
+# never names a cluster Envoy has not been given yet.
+PUSH_ORDER = (CLUSTER, LISTENER, ROUTE)
 
 
 @dataclass(frozen=True)
@@ -60,21 +62,17 @@ def pack(
     return TypedResources(version_of(resources, packer), packed)
 
 
-# Where a rendered listener keeps its routes: the one part of it that grows with endpoints.
-_HCM_PATH = ("filter_chains", 0, "filters", 0, "typed_config")
-_ROUTES_PATH = ("route_config", "virtual_hosts", 0, "routes")
-
-
 class Packer:
     """Digests and protobuf messages of rendered resources, remembered by object identity
     for as long as the resource stays in a snapshot. The renderer hands back the same dict
     for an unchanged endpoint, so a change to one endpoint of thousands parses and hashes
-    that endpoint's resources only; a listener is parsed without its routes, and each route
-    is parsed once. Resources must not be mutated once rendered."""
+    that endpoint's resources only; a route configuration is parsed without its routes, and
+    each route is parsed once. Resources must not be mutated once rendered."""
 
     def __init__(self) -> None:
         # id -> (the object itself, so the id stays its own; the value)
         self._digests: dict[int, tuple[Any, str]] = {}
+        # Packed (Any) for whole resources, the message for routes.
         self._messages: dict[int, tuple[Any, Any]] = {}
         self._seen: set[int] = set()
 
@@ -90,18 +88,15 @@ class Packer:
     def pack(self, type_url: str, resource: dict[str, Any]) -> any_pb2.Any:
         routes = _routes_of(resource)
         if routes is None:
-            message = self._remember(self._messages, resource, lambda: _parse(type_url, resource))
-            return _wrap(message)
-        listener = _parse(type_url, _without_routes(resource))
-        manager_any = listener.filter_chains[0].filters[0].typed_config
-        manager = _message_type(manager_any.TypeName())()
-        manager_any.Unpack(manager)
-        route_type = manager.route_config.virtual_hosts[0].routes
-        route_type.extend(
+            packed: any_pb2.Any = self._remember(
+                self._messages, resource, lambda: _wrap(_parse(type_url, resource))
+            )
+            return packed
+        config = _parse(type_url, _without_routes(resource))
+        config.virtual_hosts[0].routes.extend(
             self._remember(self._messages, r, lambda r=r: _parse_route(r)) for r in routes
         )
-        manager_any.Pack(manager)
-        return _wrap(listener)
+        return _wrap(config)
 
     def _remember(self, memo: dict[int, tuple[Any, Any]], source: Any, make: Any) -> Any:
         key = id(source)
@@ -121,28 +116,18 @@ class Packer:
 
 
 def _routes_of(resource: dict[str, Any]) -> list[dict[str, Any]] | None:
-    node: Any = resource
-    try:
-        for step in (*_HCM_PATH, *_ROUTES_PATH):
-            node = node[step]
-    except (KeyError, IndexError, TypeError):
+    """A route configuration's routes (of its one virtual host); None for anything else."""
+    hosts = resource.get("virtual_hosts")
+    if not isinstance(hosts, list) or not hosts:
         return None
-    return node if isinstance(node, list) else None
+    routes = hosts[0].get("routes")
+    return routes if isinstance(routes, list) else None
 
 
 def _without_routes(resource: dict[str, Any]) -> dict[str, Any]:
-    """A copy of the listener down to its routes, with no routes; the rest is shared."""
-
-    def strip(node: Any, path: tuple[Any, ...]) -> Any:
-        if not path:
-            return []
-        step, rest = path[0], path[1:]
-        copy: Any = list(node) if isinstance(node, list) else dict(node)
-        copy[step] = strip(node[step], rest)
-        return copy
-
-    stripped: dict[str, Any] = strip(resource, (*_HCM_PATH, *_ROUTES_PATH))
-    return stripped
+    """A copy of the route configuration with no routes; the rest is shared."""
+    first, *others = resource["virtual_hosts"]
+    return {**resource, "virtual_hosts": [{**first, "routes": []}, *others]}
 
 
 def _parse(type_url: str, resource: dict[str, Any]) -> Any:
@@ -178,6 +163,7 @@ class StreamState:
     acked: dict[str, str] = field(default_factory=dict)  # type -> version
     rejected: dict[str, tuple[str, str]] = field(default_factory=dict)  # type -> (version, error)
     subscribed: set[str] = field(default_factory=set)
+    names: dict[str, list[str]] = field(default_factory=dict)  # type -> resource names asked
 
 
 @dataclass(frozen=True)
@@ -240,7 +226,8 @@ class XdsServer:
         self._listeners[node] = list(resources.get(LISTENER, []))
         # Counters exist from 0, so that increase() sees the first rejection.
         metrics.XDS_REJECTIONS.labels(*gateway_of_node(node))
-        self._relocated = {k: v for k, v in self._relocated.items() if k[0] != node}
+        if _versions(current).get(LISTENER) != versions.get(LISTENER):
+            self._relocated = {k: v for k, v in self._relocated.items() if k[0] != node}
         for event in self._events(node):
             event.set()
         return True
@@ -249,6 +236,7 @@ class XdsServer:
         self._snapshots.pop(node, None)
         self._packers.pop(node, None)
         self._listeners.pop(node, None)
+        self._relocated = {k: v for k, v in self._relocated.items() if k[0] != node}
 
     def versions(self, node: str) -> dict[str, str]:
         return _versions(self._snapshots.get(node, {}))
@@ -365,6 +353,11 @@ class XdsServer:
         type_url = request.type_url
         state.subscribed.add(type_url)
         sent = state.sent.get(type_url)
+        names = sorted(request.resource_names)
+        # Envoy asks anew, with the last nonce, when it wants other resources of a type (a
+        # route configuration it dropped and needs again): that wants an answer too.
+        renamed = state.names.get(type_url, names) != names
+        state.names[type_url] = names
         if request.response_nonce:
             if sent is None or request.response_nonce != sent[1]:
                 return None  # an answer to an older response: superseded already
@@ -383,6 +376,8 @@ class XdsServer:
                 state.acked[type_url] = request.version_info
                 state.rejected.pop(type_url, None)
             self.on_change(state.node)
+            if renamed and names and not request.HasField("error_detail"):
+                return self._response(state, type_url)
             return None
         return self._response(state, type_url)
 
@@ -424,7 +419,6 @@ class XdsServer:
         key = (node, listen_on)
         if key not in self._relocated:
             address, port = listen_on
-            # Shallow copies: the routes stay the objects the packer knows already.
             moved = [
                 {
                     **listener,
@@ -433,7 +427,7 @@ class XdsServer:
                 }
                 for listener in self._listeners.get(node, [])
             ]
-            self._relocated[key] = pack(LISTENER, moved, self._packers.get(node))
+            self._relocated[key] = pack(LISTENER, moved)
         return self._relocated[key]
 
 
