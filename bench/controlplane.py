@@ -32,7 +32,15 @@ import aiohttp
 from kubernetes_asyncio import client, config, watch
 
 import common
-from common import OperatorProcess, control_plane, metric_sum, percentile, save, spread
+from common import (
+    OperatorProcess,
+    control_plane,
+    metric_sum,
+    percentile,
+    save,
+    spread,
+    tree_pids,
+)
 from gatewaylab import FakeProcess, LocalEnvoy, free_port
 
 GROUP, VERSION = "switchyard.dev", "v1alpha1"
@@ -189,8 +197,8 @@ class EnvoyProbe:
     session: aiohttp.ClientSession
 
     async def routed(self, model: str) -> bool:
-        """Whether Envoy routes `model`: a fresh connection each time, because Envoy keeps
-        an open connection on the listener it was accepted by until that one drains."""
+        """Whether Envoy routes `model`, asked on a fresh connection each time, as a new
+        client would ask."""
         body = {"model": model, "messages": [{"role": "user", "content": "hi"}]}
         async with self.session.post(
             f"{self.url}/v1/chat/completions", json=body, headers={"Connection": "close"}
@@ -448,9 +456,10 @@ async def cold_start(lab: Lab) -> dict[str, Any]:
     """Stop the operator (Envoy keeps serving) and start it again over converged endpoints.
 
     Served again: the new operator has listed everything, made its first pass over the
-    gateway, and Envoy, reconnected to it, has ACKed its clusters and listener (Envoy's own
-    counters of accepted CDS and LDS updates move past their value before the restart) and
-    lists every model. Ready again: every endpoint still shows Ready at its generation.
+    gateway, and Envoy, reconnected to it, has ACKed its clusters, listener and routes
+    (Envoy's own counters of accepted CDS, LDS and RDS updates move past their value before
+    the restart) and lists every model. Ready again: every endpoint still shows Ready at its
+    generation.
     """
     admin = _admin_url(lab.envoy)
     await asyncio.to_thread(lab.operator.stop)
@@ -475,6 +484,7 @@ async def cold_start(lab: Lab) -> dict[str, Any]:
             > stats_before.get("cluster_manager.cds.update_success", 0)
             and stats.get("listener_manager.lds.update_success", 0)
             > stats_before.get("listener_manager.lds.update_success", 0)
+            and _rds_success(stats) > _rds_success(stats_before)
         )
 
     await _until(passed, 300, 0.25)
@@ -534,8 +544,29 @@ def _admin_url(envoy: LocalEnvoy) -> str:
     return found[1]
 
 
+def envoy_memory_mb(envoy: LocalEnvoy) -> dict[str, float]:
+    """The envoy process's own resident memory now (VmRSS) and at its peak (VmHWM), in MB:
+    `switchyard envoy` runs it as a child process."""
+    for pid in tree_pids(envoy.process.pid)[1:]:
+        status = Path(f"/proc/{pid}/status").read_text()
+        if re.search(r"^Name:\s+envoy", status, re.M):
+            rss = re.search(r"VmRSS:\s+(\d+)", status)
+            hwm = re.search(r"VmHWM:\s+(\d+)", status)
+            if rss is None or hwm is None:
+                break
+            return {"rss_mb": int(rss[1]) / 1024, "peak_mb": int(hwm[1]) / 1024}
+    raise RuntimeError("no envoy process under the local Envoy")
+
+
+def _rds_success(stats: dict[str, float]) -> float:
+    """Route configurations Envoy accepted over RDS (http.<prefix>.rds.<name>.update_success)."""
+    return sum(v for k, v in stats.items() if ".rds." in k and k.endswith(".update_success"))
+
+
 async def _envoy_stats(session: aiohttp.ClientSession, admin: str) -> dict[str, float]:
-    wanted = "control_plane.connected_state|cds.update_success|lds.update_success"
+    wanted = (
+        "control_plane.connected_state|cds.update_success|lds.update_success|rds\\..*update_success"
+    )
     async with session.get(f"{admin}/stats", params={"filter": wanted}) as reply:
         text = await reply.text()
     stats = {}
@@ -618,7 +649,9 @@ def fold(raw: Path, top: int = 15) -> list[dict[str, Any]]:
 # --- the whole run
 
 
-async def _main(cluster: Any, quick: bool, only: tuple[int, ...] | None) -> dict[str, Any]:
+async def _main(
+    cluster: Any, quick: bool, only: tuple[int, ...] | None, scales_only: bool = False
+) -> dict[str, Any]:
     scales = only or (QUICK_SCALES if quick else SCALES)
     samples = QUICK_SAMPLES if quick else SAMPLES
     runs = 1 if quick else RUNS
@@ -674,7 +707,9 @@ async def _main(cluster: Any, quick: bool, only: tuple[int, ...] | None) -> dict
         for scale in scales:
             log(f"growing to {scale} endpoints")
             growth = await grow(lab, scale)
-            log(f"  {scale} Ready in {growth['all_s']:.1f}s; sampling")
+            envoy_grown = envoy_memory_mb(envoy)
+            log(f"  {scale} Ready in {growth['all_s']:.1f}s; Envoy RSS "
+                f"{envoy_grown['rss_mb']:.0f} MB; sampling")  # fmt: skip
             profile_path = work / f"profile-{scale}.txt"
             profiler = None
             if scale >= 1000:
@@ -685,16 +720,25 @@ async def _main(cluster: Any, quick: bool, only: tuple[int, ...] | None) -> dict
                 measured["profile"] = fold(profile_path)
             measured["growth"] = growth
             measured["peak_rss_mb"] = operator.peak_rss_mb()
+            envoy_sampled = envoy_memory_mb(envoy)
+            measured["envoy_memory"] = {
+                "grown_rss_mb": envoy_grown["rss_mb"],
+                "sampled_rss_mb": envoy_sampled["rss_mb"],
+                "peak_mb": envoy_sampled["peak_mb"],
+            }
             log(
                 f"  {scale}: ACK p50 {measured['ack_ms']['p50']:.0f} p99 "
                 f"{measured['ack_ms']['p99']:.0f} ms; Ready p50 {measured['ready_ms']['p50']:.0f} "
-                f"p99 {measured['ready_ms']['p99']:.0f} ms; RSS {measured['peak_rss_mb']:.0f} MB"
+                f"p99 {measured['ready_ms']['p99']:.0f} ms; RSS {measured['peak_rss_mb']:.0f} MB; "
+                f"Envoy RSS {envoy_sampled['rss_mb']:.0f} MB (peak {envoy_sampled['peak_mb']:.0f})"
             )
             if scale == (1000 if 1000 in scales else max(scales)):
                 measured["requests"] = await requests_per_change(lab, 10 if quick else 20)
                 log(f"  requests per change: {measured['requests']['per_change']}")
             data["scales"].append(measured)
         data["cold_start"] = []
+        if scales_only:
+            return data
         for i in range(1 if quick else COLD_STARTS):
             log(f"cold start {i + 1} over {len(lab.names)} endpoints")
             data["cold_start"].append(await cold_start(lab))
@@ -716,17 +760,26 @@ async def _main(cluster: Any, quick: bool, only: tuple[int, ...] | None) -> dict
     return data
 
 
-def run(quick: bool = False, scales: tuple[int, ...] | None = None) -> dict[str, Any]:
-    """`scales` replaces the scales measured (for looking into one of them)."""
+def run(
+    quick: bool = False, scales: tuple[int, ...] | None = None, scales_only: bool = False
+) -> dict[str, Any]:
+    """`scales` replaces the scales measured (for looking into one of them); `scales_only`
+    skips the cold starts and the bulk apply."""
     started = time.perf_counter()
     with control_plane() as cluster:
-        data = asyncio.run(_main(cluster, quick, scales))
+        data = asyncio.run(_main(cluster, quick, scales, scales_only))
     data["wall_s"] = round(time.perf_counter() - started, 1)
-    save("controlplane", data)
+    # A partial run does not replace the full run's results.
+    save("controlplane-scales" if scales_only else "controlplane", data)
     return data
 
 
 # --- the report
+
+
+def _envoy_rss(scale: dict[str, Any]) -> str:
+    memory = scale.get("envoy_memory")
+    return f"{memory['sampled_rss_mb']:.0f}" if memory else "–"
 
 
 def _ms(value: float) -> str:
@@ -788,16 +841,17 @@ def section(data: dict[str, Any]) -> str:
         "*Routed (ACK)* is the first moment Envoy routes the new model: the benchmark asks "
         "Envoy every 5 ms, on a fresh connection, for a chat completion with that model "
         "until Envoy stops answering `model not found on this gateway`. Envoy applies a "
-        "listener before it ACKs it, so this is the ACK as the client sees it, and it does "
+        "route configuration before it ACKs it, so this is the ACK as the client sees it, "
+        "and it does "
         "not depend on any bookkeeping in the operator. *Ready* is when a watch on the "
         "endpoints delivers its status with `Ready=True` at its generation.",
         "",
     ]
     header = (
         "| endpoints | routed p50 (ms) | routed p99 (ms) | Ready p50 (ms) | Ready p99 (ms) "
-        "| delete routed p50 (ms) | samples | operator peak RSS (MB) |"
+        "| delete routed p50 (ms) | samples | operator peak RSS (MB) | Envoy RSS (MB) |"
     )
-    lines += [header, "|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines += [header, "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for s in scales:
         runs = s["ack_ms_runs"]
         ready_runs = s["ready_ms_runs"]
@@ -807,12 +861,13 @@ def section(data: dict[str, Any]) -> str:
             f"| {_ms(s['ack_ms']['p99'])} | {_ms(s['ready_ms']['p50'])} "
             f"({_ms(ready_runs['p50']['min'])}–{_ms(ready_runs['p50']['max'])}) "
             f"| {_ms(s['ready_ms']['p99'])} | {_ms(s['delete_ack_ms']['p50'])} "
-            f"| {s['samples']} | {s['peak_rss_mb']:.0f} |"
+            f"| {s['samples']} | {s['peak_rss_mb']:.0f} | {_envoy_rss(s)} |"
         )
     lines += [
         "",
         "p50 and p99 over all samples of a scale; in brackets the range of the per-set "
-        "medians. Peak RSS is the operator's VmHWM after the scale was reached and sampled.",
+        "medians. Peak RSS is the operator's VmHWM after the scale was reached and sampled; "
+        "Envoy RSS is the envoy process's own VmRSS then.",
         "",
     ]
     for name in _plots(data):
@@ -849,8 +904,9 @@ def section(data: dict[str, Any]) -> str:
             "**Cold start.** With the endpoints converged, the operator is stopped (Envoy "
             "keeps serving what it has) and started again. *Served again* is reached when "
             "the new process has listed everything and made its first pass, Envoy has "
-            "reconnected and ACKed both its clusters and its listener from the new process "
-            "(Envoy's own `cds.update_success` and `lds.update_success` counters move past "
+            "reconnected and ACKed its clusters, its listener and its routes from the new "
+            "process (Envoy's own `cds.update_success`, `lds.update_success` and RDS "
+            "`update_success` counters move past "
             "their value before the restart), and Envoy's `/v1/models` lists every "
             "endpoint. Status is not rewritten across a restart (every endpoint was, and "
             "stays, `Ready`), so *Ready again* means the same moment, and the benchmark "
@@ -929,9 +985,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small scales, for a smoke run")
     parser.add_argument("--scales", help="comma-separated endpoint counts, e.g. 1000,5000")
+    parser.add_argument(
+        "--scales-only", action="store_true", help="no cold starts and no bulk apply"
+    )
     args = parser.parse_args()
     only = tuple(int(n) for n in args.scales.split(",")) if args.scales else None
-    data = run(quick=args.quick, scales=only)
+    data = run(quick=args.quick, scales=only, scales_only=args.scales_only)
     print(section(data))
 
 
