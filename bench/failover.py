@@ -152,7 +152,7 @@ def _admin_url(stage: Stage) -> str:
 
 
 def scenario(stage: Stage, peer: str, fault: dict[str, Any], quick: bool) -> dict[str, Any]:
-    before, during, after = (2, 6, 8) if quick else (5, 12, 12)
+    before, during, after = (2, 6, 8) if quick else (4, 10, 10)
     fake = stage.fakes[FAILING]
     if peer == "Switchyard":
         url, model, headers = stage.gateway.url, "bench-chat", {}
