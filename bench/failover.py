@@ -354,7 +354,40 @@ timeout: 1s}}`; LiteLLM runs its router defaults (2 retries, a cooldown after fa
 {zero_plot}
 
 {p99_plot}
-"""
+{_why(summary)}"""
+
+
+def _why(summary: dict[str, Any]) -> str:
+    """What a missed failover target comes from, where the figures show it."""
+    notes = []
+    hang = summary.get("hang", {}).get("Switchyard")
+    if hang and hang.get("outage_p99_ms", ZERO)["median"] >= 5:
+        notes.append(
+            "- **A hang misses the p99 target by design, not by a slow path.** A provider that "
+            "accepts a request and never answers can only be recognised by a timeout: every "
+            "request the gateway sent it before the first per-attempt timeout fired waits that "
+            f"timeout ({PER_TRY_TIMEOUT_S:g} s here) before Envoy retries it elsewhere, and "
+            "succeeds then (0 failed). After that, Envoy's outlier detection and the operator "
+            "take the backend out (the *no more traffic after* column), so only the requests "
+            "sent before then pay it. A shorter `retry.perTryTimeout` shortens the wait, but it "
+            "must stay above the provider's slowest honest answer."
+        )
+    slow = [
+        name
+        for name, peers in summary.items()
+        if name != "hang"
+        and peers["Switchyard"].get("outage_p99_ms", ZERO)["median"] >= 5
+        and peers["Switchyard"]["failed"]["max"] == 0
+    ]
+    if slow:
+        baseline = max(summary[name]["Switchyard"]["baseline_p99_ms"]["median"] for name in slow)
+        notes.append(
+            f"- **{', '.join(slow)}: p99 over 5 ms.** No request failed; the client's own p99 "
+            f"before any fault was already up to {baseline:.1f} ms on this machine (Python "
+            "client, gateway, providers and the control plane sharing 2 cores), and a retried "
+            "request makes a second trip to another provider."
+        )
+    return ("\n### Missed targets, and why\n\n" + "\n".join(notes) + "\n") if notes else ""
 
 
 def main() -> None:
