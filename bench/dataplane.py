@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import subprocess
 import threading
 import time
@@ -439,9 +438,6 @@ def _ratios(runs: dict[str, dict[str, list[float]]], a: str, b: str, key: str) -
 
 def _differences(runs: dict[str, dict[str, list[float]]], a: str, b: str, key: str) -> list[float]:
     return [x - y for x, y in zip(runs[a][key], runs[b][key], strict=True)]
-
-
-REPLY_PORT = re.compile(r"on port (\d+)\.")
 
 
 def split_accuracy(stage: Stage, requests: int, peer_requests: int) -> dict[str, Any]:

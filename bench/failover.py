@@ -23,9 +23,8 @@ import aiohttp
 import common
 from common import spread
 from dataplane import Stage, stage
-from gatewaylab import chat
+from gatewaylab import REPLY_PORT, chat
 
-REPLY_PORT = re.compile(r"on port (\d+)\.")
 FAULTS: dict[str, dict[str, Any]] = {
     "refused": {"refuse": True},
     "500": {"status": 500},
