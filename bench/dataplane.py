@@ -490,6 +490,11 @@ def run(quick: bool = False) -> dict[str, Any]:
 TARGETS = ("direct", "bare Envoy", "Switchyard", "LiteLLM")
 
 
+def stage_name(fake: str) -> str:
+    """The provider a fake of the stage plays, for the report."""
+    return {"a": "OpenAI", "azure": "Azure OpenAI", "anthropic": "Anthropic"}.get(fake, fake)
+
+
 def targets(data: dict[str, Any]) -> list[dict[str, Any]]:
     ratios, added = data["throughput"]["ratios"], data["throughput"]["added_ms"]
     kept = ratios["switchyard_vs_bare_rps"]
@@ -554,6 +559,7 @@ def section(data: dict[str, Any]) -> str:
     )
     expected = split["expected"]
     names = list(expected)
+    providers = {name: stage_name(name) for name in names}
     split_rows = [
         f"| {peer} | "
         + " | ".join(f"{split[peer]['observed'].get(n, 0):.1%}" for n in names)
@@ -607,7 +613,7 @@ Requests to one public model split 50/30/20 over OpenAI, Azure OpenAI and Anthro
 LiteLLM, which serves about 1% as many requests a second (its expected error is larger for
 that alone: about ±1 pp at 2,000).
 
-| Peer | {" | ".join(names)} | largest error | failed | requests |
+| Peer | {" | ".join(providers[n] for n in names)} | largest error | failed | requests |
 |---|{"---|" * len(names)}---|---|---|
 {chr(10).join(split_rows)}
 """

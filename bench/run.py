@@ -25,13 +25,14 @@ PARTS: dict[str, ModuleType] = {
 
 HEADER = """# Benchmarks
 
-Written by `make bench` ({elapsed}); every figure below comes from that one run on the machine
-described here, and is rewritten by the next. Each part runs its measurements several times and
-shows the median with the range (min–max) over the runs. The machine is shared, so absolute
-figures move from run to run: where a peer exists it is measured in the same run, interleaved,
-and the comparison is a ratio.
+Written by `make bench` ({elapsed}; `make bench ONLY=<part>` reruns one part); every figure
+below comes from a run on the machine described here, and is rewritten by the next. Each part
+runs its measurements several times and shows the median with the range (min–max) over the
+runs. The machine is shared, so absolute figures move from run to run: where a peer exists it
+is measured in the same run, interleaved, and the comparison is a ratio.
 
-Machine: {cpu}, {cores} cores, {memory_gib} GiB, Linux {kernel}, Python {python}; {date}.
+Machine: {cpu}, {cores} cores, {memory_gib} GiB, Linux {kernel}, Python {python}. Measured:
+{dates}.
 
 ## Targets
 
@@ -52,8 +53,11 @@ def report() -> str:
     ]
     elapsed = sum(data.get("elapsed_s", 0) for data in present.values())
     machine = next(iter(present.values()))["machine"] if present else common.machine()
+    machine = {k: v for k, v in machine.items() if k != "date"}
+    dates = "; ".join(f"{name} {data['machine']['date']}" for name, data in present.items())
     text = HEADER.format(
         elapsed=f"{elapsed / 60:.0f} minutes of measuring",
+        dates=dates,
         targets="\n".join(rows),
         **machine,
     )
