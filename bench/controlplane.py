@@ -839,12 +839,15 @@ WHY = [
     "cluster and route travel; the plan ConfigMap written from per-endpoint fragments, or "
     "less often than the routing; plans cached per endpoint across passes by content.",
     "- **Memory at 5,000 endpoints.** The operator keeps every endpoint's object, its parsed "
-    "spec, its plan, its rendered and packed Envoy resources and its status inputs, so "
-    "that a pass can skip unchanged endpoints: time bought with memory. Two large holders "
-    "are gone (managedFields in stored objects, 72 MB; a prometheus_client child per backend "
-    "and series, 100 MB); what remains is about {per_endpoint} KB per endpoint. Keeping "
-    "only packed resources (not their dict form) and one cache per endpoint instead of one "
-    "per stage is the next step.",
+    "spec, its plan, its rendered Envoy resources and its status inputs, so that a pass can "
+    "skip unchanged endpoints: time bought with memory; about {per_endpoint} KB per endpoint "
+    "remain. Measured apart from this run on a live operator at 5,000 endpoints (deep object "
+    "sizes by holder): a prometheus_client child per backend and series, 100 MB, and "
+    "managedFields kept in stored objects, 72 MB, are gone since; the next holders are the "
+    "render cache's per-endpoint cluster and route dicts (37 MB), the validated specs "
+    "(30 MB), stored statuses (21 MB), the raw spec beside its validated copy (19 MB) and the "
+    "health monitor's per-backend state (14 MB). Keeping only packed resources and dropping "
+    "the raw spec would take about 55 MB more.",
 ]
 
 
