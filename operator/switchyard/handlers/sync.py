@@ -40,7 +40,7 @@ DEBOUNCE_SECONDS = 0.05
 MAX_BACKOFF_SECONDS = 30.0
 # How long Envoys may take to ACK a push, or to reconnect after the operator starts, before
 # a gateway that showed Programmed=True is reported otherwise.
-PENDING_GRACE_SECONDS = 10.0
+PENDING_GRACE_SECONDS = 60.0
 RECONNECT_GRACE_SECONDS = 60.0
 
 
