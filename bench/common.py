@@ -27,7 +27,7 @@ for _path in (ROOT / "hack", ROOT / "tests"):
 
 import localcluster  # noqa: E402
 from gatewaylab import free_port, wait_for_port  # noqa: E402
-from tests_support.cluster import Cluster, KubectlError, eventually  # noqa: E402
+from tests_support.cluster import Cluster  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 PLOTS = ROOT / "bench" / "plots"
@@ -136,24 +136,11 @@ def control_plane(name: str = "control-plane") -> Iterator[Cluster]:
         kubeconfig = str(localcluster.start(directory).kubeconfig)
     try:
         cluster = Cluster(localcluster.build() / "kubectl", kubeconfig)
-        cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(ROOT / "crds"))
-        cluster.kubectl(
-            "wait", "--for=condition=Established", "--timeout=60s",
-            "crd/modelendpoints.switchyard.dev", "crd/modelgateways.switchyard.dev",
-        )  # fmt: skip
-        eventually(lambda: _servable(cluster))
+        cluster.install_crds(ROOT / "crds")
         yield cluster
     finally:
         if not existing:
             localcluster.stop(directory)
-
-
-def _servable(cluster: Cluster) -> bool:
-    try:
-        cluster.kubectl("get", "modelendpoints,modelgateways", "-A")
-    except KubectlError:
-        return False
-    return True
 
 
 @dataclass

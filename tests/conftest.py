@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 import localcluster
-from tests_support.cluster import Cluster, KubectlError, eventually
+from tests_support.cluster import Cluster
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -37,22 +37,5 @@ def kubeconfig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 @pytest.fixture(scope="session")
 def cluster(kubeconfig: str) -> Cluster:
     kube = Cluster(localcluster.build() / "kubectl", kubeconfig)
-    kube.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(ROOT / "crds"))
-    kube.kubectl(
-        "wait",
-        "--for=condition=Established",
-        "--timeout=60s",
-        "crd/modelendpoints.switchyard.dev",
-        "crd/modelgateways.switchyard.dev",
-    )
-    # Established is not yet servable: new CRD storage answers 429 while it initialises.
-    eventually(lambda: _servable(kube))
+    kube.install_crds(ROOT / "crds")
     return kube
-
-
-def _servable(kube: Cluster) -> bool:
-    try:
-        kube.kubectl("get", "modelendpoints,modelgateways", "-A")
-    except KubectlError:
-        return False
-    return True

@@ -38,6 +38,23 @@ class Cluster:
             raise KubectlError(list(args), done.stderr.strip())
         return done.stdout
 
+    def install_crds(self, directory: Path) -> None:
+        """Apply the CRDs and wait until the API server serves them."""
+        self.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(directory))
+        self.kubectl(
+            "wait", "--for=condition=Established", "--timeout=60s",
+            "crd/modelendpoints.switchyard.dev", "crd/modelgateways.switchyard.dev",
+        )  # fmt: skip
+        # Established is not yet servable: new CRD storage answers 429 while it initialises.
+        eventually(self._servable)
+
+    def _servable(self) -> bool:
+        try:
+            self.kubectl("get", "modelendpoints,modelgateways", "-A")
+        except KubectlError:
+            return False
+        return True
+
     def apply(self, *documents: dict[str, Any]) -> None:
         self.kubectl("apply", "-f", "-", stdin=yaml.safe_dump_all(documents))
 
