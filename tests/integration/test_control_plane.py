@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from tests_support.cluster import Cluster
+from tests_support.cluster import Cluster, eventually
 
 pytestmark = pytest.mark.integration
 
@@ -20,6 +20,8 @@ def test_the_server_reports_a_real_release(cluster: Cluster) -> None:
 
 
 def test_service_account_tokens_can_be_minted(cluster: Cluster) -> None:
+    # The service-account controller creates `default` shortly after the cluster starts.
+    eventually(lambda: cluster.get("serviceaccounts", "default", "default"))
     token = cluster.kubectl("create", "token", "default", "-n", "default", "--duration=10m")
     assert len(token.strip().split(".")) == 3, "not a JWT"
     review = {
