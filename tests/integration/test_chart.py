@@ -202,5 +202,10 @@ def test_the_operator_runs_with_only_the_charts_service_account(
         operator.stop()
         os.environ["KUBECONFIG"] = kubeconfig
         cluster.kubectl("delete", "namespace", app, "--wait=false", "--ignore-not-found")
-    assert "Forbidden" not in operator.log, "the operator needed a permission the chart lacks"
+    # RBAC's refusal names the ServiceAccount ("... cannot create resource ..."); a namespace
+    # another test is deleting refuses Events too, for its own reason.
+    refused = [
+        line for line in operator.log.splitlines() if "Forbidden" in line and " cannot " in line
+    ]
+    assert not refused, f"the operator needed a permission the chart lacks: {refused[:3]}"
     assert key not in operator.log

@@ -334,5 +334,5 @@ class Kube:
         except ApiException as error:
             # An Event is informative; failing to post one must not fail the reconcile.
             logger.warning(
-                "could not post Event %s on %s: %s", reason, metadata["name"], error.reason
+                "could not post Event %s on %s: %s", reason, metadata["name"], describe_error(error)
             )
