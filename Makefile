@@ -1,13 +1,14 @@
 # Two commands do all the set-up on a fresh machine: `make demo` and `make test`.
-# Python packages come from PyPI into .venv; the Kubernetes control plane is built with Go
-# once and cached in $(SWITCHYARD_CACHE) (default ~/.cache/switchyard), outside the repo.
+# Python packages come from PyPI into .venv; the local Kubernetes cluster (control plane and
+# node) is built with Go once and cached in $(SWITCHYARD_CACHE) (default ~/.cache/switchyard),
+# outside the repo, like the images the node runs.
 
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | cksum | cut -d' ' -f1)
 
-.PHONY: all venv controlplane tools bench-tools lint test unit integration bench demo demo-down crds cluster-up cluster-down kind-e2e clean
+.PHONY: all venv controlplane tools images bench-tools lint test unit integration pods bench demo demo-down crds cluster-up cluster-down kind-e2e clean
 
 all: test
 
@@ -21,10 +22,18 @@ venv: $(STAMP)
 controlplane: venv
 	$(BIN)/python hack/localcluster.py build
 
-# promtool (and Prometheus) from Debian's prometheus package; installing needs root.
+# The operator image from the Dockerfile (buildah, on a bookworm base made with debootstrap),
+# the Envoy and Pod-sandbox images; cached, rebuilt when their inputs change.
+images: venv tools
+	$(BIN)/python hack/images.py build
+
+# From Debian (installing needs root): promtool and Prometheus; the local node's container
+# runtime, runc, CNI plugins, iptables and conntrack; buildah and debootstrap for the images.
+DEBIAN_TOOLS := prometheus containerd runc containernetworking-plugins iptables conntrack \
+	buildah debootstrap
 tools:
-	@command -v promtool >/dev/null || { apt-get update -qq && \
-	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus; }
+	@dpkg-query -W $(DEBIAN_TOOLS) >/dev/null 2>&1 || { apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(DEBIAN_TOOLS); }
 
 # wrk, the load generator of the benchmarks, from Debian's package.
 bench-tools:
@@ -47,8 +56,12 @@ unit: venv
 integration: controlplane tools
 	$(BIN)/pytest tests/integration tests/e2e
 
-# The whole suite: lint, layering contracts, unit and integration tests on a real API server
-# (the local control plane, or the cluster KUBECONFIG names).
+# The Pod tier alone: the operator and its gateways as Pods on the local node (root).
+pods: controlplane tools
+	$(BIN)/pytest tests/pods
+
+# The whole suite: lint, layering contracts, unit, integration and end-to-end tests on a real
+# API server, and the Pod tier on the local cluster's node (or the cluster KUBECONFIG names).
 test: lint controlplane tools
 	$(BIN)/pytest tests
 
@@ -58,15 +71,16 @@ test: lint controlplane tools
 bench: controlplane bench-tools
 	$(BIN)/python bench/run.py $(if $(QUICK),--quick) $(if $(ONLY),--only $(ONLY))
 
-demo: controlplane
+demo: controlplane tools
 	$(BIN)/python hack/demo.py $(if $(KEEP),--keep)
 
 demo-down: venv
 	$(BIN)/python hack/demo.py --down
 
-# A control plane to use by hand: `make cluster-up`, then export the KUBECONFIG it prints.
-cluster-up: controlplane
-	$(BIN)/python hack/localcluster.py start --dir $(or $(DIR),.state/cluster)
+# A cluster to use by hand, with its node: `make cluster-up`, then export the KUBECONFIG it
+# prints. `make cluster-down` stops it and puts the machine back as it was.
+cluster-up: controlplane tools
+	$(BIN)/python hack/localcluster.py start --node --dir $(or $(DIR),.state/cluster)
 
 cluster-down: venv
 	$(BIN)/python hack/localcluster.py stop --dir $(or $(DIR),.state/cluster)

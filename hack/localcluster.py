@@ -1,12 +1,17 @@
-"""A real Kubernetes control plane on loopback, with no container runtime.
+"""A real local Kubernetes cluster: a control plane, and (as root) a node that runs Pods.
 
-etcd, kube-apiserver and kube-controller-manager are built from the Go module proxy at the
-release pinned in hack/controlplane/go.mod, cached outside the repository and reused. No
-kubelet runs: objects are stored, validated (schemas, CEL), authorized (RBAC) and garbage
-collected exactly as in a cluster, but no Pod ever starts.
+etcd, kube-apiserver, kube-controller-manager, kube-scheduler, the kubelet, kube-proxy and
+kubectl are built from the Go module proxy at the release pinned in hack/controlplane/go.mod,
+CoreDNS and Helm from theirs, all cached outside the repository and reused.
 
-    python hack/localcluster.py build            # once; later calls find the cache
-    python hack/localcluster.py start --dir DIR  # prints the kubeconfig path
+Without a node (`start(dir)`), objects are stored, validated (schemas, CEL), authorized (RBAC)
+and garbage collected exactly as in a cluster, but no Pod ever starts. With one
+(`start(dir, node=True)`, hack/localnode.py), a kubelet on containerd runs Pods from images
+imported without a registry (hack/images.py), kube-proxy routes Services, and CoreDNS answers
+for `*.svc.cluster.local`.
+
+    python hack/localcluster.py build                   # once; later calls find the cache
+    python hack/localcluster.py start --dir DIR [--node]  # prints the kubeconfig path
     python hack/localcluster.py stop --dir DIR
 
 Development tooling: the operator never imports this module.
@@ -30,17 +35,25 @@ import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+import localnode
 
 KUBERNETES_VERSION = "v1.36.3"
-BINARIES = ("etcd", "kube-apiserver", "kube-controller-manager", "kubectl")
+BINARIES = (
+    "etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubelet",
+    "kube-proxy", "kubectl",
+)  # fmt: skip
 MODULE_DIR = Path(__file__).resolve().parent / "controlplane"
 CACHE_ROOT = Path(os.environ.get("SWITCHYARD_CACHE", Path.home() / ".cache" / "switchyard"))
 BIN_DIR = CACHE_ROOT / f"k8s-{KUBERNETES_VERSION}"
-SERVICE_CIDR = "10.96.0.0/16"
+SERVICE_CIDR = localnode.SERVICE_CIDR
 
 
 HELM_VERSION = "v4.3.1"
 HELM = CACHE_ROOT / f"helm-{HELM_VERSION}" / "helm"
+COREDNS_VERSION = "v1.15.0"
+COREDNS = CACHE_ROOT / f"coredns-{COREDNS_VERSION}" / "coredns"
 
 
 def binary(name: str) -> Path:
@@ -63,6 +76,19 @@ def build_helm() -> Path:
     return HELM
 
 
+def build_coredns() -> Path:
+    """CoreDNS, the cluster DNS of the local node, from its Go module at a pinned release."""
+    if not COREDNS.is_file():
+        print(f"building CoreDNS {COREDNS_VERSION} into {COREDNS.parent} (once)", file=sys.stderr)
+        subprocess.run(
+            ["go", "install", "-trimpath", "-ldflags=-s -w",
+             f"github.com/coredns/coredns@{COREDNS_VERSION}"],
+            check=True,
+            env={**os.environ, "GOBIN": str(COREDNS.parent), "CGO_ENABLED": "0"},
+        )  # fmt: skip
+    return COREDNS
+
+
 def build() -> Path:
     """Build the binaries unless the cache has them. Returns the directory that holds them."""
     if all(binary(name).is_file() for name in BINARIES):
@@ -81,8 +107,8 @@ def build() -> Path:
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
     print(
-        f"building Kubernetes {KUBERNETES_VERSION} control plane into {BIN_DIR} "
-        "(about 6 minutes on 2 cores, once)",
+        f"building Kubernetes {KUBERNETES_VERSION} (control plane and node) into {BIN_DIR} "
+        "(about 10 minutes on 2 cores, once)",
         file=sys.stderr,
         flush=True,
     )
@@ -98,6 +124,9 @@ def build() -> Path:
             "./etcd",
             "k8s.io/kubernetes/cmd/kube-apiserver",
             "k8s.io/kubernetes/cmd/kube-controller-manager",
+            "k8s.io/kubernetes/cmd/kube-scheduler",
+            "k8s.io/kubernetes/cmd/kubelet",
+            "k8s.io/kubernetes/cmd/kube-proxy",
             "k8s.io/kubernetes/cmd/kubectl",
         ],
         cwd=MODULE_DIR,
@@ -127,13 +156,12 @@ class Cluster:
         state = json.loads(self.state_file.read_text())
         return all(_alive(pid) for pid in state["pids"].values())
 
+    def has_node(self) -> bool:
+        return self.state_file.exists() and bool(json.loads(self.state_file.read_text())["node"])
+
 
 def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
+    return localnode.alive(pid)
 
 
 def _free_port() -> int:
@@ -143,8 +171,9 @@ def _free_port() -> int:
 
 
 def _write_pki(pki: Path) -> None:
-    """A CA, the API server's serving certificate, an admin client certificate and the
-    service-account signing key. Imported here so only `start` needs `cryptography`."""
+    """A CA, the API server's serving certificate, the client certificates of the admin and
+    of each component, the kubelet's serving certificate and the service-account signing
+    key. Imported here so only `start` needs `cryptography`."""
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec, rsa
@@ -232,14 +261,31 @@ def _write_pki(pki: Path) -> None:
             x509.DNSName("kubernetes.default"),
             x509.DNSName("kubernetes.default.svc"),
             x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
-            x509.IPAddress(ipaddress.ip_address("10.96.0.1")),
+            x509.IPAddress(ipaddress.ip_address(localnode.HOST_IP)),
+            x509.IPAddress(ipaddress.ip_address(localnode.KUBERNETES_SERVICE_IP)),
         ],
     )
-    issue("admin", subject("switchyard-admin", "system:masters"), ExtendedKeyUsageOID.CLIENT_AUTH)
+    client = ExtendedKeyUsageOID.CLIENT_AUTH
+    issue("admin", subject("switchyard-admin", "system:masters"), client)
+    # The node's identities, named as the built-in RBAC roles and the Node authorizer expect.
+    issue("kubelet", subject(f"system:node:{localnode.NODE_NAME}", "system:nodes"), client)
+    issue("kube-proxy", subject("system:kube-proxy"), client)
+    issue("kube-scheduler", subject("system:kube-scheduler"), client)
+    issue("apiserver-kubelet-client", subject("kube-apiserver-kubelet-client"), client)
+    issue(
+        "kubelet-serving",
+        subject(localnode.NODE_NAME),
+        ExtendedKeyUsageOID.SERVER_AUTH,
+        [
+            x509.DNSName(localnode.NODE_NAME),
+            x509.IPAddress(ipaddress.ip_address(localnode.NODE_IP)),
+        ],
+    )
     write_key("sa.key", rsa.generate_private_key(public_exponent=65537, key_size=2048))
 
 
-def _kubeconfig(server: str, pki: Path) -> str:
+def _kubeconfig(server: str, pki: Path, user: str = "admin") -> str:
+    """A kubeconfig that authenticates with the client certificate `pki/<user>.crt`."""
     import base64
 
     def b64(name: str) -> str:
@@ -257,17 +303,17 @@ def _kubeconfig(server: str, pki: Path) -> str:
             ],
             "users": [
                 {
-                    "name": "admin",
+                    "name": user,
                     "user": {
-                        "client-certificate-data": b64("admin.crt"),
-                        "client-key-data": b64("admin.key"),
+                        "client-certificate-data": b64(f"{user}.crt"),
+                        "client-key-data": b64(f"{user}.key"),
                     },
                 }
             ],
             "contexts": [
                 {
                     "name": "switchyard-local",
-                    "context": {"cluster": "switchyard-local", "user": "admin"},
+                    "context": {"cluster": "switchyard-local", "user": user},
                 }
             ],
             "current-context": "switchyard-local",
@@ -301,13 +347,19 @@ def _wait_ready(
     raise TimeoutError(f"kube-apiserver not ready after {timeout:.0f}s; logs in {logs}")
 
 
-def start(directory: Path) -> Cluster:
-    """Start etcd, kube-apiserver and kube-controller-manager; write `DIR/kubeconfig`."""
+def start(directory: Path, node: bool = False) -> Cluster:
+    """Start etcd, kube-apiserver and kube-controller-manager, and with `node` the
+    scheduler, a node (hack/localnode.py) and CoreDNS; write `DIR/kubeconfig`."""
     cluster = Cluster(directory)
-    if cluster.running():
+    if cluster.running() and cluster.has_node() == node:
         return cluster
     stop(directory)
     build()
+    if node:
+        localnode.check_host()
+        import images  # only a node needs images, and images need the venv's Envoy
+
+        node_images = [images.pause_image(), images.coredns_image(build_coredns(), COREDNS_VERSION)]
     shutil.rmtree(directory, ignore_errors=True)
     pki, logs, data = directory / "pki", directory / "logs", directory / "etcd"
     for path in (logs, data):
@@ -315,8 +367,83 @@ def start(directory: Path) -> Cluster:
     _write_pki(pki)
 
     etcd_port, etcd_peer_port, api_port = _free_port(), _free_port(), _free_port()
-    server = f"https://127.0.0.1:{api_port}"
+    # With a node, the API server listens on the host's end of the node's link, which Pods
+    # and the kubelet reach; without one, on loopback only.
+    address = localnode.HOST_IP if node else "127.0.0.1"
+    server = f"https://{address}:{api_port}"
     cluster.kubeconfig.write_text(_kubeconfig(server, pki))
+    processes: dict[str, subprocess.Popen[bytes]] = {}
+    state: dict[str, Any] = {"server": server, "pids": {}, "node": node}
+
+    def record() -> None:
+        state["pids"] = {n: p.pid for n, p in processes.items()}
+        cluster.state_file.write_text(json.dumps(state))
+
+    try:
+        if node:
+            layout = localnode.Layout(directory)
+            layout.kubeconfigs.mkdir(parents=True, exist_ok=True)
+            for user in ("kubelet", "kube-proxy", "kube-scheduler"):
+                (layout.kubeconfigs / user).write_text(_kubeconfig(server, pki, user))
+            state["node_supervisor"] = localnode.start(layout, BIN_DIR, node_images[0].reference)
+            record()
+        for name, command in _control_plane(directory, address, api_port, etcd_port,
+                                            etcd_peer_port, node).items():  # fmt: skip
+            log = (logs / f"{name}.log").open("wb")
+            # Own session: the control plane outlives the shell that started it, and a
+            # Ctrl-C meant for a test run does not reach it.
+            processes[name] = subprocess.Popen(
+                command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
+            record()
+            if name == "kube-apiserver":
+                _wait_ready(server, pki, processes, logs)
+        if node:
+            localnode.wait_for_runtime(directory)
+            images.import_images(
+                "ctr", str(localnode.Layout(directory).containerd_socket), node_images
+            )
+            _install_addons(cluster, node_images[1].reference)
+    except BaseException:
+        stop(directory)
+        raise
+    return cluster
+
+
+def _control_plane(
+    directory: Path, address: str, api_port: int, etcd_port: int, etcd_peer_port: int, node: bool
+) -> dict[str, list[str]]:
+    pki, data = directory / "pki", directory / "etcd"
+    kubeconfig = directory / "kubeconfig"
+    apiserver = [
+        str(binary("kube-apiserver")),
+        f"--etcd-servers=http://127.0.0.1:{etcd_port}",
+        f"--bind-address={address}",
+        f"--advertise-address={address}",
+        f"--secure-port={api_port}",
+        f"--tls-cert-file={pki / 'apiserver.crt'}",
+        f"--tls-private-key-file={pki / 'apiserver.key'}",
+        f"--client-ca-file={pki / 'ca.crt'}",
+        "--authorization-mode=Node,RBAC",
+        "--enable-admission-plugins=NodeRestriction",
+        f"--service-cluster-ip-range={SERVICE_CIDR}",
+        "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+        f"--service-account-key-file={pki / 'sa.key'}",
+        f"--service-account-signing-key-file={pki / 'sa.key'}",
+        "--api-audiences=https://kubernetes.default.svc.cluster.local",
+        "--allow-privileged=true",
+        "--enable-priority-and-fairness=false",
+        "--v=1",
+    ]
+    if node:
+        # `kubectl exec`/`logs` and the kubelet's own API: the API server proves who it is
+        # with a client certificate and checks the kubelet's; no anonymous kubelet access.
+        apiserver += [
+            f"--kubelet-client-certificate={pki / 'apiserver-kubelet-client.crt'}",
+            f"--kubelet-client-key={pki / 'apiserver-kubelet-client.key'}",
+            f"--kubelet-certificate-authority={pki / 'ca.crt'}",
+            "--kubelet-preferred-address-types=InternalIP",
+        ]
     commands = {
         "etcd": [
             str(binary("etcd")),
@@ -329,30 +456,12 @@ def start(directory: Path) -> Cluster:
             "--unsafe-no-fsync",  # throwaway data: durability only costs time here
             "--log-level=warn",
         ],
-        "kube-apiserver": [
-            str(binary("kube-apiserver")),
-            f"--etcd-servers=http://127.0.0.1:{etcd_port}",
-            "--bind-address=127.0.0.1",
-            "--advertise-address=127.0.0.1",
-            f"--secure-port={api_port}",
-            f"--tls-cert-file={pki / 'apiserver.crt'}",
-            f"--tls-private-key-file={pki / 'apiserver.key'}",
-            f"--client-ca-file={pki / 'ca.crt'}",
-            "--authorization-mode=RBAC",
-            f"--service-cluster-ip-range={SERVICE_CIDR}",
-            "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
-            f"--service-account-key-file={pki / 'sa.key'}",
-            f"--service-account-signing-key-file={pki / 'sa.key'}",
-            "--api-audiences=https://kubernetes.default.svc.cluster.local",
-            "--allow-privileged=true",
-            "--enable-priority-and-fairness=false",
-            "--v=1",
-        ],
+        "kube-apiserver": apiserver,
         "kube-controller-manager": [
             str(binary("kube-controller-manager")),
-            f"--kubeconfig={cluster.kubeconfig}",
-            f"--authentication-kubeconfig={cluster.kubeconfig}",
-            f"--authorization-kubeconfig={cluster.kubeconfig}",
+            f"--kubeconfig={kubeconfig}",
+            f"--authentication-kubeconfig={kubeconfig}",
+            f"--authorization-kubeconfig={kubeconfig}",
             "--bind-address=127.0.0.1",
             "--secure-port=0",
             "--leader-elect=false",
@@ -365,46 +474,159 @@ def start(directory: Path) -> Cluster:
             "--v=1",
         ],
     }
-    processes: dict[str, subprocess.Popen[bytes]] = {}
-    try:
-        for name, command in commands.items():
-            log = (logs / f"{name}.log").open("wb")
-            # Own session: the control plane outlives the shell that started it, and a
-            # Ctrl-C meant for a test run does not reach it.
-            processes[name] = subprocess.Popen(
-                command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-            )
-            cluster.state_file.write_text(
-                json.dumps({"server": server, "pids": {n: p.pid for n, p in processes.items()}})
-            )
-            if name == "kube-apiserver":
-                _wait_ready(server, pki, processes, logs)
-    except BaseException:
-        stop(directory)
-        raise
-    return cluster
+    if node:
+        scheduler = localnode.Layout(directory).kubeconfigs / "kube-scheduler"
+        commands["kube-scheduler"] = [
+            str(binary("kube-scheduler")),
+            f"--kubeconfig={scheduler}",
+            f"--authentication-kubeconfig={scheduler}",
+            f"--authorization-kubeconfig={scheduler}",
+            "--bind-address=127.0.0.1",
+            "--secure-port=0",
+            "--leader-elect=false",
+            "--v=1",
+        ]
+    return commands
+
+
+def _install_addons(cluster: Cluster, coredns_image: str) -> None:
+    """What every cluster has besides its components: the API server's access to the
+    kubelet's API, and cluster DNS."""
+    kubectl = [str(binary("kubectl")), "--kubeconfig", str(cluster.kubeconfig)]
+    subprocess.run(
+        [*kubectl, "apply", "-f", "-"],
+        input=json.dumps(
+            {"apiVersion": "v1", "kind": "List", "items": _addon_objects(coredns_image)}
+        ),
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    for what in ("node/" + localnode.NODE_NAME, "-n kube-system deployment/coredns"):
+        condition = "Ready" if what.startswith("node") else "Available"
+        subprocess.run(
+            [*kubectl, "wait", f"--for=condition={condition}", "--timeout=120s", *what.split()],
+            check=True, capture_output=True, text=True,
+        )  # fmt: skip
+
+
+def _addon_objects(coredns_image: str) -> list[dict[str, Any]]:
+    system = {"namespace": "kube-system"}
+    labels = {"k8s-app": "kube-dns"}
+    corefile = f"""\
+.:1053 {{
+    errors
+    health :8080
+    ready :8181
+    kubernetes {localnode.CLUSTER_DOMAIN} in-addr.arpa ip6.arpa {{
+        pods insecure
+        fallthrough in-addr.arpa ip6.arpa
+    }}
+    cache 30
+    reload
+}}
+"""  # no `forward`: the cluster's DNS answers for the cluster only, nothing leaves the machine
+    return [
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRoleBinding",
+            "metadata": {"name": "switchyard-local:apiserver-kubelet-client"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                        "name": "system:kubelet-api-admin"},
+            "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User",
+                          "name": "kube-apiserver-kubelet-client"}],
+        },
+        {"apiVersion": "v1", "kind": "ServiceAccount",
+         "metadata": {"name": "coredns", **system}},
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRole",
+            "metadata": {"name": "switchyard-local:coredns"},
+            "rules": [
+                {"apiGroups": [""], "resources": ["services", "pods", "namespaces"],
+                 "verbs": ["list", "watch"]},
+                {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"],
+                 "verbs": ["list", "watch"]},
+            ],
+        },
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRoleBinding",
+            "metadata": {"name": "switchyard-local:coredns"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                        "name": "switchyard-local:coredns"},
+            "subjects": [{"kind": "ServiceAccount", "name": "coredns", **system}],
+        },
+        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "coredns", **system},
+         "data": {"Corefile": corefile}},
+        {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {"name": "coredns", **system, "labels": labels},
+            "spec": {
+                "replicas": 1,
+                "selector": {"matchLabels": labels},
+                "template": {
+                    "metadata": {"labels": labels},
+                    "spec": {
+                        "serviceAccountName": "coredns",
+                        "dnsPolicy": "Default",
+                        "securityContext": {"runAsNonRoot": True, "runAsUser": 65532},
+                        "containers": [{
+                            "name": "coredns",
+                            "image": coredns_image,
+                            "imagePullPolicy": "Never",
+                            "args": ["-conf", "/etc/coredns/Corefile"],
+                            "ports": [{"name": "dns", "containerPort": 1053, "protocol": "UDP"},
+                                      {"name": "dns-tcp", "containerPort": 1053,
+                                       "protocol": "TCP"}],
+                            "readinessProbe": {"httpGet": {"path": "/ready", "port": 8181},
+                                               "periodSeconds": 2},
+                            "livenessProbe": {"httpGet": {"path": "/health", "port": 8080}},
+                            "volumeMounts": [{"name": "config", "mountPath": "/etc/coredns"}],
+                        }],
+                        "volumes": [{"name": "config", "configMap": {"name": "coredns"}}],
+                    },
+                },
+            },
+        },
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": "kube-dns", **system, "labels": labels},
+            "spec": {
+                "clusterIP": localnode.DNS_SERVICE_IP,
+                "selector": labels,
+                "ports": [
+                    {"name": "dns", "port": 53, "targetPort": 1053, "protocol": "UDP"},
+                    {"name": "dns-tcp", "port": 53, "targetPort": 1053, "protocol": "TCP"},
+                ],
+            },
+        },
+    ]  # fmt: skip
 
 
 def stop(directory: Path) -> None:
-    """Stop a control plane started with `start` (no error when none runs)."""
+    """Stop a cluster started with `start` (no error when none runs), its node included,
+    and put the machine back as it was."""
     state_file = Cluster(directory).state_file
-    if not state_file.exists():
-        return
-    pids = json.loads(state_file.read_text())["pids"]
-    for pid in reversed(list(pids.values())):
-        try:
-            os.kill(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            continue
-    deadline = time.monotonic() + 15
-    for pid in pids.values():
-        while _alive(pid) and time.monotonic() < deadline:
-            _reap(pid)
-            time.sleep(0.1)
-        if _alive(pid):
-            os.kill(pid, signal.SIGKILL)
-            _reap(pid)
-    state_file.unlink()
+    if state_file.exists():
+        pids = json.loads(state_file.read_text())["pids"]
+        for pid in reversed(list(pids.values())):
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                continue
+        deadline = time.monotonic() + 15
+        for pid in pids.values():
+            while _alive(pid) and time.monotonic() < deadline:
+                _reap(pid)
+                time.sleep(0.1)
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+                _reap(pid)
+        state_file.unlink()
+    localnode.stop(directory)
 
 
 def _reap(pid: int) -> None:
@@ -419,15 +641,18 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("start", "stop"):
         sub = commands.add_parser(name)
         sub.add_argument("--dir", type=Path, required=True, help="state directory")
+        if name == "start":
+            sub.add_argument("--node", action="store_true", help="with a node that runs Pods")
     commands.add_parser("bin-dir", help="print where the binaries are cached")
     args = parser.parse_args(argv)
     if args.command == "build":
         print(build())
         print(build_helm())
+        print(build_coredns())
     elif args.command == "bin-dir":
         print(BIN_DIR)
     elif args.command == "start":
-        print(start(args.dir.resolve()).kubeconfig)
+        print(start(args.dir.resolve(), node=args.node).kubeconfig)
     else:
         stop(args.dir.resolve())
     return 0

@@ -1,10 +1,14 @@
 //go:build tools
 
-// Package tools pins the binaries the local control plane builds, so `go mod tidy` keeps them.
+// Package tools pins the binaries the local cluster (control plane and node) builds, so
+// `go mod tidy` keeps them.
 package tools
 
 import (
 	_ "k8s.io/kubernetes/cmd/kube-apiserver"
 	_ "k8s.io/kubernetes/cmd/kube-controller-manager"
+	_ "k8s.io/kubernetes/cmd/kube-proxy"
+	_ "k8s.io/kubernetes/cmd/kube-scheduler"
 	_ "k8s.io/kubernetes/cmd/kubectl"
+	_ "k8s.io/kubernetes/cmd/kubelet"
 )
