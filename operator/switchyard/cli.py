@@ -114,6 +114,7 @@ def run_command(
     namespaces: Sequence[str],
     xds_address: str | None,
     xds_service: str | None,
+    envoy_image: str | None,
     metrics_address: str | None,
     verbose: bool,
     debug: bool,
@@ -132,6 +133,7 @@ def run_command(
             namespaces=tuple(namespaces),
             xds_address=xds_address,
             xds_service=xds_service,
+            envoy_image=envoy_image,
             metrics_address=metrics_address,
         ),
     )
@@ -188,6 +190,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=None,
         help="where gateway Pods reach that server "
         "(default switchyard.switchyard-system.svc:18000, the Helm chart's Service)",
+    )
+    run.add_argument(
+        "--envoy-image",
+        default=None,
+        help="the image of the gateways' Envoy Pods (default envoyproxy/envoy:v1.40.0)",
     )
     run.add_argument(
         "--metrics-port",
@@ -262,7 +269,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "run":
         metrics = f"0.0.0.0:{args.metrics_port}" if args.metrics_port is not None else None
         return run_command(
-            args.namespace, args.xds_address, args.xds_service, metrics, args.verbose, args.debug
+            args.namespace,
+            args.xds_address,
+            args.xds_service,
+            args.envoy_image,
+            metrics,
+            args.verbose,
+            args.debug,
         )
     if args.command == "envoy":
         import asyncio

@@ -24,6 +24,7 @@ from switchyard.handlers.sync import GatewaySync
 from switchyard.kube.client import Kube, credentials, load_configuration
 from switchyard.kube.secrets import SecretCache
 from switchyard.plan.gateway import ObjectKey
+from switchyard.render.deployment import ENVOY_IMAGE, EnvoyPods
 from switchyard.render.objects import GATEWAY_LABEL, MANAGED_BY
 from switchyard.xds.server import XdsServer, gateway_of_node
 
@@ -63,8 +64,11 @@ def metrics_address(memo: Any) -> tuple[str, int]:
     return _address(memo, "metrics_address", "SWITCHYARD_METRICS_ADDRESS", DEFAULT_METRICS_ADDRESS)
 
 
-def xds_service(memo: Any) -> tuple[str, int]:
-    return _address(memo, "xds_service", "SWITCHYARD_XDS_SERVICE", DEFAULT_XDS_SERVICE)
+def envoy_pods(memo: Any) -> EnvoyPods:
+    """`--xds-service` and `--envoy-image`, else their environment variables, else defaults."""
+    host, port = _address(memo, "xds_service", "SWITCHYARD_XDS_SERVICE", DEFAULT_XDS_SERVICE)
+    image = memo.get("envoy_image") or os.environ.get("SWITCHYARD_ENVOY_IMAGE") or ENVOY_IMAGE
+    return EnvoyPods(host, port, image)
 
 
 def _runtime(memo: Any) -> Runtime:
@@ -102,7 +106,7 @@ async def start(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
         raise
     secrets = SecretCache(kube)
     health = HealthMonitor(secrets, lambda gateway: sync.mark({gateway}))
-    sync = GatewaySync(store, kube, secrets, xds, xds_service(memo), health)
+    sync = GatewaySync(store, kube, secrets, xds, envoy_pods(memo), health)
     # An Envoy that connects, ACKs or NACKs changes its gateway's Programmed condition.
     xds.on_change = lambda node: sync.mark({gateway_of_node(node)})
     xds.on_failed_attempt = sync.failed_attempt

