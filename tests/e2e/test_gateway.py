@@ -255,7 +255,7 @@ def test_the_gateway_reports_programmed(lab: Lab) -> None:
     programmed = eventually(
         lambda: (c := condition(lab.gateway(), "Programmed")) and c["status"] == "True" and c
     )
-    assert "Envoy(s) run the current config" in programmed["message"]
+    assert programmed["message"] == "every connected Envoy runs the current config"
 
 
 def test_a_rejected_config_is_reported_and_traffic_goes_on(lab: Lab, tmp_path: Path) -> None:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from switchyard.api.models import LabelSelector
 from switchyard.plan.conditions import DesiredCondition, merge_conditions, transitions
 from switchyard.plan.selectors import selector_matches
+from switchyard.render.status import programmed_condition
 
 READY = DesiredCondition.true("Ready", "Ready", "served")
 NOT_READY = DesiredCondition.false("Ready", "GatewayNotFound", "gone")
@@ -67,3 +70,18 @@ def test_label_selectors() -> None:
     assert selector_matches(not_in, {"owner": "x"})
     assert not selector_matches(not_in, {"owner": "x", "env": "dev"})
     assert not selector_matches(not_in, {})
+
+
+@dataclass(frozen=True)
+class _Envoys:
+    streams: int
+    programmed: bool = True
+    rejection: str | None = None
+
+
+def test_programmed_reads_the_same_however_many_envoys_are_connected() -> None:
+    """Envoys reconnect one by one after an operator restart or a Pod roll: a condition that
+    counted them would be rewritten each time."""
+    one, two = programmed_condition("Envoy", _Envoys(1)), programmed_condition("Envoy", _Envoys(2))
+    assert one == two
+    assert one.status == "True"

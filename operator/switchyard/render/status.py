@@ -79,8 +79,10 @@ def programmed_condition(data_plane: str, envoys: DataPlaneStatus) -> DesiredCon
         return DesiredCondition.false(
             "Programmed", "Pending", "waiting for the Envoys to accept the current config"
         )
+    # No count of Envoys here: it changes whenever a Pod restarts or reconnects (an operator
+    # restart would write every gateway), and the Deployment reports its replicas already.
     return DesiredCondition.true(
-        "Programmed", "Programmed", f"{envoys.streams} Envoy(s) run the current config"
+        "Programmed", "Programmed", "every connected Envoy runs the current config"
     )
 
 
