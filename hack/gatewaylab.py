@@ -30,13 +30,15 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def wait_for_port(port: int, process: subprocess.Popen[bytes], timeout: float = 20) -> None:
+def wait_for_port(
+    port: int, process: subprocess.Popen[bytes], timeout: float = 20, host: str = "127.0.0.1"
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"{process.args!r} exited with {process.returncode}")
         with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
+            if sock.connect_ex((host, port)) == 0:
                 return
         time.sleep(0.05)
     raise TimeoutError(f"nothing listens on port {port} after {timeout}s")
@@ -52,6 +54,16 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
             process.wait()
 
 
+def chart_image_values(operator_image: str, envoy_image: str) -> list[str]:
+    """`helm install` flags that run the operator and its gateways from images the node
+    already has (imported, as there is no registry)."""
+    repository, _, tag = operator_image.rpartition(":")
+    return [
+        "--set", f"image.repository={repository}", "--set", f"image.tag={tag}",
+        "--set", "image.pullPolicy=Never", "--set", f"envoy.image={envoy_image}",
+    ]  # fmt: skip
+
+
 class FakeProcess:
     """`switchyard fake-provider`, steered through its control port."""
 
@@ -63,31 +75,34 @@ class FakeProcess:
         chunk_delay: float = 0.0,
         tls: tuple[Path, Path] | None = None,
         keep_requests: int | None = None,
+        host: str = "127.0.0.1",
     ) -> None:
+        """`host`: where it serves; the local node's Pods reach the host at its link address."""
         self.provider, self.api_key, self.model = provider, api_key, model
         self.port, self.control_port = free_port(), free_port()
+        self.host = host
         self.scheme = "https" if tls else "http"
         command = [
             SWITCHYARD, "fake-provider", "--provider", provider, "--port", str(self.port),
             "--api-key", api_key, "--model", model, "--control-port", str(self.control_port),
-            "--stream-chunk-delay", str(chunk_delay),
+            "--stream-chunk-delay", str(chunk_delay), "--host", host,
         ]  # fmt: skip
         if keep_requests is not None:
             command += ["--keep-requests", str(keep_requests)]
         if tls:
             command += ["--tls-cert", str(tls[0]), "--tls-key", str(tls[1])]
         self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL)
-        wait_for_port(self.control_port, self.process)
+        wait_for_port(self.control_port, self.process, host=host)
 
     @property
     def url(self) -> str:
-        host = "localhost" if self.scheme == "https" else "127.0.0.1"
+        host = "localhost" if self.scheme == "https" else self.host
         return f"{self.scheme}://{host}:{self.port}"
 
     def _control(self, method: str, path: str, body: Any = None) -> Any:
         data = None if body is None else json.dumps(body).encode()
         request = urllib.request.Request(
-            f"http://127.0.0.1:{self.control_port}{path}", data=data, method=method,
+            f"http://{self.host}:{self.control_port}{path}", data=data, method=method,
             headers={"Content-Type": "application/json"},
         )  # fmt: skip
         with urllib.request.urlopen(request, timeout=10) as reply:

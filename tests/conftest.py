@@ -1,7 +1,8 @@
 """Session fixtures shared by the suites that need a Kubernetes API server.
 
 With KUBECONFIG set, the tests run against that cluster; otherwise they start the local
-control plane (built once, cached outside the repository) for the session.
+cluster (built once, cached outside the repository) for the session: the control plane and a
+node that runs Pods (hack/localnode.py; it needs root, as `make test` does).
 """
 
 from __future__ import annotations
@@ -19,19 +20,26 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="session")
-def kubeconfig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    existing = os.environ.get("KUBECONFIG")
-    if existing:
-        yield existing
+def local_cluster(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[localcluster.Cluster | None]:
+    """The local cluster this session started, or None when KUBECONFIG names another."""
+    if os.environ.get("KUBECONFIG"):
+        yield None
         return
-    directory = tmp_path_factory.mktemp("control-plane")
-    local = localcluster.start(directory)
+    directory = tmp_path_factory.mktemp("cluster")
+    local = localcluster.start(directory, node=True)
     os.environ["KUBECONFIG"] = str(local.kubeconfig)
     try:
-        yield str(local.kubeconfig)
+        yield local
     finally:
         del os.environ["KUBECONFIG"]
         localcluster.stop(directory)
+
+
+@pytest.fixture(scope="session")
+def kubeconfig(local_cluster: localcluster.Cluster | None) -> str:
+    return str(local_cluster.kubeconfig) if local_cluster else os.environ["KUBECONFIG"]
 
 
 @pytest.fixture(scope="session")

@@ -6,7 +6,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,25 +13,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-import localcluster
 from tests_support.backends import openai_backend
 from tests_support.cluster import Cluster, condition, eventually
+from tests_support.helm import CHART, helm
 from tests_support.scenario import API_VERSION, Operator
 
 pytestmark = pytest.mark.integration
 
-ROOT = Path(__file__).resolve().parents[2]
-CHART = ROOT / "charts" / "switchyard"
 ALL_ON = CHART / "ci" / "all-on-values.yaml"
-
-
-def helm(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    done = subprocess.run(
-        [str(localcluster.build_helm()), *args], capture_output=True, text=True, timeout=120
-    )
-    if check:
-        assert done.returncode == 0, done.stdout + done.stderr
-    return done
 
 
 def rendered(release: str, namespace: str, *values: Path) -> str:

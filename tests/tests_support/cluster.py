@@ -31,9 +31,11 @@ class Cluster:
         self.kubectl_path = kubectl
         self.kubeconfig = kubeconfig
 
-    def kubectl(self, *args: str, stdin: str | None = None, check: bool = True) -> str:
+    def kubectl(
+        self, *args: str, stdin: str | None = None, check: bool = True, timeout: float = 60
+    ) -> str:
         command = [str(self.kubectl_path), "--kubeconfig", self.kubeconfig, *args]
-        done = subprocess.run(command, input=stdin, capture_output=True, text=True, timeout=60)
+        done = subprocess.run(command, input=stdin, capture_output=True, text=True, timeout=timeout)
         if check and done.returncode != 0:
             raise KubectlError(list(args), done.stderr.strip())
         return done.stdout
@@ -65,6 +67,14 @@ class Cluster:
         except KubectlError as error:
             return error.stderr
         raise AssertionError(f"the API server accepted {document['metadata']['name']}")
+
+    def rollout(self, deployment: str, namespace: str, timeout: float = 180) -> None:
+        """Wait until the Deployment exists and has rolled out."""
+        eventually(lambda: self.get("deployments", deployment, namespace), timeout=60)
+        self.kubectl(
+            "rollout", "status", f"deployment/{deployment}", "-n", namespace,
+            f"--timeout={timeout:.0f}s", timeout=timeout + 30,
+        )  # fmt: skip
 
     def get(self, kind: str, name: str, namespace: str) -> dict[str, Any] | None:
         out = self.kubectl("get", kind, name, "-n", namespace, "-o", "json", "--ignore-not-found")

@@ -1,0 +1,218 @@
+"""Real Pods on the local node: the operator from its image, installed by Helm, feeding the
+Envoy Pods it runs over xDS through its Service; clients through the gateway's Service.
+
+The tests run in file order and share one install: later ones roll, kill and finally
+uninstall what the earlier ones set up.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from tests_support.cluster import Cluster, condition, eventually
+from tests_support.helm import CHART, helm
+
+from .conftest import (
+    APP_NAMESPACE,
+    ENVOY_DEPLOYMENT,
+    GATEWAY,
+    GATEWAY_NAMESPACE,
+    OPERATOR_NAMESPACE,
+    RELEASE,
+    SPLIT,
+    Gateway,
+    Load,
+    PodImages,
+    install_values,
+)
+
+pytestmark = [pytest.mark.integration, pytest.mark.pods]
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def operator_pods(cluster: Cluster) -> list[dict]:  # type: ignore[type-arg]
+    return [
+        pod
+        for pod in cluster.list("pods", OPERATOR_NAMESPACE)
+        if pod["metadata"]["labels"].get("app.kubernetes.io/name") == "switchyard"
+        and not pod["metadata"].get("deletionTimestamp")
+    ]
+
+
+def ready(pod: dict) -> bool:  # type: ignore[type-arg]
+    return bool((c := condition(pod, "Ready")) and c["status"] == "True")
+
+
+def test_the_operator_runs_from_its_image_under_its_service_account(
+    cluster: Cluster, operator_release: str, pod_images: PodImages
+) -> None:
+    [pod] = operator_pods(cluster)
+    assert ready(pod), "the operator Pod is Ready once /healthz answers"
+    spec = pod["spec"]
+    assert spec["serviceAccountName"] == RELEASE
+    [container] = spec["containers"]
+    assert container["image"] == pod_images.operator
+    assert container["readinessProbe"]["httpGet"]["path"] == "/healthz"
+    assert pod["status"]["containerStatuses"][0]["restartCount"] == 0
+
+
+def test_the_examples_run_as_envoy_pods_fed_over_the_operators_service(
+    cluster: Cluster, operator_release: str
+) -> None:
+    cluster.kubectl("apply", "-f", str(ROOT / "examples"))
+    try:
+        cluster.rollout("shared-switchyard-envoy", "ai-gateway")
+        eventually(
+            lambda: (
+                (c := condition(cluster.get("modelgateways", "shared", "ai-gateway"), "Programmed"))
+                and c["status"] == "True"
+            ),
+            timeout=60,
+        )
+        gateway = cluster.get("modelgateways", "shared", "ai-gateway")
+        assert gateway is not None
+        assert gateway["status"]["attachedEndpoints"] == 2
+        pods = [
+            pod for pod in cluster.list("pods", "ai-gateway")
+            if pod["metadata"]["labels"].get("switchyard.dev/gateway") == "shared"
+        ]  # fmt: skip
+        assert len(pods) == 2
+        assert all(ready(pod) for pod in pods)
+    finally:
+        cluster.kubectl("delete", "-f", str(ROOT / "examples"), "--wait=false")
+
+
+def test_the_split_holds_through_the_gateway_service(gateway: Gateway) -> None:
+    client = gateway.client()
+    served = Counter(gateway.ask(client) for _ in range(600))
+    assert sum(served.values()) == 600
+    for name, (_, _, weight) in SPLIT.items():
+        assert abs(served[name] / 600 - weight / 100) < 0.07, served
+
+
+def test_failover_through_the_pods_costs_no_request(gateway: Gateway) -> None:
+    gateway.fakes["azure"].fault(refuse=True)
+    try:
+        with Load(gateway) as load:
+            time.sleep(8)
+        assert load.total > 100
+        assert not load.failures, load.failures[:3]
+        # Once ejected, it gets nothing; the others carry its share.
+        assert load.served["openai"]
+        assert load.served["anthropic"]
+    finally:
+        gateway.fakes["azure"].heal()
+    eventually(lambda: Counter(gateway.ask(gateway.client()) for _ in range(100))["azure"] > 0,
+               timeout=60)  # fmt: skip
+
+
+def test_a_rotated_key_reaches_envoy_through_the_secret_volume(gateway: Gateway) -> None:
+    """The provider revokes the old key the moment the new one exists (the worst case):
+    while Envoy still reads the old file, that backend's attempts fail over to the others."""
+    cluster, fake = gateway.cluster, gateway.fakes["openai"]
+    new_key = f"sk-pods-rotated-{time.time_ns()}"
+    with Load(gateway) as load:
+        time.sleep(1)
+        rotated_at = time.monotonic()
+        fake.rotate_key(new_key)
+        cluster.kubectl(
+            "patch", "secret", "providers", "-n", APP_NAMESPACE, "--type=merge", "-p",
+            json.dumps({"data": {"openai": base64.b64encode(new_key.encode()).decode()}}),
+        )  # fmt: skip
+        before = load.served["openai"]
+        # The kubelet's periodic sync alone takes 60-90 s to update a mounted Secret; the
+        # operator asks it for an early sync, so the new key is in use within seconds.
+        eventually(lambda: load.served["openai"] > before + 5, timeout=30, interval=0.5)
+        delay = time.monotonic() - rotated_at
+    print(f"rotated key in use after {delay:.1f} s")
+    assert not load.failures, load.failures[:3]
+    openai_requests = [r for r in fake.traffic() if r.get("headers", {}).get("authorization")]
+    assert openai_requests[-1]["headers"]["authorization"] == f"Bearer {new_key}"
+
+
+def test_deleting_and_rolling_envoy_pods_costs_no_request(gateway: Gateway) -> None:
+    cluster = gateway.cluster
+    with Load(gateway) as load:
+        time.sleep(1)
+        victim = gateway.envoy_pods()[0]["metadata"]["name"]
+        cluster.kubectl("delete", "pod", victim, "-n", GATEWAY_NAMESPACE, "--wait=false")
+        time.sleep(3)
+        cluster.kubectl("rollout", "restart", f"deployment/{ENVOY_DEPLOYMENT}", "-n",
+                        GATEWAY_NAMESPACE)  # fmt: skip
+        cluster.rollout(ENVOY_DEPLOYMENT, GATEWAY_NAMESPACE)
+        # The replaced Pods drain for a while after the rollout reports done.
+        eventually(lambda: len(gateway.envoy_pods()) == 2, timeout=60, interval=1)
+    assert load.total > 200
+    assert not load.failures, f"{len(load.failures)} of {load.total}: {load.failures[:3]}"
+
+
+def test_a_killed_operator_pod_leaves_envoy_serving_and_its_successor_writes_nothing(
+    gateway: Gateway,
+) -> None:
+    cluster = gateway.cluster
+    namespaces = (GATEWAY_NAMESPACE, APP_NAMESPACE)
+    time.sleep(2)
+    before = cluster.versions(namespaces)
+    before_statuses = {
+        "gateway": (cluster.get("modelgateways", GATEWAY, GATEWAY_NAMESPACE) or {}).get("status"),
+        "endpoint": (cluster.get("modelendpoints", "chat", APP_NAMESPACE) or {}).get("status"),
+    }
+    [old] = operator_pods(cluster)
+    with Load(gateway) as load:
+        cluster.kubectl(
+            "delete", "pod", old["metadata"]["name"], "-n", OPERATOR_NAMESPACE,
+            "--grace-period=0", "--force",
+        )  # fmt: skip
+        eventually(
+            lambda: [p for p in operator_pods(cluster)
+                     if p["metadata"]["uid"] != old["metadata"]["uid"] and ready(p)],
+            timeout=120, interval=1,
+        )  # fmt: skip
+        time.sleep(5)  # the successor's first passes, and its Envoys reconnecting
+    assert load.total > 100
+    assert not load.failures, load.failures[:3]
+    after = cluster.versions(namespaces)
+    changed = {k: (before.get(k), after.get(k)) for k in before.keys() | after.keys()
+               if before.get(k) != after.get(k)}  # fmt: skip
+    shown = {k: cluster.get(k[0], k[2], k[1]) for k in changed}
+    statuses = {k: (obj or {}).get("status") for k, obj in shown.items()}
+    assert not changed, (
+        f"the new operator wrote: {changed}; now: {statuses}; before: {before_statuses}"
+    )
+
+
+def test_helm_upgrade_rolls_the_operator_and_uninstall_leaves_gateways_serving(
+    cluster: Cluster, gateway: Gateway, pod_images: PodImages
+) -> None:
+    [old] = operator_pods(cluster)
+    with Load(gateway) as load:
+        helm(
+            "upgrade", RELEASE, str(CHART), "-n", OPERATOR_NAMESPACE, "--kubeconfig",
+            cluster.kubeconfig, *install_values(pod_images),
+            "--set", "podAnnotations.switchyard\\.test/upgraded=yes", "--wait", "--timeout", "180s",
+            timeout=240,
+        )  # fmt: skip
+        [new] = operator_pods(cluster)
+        assert new["metadata"]["uid"] != old["metadata"]["uid"]
+        assert new["metadata"]["annotations"]["switchyard.test/upgraded"] == "yes"
+        helm("uninstall", RELEASE, "-n", OPERATOR_NAMESPACE, "--kubeconfig",
+             cluster.kubeconfig, "--wait")  # fmt: skip
+        eventually(lambda: not operator_pods(cluster), timeout=60, interval=1)
+        time.sleep(3)
+    assert not load.failures, load.failures[:3]
+    # What the README promises: the CRDs, the custom resources and the gateways' own objects
+    # stay, and Envoy keeps serving its last config.
+    kept = cluster.kubectl("get", "crd", "-o", "name")
+    assert "modelendpoints.switchyard.dev" in kept
+    assert cluster.get("modelgateways", GATEWAY, GATEWAY_NAMESPACE) is not None
+    assert cluster.get("deployments", ENVOY_DEPLOYMENT, GATEWAY_NAMESPACE) is not None
+    roles = cluster.kubectl("get", "clusterroles", "-o", "name")
+    assert f"clusterrole.rbac.authorization.k8s.io/{RELEASE}\n" not in roles
+    assert gateway.serves()
