@@ -1,8 +1,10 @@
-"""`make demo`: the local control plane, the CRDs, the operator and the examples, end to end.
+"""`make demo`: the local cluster, the operator installed by Helm, the examples, end to end.
 
-Starts everything, waits until every example endpoint is Ready, shows what a user sees with
-kubectl (splits, owned objects, bad input refused or reported), and stops again, unless
---keep leaves it running to explore.
+Starts the local cluster with its node, builds the operator's image from the Dockerfile and
+installs the chart with it, so the operator and every gateway run as Pods. Waits until every
+example endpoint is Ready, shows what a user sees with kubectl (Pods, splits, owned objects,
+bad input refused or reported), sends real traffic through a gateway's Service to fake
+providers, and stops again, unless --keep leaves it running to explore.
 """
 
 from __future__ import annotations
@@ -10,20 +12,19 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
-import signal
 import subprocess
 import sys
 import time
 import uuid
 from pathlib import Path
 
+import images
 import localcluster
-from gatewaylab import FakeProcess, LocalEnvoy, Outcome, chat, free_port, send_sync
+import localnode
+from gatewaylab import FakeProcess, Outcome, chart_image_values, chat, send_sync
 
 ROOT = Path(__file__).resolve().parents[1]
 STATE = localcluster.CACHE_ROOT / "demo"
-OPERATOR_PID = STATE / "operator.pid"
 
 # An endpoint whose Secret does not exist: only the operator can see that.
 BROKEN = """
@@ -60,6 +61,24 @@ class Kubectl:
         print(self.run(*command).rstrip())
 
 
+def install(kubectl: Kubectl) -> None:
+    """The operator as users install it: its image, built from the Dockerfile, and Helm."""
+    print("building the operator's image from the Dockerfile (cached after the first run)")
+    operator, envoy = images.operator_image(), images.envoy_image()
+    images.import_images("ctr", str(localnode.Layout(STATE).containerd_socket), [operator, envoy])
+    helm = str(localcluster.build_helm())
+    subprocess.run(
+        [helm, "upgrade", "--install", "switchyard", str(ROOT / "charts" / "switchyard"),
+         "-n", "switchyard-system", "--create-namespace", "--wait", "--timeout", "180s",
+         *chart_image_values(operator.reference, envoy.reference)],
+        env=kubectl.env, check=True, capture_output=True,
+    )  # fmt: skip
+    print(f"\n$ helm install switchyard charts/switchyard -n switchyard-system "
+          f"--set image.repository=... --set image.tag=...   # {operator.reference}")  # fmt: skip
+    kubectl.show("the operator, a Pod under its ServiceAccount",
+                 "get", "pods", "-n", "switchyard-system", "-o", "wide")  # fmt: skip
+
+
 def demo(kubectl: Kubectl) -> None:
     kubectl.run("apply", "-f", str(ROOT / "examples"))
     endpoints = json.loads(kubectl.run("get", "modelendpoints", "-A", "-o", "json"))["items"]
@@ -69,12 +88,18 @@ def demo(kubectl: Kubectl) -> None:
             "wait", "--for=condition=Ready", "--timeout=60s",
             "-n", metadata["namespace"], f"modelendpoint/{metadata['name']}",
         )  # fmt: skip
+    kubectl.run("rollout", "status", "deployment/shared-switchyard-envoy", "-n", "ai-gateway",
+                "--timeout=180s")  # fmt: skip
     kubectl.show(
         "the gateway and its endpoints, Ready with their splits",
         "get", "modelgateways,modelendpoints", "-A",
     )  # fmt: skip
     kubectl.show(
-        "what the gateway owns: credentials (a Secret) and its routing plan (a ConfigMap)",
+        "what the gateway runs: Envoy Pods fed by the operator over xDS, behind a Service",
+        "get", "pods,services", "-n", "ai-gateway", "-o", "wide",
+    )  # fmt: skip
+    kubectl.show(
+        "what the gateway owns besides: credentials (a Secret) and its routing plan",
         "get", "secrets,configmaps", "-n", "ai-gateway",
         "-l", "app.kubernetes.io/managed-by=switchyard",
     )  # fmt: skip
@@ -97,13 +122,16 @@ def demo(kubectl: Kubectl) -> None:
 
 
 def traffic(kubectl: Kubectl) -> None:
-    """Real requests through the gateway's Envoy to fake providers, a split and a failover."""
+    """Real requests through the gateway's Service and Envoy Pods to fake providers on the
+    host: a split and a failover."""
     fakes = {
-        "openai": FakeProcess("OpenAI", f"demo-{uuid.uuid4().hex}", "gpt-4o"),
-        "azure": FakeProcess("AzureOpenAI", f"demo-{uuid.uuid4().hex}", "gpt-4o-deployment"),
-        "anthropic": FakeProcess("Anthropic", f"demo-{uuid.uuid4().hex}", "claude-sonnet-4-5"),
-    }
-    envoy: LocalEnvoy | None = None
+        "openai": FakeProcess("OpenAI", f"demo-{uuid.uuid4().hex}", "gpt-4o",
+                              host=localnode.HOST_IP),
+        "azure": FakeProcess("AzureOpenAI", f"demo-{uuid.uuid4().hex}", "gpt-4o-deployment",
+                             host=localnode.HOST_IP),
+        "anthropic": FakeProcess("Anthropic", f"demo-{uuid.uuid4().hex}", "claude-sonnet-4-5",
+                                 host=localnode.HOST_IP),
+    }  # fmt: skip
     try:
         secret = {
             "apiVersion": "v1", "kind": "Secret",
@@ -130,22 +158,18 @@ def traffic(kubectl: Kubectl) -> None:
         )
         kubectl.run("wait", "--for=condition=Ready", "--timeout=60s", "-n", "team-a",
                     "modelendpoint/demo-chat")  # fmt: skip
-        port = free_port()
-        envoy = LocalEnvoy(
-            "ai-gateway/shared", port, "127.0.0.1:18000", STATE / "envoy.log",
-            kubeconfig=kubectl.env["KUBECONFIG"],
-        )  # fmt: skip
-        envoy.wait_listening()
-        url = f"{envoy.url}/v1/chat/completions"
+        address = kubectl.run("get", "service", "shared-switchyard", "-n", "ai-gateway",
+                              "-o", "jsonpath={.spec.clusterIP}")  # fmt: skip
+        url = f"http://{address}:8080/v1/chat/completions"
         deadline = time.monotonic() + 30
         while send_sync(url, chat("demo-chat"), 20, 2).statuses[200] != 20:
             if time.monotonic() > deadline:
-                raise RuntimeError(f"the gateway does not serve demo-chat; see {envoy.log}")
+                raise RuntimeError("the gateway's Service does not serve demo-chat")
             time.sleep(0.2)
         print(
-            f"\n# Real traffic: `switchyard envoy --gateway ai-gateway/shared --port {port}`"
-            " runs the real Envoy, fed by the operator over xDS, in front of three fake"
-            " providers (OpenAI, Azure OpenAI, Anthropic)."
+            "\n# Real traffic through the gateway's Service (ClusterIP "
+            f"{address}) to its Envoy Pods, in front of three fake providers on the host"
+            " (OpenAI, Azure OpenAI, Anthropic)."
         )
         print(f'$ curl -s {url} -d \'{{"model": "demo-chat", "messages": [...]}}\'')
         reply = subprocess.run(
@@ -162,8 +186,6 @@ def traffic(kubectl: Kubectl) -> None:
         print("  " + _describe(send_sync(url, chat("demo-chat"), 1000), names))
         fakes["anthropic"].heal()
     finally:
-        if envoy is not None:
-            envoy.stop()
         for fake in fakes.values():
             fake.stop()
 
@@ -175,57 +197,24 @@ def _describe(outcome: Outcome, names: dict[int, str]) -> str:
     return f"observed split {shares}; failed requests: {outcome.failed}"
 
 
-def start_operator(kubectl: Kubectl) -> subprocess.Popen[bytes]:
-    stop_operator()
-    log = (STATE / "operator.log").open("wb")
-    switchyard = shutil.which("switchyard", path=str(Path(sys.executable).parent)) or "switchyard"
-    operator = subprocess.Popen(
-        [switchyard, "run"], env=kubectl.env, stdout=log, stderr=subprocess.STDOUT
-    )
-    OPERATOR_PID.write_text(str(operator.pid))
-    print(f"operator running (pid {operator.pid}), logging to {STATE / 'operator.log'}")
-    return operator
-
-
-def stop_operator() -> None:
-    if not OPERATOR_PID.exists():
-        return
-    pid = int(OPERATOR_PID.read_text())
-    OPERATOR_PID.unlink()
-    try:
-        os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            if os.waitpid(pid, os.WNOHANG) != (0, 0):
-                return
-            time.sleep(0.1)
-        os.kill(pid, signal.SIGKILL)
-    except (ProcessLookupError, ChildProcessError):
-        pass  # already gone, or not our child (a demo left running by another shell)
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--keep", action="store_true", help="leave everything running")
     parser.add_argument("--down", action="store_true", help="stop a demo left running")
     args = parser.parse_args()
     if args.down:
-        stop_operator()
         localcluster.stop(STATE)
         print("demo stopped")
         return 0
 
-    cluster = localcluster.start(STATE)
-    print(f"control plane up; export KUBECONFIG={cluster.kubeconfig}")
+    print("starting the local cluster: control plane, node, cluster DNS")
+    cluster = localcluster.start(STATE, node=True)
+    print(f"cluster up; export KUBECONFIG={cluster.kubeconfig}")
     kubectl = Kubectl(cluster.kubeconfig)
     keep = False
     try:
-        kubectl.run("apply", "--server-side", "--force-conflicts", "-f", str(ROOT / "crds"))
-        kubectl.run(
-            "wait", "--for=condition=Established", "--timeout=60s",
-            "crd/modelendpoints.switchyard.dev", "crd/modelgateways.switchyard.dev",
-        )  # fmt: skip
-        start_operator(kubectl)
+        kubectl.show("a real node runs the Pods", "get", "nodes", "-o", "wide")
+        install(kubectl)
         demo(kubectl)
         traffic(kubectl)
         keep = args.keep
@@ -235,7 +224,6 @@ def main() -> int:
                 f"\nleft running: export KUBECONFIG={cluster.kubeconfig}; `make demo-down` stops it"
             )
         else:
-            stop_operator()
             localcluster.stop(STATE)
             print("\ndemo stopped (`make demo KEEP=1` leaves it running)")
     return 0
