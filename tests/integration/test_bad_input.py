@@ -32,7 +32,7 @@ def serve_healthy_endpoint(scenario: Scenario) -> None:
 def assert_healthy_endpoint_still_served(scenario: Scenario) -> None:
     assert condition(scenario.endpoint("healthy"), "Ready")["status"] == "True"  # type: ignore[index]
     assert "healthy" in [e["model"] for e in scenario.plan()["endpoints"]]
-    assert f"{scenario.app_namespace}_healthy_oai" in scenario.credentials()
+    assert f"{scenario.app_namespace}_providers_api-key" in scenario.credentials()
 
 
 def warning_events(scenario: Scenario, name: str) -> list[tuple[str, str]]:
@@ -212,7 +212,7 @@ def test_a_namespace_the_gateway_does_not_admit_is_reported_until_it_is_labelled
             "label", "namespace", outsider, f"switchyard.test/access={scenario.app_namespace}"
         )
         scenario.wait_condition("intruder", "Ready", "True", namespace=outsider)
-        eventually(lambda: f"{outsider}_intruder_oai" in scenario.credentials())
+        eventually(lambda: f"{outsider}_providers_api-key" in scenario.credentials())
     finally:
         # Gone before the closing proofs, which must see nothing change.
         scenario.cluster.kubectl("delete", "namespace", outsider, "--timeout=60s")

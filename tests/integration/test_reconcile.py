@@ -55,16 +55,16 @@ def test_endpoints_become_ready_with_their_split_and_the_gateway_gets_its_object
 
     app = scenario.app_namespace
     assert scenario.credentials() == {
-        f"{app}_chat_oai": openai_key,
-        f"{app}_chat_claude": anthropic_key,
+        f"{app}_providers_openai": openai_key,
+        f"{app}_providers_anthropic": anthropic_key,
     }
     plan = scenario.plan()
     [entry] = plan["endpoints"]
     assert entry["model"] == "chat"
     assert entry["split"] == "oai=70% claude=30%"
     assert [(b["name"], b["share"], b["credentialsKey"]) for b in entry["backends"]] == [
-        ("oai", 0.7, f"{app}_chat_oai"),
-        ("claude", 0.3, f"{app}_chat_claude"),
+        ("oai", 0.7, f"{app}_providers_openai"),
+        ("claude", 0.3, f"{app}_providers_anthropic"),
         ("llama", 0.0, None),
     ]
     events = [(e["type"], e["reason"]) for e in scenario.events()]
@@ -84,7 +84,7 @@ def test_a_rotated_key_reaches_the_gateway_credentials(scenario: Scenario) -> No
         scenario.endpoint_manifest("chat", [openai_backend("oai", "providers")]),
     )
     scenario.wait_condition("chat", "Ready", "True")
-    key = f"{scenario.app_namespace}_chat_oai"
+    key = f"{scenario.app_namespace}_providers_api-key"
     assert scenario.credentials()[key] == first
 
     scenario.secret("providers", {"api-key": second})
@@ -113,18 +113,20 @@ def test_editing_weights_updates_split_status_and_plan(scenario: Scenario) -> No
 
 def test_deleting_an_endpoint_removes_its_entries(scenario: Scenario) -> None:
     scenario.secret("providers", {"api-key": scenario.new_key()})
+    scenario.secret("embedding-keys", {"api-key": scenario.new_key()})
     scenario.cluster.apply(
         scenario.gateway_manifest(),
         scenario.endpoint_manifest("chat", [openai_backend("oai", "providers")]),
-        scenario.endpoint_manifest("embed", [openai_backend("oai", "providers")]),
+        scenario.endpoint_manifest("embed", [openai_backend("oai", "embedding-keys")]),
     )
     scenario.wait_condition("chat", "Ready", "True")
     scenario.wait_condition("embed", "Ready", "True")
     app = scenario.app_namespace
-    assert set(scenario.credentials()) == {f"{app}_chat_oai", f"{app}_embed_oai"}
+    chat_key, embed_key = f"{app}_providers_api-key", f"{app}_embedding-keys_api-key"
+    assert set(scenario.credentials()) == {chat_key, embed_key}
 
     scenario.cluster.delete("modelendpoints", "embed", app)
-    eventually(lambda: set(scenario.credentials()) == {f"{app}_chat_oai"})
+    eventually(lambda: set(scenario.credentials()) == {chat_key})
     assert [e["model"] for e in scenario.plan()["endpoints"]] == ["chat"]
     eventually(lambda: (g := scenario.gateway()) and g["status"]["attachedEndpoints"] == 1)
 
@@ -177,7 +179,9 @@ def test_the_operator_repairs_the_objects_it_owns(scenario: Scenario) -> None:
         "-p",
         '{"data": {"stray": "c3RyYXk="}}',
     )
-    eventually(lambda: set(scenario.credentials()) == {f"{scenario.app_namespace}_chat_oai"})
+    eventually(
+        lambda: set(scenario.credentials()) == {f"{scenario.app_namespace}_providers_api-key"}
+    )
 
 
 def test_many_endpoint_changes_coalesce_into_few_passes(scenario: Scenario) -> None:

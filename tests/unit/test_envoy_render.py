@@ -65,7 +65,7 @@ def test_each_backend_carries_its_shape_in_metadata() -> None:
         for e in openai_cluster["load_assignment"]["endpoints"]
     }
     assert shapes["oai"]["path_base"] == "/v1"
-    assert shapes["oai"]["credentials"] == "team-a_chat_oai"
+    assert shapes["oai"]["credentials"] == "team-a_keys_openai"
     assert shapes["claude"]["provider"] == "Anthropic"
     assert shapes["claude"]["model"] == "claude"
     azure = {

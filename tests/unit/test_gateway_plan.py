@@ -23,8 +23,8 @@ def test_an_admitted_endpoint_with_resolved_refs_is_attached_and_ready() -> None
     }
     copies = {(c.target_key, c.source, c.source_key) for c in plan.credentials}
     assert copies == {
-        ("team-a_chat_oai", ("team-a", "keys"), "openai"),
-        ("team-a_chat_claude", ("team-a", "keys"), "anthropic"),
+        ("team-a_keys_anthropic", ("team-a", "keys"), "anthropic"),
+        ("team-a_keys_openai", ("team-a", "keys"), "openai"),
     }
 
 
@@ -60,7 +60,10 @@ def test_the_older_endpoint_keeps_a_contested_model() -> None:
     assert "'chat'" in message
     assert "team-a/old" in message
     assert [(p.name, p.model) for p in plan.attached] == [("old", "chat")]
-    assert {c.target_key for c in plan.credentials} == {"team-a_old_oai", "team-a_old_claude"}
+    assert {c.target_key for c in plan.credentials} == {
+        "team-a_keys_openai",
+        "team-a_keys_anthropic",
+    }
 
 
 def test_a_missing_secret_or_key_takes_only_that_backend_out() -> None:
@@ -72,7 +75,7 @@ def test_a_missing_secret_or_key_takes_only_that_backend_out() -> None:
     assert state["Accepted"] == ("True", "Accepted")
     routes = {b.name: b.effective_weight for b in plan.attached[0].backends}
     assert routes == {"oai": 3, "claude": 0}
-    assert [c.target_key for c in plan.credentials] == ["team-a_chat_oai"]
+    assert [c.target_key for c in plan.credentials] == ["team-a_keys_openai"]
 
 
 def test_an_endpoint_whose_every_secret_is_missing_is_not_attached() -> None:
@@ -131,3 +134,26 @@ def test_when_every_backend_is_held_back_traffic_fails_open() -> None:
         "oai": 3,
         "claude": 1,
     }
+
+
+def test_a_held_back_backend_keeps_its_key_in_the_gateways_credentials() -> None:
+    """The kubelet brings a changed Secret into the Pods up to a minute late: a key dropped
+    while its backend is held back would be missing when the backend comes back."""
+    for reason in ("Unhealthy", "RateLimited", "CredentialsInvalid"):
+        held = {("team-a", "chat", "oai"): reason}
+        plan = plan_gateway(GATEWAY_KEY, gateway(), [endpoint("chat")], {}, ALL_KEYS, held)
+        assert {c.target_key for c in plan.credentials} == {
+            "team-a_keys_openai",
+            "team-a_keys_anthropic",
+        }, reason
+
+
+def test_a_key_that_several_backends_use_is_copied_once() -> None:
+    shared = [
+        {"name": f"b{i}", "provider": "OpenAI", "model": "gpt-4o", "weight": 1,
+         "credentialsRef": {"name": "keys", "key": "openai"}}
+        for i in range(3)
+    ]  # fmt: skip
+    endpoints = [endpoint("chat", backends=shared), endpoint("embed", backends=shared)]
+    plan = plan_gateway(GATEWAY_KEY, gateway(), endpoints, {}, ALL_KEYS)
+    assert [c.target_key for c in plan.credentials] == ["team-a_keys_openai"]

@@ -25,8 +25,8 @@ def test_configmap_holds_the_plan_and_no_key_material() -> None:
     assert configmap["metadata"]["ownerReferences"][0]["uid"] == "uid-1"
     secret = credentials_secret(plan, "uid-1", {("team-a", "keys"): _encoded()})
     assert KEY not in json.dumps(configmap)
-    assert base64.b64decode(secret["data"]["team-a_chat_oai"]).decode() == KEY
-    assert set(secret["data"]) == {"team-a_chat_oai", "team-a_chat_claude"}
+    assert base64.b64decode(secret["data"]["team-a_keys_openai"]).decode() == KEY
+    assert set(secret["data"]) == {"team-a_keys_openai", "team-a_keys_anthropic"}
 
 
 def _encoded() -> dict[str, str]:
@@ -54,3 +54,14 @@ def test_a_plan_too_large_for_text_is_stored_compressed() -> None:
     document = json.loads(gzip.decompress(packed))
     assert len(document["endpoints"]) == 2000
     assert plan_configmap(plan, "uid-1") == large  # the same plan is the same bytes
+
+
+def test_key_material_is_copied_without_the_white_space_around_it() -> None:
+    """`kubectl create secret --from-file` keeps the file's newline, which no HTTP header
+    may carry: Envoy answered 503 for every request to that backend."""
+    plan = sample_plan()
+    with_newline = {
+        k: base64.b64encode(base64.b64decode(v) + b"\n").decode() for k, v in _encoded().items()
+    }
+    secret = credentials_secret(plan, "uid-1", {("team-a", "keys"): with_newline})
+    assert base64.b64decode(secret["data"]["team-a_keys_openai"]).decode() == KEY

@@ -7,7 +7,12 @@ from typing import Any
 import pytest
 
 from switchyard.api.models import ModelEndpointSpec
-from switchyard.plan.routing import format_split, plan_endpoint, zero_weight_tiers
+from switchyard.plan.routing import (
+    credentials_key,
+    format_split,
+    plan_endpoint,
+    zero_weight_tiers,
+)
 
 
 def spec(*backends: dict[str, Any]) -> ModelEndpointSpec:
@@ -93,7 +98,7 @@ def test_split_text(weights: tuple[int, ...], expected: str) -> None:
     assert format_split(plan.backends) == expected
 
 
-def test_credentials_keys_name_namespace_endpoint_and_backend() -> None:
+def test_credentials_keys_name_the_namespace_secret_and_key() -> None:
     plan = plan_endpoint(
         "team-a",
         "chat",
@@ -108,7 +113,7 @@ def test_credentials_keys_name_namespace_endpoint_and_backend() -> None:
         ),
     )
     keys = {b.name: b.credentials_key for b in plan.backends}
-    assert keys == {"oai": "team-a_chat_oai", "local": None}
+    assert keys == {"oai": "team-a_s_k", "local": None}
     assert next(b.url for b in plan.backends if b.name == "oai") == "https://api.openai.com"
 
 
@@ -118,3 +123,11 @@ def test_retry_settings_are_carried_in_seconds() -> None:
     plan = plan_endpoint("ns", "ep", endpoint)
     assert plan.per_try_timeout_seconds == 90
     assert plan.retry_on == ("ConnectFailure", "ServerError", "RateLimited")
+
+
+def test_a_credentials_key_too_long_for_a_secret_is_hashed() -> None:
+    long_name = "s" * 253
+    key = credentials_key("team-a", long_name, "api-key")
+    assert len(key) <= 253
+    assert key == credentials_key("team-a", long_name, "api-key")
+    assert key != credentials_key("team-a", long_name, "other-key")

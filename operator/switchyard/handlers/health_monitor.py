@@ -20,7 +20,7 @@ from switchyard.api.models import parse_duration
 from switchyard.health.probes import Target, probe
 from switchyard.health.state import BackendHealth
 from switchyard.kube.secrets import SecretCache
-from switchyard.plan.gateway import ObjectKey
+from switchyard.plan.gateway import ObjectKey, key_material
 
 logger = logging.getLogger(__name__)
 
@@ -188,7 +188,7 @@ class HealthMonitor:
         secret, key = credentials
         data = await self._secrets.get(secret) or {}
         value = data.get(key)
-        return base64.b64decode(value).decode().strip() if value else None
+        return base64.b64decode(key_material(value)).decode() if value else None
 
 
 def _export_state(watched: Watched, before: str | None, now: float) -> None:

@@ -54,6 +54,13 @@ class SecretKeys:
         return cls(frozenset(k for k, v in data.items() if v and base64.b64decode(v).strip()))
 
 
+def key_material(value: str) -> str:
+    """A Secret value (base64) as the credential it holds, in base64: without the white space
+    around it, such as the newline that `kubectl create secret --from-file` keeps from the
+    file and that no HTTP header may carry. Probes and the data plane send these bytes."""
+    return base64.b64encode(base64.b64decode(value).strip()).decode()
+
+
 @dataclass(frozen=True)
 class CredentialCopy:
     """One key the gateway's credentials Secret takes from an endpoint's Secret."""
@@ -135,7 +142,7 @@ def plan_gateway(
         result.outcomes[endpoint.key] = outcome
         if outcome.plan is not None:
             result.attached.append(outcome.plan)
-            result.credentials.extend(_credential_copies(endpoint, outcome.plan))
+            result.credentials.extend(_credential_copies(endpoint, outcome.plan, secrets))
         elif gateway is not None:
             ready = outcome.conditions[-1]
             result.rejected.append(
@@ -149,7 +156,7 @@ def plan_gateway(
             )
     planner.rotate()
     result.attached.sort(key=lambda p: p.model)
-    result.credentials.sort(key=lambda c: c.target_key)
+    result.credentials = sorted(set(result.credentials), key=lambda c: c.target_key)
     return result
 
 
@@ -308,13 +315,21 @@ def _not_ready(cause: DesiredCondition) -> DesiredCondition:
     return DesiredCondition.false("Ready", cause.reason, cause.message)
 
 
-def _credential_copies(endpoint: EndpointSource, plan: EndpointPlan) -> list[CredentialCopy]:
+def _credential_copies(
+    endpoint: EndpointSource, plan: EndpointPlan, secrets: Mapping[ObjectKey, SecretKeys | None]
+) -> list[CredentialCopy]:
+    """The keys of every backend whose reference resolves, whatever its health: a backend
+    held back now (unhealthy, rate limited, refused) finds its key already mounted when it
+    comes back, as the kubelet takes a while to bring a changed Secret into the Pods."""
     assert endpoint.spec is not None
     refs = {b.name: b.credentials_ref for b in endpoint.spec.backends}
     copies = []
     for backend in plan.backends:
         ref = refs[backend.name]
-        if ref is None or backend.credentials_key is None or backend.unavailable_reason:
+        if ref is None or backend.credentials_key is None:
+            continue
+        secret = secrets.get((endpoint.namespace, ref.name))
+        if secret is None or ref.key not in secret.keys:
             continue
         copies.append(
             CredentialCopy(backend.credentials_key, (endpoint.namespace, ref.name), ref.key)

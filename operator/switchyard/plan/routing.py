@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -48,9 +49,18 @@ class EndpointPlan:
         return format_split(self.backends)
 
 
-def credentials_key(namespace: str, endpoint: str, backend: str) -> str:
-    """The gateway Secret key of one backend. `_` is in no Kubernetes name, so keys never clash."""
-    return f"{namespace}_{endpoint}_{backend}"
+# A Secret's data keys are at most 253 characters.
+MAX_SECRET_KEY = 253
+
+
+def credentials_key(namespace: str, secret: str, key: str) -> str:
+    """The gateway Secret key that holds one referenced Secret key: copied once, however many
+    backends use it. `_` is in no namespace or Secret name, so keys never clash; one that
+    would pass the length limit of a Secret key is named by its hash instead."""
+    name = f"{namespace}_{secret}_{key}"
+    if len(name) <= MAX_SECRET_KEY:
+        return name
+    return "sha256_" + hashlib.sha256(name.encode()).hexdigest()
 
 
 def zero_weight_tiers(spec: ModelEndpointSpec) -> list[int]:
@@ -96,7 +106,9 @@ def plan_endpoint(
             url=b.base_url,
             api_version=b.api_version,
             credentials_key=(
-                credentials_key(namespace, name, b.name) if b.credentials_ref is not None else None
+                credentials_key(namespace, b.credentials_ref.name, b.credentials_ref.key)
+                if b.credentials_ref is not None
+                else None
             ),
             weight=b.weight,
             priority=b.priority,

@@ -9,7 +9,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from switchyard.plan.gateway import GatewayPlan, ObjectKey
+from switchyard.plan.gateway import GatewayPlan, ObjectKey, key_material
 
 MANAGED_BY = "switchyard"
 GATEWAY_LABEL = "switchyard.dev/gateway"
@@ -131,9 +131,13 @@ def plan_configmap(plan: GatewayPlan, owner_uid: str) -> dict[str, Any]:
 def credentials_secret(
     plan: GatewayPlan, owner_uid: str, secret_data: Mapping[ObjectKey, Mapping[str, str]]
 ) -> dict[str, Any]:
-    """The gateway's credentials: one key per backend it serves, copied from the endpoints'
-    Secrets (`secret_data` holds their base64 `data`, as the API server returns it)."""
-    data = {copy.target_key: secret_data[copy.source][copy.source_key] for copy in plan.credentials}
+    """The gateway's credentials: each key its endpoints reference, copied once from their
+    Secrets (`secret_data` holds their base64 `data`, as the API server returns it) and
+    normalised as `key_material` says."""
+    data = {
+        copy.target_key: key_material(secret_data[copy.source][copy.source_key])
+        for copy in plan.credentials
+    }
     return {
         "apiVersion": "v1",
         "kind": "Secret",
