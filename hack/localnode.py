@@ -35,6 +35,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 NODE_NAME = "switchyard-node"
 HOST_IP = "198.18.0.1"  # the host's end of the node's link; the API server listens here
@@ -444,6 +445,46 @@ state = "{root / "containerd/state"}"
             }
         )
     )
+
+
+def host_state() -> dict[str, Any]:
+    """What a node could leave behind on the host, to compare before and after one ran:
+    processes of its programs, network links and routes, iptables rules, mounts, cgroups,
+    the kernel settings the kubelet changes, and the host directories runtimes default to."""
+    programs = {"containerd", "containerd-shim-runc-v2", "kubelet", "kube-proxy", "pause",
+                "coredns", "envoy", "unshare"}  # fmt: skip
+    processes = sorted(
+        comm for stat in Path("/proc").glob("[0-9]*/comm") if (comm := _read(stat)) in programs
+    )
+    return {
+        "processes": processes,
+        "links": _run("ip", "-o", "link", "show"),
+        "routes": _run("ip", "route", "show", "table", "all"),
+        "iptables": _run("iptables-save") if Path("/usr/sbin/iptables-save").exists() else "",
+        "mounts": sorted(
+            line.split()[4] for line in _read(Path("/proc/self/mountinfo")).splitlines()
+        ),
+        "cgroups": sorted(str(p) for p in Path("/sys/fs/cgroup").glob(f"*/{CGROUP_ROOT}")),
+        "kernel": {name: _read(Path("/proc/sys") / name) for name in KERNEL_SETTINGS},
+        "directories": sorted(
+            path
+            for path in ("/var/lib/kubelet", "/var/lib/cni", "/run/containerd", "/run/netns")
+            if Path(path).exists()
+        ),
+    }
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text().strip()
+    except OSError:
+        return ""
+
+
+def _run(*command: str) -> str:
+    done = subprocess.run(command, capture_output=True, text=True)
+    # iptables-save stamps its output with the time; that is not state.
+    return "\n".join(line for line in done.stdout.splitlines() if not line.startswith("#"))
 
 
 # --- inside the node's namespaces ----------------------------------------------------------

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 import localcluster
+import localnode
 from tests_support.cluster import Cluster
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -28,6 +29,7 @@ def local_cluster(
         yield None
         return
     directory = tmp_path_factory.mktemp("cluster")
+    before = localnode.host_state()
     local = localcluster.start(directory, node=True)
     os.environ["KUBECONFIG"] = str(local.kubeconfig)
     try:
@@ -35,6 +37,11 @@ def local_cluster(
     finally:
         del os.environ["KUBECONFIG"]
         localcluster.stop(directory)
+    # The node ran Pods, a bridge, kube-proxy's chains and the kubelet's mounts: stopping it
+    # must leave the machine exactly as it was.
+    after = localnode.host_state()
+    changed = {k: (before[k], after[k]) for k in before if before[k] != after[k]}
+    assert not changed, f"the local cluster left the machine changed: {changed}"
 
 
 @pytest.fixture(scope="session")
