@@ -137,6 +137,11 @@ REFUSED: list[tuple[str, dict[str, Any], list[str]]] = [
         ["spec.healthCheck.healthyThreshold", "greater than or equal to 1"],
     ),
     ("missing model", {"model": None}, ["spec.model", "Required value"]),
+    (
+        "a provider named by the API but not served yet",
+        {"backends": [_backend(provider="AWSBedrock", url="https://bedrock.example")]},
+        ["spec.backends[0].provider", "AWSBedrock and GCPVertexAI are not served yet"],
+    ),
 ]
 
 
@@ -161,6 +166,10 @@ def test_bad_specs_are_refused_at_apply_naming_the_field(scenario: Scenario) -> 
     message = scenario.cluster.apply_rejected(gateway)
     assert "spec.allowedEndpoints.namespaces.selector" in message
     assert "selector is required when from is Selector" in message
+    litellm = scenario.gateway_manifest("litellm", dataPlane={"type": "LiteLLM"})
+    message = scenario.cluster.apply_rejected(litellm)
+    assert "spec.dataPlane.type" in message
+    assert "LiteLLM is not served yet" in message
     assert_healthy_endpoint_still_served(scenario)
 
 

@@ -11,7 +11,7 @@ import yaml
 from pydantic import ValidationError
 
 from switchyard.api.crd import custom_resource_definitions
-from switchyard.api.models import ModelEndpointSpec, parse_duration
+from switchyard.api.models import ModelEndpointSpec, ModelGatewaySpec, parse_duration
 from switchyard.cli import CRD_HEADER, main, write_crds
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -89,6 +89,8 @@ def base_spec(**backend: Any) -> dict[str, Any]:
         ({"url": "ftp://x"}, "http or https"),
         ({"name": "Not_A_Label"}, "should match pattern"),
         ({"provider": "Anthropic", "url": None}, "credentialsRef is required"),
+        ({"provider": "AWSBedrock"}, "AWSBedrock and GCPVertexAI are not served yet"),
+        ({"provider": "GCPVertexAI"}, "AWSBedrock and GCPVertexAI are not served yet"),
     ],
 )
 def test_offline_validation_matches_the_schema(change: dict[str, Any], message: str) -> None:
@@ -143,3 +145,8 @@ def test_plan_command_names_the_bad_field(
     err = capsys.readouterr().err
     assert "ModelEndpoint team-a/broken" in err
     assert "spec.backends.0.weight" in err
+
+
+def test_a_data_plane_not_served_yet_is_refused_offline() -> None:
+    with pytest.raises(ValidationError, match="LiteLLM is not served yet"):
+        ModelGatewaySpec.model_validate({"dataPlane": {"type": "LiteLLM"}})

@@ -101,6 +101,13 @@ PROVIDERS_NEEDING_KEY = [
     Provider.AZURE_OPENAI.value,
     Provider.ANTHROPIC.value,
 ]
+# Named by the API, not served yet: refused at admission rather than accepted and ignored.
+NOT_YET_SERVED = [Provider.AWS_BEDROCK.value, Provider.GCP_VERTEX_AI.value]
+NOT_YET_SERVED_MESSAGE = (
+    "providers AWSBedrock and GCPVertexAI are not served yet: Bedrock needs SigV4-signed "
+    "requests and Vertex AI OAuth tokens, which Switchyard does not send yet"
+)
+LITELLM_MESSAGE = "dataPlane.type LiteLLM is not served yet: gateways run Envoy"
 
 
 class RetryOn(StrEnum):
@@ -136,6 +143,12 @@ class Backend(_Model):
         json_schema_extra={
             "x-kubernetes-validations": [
                 cel(
+                    f"!(self.provider in {NOT_YET_SERVED})",
+                    NOT_YET_SERVED_MESSAGE,
+                    fieldPath=".provider",
+                    reason="FieldValueNotSupported",
+                ),
+                cel(
                     "!has(self.apiVersion) || self.provider == 'AzureOpenAI'",
                     "apiVersion is only valid for provider AzureOpenAI",
                     fieldPath=".apiVersion",
@@ -165,8 +178,9 @@ class Backend(_Model):
         pattern=DNS_LABEL,
     )
     provider: Provider = Field(
-        description="Provider type: OpenAI, AzureOpenAI, Anthropic, AWSBedrock, GCPVertexAI "
-        "or OpenAICompatible (self-hosted servers such as vLLM)."
+        description="Provider type: OpenAI, AzureOpenAI, Anthropic or OpenAICompatible "
+        "(self-hosted servers such as vLLM). AWSBedrock and GCPVertexAI are named by the API "
+        "but not served yet, and refused."
     )
     model: str = Field(
         description="Upstream model id sent to the provider. For AzureOpenAI, the deployment name.",
@@ -217,6 +231,8 @@ class Backend(_Model):
     # The same rules as the CEL above, for files checked offline by `switchyard plan`.
     @model_validator(mode="after")
     def _provider_fields(self) -> Backend:
+        if self.provider in NOT_YET_SERVED:
+            raise ValueError(NOT_YET_SERVED_MESSAGE)
         if self.api_version is not None and self.provider != Provider.AZURE_OPENAI:
             raise ValueError("apiVersion is only valid for provider AzureOpenAI")
         if self.url is None and self.provider in PROVIDERS_NEEDING_URL:
@@ -431,8 +447,31 @@ class DataPlaneType(StrEnum):
 class DataPlane(_Model):
     """The data plane that serves the gateway."""
 
-    type: DataPlaneType = Field(default=DataPlaneType.ENVOY, description="Envoy or LiteLLM.")
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    "self.type == 'Envoy'",
+                    LITELLM_MESSAGE,
+                    fieldPath=".type",
+                    reason="FieldValueNotSupported",
+                )
+            ]
+        }
+    )
+
+    type: DataPlaneType = Field(
+        default=DataPlaneType.ENVOY,
+        description="Envoy (the default). LiteLLM is named by the API but not served yet, and "
+        "refused.",
+    )
     replicas: int = Field(default=1, ge=0, le=100, description="Data plane replicas.")
+
+    @model_validator(mode="after")
+    def _served(self) -> DataPlane:
+        if self.type != DataPlaneType.ENVOY:
+            raise ValueError(LITELLM_MESSAGE)
+        return self
 
 
 class Listener(_Model):
