@@ -533,3 +533,50 @@ def test_live_failures_make_the_operator_probe_at_once(lab: Lab) -> None:
         assert time.monotonic() - started < 10, "the live failures did not hasten the probes"
     finally:
         lab.fakes["local-b"].heal()
+
+
+def test_a_restart_keeps_refused_and_rate_limited_backends_out_and_writes_nothing(
+    lab: Lab,
+) -> None:
+    """A restarted operator resumes a refused key and a back-off from status: it routes to
+    neither again, and rewrites no status."""
+    model = "restart-held-back"
+    quick = {"interval": "1s", "timeout": "500ms"}
+    lab.serve(
+        model,
+        [lab.backend("local-a"), lab.backend("local-b"), lab.backend("local-c")],
+        healthCheck=quick,
+    )
+    limited, refusing = lab.fakes["local-b"], lab.fakes["local-c"]
+    key = refusing.api_key
+    limited.fault(status=429, retryAfter=120)
+    refusing.rotate_key(f"{key}-rotated-away")  # the provider no longer takes the Secret's key
+    try:
+        eventually(
+            lambda: (
+                backend_status(lab, model, "local-b").get("reason") == "RateLimited"
+                and backend_status(lab, model, "local-c").get("reason") == "CredentialsInvalid"
+            ),
+            timeout=15,
+        )
+        assert backend_status(lab, model, "local-b")["rateLimitedUntil"]
+        time.sleep(1.5)  # the pass that wrote that status is done
+        before = lab.cluster.get("modelendpoints", model, lab.namespace)
+        assert before is not None
+        lab.operator.stop()
+        lab.operator.start()
+        # The new operator probes again (1 s interval) and passes over the gateway.
+        time.sleep(4)
+        after = lab.cluster.get("modelendpoints", model, lab.namespace)
+        assert after is not None
+        assert after["metadata"]["resourceVersion"] == before["metadata"]["resourceVersion"], (
+            json.dumps(before["status"]) + " -> " + json.dumps(after["status"])
+        )
+        limited.forget_requests()
+        refusing.forget_requests()
+        outcome = send_sync(lab.url, chat(model), 40, concurrency=2)
+        assert outcome.failed == 0, outcome.statuses
+        assert set(outcome.ports) == {lab.port("local-a")}
+    finally:
+        limited.heal()
+        refusing.rotate_key(key)

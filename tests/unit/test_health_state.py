@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime
+
 from switchyard.health.probes import Outcome, ProbeResult, Target, request_for
 from switchyard.health.state import BackendHealth
 
@@ -66,3 +68,37 @@ def test_each_provider_is_probed_on_its_cheapest_listing() -> None:
         "https://h/v1/models",
         {"anthropic-version": "2023-06-01", "x-api-key": "k"},
     )
+
+
+def test_a_refused_key_and_a_back_off_resume_from_status() -> None:
+    """A restart that forgot them would route to a refused key, or to a provider that asked
+    to back off, and rewrite status."""
+    wall = datetime.datetime(2026, 11, 29, 10, 0, 0, tzinfo=datetime.UTC)
+    refused = BackendHealth(unhealthy_threshold=3, healthy_threshold=2)
+    refused.restore({"healthy": True, "reason": "CredentialsInvalid"}, 100.0, wall)
+    assert refused.held_back(100.0) == "CredentialsInvalid"
+
+    limited = BackendHealth(unhealthy_threshold=3, healthy_threshold=2)
+    shown: dict[str, int | str | bool | None] = {
+        "healthy": True,
+        "reason": "RateLimited",
+        "rateLimitedUntil": "2026-11-29T10:00:30Z",
+    }
+    limited.restore(shown, 100.0, wall)
+    assert limited.held_back(129.0) == "RateLimited"
+    assert limited.rate_limit_shown(129.0) == "2026-11-29T10:00:30Z"
+    assert limited.held_back(131.0) is None
+
+    ended = BackendHealth(unhealthy_threshold=3, healthy_threshold=2)
+    ended.restore({**shown, "rateLimitedUntil": "2026-11-29T09:59:00Z"}, 100.0, wall)
+    assert ended.held_back(100.0) is None
+
+
+def test_a_back_off_shows_when_it_started_to_end_however_often_it_is_extended() -> None:
+    """Each later 429 extends the back-off; status keeps the first end, not a write per 429."""
+    health = BackendHealth(unhealthy_threshold=3, healthy_threshold=2)
+    assert health.back_off(5, 0.0, "t+5")
+    assert not health.back_off(5, 2.0, "t+7")
+    assert health.rate_limit_shown(6.0) == "t+5"
+    assert health.held_back(6.5) == "RateLimited"
+    assert health.rate_limit_shown(7.5) is None

@@ -146,7 +146,7 @@ class Backend(_Model):
                     f"!(self.provider in {NOT_YET_SERVED})",
                     NOT_YET_SERVED_MESSAGE,
                     fieldPath=".provider",
-                    reason="FieldValueNotSupported",
+                    reason="FieldValueForbidden",
                 ),
                 cel(
                     "!has(self.apiVersion) || self.provider == 'AzureOpenAI'",
@@ -416,6 +416,12 @@ class BackendStatus(_Model):
     reason: str | None = Field(
         default=None, description="Why the effective weight is 0, when it is."
     )
+    rate_limited_until: str | None = Field(
+        default=None,
+        description="While the provider has asked to back off (HTTP 429): when its Retry-After "
+        "ends and the backend takes traffic again.",
+        json_schema_extra={"format": "date-time"},
+    )
 
 
 class ModelEndpointStatus(_Model):
@@ -454,7 +460,7 @@ class DataPlane(_Model):
                     "self.type == 'Envoy'",
                     LITELLM_MESSAGE,
                     fieldPath=".type",
-                    reason="FieldValueNotSupported",
+                    reason="FieldValueForbidden",
                 )
             ]
         }

@@ -83,7 +83,7 @@ class HealthMonitor:
             ):
                 health = BackendHealth(*thresholds)
                 if key in shown:
-                    health.restore(shown[key], now)
+                    health.restore(shown[key], now, datetime.datetime.now(datetime.UTC))
                 interval = _seconds(check.interval)
                 # Spread the first probes over the interval instead of all at once.
                 labels = (*key, target.provider, f"{gateway[0]}/{gateway[1]}")
@@ -97,6 +97,18 @@ class HealthMonitor:
             else:
                 current.target, current.credentials = target, credentials
                 current.interval = _seconds(check.interval)
+                if current.gateway != gateway:
+                    # The endpoint moved here: its probes go on, filed under this gateway, so
+                    # the pass of the one it left does not drop them.
+                    metrics.BACKENDS.forget(current.labels)
+                    current.gateway = gateway
+                    current.labels = (*key, target.provider, f"{gateway[0]}/{gateway[1]}")
+                    metrics.BACKENDS.of(current.labels)
+
+    def watching(self, key: BackendKey) -> ObjectKey | None:
+        """The gateway a backend is probed for, if it is probed."""
+        watched = self._watched.get(key)
+        return watched.gateway if watched else None
 
     def expedite(self, key: BackendKey) -> None:
         """Live traffic to the backend is failing: probe it now, and keep probing it once a
@@ -117,7 +129,7 @@ class HealthMonitor:
         now = time.monotonic()
         before = watched.health.held_back(now)
         until = watched.health.rate_limited_until
-        if watched.health.back_off(seconds, now):
+        if watched.health.back_off(seconds, now, _wall_time(seconds)):
             self._on_change(watched.gateway)
         if watched.health.rate_limited_until > until:
             # Each later Retry-After moves the moment the backend comes back.
@@ -138,7 +150,12 @@ class HealthMonitor:
 
     def shown(self, key: BackendKey) -> dict[str, Any]:
         watched = self._watched.get(key)
-        return dict(watched.health.published) if watched else {}
+        if watched is None:
+            return {}
+        shown = dict(watched.health.published)
+        if ends := watched.health.rate_limit_shown(time.monotonic()):
+            shown["rateLimitedUntil"] = ends
+        return shown
 
     async def run(self) -> None:
         connector = aiohttp.TCPConnector(limit=MAX_CONCURRENT_PROBES, force_close=True)
@@ -162,10 +179,9 @@ class HealthMonitor:
                 api_key = await self._key(watched.credentials)
                 result = await probe(session, watched.target, api_key)
             now = time.monotonic()
-            wall = datetime.datetime.now(datetime.UTC).replace(microsecond=0)
             before = watched.health.held_back(now)
             if watched.health.observe(
-                result, now, wall.isoformat().replace("+00:00", "Z"), STATUS_REFRESH_SECONDS
+                result, now, _wall_time(), STATUS_REFRESH_SECONDS, _wall_time(result.retry_after)
             ):
                 self._on_change(watched.gateway)
             metrics.BACKENDS.of(watched.labels).observe_probe(result.latency_ms / 1000)
@@ -189,6 +205,14 @@ class HealthMonitor:
         data = await self._secrets.get(secret) or {}
         value = data.get(key)
         return base64.b64decode(key_material(value)).decode() if value else None
+
+
+def _wall_time(later: float = 0.0) -> str:
+    """Now, or `later` seconds from now (rounded up), as status writes times."""
+    moment = datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=later)
+    if later and moment.microsecond:
+        moment += datetime.timedelta(seconds=1)
+    return moment.replace(microsecond=0).isoformat().replace("+00:00", "Z")
 
 
 def _export_state(watched: Watched, before: str | None, now: float) -> None:

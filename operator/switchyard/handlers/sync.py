@@ -244,15 +244,20 @@ class GatewaySync:
                     secret_keys[secret] = None if data is None else SecretKeys.from_data(data)
         gateway = gateway_record.source if gateway_record else None
         seen = self._seen.setdefault(key, _Seen())
-        plan = plan_gateway(
-            key,
-            gateway,
-            [r.source for r in records],
-            self.store.namespace_labels,
-            secret_keys,
-            self.health.held_back(key),
-            seen.plans,
-        )
+        held_back = self.health.held_back(key)
+
+        def planned() -> GatewayPlan:
+            return plan_gateway(
+                key,
+                gateway,
+                [r.source for r in records],
+                self.store.namespace_labels,
+                secret_keys,
+                held_back,
+                seen.plans,
+            )
+
+        plan = planned()
         if gateway is None:
             self.health.forget(key)
             self._seen.pop(key, None)
@@ -261,6 +266,12 @@ class GatewaySync:
             if targets[0] != seen.targets:
                 self.health.watch(key, *targets)
                 seen.targets = targets[0]
+                # Backends probed for the first time resume from what status showed (after a
+                # restart: unhealthy, refused, rate limited): plan with that, or this pass
+                # would route to them and rewrite status, and the next would undo it.
+                if (restored := self.health.held_back(key)) != held_back:
+                    held_back = restored
+                    plan = planned()
             seen.exported = _export_routing(plan, seen.exported)
         node = node_of_gateway(*key)
         if gateway is None:
