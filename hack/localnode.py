@@ -206,6 +206,8 @@ def wait_for_runtime(layout: Path | Layout, timeout: float = 60.0) -> None:
 def stop(layout: Path | Layout) -> None:
     """Stop the node and put the machine back as it was. No error when none runs."""
     node = layout if isinstance(layout, Layout) else Layout(layout)
+    if not node.root.exists():
+        return  # this cluster never had a node: the machine's node, if any, is another's
     if node.state_file.exists():
         state = json.loads(node.state_file.read_text())
         for key in ("supervisor", "holder"):
@@ -220,12 +222,14 @@ def stop(layout: Path | Layout) -> None:
             _reap(state[key])
         node.state_file.unlink()
     # The namespaces are gone with their processes, and so are the link, the bridge, the
-    # iptables chains and every mount. Cgroups and kernel settings are the machine's.
-    _remove_cgroup_root()
-    _restore_kernel_settings(node)
+    # iptables chains and every mount. Cgroups and kernel settings are the machine's: put
+    # back only by the node that holds the machine (a stale one's run could not clean up).
+    owner = Path(OWNER.read_text().strip()) if OWNER.exists() else None
+    if owner in (None, node.root.parent):
+        _remove_cgroup_root()
+        _restore_kernel_settings(node)
+        OWNER.unlink(missing_ok=True)
     node.link_ready.unlink(missing_ok=True)
-    if OWNER.exists() and Path(OWNER.read_text().strip()) == node.root.parent:
-        OWNER.unlink()
 
 
 def alive(pid: int) -> bool:
