@@ -138,6 +138,11 @@ REFUSED: list[tuple[str, dict[str, Any], list[str]]] = [
     ),
     ("missing model", {"model": None}, ["spec.model", "Required value"]),
     (
+        "a port out of range, which froze every pass of the gateway",
+        {"backends": [_backend(url="http://models.example:99999")]},
+        ["spec.backends[0].url", "port must be between 1 and 65535"],
+    ),
+    (
         "a provider named by the API but not served yet",
         {"backends": [_backend(provider="AWSBedrock", url="https://bedrock.example")]},
         ["spec.backends[0].provider", "AWSBedrock and GCPVertexAI are not served yet"],
@@ -338,3 +343,48 @@ def test_a_data_plane_the_api_server_refuses_is_reported_and_retried(
     assert scenario.cluster.get(
         "deployments", "shared-switchyard-envoy", scenario.gateway_namespace
     )
+
+
+def test_an_owned_object_the_api_server_refuses_holds_back_none_of_the_others(
+    scenario: Scenario,
+) -> None:
+    """Keys too large for one Secret (1 MiB): the gateway's credentials cannot be written,
+    which the gateway reports, while its other objects are applied all the same."""
+    # Six keys of 190 kB: each Secret fits (and kubectl's 256 kB annotation), together not.
+    for index in range(6):
+        scenario.secret(f"big-{index}", {"api-key": str(index) * 190_000})
+    scenario.cluster.apply(
+        scenario.gateway_manifest(),
+        *(
+            scenario.endpoint_manifest(f"big-{index}", [openai_backend("oai", f"big-{index}")])
+            for index in range(6)
+        ),
+    )
+    ready = eventually(
+        lambda: (c := condition(scenario.gateway(), "Ready")) and c["status"] == "False" and c,
+        timeout=30,
+    )
+    assert ready["reason"] == "ApplyFailed"
+    assert "shared-switchyard-credentials" in ready["message"]
+    namespace = scenario.gateway_namespace
+    for kind, name in (
+        ("configmaps", "shared-switchyard-plan"),
+        ("configmaps", "shared-switchyard-envoy"),
+        ("deployments", "shared-switchyard-envoy"),
+        ("services", "shared-switchyard"),
+    ):
+        assert scenario.cluster.get(kind, name, namespace) is not None, (kind, name)
+    scenario.wait_condition("big-0", "Accepted", "True")
+    # While the Secret is refused, a change to the gateway still reaches its Deployment.
+    scenario.cluster.apply(scenario.gateway_manifest(dataPlane={"replicas": 2}))
+    eventually(
+        lambda: (
+            (d := scenario.cluster.get("deployments", "shared-switchyard-envoy", namespace))
+            and d["spec"]["replicas"] == 2
+        ),
+        timeout=15,
+    )
+    # Within the limit again, the Secret is written and the gateway is Ready.
+    scenario.secret("big-5", {"api-key": "5" * 1000})
+    eventually(lambda: len(scenario.credentials()) == 6, timeout=30)
+    eventually(lambda: (c := condition(scenario.gateway(), "Ready")) and c["status"] == "True")

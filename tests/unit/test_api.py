@@ -89,6 +89,8 @@ def base_spec(**backend: Any) -> dict[str, Any]:
         ({"url": "ftp://x"}, "http or https"),
         ({"name": "Not_A_Label"}, "should match pattern"),
         ({"provider": "Anthropic", "url": None}, "credentialsRef is required"),
+        ({"url": "http://a:99999"}, "port must be between 1 and 65535"),
+        ({"url": "http://a:0"}, "port must be between 1 and 65535"),
         ({"provider": "AWSBedrock"}, "AWSBedrock and GCPVertexAI are not served yet"),
         ({"provider": "GCPVertexAI"}, "AWSBedrock and GCPVertexAI are not served yet"),
     ],

@@ -7,6 +7,7 @@ rule is a CEL expression, so the API server refuses bad input at `kubectl apply`
 from __future__ import annotations
 
 import re
+import urllib.parse
 from enum import StrEnum
 from typing import Annotated, Any
 
@@ -198,7 +199,12 @@ class Backend(_Model):
                 cel(
                     "isURL(self) && url(self).getScheme() in ['http', 'https']",
                     "url must be an http or https URL",
-                )
+                ),
+                cel(
+                    "!isURL(self) || url(self).getPort() == ''"
+                    " || (int(url(self).getPort()) >= 1 && int(url(self).getPort()) <= 65535)",
+                    "url's port must be between 1 and 65535",
+                ),
             ]
         },
     )
@@ -241,6 +247,13 @@ class Backend(_Model):
             raise ValueError(f"credentialsRef is required for provider {self.provider}")
         if self.url is not None and not re.match(r"^https?://[^\s/]+", self.url):
             raise ValueError("url must be an http or https URL")
+        if self.url is not None:
+            try:
+                port = urllib.parse.urlsplit(self.url).port
+            except ValueError:
+                port = 0
+            if port == 0:
+                raise ValueError("url's port must be between 1 and 65535")
         return self
 
     @property

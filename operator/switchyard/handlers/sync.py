@@ -285,6 +285,7 @@ class GatewaySync:
         # Endpoint statuses first: they are what users wait for after an apply; the
         # gateway's own objects and status follow in the same pass.
         statuses: dict[ObjectKey, tuple[Any, Any]] = {}
+        unwritten = 0  # statuses the API server refused: the pass goes on, and is retried
         for record in records:
             outcome = plan.outcomes[record.source.key]
             health = {
@@ -305,10 +306,13 @@ class GatewaySync:
                 statuses[record.source.key] = before
                 continue
             status = endpoint_status(outcome, current, record.source.generation, _now(), health)
-            await self._write_status("modelendpoints", record.body, status, outcome.conditions)
-            statuses[record.source.key] = (inputs, record.body.get("status") or {})
+            if await self._write_status("modelendpoints", record.body, status, outcome.conditions):
+                statuses[record.source.key] = (inputs, record.body.get("status") or {})
+            else:
+                unwritten += 1
         seen.statuses = statuses
         applied = gateway_record is None or await self._apply_gateway(gateway_record, plan, seen)
+        applied = applied and not unwritten
         self.secrets.forget_unreferenced(self.store.referenced_secrets())
         if not applied:
             # Reported on the gateway already; the pass is retried with backoff.
@@ -329,20 +333,19 @@ class GatewaySync:
             programmed = programmed_condition(record.source.spec.data_plane.type, envoys)
             programmed = self._settling(plan, programmed, body.get("status") or {}, seen)
             accepted, programmed, ready = gateway_conditions(plan, programmed)
-            try:
-                await self._apply_objects(record.source.spec, body["metadata"]["uid"], plan)
-            except OwnershipConflict as conflict:
-                ready = DesiredCondition.false("Ready", "OwnershipConflict", str(conflict))
-                applied = False
-            except ApiError as error:
-                # Refused by the API server (quota, admission, RBAC): say so on the gateway.
-                ready = DesiredCondition.false("Ready", "ApplyFailed", describe_error(error))
+            problems = await self._apply_objects(record.source.spec, body["metadata"]["uid"], plan)
+            if problems:
+                # Refused by the API server (too large, quota, admission, RBAC) or held by
+                # someone else: say so on the gateway; the other objects were applied.
+                reason = "OwnershipConflict" if problems[0][0] else "ApplyFailed"
+                ready = DesiredCondition.false(
+                    "Ready", reason, "; ".join(message for _, message in problems)
+                )
                 applied = False
             conditions = (accepted, programmed, ready)
         generation = int(body["metadata"].get("generation", 0))
         status = gateway_status(plan, body.get("status") or {}, generation, _now(), conditions)
-        await self._write_status("modelgateways", body, status, conditions)
-        return applied
+        return await self._write_status("modelgateways", body, status, conditions) and applied
 
     def _settling(
         self,
@@ -372,7 +375,12 @@ class GatewaySync:
         asyncio.get_running_loop().call_later(until - now + 0.1, self.mark, {key})
         return DesiredCondition.true("Programmed", shown["reason"], shown.get("message", ""))
 
-    async def _apply_objects(self, spec: ModelGatewaySpec, uid: str, plan: GatewayPlan) -> None:
+    async def _apply_objects(
+        self, spec: ModelGatewaySpec, uid: str, plan: GatewayPlan
+    ) -> list[tuple[bool, str]]:
+        """Apply each owned object on its own, so one the API server refuses (a Secret over
+        1 MiB, say) does not hold back the others. Returns (ownership conflict?, message)
+        for each one that was not applied."""
         sources = {c.source for c in plan.credentials}
         secret_data = {source: await self._secret_data(source) for source in sources}
         credentials = credentials_secret(plan, uid, secret_data)
@@ -384,6 +392,7 @@ class GatewaySync:
                 deployment.envoy_deployment(plan, spec, uid, bootstrap, self.envoy_pods),
                 deployment.envoy_service(plan, spec, uid),
             ]
+        problems: list[tuple[bool, str]] = []
         for manifest in manifests:
             metadata = manifest["metadata"]
             key = (manifest["kind"], metadata["namespace"], metadata["name"])
@@ -391,14 +400,22 @@ class GatewaySync:
             if known is not None and known.manifest == manifest:
                 self._owned[key] = known
                 continue
-            applied = await self.kube.apply_owned(
-                manifest, known.resource_version if known is not None else None
-            )
+            try:
+                applied = await self.kube.apply_owned(
+                    manifest, known.resource_version if known is not None else None
+                )
+            except OwnershipConflict as conflict:
+                problems.append((True, str(conflict)))
+                continue
+            except ApiError as error:
+                problems.append((False, f"{key[0]} {key[2]}: {describe_error(error)}"))
+                continue
             self._owned[key] = _Owned(manifest, applied.resource_version)
             if applied.wrote:
                 metrics.API_WRITES.labels(manifest["kind"]).inc()
                 if manifest is credentials and spec.data_plane.type == DataPlaneType.ENVOY:
                     await self._refresh_mounted_credentials(plan, applied.resource_version)
+        return problems
 
     async def _refresh_mounted_credentials(self, plan: GatewayPlan, version: str) -> None:
         """Have the kubelet bring the gateway's Pods the Secret just written now, rather
@@ -428,15 +445,23 @@ class GatewaySync:
         body: dict[str, Any],
         status: dict[str, Any],
         desired: tuple[DesiredCondition, ...],
-    ) -> None:
+    ) -> bool:
+        """Write a status that differs, and post Events for its transitions. False when the
+        API server refused it: logged, and the pass goes on with the other objects."""
         current = body.get("status") or {}
         if not status_differs(current, status):
-            return
+            return True
         key = (body["metadata"]["namespace"], body["metadata"]["name"])
-        updated = await self.kube.patch_status(plural, *key, status)
+        try:
+            updated = await self.kube.patch_status(plural, *key, status)
+        except ApiError as error:
+            logger.warning(
+                "could not write the status of %s %s/%s: %s", plural, *key, describe_error(error)
+            )
+            return False
         metrics.API_WRITES.labels(f"{plural}/status").inc()
         if updated is None:
-            return
+            return True
         if plural == "modelendpoints":
             self.store.set_endpoint_status(key, updated.get("status") or {})
         else:
@@ -449,3 +474,4 @@ class GatewaySync:
                 updated, change.event_type, condition.reason, condition.message
             )
             metrics.API_WRITES.labels("events").inc()
+        return True
