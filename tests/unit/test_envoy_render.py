@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import fnmatch
+import json
+import subprocess
+import sys
+import tomllib
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 from envoy.config.core.v3 import base_pb2
@@ -12,16 +18,22 @@ from envoy.service.discovery.v3.discovery_pb2 import DiscoveryRequest, Discovery
 from switchyard.api.models import BackendTLS
 from switchyard.plan.gateway import plan_gateway
 from switchyard.render.envoy import (
+    ANTHROPIC_VERSION,
     CLUSTER_TYPE,
+    CREDENTIALS_DIR_ENV,
     LISTENER_TYPE,
+    LUA_FILES,
+    METADATA_NAMESPACE,
     ROUTE_CONFIG_NAME,
     ROUTE_TYPE,
+    SCRATCH,
     RenderCache,
     bootstrap,
+    lua_literal,
     render,
 )
 from switchyard.xds.server import Packer, XdsServer, pack, version_of
-from tests_support.plans import ALL_KEYS, GATEWAY_KEY, endpoint, gateway
+from tests_support.plans import ALL_KEYS, GATEWAY_KEY, endpoint, gateway, sample_plan
 
 
 def local(name: str, weight: int = 1, priority: int = 0, url: str | None = None) -> dict[str, Any]:
@@ -190,6 +202,110 @@ def test_an_endpoint_change_leaves_the_listener_alone() -> None:
     plan = plan_gateway(GATEWAY_KEY, gateway(), states[-1], {}, ALL_KEYS)
     assert server.set_snapshot("ns/gw", render(plan, 9090, None, cache))
     assert server.versions("ns/gw")[LISTENER_TYPE] != seen[-1][LISTENER_TYPE]
+
+
+def manager_of(resources: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    [listener] = resources[LISTENER_TYPE]
+    manager: dict[str, Any] = listener["filter_chains"][0]["filters"][0]["typed_config"]
+    return manager
+
+
+def local_reply(resources: dict[str, list[dict[str, Any]]], status: int) -> dict[str, Any]:
+    """The error body Envoy makes of a local reply with `status`: the first mapper whose
+    status filter matches, as Envoy picks it."""
+    compare = {"EQ": int.__eq__, "GE": int.__ge__, "LE": int.__le__}
+    for mapper in manager_of(resources)["local_reply_config"]["mappers"]:
+        comparison = mapper["filter"]["status_code_filter"]["comparison"]
+        if compare[comparison["op"]](status, comparison["value"]["default_value"]):
+            error: dict[str, Any] = mapper["body_format_override"]["json_format"]["error"]
+            return error
+    raise AssertionError(f"no local reply mapper for {status}")
+
+
+def test_local_replies_tell_server_errors_from_client_errors() -> None:
+    """OpenAI's types: a 5xx is the server's fault ("server_error"), a 4xx the request's."""
+    resources = rendered(endpoint("chat"))
+    for status in (500, 502, 503, 504):
+        assert local_reply(resources, status)["type"] == "server_error", status
+    for status in (400, 404, 408, 413, 431):
+        assert local_reply(resources, status)["type"] == "invalid_request_error", status
+    assert local_reply(resources, 404)["code"] == "model_not_found"
+    assert local_reply(resources, 503)["message"] == "%LOCAL_REPLY_BODY%"
+
+
+def lua_sources(resources: dict[str, list[dict[str, Any]]]) -> dict[str, str]:
+    """The inline source of every Lua filter, by its stat prefix."""
+    manager = manager_of(resources)
+    router = manager["http_filters"][-1]["typed_config"]
+    filters = [*manager["http_filters"], *router["upstream_http_filters"]]
+    return {
+        f["typed_config"]["stat_prefix"]: f["typed_config"]["default_source_code"]["inline_string"]
+        for f in filters
+        if f["name"] == "envoy.filters.http.lua"
+    }
+
+
+def test_lua_comes_from_the_packages_files_with_its_config_in_front() -> None:
+    sources = lua_sources(rendered(endpoint("chat")))
+    assert set(sources) == {"original_path", "backend_shaper"}
+    for name, source in sources.items():
+        config, _, program = source.partition("; ")
+        # The file unchanged, on the same lines: Lua's error messages point into it.
+        assert program == (LUA_FILES / f"{name}.lua").read_text(encoding="utf-8")
+        assert config.startswith("local config = {")
+        assert "\n" not in config
+    assert sources["original_path"].startswith(
+        f'local config = {{["metadata_namespace"] = "{METADATA_NAMESPACE}"}}; '
+    )
+    shaper_config = sources["backend_shaper"].partition("; ")[0]
+    for value in (CREDENTIALS_DIR_ENV, ANTHROPIC_VERSION, METADATA_NAMESPACE, *SCRATCH.values()):
+        assert f'"{value}"' in shaper_config
+    for field in SCRATCH:
+        assert f'["{field}"] = ' in shaper_config
+
+
+def test_lua_literals_are_valid_lua_for_any_text() -> None:
+    assert lua_literal("x-sy-model") == '"x-sy-model"'
+    assert lua_literal('a "b" \\ c\n\u00e9') == '"a \\034b\\034 \\092 c\\010\\195\\169"'
+    assert lua_literal({"end": "1", "a b": {"c": ""}}) == '{["end"] = "1", ["a b"] = {["c"] = ""}}'
+
+
+def test_every_lua_file_is_package_data() -> None:
+    """`pip install .` and the image carry the Lua the renderer reads."""
+    pyproject = tomllib.loads(Path(__file__).parents[2].joinpath("pyproject.toml").read_text())
+    patterns = pyproject["tool"]["setuptools"]["package-data"]["switchyard"]
+    files = [f.name for f in LUA_FILES.iterdir() if f.name.endswith(".lua")]
+    assert sorted(files) == ["backend_shaper.lua", "original_path.lua"]
+    for name in files:
+        assert any(fnmatch.fnmatch(f"render/lua/{name}", p) for p in patterns), name
+
+
+RENDER_VERSIONS = """
+import json
+from switchyard.render.envoy import render
+from switchyard.xds.server import version_of
+from tests_support.plans import sample_plan
+print(json.dumps({kind: version_of(items) for kind, items in render(sample_plan(), 8080).items()}))
+"""
+
+
+def test_rendering_is_byte_for_byte_stable_across_processes() -> None:
+    """xDS resources are content-addressed: an operator that restarts must render the very
+    same bytes, or every Envoy would get every resource again."""
+    tests = str(Path(__file__).parents[1])
+    runs = [
+        subprocess.run(
+            [sys.executable, "-c", RENDER_VERSIONS],
+            capture_output=True,
+            text=True,
+            check=True,
+            env={"PYTHONPATH": tests, "PYTHONHASHSEED": seed},
+        ).stdout
+        for seed in ("1", "2")
+    ]
+    assert runs[0] == runs[1]
+    here = {kind: version_of(items) for kind, items in render(sample_plan(), 8080).items()}
+    assert json.loads(runs[0]) == here
 
 
 def test_the_bootstrap_names_the_node_and_the_xds_server_only() -> None:

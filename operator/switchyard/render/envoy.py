@@ -14,20 +14,25 @@ How a request flows:
    lands on another backend or the next tier, so one dead provider costs no request.
 3. After host selection, the router's upstream filters shape the attempt for the chosen
    backend: header_mutation copies the endpoint's metadata into scratch headers, then a Lua
-   filter rewrites `:path`, the body's `model` and the auth header, reading the API key from
-   a file of the mounted credentials Secret. Keys never travel over xDS.
+   filter rewrites `:path`, the body's top-level `model` and the auth header, reading the API
+   key from a file of the mounted credentials Secret. Keys never travel over xDS.
    Every backend-specific header is removed first, so a retry never carries the previous
    backend's key to another provider. The chain is the router's, not each cluster's: Envoy
    builds a Lua VM per worker for each Lua filter config, so one per cluster would cost
    about 0.3 MB of memory per cluster; on the router, all clusters share one.
+
+The Lua lives in render/lua/*.lua (package data), one file per filter; the renderer puts
+the values it decides (header names, the credentials variable, the Anthropic version) in
+front of each as a `config` table.
 """
 
 from __future__ import annotations
 
 import functools
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from string import Template
+from importlib import resources
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -61,107 +66,58 @@ SCRATCH = {
 }
 # Every header that carries a provider's key or version: cleared before each attempt.
 AUTH_HEADERS = ("authorization", "api-key", "x-api-key", "anthropic-version")
+# OpenAI's error `type` says who must act. OpenAI's API answers its own failures (500,
+# 503 overloaded) with "server_error" (`{"message": "The server had an error while
+# processing your request...", "type": "server_error", "param": null, "code": null}`), and
+# requests the client must fix (400, 404 model_not_found, 413) with "invalid_request_error".
+CLIENT_ERROR = "invalid_request_error"
+SERVER_ERROR = "server_error"
 
-# Retries reuse the request whose headers an earlier attempt rewrote: keep the client's path.
-_ORIGINAL_PATH_LUA = """
-function envoy_on_request(handle)
-  handle:streamInfo():dynamicMetadata():set("switchyard", "path", handle:headers():get(":path"))
-end
-"""
+# The Lua programs Envoy runs, one file each in render/lua/ (package data), given their
+# settings in a `config` table the renderer puts in front.
+LUA_FILES = resources.files("switchyard.render") / "lua"
+LuaValue = str | Mapping[str, "LuaValue"]
 
-_SHAPER_LUA = Template("""
--- Shape one attempt for the backend Envoy chose: path, body model, auth header.
--- Runs again on every retry, on headers the previous attempt rewrote, so it derives
--- everything from the client's original path and model (dynamic metadata) and from the
--- scratch headers header_mutation has just set from the chosen endpoint's metadata.
-local directory = os.getenv("${credentials_env}") or "/etc/switchyard/credentials"
-local keys, read_at = {}, {}
 
-local function key(name)
-  -- Re-read at most once a second: a rotated Secret shows up without a restart.
-  -- A key not there yet is looked for again on the next request.
-  local now = os.time()
-  if read_at[name] ~= now or keys[name] == nil then
-    local file = io.open(directory .. "/" .. name, "rb")
-    if file ~= nil then
-      keys[name] = file:read("*a")
-      file:close()
-    else
-      keys[name] = nil
-    end
-    read_at[name] = now
-  end
-  return keys[name]
-end
+def lua_program(file: str, config: Mapping[str, LuaValue]) -> str:
+    """The Lua file `render/lua/<file>` with `local config = {...}` in front, on the file's
+    first line, so that line numbers in Lua's error messages still match the file."""
+    source = (LUA_FILES / file).read_text(encoding="utf-8")
+    return f"local config = {lua_literal(config)}; {source}"
 
-local function escape(text)
-  return (string.gsub(text, "[%^%$$%(%)%%%.%[%]%*%+%-%?]", "%%%0"))
-end
 
-local function shape(handle)
-  local headers = handle:headers()
-  local provider = headers:get("${provider}")
-  local credentials = headers:get("${credentials}")
-  local base = headers:get("${path_base}")
-  local query = headers:get("${query}")
-  local model = headers:get("${model}")
-  for _, name in ipairs({"${provider}", "${credentials}", "${path_base}", "${query}",
-                         "${model}"}) do
-    headers:remove(name)
-  end
+def lua_literal(value: LuaValue) -> str:
+    """A string or a table of them as a Lua constructor: the same text for the same value."""
+    if isinstance(value, str):
+        # Printable ASCII as it is; quotes, backslashes and every other byte as `\ddd`.
+        return '"' + "".join(_lua_byte(b) for b in value.encode()) + '"'
+    # `["name"] = value`: any string is a valid key written this way, keywords too.
+    items = (f"[{lua_literal(name)}] = {lua_literal(item)}" for name, item in value.items())
+    return "{" + ", ".join(items) + "}"
 
-  local client = handle:streamInfo():dynamicMetadata():get("switchyard") or {}
-  if base ~= nil and client["path"] ~= nil then
-    local path = base .. string.gsub(client["path"], "^/v1", "", 1)
-    if query ~= nil and query ~= "" then
-      local separator = "?"
-      if string.find(path, "?", 1, true) then separator = "&" end
-      path = path .. separator .. query
-    end
-    headers:replace(":path", path)
-  end
-  if credentials ~= nil and credentials ~= "" then
-    local value = key(credentials)
-    if value ~= nil then
-      if provider == "AzureOpenAI" then
-        headers:replace("api-key", value)
-      elseif provider == "Anthropic" then
-        headers:replace("x-api-key", value)
-      else
-        headers:replace("authorization", "Bearer " .. value)
-      end
-    end
-  end
-  if provider == "Anthropic" then
-    headers:replace("anthropic-version", "${anthropic_version}")
-  end
-  local asked = client["model"]
-  if model ~= nil and model ~= "" and asked ~= nil and model ~= asked then
-    local body = handle:body()
-    if body ~= nil and body:length() > 0 then
-      local text = body:getBytes(0, body:length())
-      local pattern = '("model"%s*:%s*)"' .. escape(asked) .. '"'
-      local rewritten, count = string.gsub(text, pattern, function(prefix)
-        return prefix .. '"' .. model .. '"'
-      end, 1)
-      if count == 1 then body:setBytes(rewritten) end
-    end
-  end
-end
 
-function envoy_on_request(handle)
-  -- An error here must not send one backend's request shape to another: fail the attempt.
-  local ok, problem = pcall(shape, handle)
-  if not ok then
-    handle:logErr("switchyard: " .. tostring(problem))
-    handle:respond({[":status"] = "502"}, "switchyard could not shape the request")
-  end
-end
-""").substitute(
-    SCRATCH,
-    credentials_env=CREDENTIALS_DIR_ENV,
-    anthropic_version=ANTHROPIC_VERSION,
-)
+def _lua_byte(byte: int) -> str:
+    if 0x20 <= byte < 0x7F and byte not in b'"\\':
+        return chr(byte)
+    return f"\\{byte:03d}"
+
+
+@functools.cache
+def _original_path_lua() -> str:
+    return lua_program("original_path.lua", {"metadata_namespace": METADATA_NAMESPACE})
+
+
+@functools.cache
+def _backend_shaper_lua() -> str:
+    return lua_program(
+        "backend_shaper.lua",
+        {
+            "metadata_namespace": METADATA_NAMESPACE,
+            "credentials_env": CREDENTIALS_DIR_ENV,
+            "anthropic_version": ANTHROPIC_VERSION,
+            "scratch": SCRATCH,
+        },
+    )
 
 
 def cluster_name(model: str, anthropic_only: bool = False) -> str:
@@ -296,7 +252,7 @@ def _listener(port: int) -> dict[str, Any]:
                             "request_timeout": "0s",
                             "http_filters": [
                                 _model_to_metadata(),
-                                _lua("original_path", _ORIGINAL_PATH_LUA),
+                                _lua("original_path", _original_path_lua()),
                                 _router(),
                             ],
                             "rds": {
@@ -313,12 +269,12 @@ def _listener(port: int) -> dict[str, Any]:
 
 
 def _local_replies() -> dict[str, Any]:
-    """Envoy's own answers (unknown model, no model, too large, no backend) in OpenAI's
-    error format, so that clients' SDKs show a readable message."""
+    """Envoy's own answers (unknown model, no model, too large, no backend, a request the
+    shaper could not shape) in OpenAI's error format, so that clients' SDKs show a readable
+    message. The first mapper whose status filter matches wins."""
 
-    def mapper(op: str, status: int, message: str, code: str | None) -> dict[str, Any]:
+    def mapper(op: str, status: int, kind: str, message: str, code: str | None) -> dict[str, Any]:
         comparison = {"op": op, "value": {"default_value": status, "runtime_key": "switchyard"}}
-        kind = "invalid_request_error" if status < 500 else "api_error"
         return {
             "filter": {"status_code_filter": {"comparison": comparison}},
             "body_format_override": {"json_format": openai_error(kind, message, code)},
@@ -329,13 +285,18 @@ def _local_replies() -> dict[str, Any]:
             mapper(
                 "EQ",
                 404,
+                CLIENT_ERROR,
                 "The model '%DYNAMIC_METADATA(switchyard:model)%' does not exist on this gateway.",
                 "model_not_found",
             ),
-            mapper("EQ", 400, "The request body must be JSON with a 'model' field.", None),
-            mapper("EQ", 413, "The request body is too large.", None),
-            # Anything else Envoy answers itself (no healthy backend, timeouts) keeps its text.
-            mapper("GE", 400, "%LOCAL_REPLY_BODY%", "%RESPONSE_CODE%"),
+            mapper(
+                "EQ", 400, CLIENT_ERROR, "The request body must be JSON with a 'model' field.", None
+            ),
+            mapper("EQ", 413, CLIENT_ERROR, "The request body is too large.", None),
+            # Anything else Envoy answers itself keeps its text: the gateway's own failures
+            # (no healthy backend, timeouts, 502 from the shaper) first, then the other 4xx.
+            mapper("GE", 500, SERVER_ERROR, "%LOCAL_REPLY_BODY%", "%RESPONSE_CODE%"),
+            mapper("GE", 400, CLIENT_ERROR, "%LOCAL_REPLY_BODY%", "%RESPONSE_CODE%"),
         ]
     }
 
@@ -605,7 +566,7 @@ def _upstream_filters() -> list[dict[str, Any]]:
     """Every attempt's chain, after host selection: shape the request for the backend."""
     return [
         _header_mutation(),
-        _lua("backend_shaper", _SHAPER_LUA),
+        _lua("backend_shaper", _backend_shaper_lua()),
         {
             "name": "envoy.filters.http.upstream_codec",
             "typed_config": {

@@ -1,0 +1,242 @@
+-- Shape one attempt for the backend Envoy chose: path, body model, auth header.
+-- Runs on the router's upstream filter chain, again on every retry, on headers the previous
+-- attempt rewrote: so it derives everything from the client's original path and model
+-- (dynamic metadata) and from the scratch headers header_mutation has just set from the
+-- chosen endpoint's metadata.
+--
+-- `config` is a table the renderer (render/envoy.py) puts in front of this file, on its
+-- first line so that line numbers in Lua's errors still match this file:
+--   config.metadata_namespace   dynamic metadata namespace: the client's `model` and `path`
+--   config.credentials_env      environment variable naming the credentials directory
+--   config.anthropic_version    the `anthropic-version` header Anthropic backends get
+--   config.scratch              scratch header names by field: provider, credentials,
+--                               path_base, query, model
+
+local directory = os.getenv(config.credentials_env) or "/etc/switchyard/credentials"
+local keys, read_at = {}, {}
+
+local function key(name)
+  -- Re-read at most once a second: a rotated Secret shows up without a restart.
+  -- A key not there yet is looked for again on the next request.
+  local now = os.time()
+  if read_at[name] ~= now or keys[name] == nil then
+    local file = io.open(directory .. "/" .. name, "rb")
+    if file ~= nil then
+      keys[name] = file:read("*a")
+      file:close()
+    else
+      keys[name] = nil
+    end
+    read_at[name] = now
+  end
+  return keys[name]
+end
+
+-- JSON, as far as rewriting the request's top-level `model` needs it. Envoy's Lua has no
+-- JSON library, and decoding and re-encoding the body would change bytes the client sent
+-- (number spellings, key order, escapes), so the body is scanned instead: the top-level
+-- object's members are walked one by one, each value skipped whole, strings with their
+-- escapes. Positions are byte indexes into the body, as Lua's string functions count.
+-- Bodies run to megabytes and the scan blocks an Envoy worker, so it jumps from quote to
+-- quote with plain finds (memchr) rather than matching a pattern at every byte.
+
+local QUOTE, BACKSLASH = 34, 92
+local OPEN = {[91] = true, [123] = true} -- '[' and '{'
+
+local function fail(at, problem)
+  error(string.format("request body at byte %d: %s", at, problem), 0)
+end
+
+-- The index of the first byte at or after `at` that is not JSON white space.
+local function skip_space(text, at)
+  return string.match(text, "^[ \t\r\n]*()", at)
+end
+
+-- The index just past the string that opens at `at` (a '"'). A quote closes it unless an
+-- odd number of backslashes comes before it; the opening quote bounds that count.
+local function skip_string(text, at)
+  local position = at + 1
+  while true do
+    local quote = string.find(text, '"', position, true)
+    if quote == nil then fail(at, "unterminated string") end
+    local before = quote - 1
+    while string.byte(text, before) == BACKSLASH do before = before - 1 end
+    if (quote - 1 - before) % 2 == 0 then return quote + 1 end
+    position = quote + 1
+  end
+end
+
+-- The index just past the object or array that opens at `at`, found by depth. Brackets
+-- count only between strings, so the text between one string and the next is searched.
+local function skip_nested(text, at)
+  local depth, position = 0, at
+  while true do
+    local quote = string.find(text, '"', position, true)
+    local between = string.sub(text, position, (quote or #text + 1) - 1)
+    local index = 1
+    while true do
+      local bracket = string.find(between, "[%[%]{}]", index)
+      if bracket == nil then break end
+      if OPEN[string.byte(between, bracket)] then depth = depth + 1 else depth = depth - 1 end
+      if depth == 0 then return position + bracket end
+      index = bracket + 1
+    end
+    if quote == nil then fail(at, "unterminated " .. string.sub(text, at, at)) end
+    position = skip_string(text, quote)
+  end
+end
+
+-- The index just past the value that starts at `at`.
+local function skip_value(text, at)
+  local first = string.byte(text, at)
+  if first == QUOTE then return skip_string(text, at) end
+  if OPEN[first] then return skip_nested(text, at) end
+  -- A number, true, false or null: up to the next delimiter.
+  local stop = string.match(text, '^[^,:{}%[%]"%s]+()', at)
+  if stop == nil then fail(at, "a value was expected") end
+  return stop
+end
+
+local NAME_ESCAPES = {
+  ['"'] = '"', ["\\"] = "\\", ["/"] = "/", b = "\b", f = "\f", n = "\n", r = "\r", t = "\t",
+}
+
+-- A member name as JSON means it: `"mod\u0065l"` is `model` too. Only ASCII can spell
+-- `model`, so a `\uXXXX` beyond ASCII is kept as written, which never equals it.
+local function member_name(raw)
+  if not string.find(raw, "\\", 1, true) then return raw end
+  local parts, position = {}, 1
+  while true do
+    local slash = string.find(raw, "\\", position, true)
+    if slash == nil then break end
+    parts[#parts + 1] = string.sub(raw, position, slash - 1)
+    local kind = string.sub(raw, slash + 1, slash + 1)
+    if kind == "u" then
+      local code = tonumber(string.sub(raw, slash + 2, slash + 5), 16)
+      if code ~= nil and code < 128 then
+        parts[#parts + 1] = string.char(code)
+      else
+        parts[#parts + 1] = string.sub(raw, slash, slash + 5)
+      end
+      position = slash + 6
+    else
+      parts[#parts + 1] = NAME_ESCAPES[kind] or kind
+      position = slash + 2
+    end
+  end
+  parts[#parts + 1] = string.sub(raw, position)
+  return table.concat(parts)
+end
+
+-- Where the values of the top-level object's `model` members are: a list of
+-- {first, past} byte ranges, usually one (JSON parsers disagree on which duplicate wins,
+-- so every one is rewritten).
+local function top_level_models(text)
+  local found = {}
+  local position = 1
+  if string.sub(text, 1, 3) == "\239\187\191" then position = 4 end -- a UTF-8 BOM
+  position = skip_space(text, position)
+  if string.sub(text, position, position) ~= "{" then fail(position, "not an object") end
+  position = skip_space(text, position + 1)
+  if string.sub(text, position, position) == "}" then return found end
+  while true do
+    if string.sub(text, position, position) ~= '"' then
+      fail(position, "a member name was expected")
+    end
+    local name_past = skip_string(text, position)
+    local name = member_name(string.sub(text, position + 1, name_past - 2))
+    position = skip_space(text, name_past)
+    if string.sub(text, position, position) ~= ":" then fail(position, "':' expected") end
+    local value_first = skip_space(text, position + 1)
+    local value_past = skip_value(text, value_first)
+    if name == "model" then found[#found + 1] = {value_first, value_past} end
+    position = skip_space(text, value_past)
+    local delimiter = string.sub(text, position, position)
+    if delimiter == "}" then return found end
+    if delimiter ~= "," then fail(position, "',' or '}' expected") end
+    position = skip_space(text, position + 1)
+  end
+end
+
+local STRING_ESCAPES = {['"'] = '\\"', ["\\"] = "\\\\", ["\b"] = "\\b", ["\f"] = "\\f",
+                        ["\n"] = "\\n", ["\r"] = "\\r", ["\t"] = "\\t"}
+
+-- `text` as a JSON string. UTF-8 passes as it is; quotes, backslashes and control
+-- characters are escaped.
+local function json_string(text)
+  local escaped = string.gsub(text, '[%c"\\]', function(char)
+    return STRING_ESCAPES[char] or string.format("\\u%04x", string.byte(char))
+  end)
+  return '"' .. escaped .. '"'
+end
+
+-- `text` with the value of every top-level `model` member replaced by `model`.
+local function with_model(text, model)
+  local spans = top_level_models(text)
+  if #spans == 0 then error("the request body has no top-level model", 0) end
+  local parts, position = {}, 1
+  for _, span in ipairs(spans) do
+    parts[#parts + 1] = string.sub(text, position, span[1] - 1)
+    parts[#parts + 1] = json_string(model)
+    position = span[2]
+  end
+  parts[#parts + 1] = string.sub(text, position)
+  return table.concat(parts)
+end
+
+local function shape(handle)
+  local headers = handle:headers()
+  local scratch = config.scratch
+  local provider = headers:get(scratch.provider)
+  local credentials = headers:get(scratch.credentials)
+  local base = headers:get(scratch.path_base)
+  local query = headers:get(scratch.query)
+  local model = headers:get(scratch.model)
+  for _, name in pairs(scratch) do
+    headers:remove(name)
+  end
+
+  local client = handle:streamInfo():dynamicMetadata():get(config.metadata_namespace) or {}
+  if base ~= nil and client["path"] ~= nil then
+    local path = base .. string.gsub(client["path"], "^/v1", "", 1)
+    if query ~= nil and query ~= "" then
+      local separator = "?"
+      if string.find(path, "?", 1, true) then separator = "&" end
+      path = path .. separator .. query
+    end
+    headers:replace(":path", path)
+  end
+  if credentials ~= nil and credentials ~= "" then
+    local value = key(credentials)
+    if value ~= nil then
+      if provider == "AzureOpenAI" then
+        headers:replace("api-key", value)
+      elseif provider == "Anthropic" then
+        headers:replace("x-api-key", value)
+      else
+        headers:replace("authorization", "Bearer " .. value)
+      end
+    end
+  end
+  if provider == "Anthropic" then
+    headers:replace("anthropic-version", config.anthropic_version)
+  end
+  local asked = client["model"]
+  if model ~= nil and model ~= "" and asked ~= nil and model ~= asked then
+    local body = handle:body()
+    if body ~= nil and body:length() > 0 then
+      body:setBytes(with_model(body:getBytes(0, body:length()), model))
+    end
+  end
+end
+
+function envoy_on_request(handle)
+  -- An error here must not send one backend's request shape to another, nor the client's
+  -- model name to a provider: fail the attempt. The local reply config makes it a 502 in
+  -- OpenAI's error format.
+  local ok, problem = pcall(shape, handle)
+  if not ok then
+    handle:logErr("switchyard: " .. tostring(problem))
+    handle:respond({[":status"] = "502"}, "switchyard could not shape the request")
+  end
+end
