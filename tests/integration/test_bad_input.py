@@ -266,7 +266,7 @@ def test_a_missing_secret_or_key_is_reported_and_the_rest_still_served(scenario:
     scenario.wait_condition("partial", "ResolvedRefs", "False", "SecretKeyNotFound")
     scenario.secret("anthropic-keys", {"api-key": scenario.new_key()})
     scenario.wait_condition("partial", "Ready", "True")
-    eventually(lambda: f"{scenario.app_namespace}_partial_claude" in scenario.credentials())
+    eventually(lambda: f"{scenario.app_namespace}_anthropic-keys_api-key" in scenario.credentials())
 
 
 def test_the_older_endpoint_keeps_a_contested_model(scenario: Scenario) -> None:
