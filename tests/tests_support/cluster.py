@@ -16,7 +16,7 @@ T = TypeVar("T")
 # Kinds whose every object a no-write check snapshots in the test namespaces.
 SNAPSHOT_KINDS = (
     "modelendpoints", "modelgateways", "secrets", "configmaps", "events", "services",
-    "deployments",
+    "deployments", "poddisruptionbudgets",
 )  # fmt: skip
 
 

@@ -18,6 +18,8 @@ from prometheus_client import REGISTRY
 from tests_support.cluster import Cluster, condition, eventually
 
 API_VERSION = "switchyard.dev/v1alpha1"
+# What a ModelGateway owns, by kind.
+OWNED_KINDS = ("secrets", "configmaps", "services", "deployments", "poddisruptionbudgets")
 
 
 class _Records(logging.Handler):
@@ -235,7 +237,7 @@ class Scenario:
             uid = gateway["metadata"]["uid"]
             owned = [
                 (kind, item["metadata"]["name"])
-                for kind in ("secrets", "configmaps", "services", "deployments")
+                for kind in OWNED_KINDS
                 for item in self.cluster.list(kind, self.gateway_namespace)
                 if any(ref["uid"] == uid for ref in item["metadata"].get("ownerReferences") or [])
             ]

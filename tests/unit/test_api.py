@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +12,13 @@ import yaml
 from pydantic import ValidationError
 
 from switchyard.api.crd import custom_resource_definitions
-from switchyard.api.models import ModelEndpointSpec, ModelGatewaySpec, parse_duration
+from switchyard.api.models import (
+    ModelEndpointSpec,
+    ModelGatewaySpec,
+    canonical_quantity,
+    parse_duration,
+    parse_quantity,
+)
 from switchyard.cli import CRD_HEADER, main, write_crds
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -152,3 +159,102 @@ def test_plan_command_names_the_bad_field(
 def test_a_data_plane_not_served_yet_is_refused_offline() -> None:
     with pytest.raises(ValidationError, match="LiteLLM is not served yet"):
         ModelGatewaySpec.model_validate({"dataPlane": {"type": "LiteLLM"}})
+
+
+# Pairs printed by k8s.io/apimachinery v0.36.3's resource.ParseQuantity and a JSON round
+# trip: what the API server stores for what it was sent.
+@pytest.mark.parametrize(
+    ("written", "stored"),
+    [
+        ("100m", "100m"), ("2", "2"), ("2000m", "2"), ("1500m", "1500m"), ("1.5", "1500m"),
+        ("0.5", "500m"), (".5", "500m"), ("0", "0"), ("1024Mi", "1Gi"), ("2048Ki", "2Mi"),
+        ("1.5Gi", "1536Mi"), ("0.25Gi", "256Mi"), ("1000Mi", "1000Mi"), ("0.5Ki", "512"),
+        ("7Mi", "7Mi"), ("07Mi", "07Mi"), ("1G", "1G"), ("128974848", "128974848"),
+        ("1e3", "1e3"), ("1E3", "1E3"), ("12e2", "1200"), ("0.1m", "100u"),
+        ("0.0000000001", "1n"), ("1.", "1."), ("0.500", "500m"), ("1.0001", "1000100u"),
+    ],
+)  # fmt: skip
+def test_quantities_are_written_as_the_api_server_stores_them(written: str, stored: str) -> None:
+    assert canonical_quantity(written) == stored
+
+
+def test_quantity_values() -> None:
+    assert parse_quantity("500m") == Decimal("0.5")
+    assert parse_quantity("1Gi") == 2**30
+    assert parse_quantity("1G") == 10**9
+    assert parse_quantity("2e3") == 2000
+    for malformed in ("-1", "1 Gi", "1GB", "two", "1e1.5", "", "9Ei"):
+        with pytest.raises(ValueError, match="quantit"):
+            parse_quantity(malformed)
+
+
+def gateway_resources(**resources: Any) -> ModelGatewaySpec:
+    return ModelGatewaySpec.model_validate({"dataPlane": {"resources": resources}})
+
+
+def test_gateway_resources_default_from_the_benchmarks_and_accept_integers() -> None:
+    resources = ModelGatewaySpec().data_plane.resources
+    assert resources.model_dump(by_alias=True, exclude_none=True) == {
+        "requests": {"cpu": "100m", "memory": "128Mi"},
+        "limits": {"cpu": "2", "memory": "1Gi"},
+    }
+    given = gateway_resources(requests={"cpu": 1}, limits={"cpu": 2, "memory": "2Gi"})
+    assert given.data_plane.resources.requests == {"cpu": "1"}
+    assert given.data_plane.resources.limits == {"cpu": "2", "memory": "2Gi"}
+    assert given.data_plane.resources.cpu == "2"
+    assert gateway_resources(requests={"cpu": "250m"}).data_plane.resources.cpu == "250m"
+    assert gateway_resources().data_plane.resources.cpu is None
+
+
+@pytest.mark.parametrize(
+    ("resources", "message"),
+    [
+        ({"requests": {"cpu": "3"}, "limits": {"cpu": "2"}}, "requests must not exceed limits"),
+        (
+            {"requests": {"memory": "2Gi"}, "limits": {"memory": "1500Mi"}},
+            "requests.memory 2Gi is above limits.memory 1500Mi",
+        ),
+        ({"requests": {"nvidia.com/gpu": "1"}}, "only cpu and memory can be set"),
+        ({"requests": {"cpu": "two"}}, "not a quantity"),
+        ({"requests": {"cpu": "-1"}}, "not a quantity"),
+        ({"limits": {"cpu": 0.5}}, "must be a quantity"),
+        ({"limits": {"cpu": "0"}}, "limits must be greater than zero"),
+        ({"limits": {"memory": "512"}}, "a memory limit below 64Mi cannot hold Envoy"),
+        ({"limits": {"cpu": "2000"}}, "cpu above 64"),
+        ({"requests": {"cpu": 100}}, "cpu above 64"),
+        ({"requests": {"cpu": "1", "memory": "1Gi", "storage": "1Gi"}}, "at most 2 items"),
+    ],
+)
+def test_nonsense_resources_are_refused_offline(resources: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValidationError, match=message):
+        gateway_resources(**resources)
+
+
+def test_sensible_edge_resources_are_accepted() -> None:
+    gateway_resources(
+        requests={"memory": "1024Mi", "cpu": "1000m"}, limits={"memory": "1Gi", "cpu": 1}
+    )
+    gateway_resources(limits={"memory": "64Mi", "cpu": 64})
+    gateway_resources(requests={"cpu": "0"})
+
+
+def test_the_crd_admits_integer_quantities_and_says_what_the_api_server_checks() -> None:
+    crd = custom_resource_definitions()["switchyard.dev_modelgateways.yaml"]
+    spec = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    data_plane = spec["properties"]["dataPlane"]
+    resources = data_plane["properties"]["resources"]
+    assert resources["default"] == data_plane["default"]["resources"]
+    assert "worker thread per CPU" in resources["description"]
+    for part in ("requests", "limits"):
+        quantity = resources["properties"][part]["additionalProperties"]
+        # cpu: 2 is an integer in YAML: admitted like a container's, with no anyOf.
+        assert quantity["x-kubernetes-int-or-string"] is True
+        assert "type" not in quantity
+        assert resources["properties"][part]["maxProperties"] == 2
+    messages = [rule["message"] for rule in resources["x-kubernetes-validations"]]
+    assert messages == ["requests must not exceed limits"]
+    limit_messages = [
+        r["message"] for r in resources["properties"]["limits"]["x-kubernetes-validations"]
+    ]
+    assert "limits must be greater than zero" in limit_messages
+    assert "only cpu and memory can be set" in limit_messages

@@ -8,10 +8,19 @@ from __future__ import annotations
 
 import re
 import urllib.parse
+from decimal import ROUND_CEILING, Decimal, localcontext
 from enum import StrEnum
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    WithJsonSchema,
+    model_validator,
+)
 from pydantic.alias_generators import to_camel
 
 JsonDict = dict[str, Any]
@@ -42,6 +51,117 @@ def _positive_duration(value: str) -> str:
     return value
 
 
+# A Kubernetes quantity (resource.Quantity) with no sign, since resources are never negative.
+QUANTITY = r"^([0-9]+(\.[0-9]*)?|\.[0-9]+)([KMGTPE]i|[numkMGTPE]|[eE][+-]?[0-9]+)?$"
+QUANTITY_MAX_LENGTH = 64
+_QUANTITY = re.compile(QUANTITY)
+_BINARY_POWERS = {"": 0, "Ki": 1, "Mi": 2, "Gi": 3, "Ti": 4, "Pi": 5, "Ei": 6}
+_DECIMAL_EXPONENTS = {
+    "n": -9,
+    "u": -6,
+    "m": -3,
+    "": 0,
+    "k": 3,
+    "M": 6,
+    "G": 9,
+    "T": 12,
+    "P": 15,
+    "E": 18,
+}
+_NANO = Decimal("1e-9")
+# The API server's own bound on a quantity (an int64 of base units).
+MAX_QUANTITY = Decimal(2**63 - 1)
+
+
+def _parse_quantity(text: str) -> tuple[Decimal, str]:
+    """A quantity's value and the form it is written in: binary (Ki, Mi, ...), decimal
+    (m, k, M, ... or none) or exponent (e3)."""
+    match = _QUANTITY.fullmatch(text)
+    if not match:
+        raise ValueError(f"{text!r} is not a quantity such as 500m, 2, 128Mi or 1Gi")
+    number, suffix = Decimal(match.group(1)), match.group(3) or ""
+    with localcontext(prec=80):
+        if suffix in _BINARY_POWERS and suffix:
+            value, form = number * 1024 ** _BINARY_POWERS[suffix], "binary"
+        elif suffix in _DECIMAL_EXPONENTS:
+            value, form = number.scaleb(_DECIMAL_EXPONENTS[suffix]), "decimal"
+        else:
+            value, form = number.scaleb(int(suffix[1:])), "exponent"
+    if value > MAX_QUANTITY:
+        raise ValueError(f"{text!r} is larger than any resource quantity ({MAX_QUANTITY})")
+    return value, form
+
+
+def parse_quantity(text: str) -> Decimal:
+    """The value of a Kubernetes quantity: `500m` is 0.5, `1Gi` is 1073741824."""
+    return _parse_quantity(text)[0]
+
+
+def _kept_as_written(text: str) -> bool:
+    """Whether the API server keeps a quantity's own text. resource.ParseQuantity does when
+    the digits pass its test of canonical form, which reads the text, not the value: `7Mi`,
+    `100m`, `1.` and `1E3` are kept; `1024Mi`, `0.5` and `2000m` are rewritten."""
+    match = _QUANTITY.fullmatch(text)
+    if text == "0" or not match:
+        return text == "0"
+    whole, _, fraction = match.group(1).partition(".")
+    whole = whole.lstrip("0") or "0"
+    digits, suffix = whole + fraction, match.group(3) or ""
+    if suffix in _BINARY_POWERS and suffix:
+        # Its fast path: whole numbers with few digits; kept unless a multiple of 8.
+        fits = 15 - len(whole) - 3 * _BINARY_POWERS[suffix] - 1 >= 0
+        return not fraction and fits and int(digits) % 8 != 0
+    exponent = _DECIMAL_EXPONENTS[suffix] if suffix in _DECIMAL_EXPONENTS else int(suffix[1:])
+    scale = exponent - len(fraction)
+    return (
+        len(digits) <= 18
+        and scale >= -9
+        and scale % 3 == 0
+        and not digits.endswith("000")
+        and not digits.startswith("0")
+    )
+
+
+def canonical_quantity(text: str) -> str:
+    """A quantity as the API server writes it back (resource.Quantity's canonical form:
+    `1024Mi` becomes `1Gi`, `2000m` becomes `2`, `0.5` becomes `500m`), so that what the
+    operator applies compares equal to what it reads again."""
+    value, form = _parse_quantity(text)
+    if _kept_as_written(text):
+        return text
+    with localcontext(prec=80):
+        # The API server keeps nothing finer than a nano-unit, rounding up.
+        value = value.quantize(_NANO, rounding=ROUND_CEILING)
+        if value == 0:
+            return "0"
+        if form == "binary" and value >= 1024 and value == value.to_integral_value():
+            mantissa, power = int(value), 0
+            while mantissa % 1024 == 0 and power < 6:
+                mantissa, power = mantissa // 1024, power + 1
+            suffixes = {p: s for s, p in _BINARY_POWERS.items()}
+            return f"{mantissa}{suffixes[power]}"
+        # Decimal forms: the smallest integer mantissa at an exponent that is a multiple of 3.
+        _, digits, exponent = value.normalize().as_tuple()
+        assert isinstance(exponent, int)
+        shift = exponent % 3
+        mantissa = int("".join(map(str, digits))) * 10**shift
+        exponent -= shift
+    if form == "exponent":
+        return f"{mantissa}e{exponent}" if exponent else str(mantissa)
+    suffixes = {e: s for s, e in _DECIMAL_EXPONENTS.items()}
+    return f"{mantissa}{suffixes[exponent]}"
+
+
+def _quantity_text(value: object) -> str:
+    # YAML's `cpu: 2` is an integer; the schema admits it, as Kubernetes does.
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        value = str(value)
+    if not isinstance(value, str) or len(value) > QUANTITY_MAX_LENGTH:
+        raise ValueError("must be a quantity such as 500m, 2, 128Mi or 1Gi")
+    parse_quantity(value)
+    return value
+
+
 def cel(rule: str, message: str, **extra: str) -> JsonDict:
     """One `x-kubernetes-validations` entry."""
     return {"rule": rule, "message": message, **extra}
@@ -59,6 +179,19 @@ Duration = Annotated[
         },
     ),
     AfterValidator(_positive_duration),
+]
+
+
+Quantity = Annotated[
+    str,
+    BeforeValidator(_quantity_text),
+    WithJsonSchema(
+        {
+            "x-kubernetes-int-or-string": True,
+            "pattern": QUANTITY,
+            "maxLength": QUANTITY_MAX_LENGTH,
+        }
+    ),
 ]
 
 
@@ -463,6 +596,136 @@ class DataPlaneType(StrEnum):
     LITELLM = "LiteLLM"
 
 
+RESOURCE_NAMES = ["cpu", "memory"]
+# Envoy alone measured 73 MB serving a few endpoints (BENCHMARKS.md): a memory limit under
+# this floor could never run it, and catches `memory: 512` meant as megabytes.
+MIN_MEMORY_LIMIT = "64Mi"
+# Defaults sized from BENCHMARKS.md, where the gateway's Envoy ran 2 workers: 73 MB serving a
+# few endpoints, 85 MB at 100, 184 MB at 1,000, 582 MB at 5,000. The request covers a small
+# gateway; the limit leaves the 5,000-endpoint figure room for response buffers and for the
+# moment an xDS update holds the old configuration and the new. The CPU limit gives 2
+# workers; the small CPU request reflects LLM traffic: few requests, each seconds long, and
+# Envoy spends a fraction of a millisecond of CPU on each.
+DEFAULT_RESOURCES: JsonDict = {
+    "requests": {"cpu": "100m", "memory": "128Mi"},
+    "limits": {"cpu": "2", "memory": "1Gi"},
+}
+# Workers when no CPU is given: the count every benchmark measured.
+DEFAULT_CONCURRENCY = 2
+# Envoy starts a worker per CPU: beyond this, one Pod is almost surely a unit slip (`cpu:
+# 2000` meant as 2000m would start 2,000 workers). More replicas serve more traffic.
+MAX_CPU = "64"
+CPU_BOUND_MESSAGE = f"cpu above {MAX_CPU} is more than one Envoy Pod should run: add replicas"
+REQUESTS_WITHIN_LIMITS_MESSAGE = "requests must not exceed limits"
+
+
+def _quantity_of(field: str) -> str:
+    """CEL for the quantity at `field`, which may hold an integer or a string."""
+    return f"quantity(string({field}))"
+
+
+_RESOURCE_LIST_RULES = [
+    cel(f"self.all(name, name in {RESOURCE_NAMES})", "only cpu and memory can be set"),
+    cel(
+        "!('cpu' in self) || "
+        + _quantity_of("self['cpu']")
+        + f".compareTo(quantity('{MAX_CPU}')) <= 0",
+        CPU_BOUND_MESSAGE,
+    ),
+]
+_LIMIT_RULES = [
+    cel(
+        "self.all(name, " + _quantity_of("self[name]") + ".isGreaterThan(quantity('0')))",
+        "limits must be greater than zero",
+    ),
+    cel(
+        "!('memory' in self) || "
+        + _quantity_of("self['memory']")
+        + f".compareTo(quantity('{MIN_MEMORY_LIMIT}')) >= 0",
+        f"a memory limit below {MIN_MEMORY_LIMIT} cannot hold Envoy",
+    ),
+]
+
+
+ResourceList = Annotated[
+    dict[str, Quantity],
+    Field(
+        max_length=len(RESOURCE_NAMES),
+        json_schema_extra={"x-kubernetes-validations": _RESOURCE_LIST_RULES},
+    ),
+]
+LimitList = Annotated[
+    dict[str, Quantity],
+    Field(
+        max_length=len(RESOURCE_NAMES),
+        json_schema_extra={"x-kubernetes-validations": _RESOURCE_LIST_RULES + _LIMIT_RULES},
+    ),
+]
+
+
+class ResourceRequirements(_Model):
+    """CPU and memory of each data-plane Pod, in the shape of a container's resources."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    "!has(self.requests) || !has(self.limits) || self.requests.all(name, "
+                    "!(name in self.limits) || "
+                    + _quantity_of("self.requests[name]")
+                    + ".compareTo("
+                    + _quantity_of("self.limits[name]")
+                    + ") <= 0)",
+                    REQUESTS_WITHIN_LIMITS_MESSAGE,
+                    fieldPath=".requests",
+                )
+            ]
+        }
+    )
+
+    requests: ResourceList | None = Field(
+        default=None,
+        description="What the scheduler reserves for each Pod: cpu (such as 100m or 1, at "
+        f"most {MAX_CPU}) and memory (such as 128Mi), as Kubernetes quantities; write a "
+        "fraction of a CPU as 500m or '0.5'. A resource with a limit and no request is "
+        "requested at its limit.",
+    )
+    limits: LimitList | None = Field(
+        default=None,
+        description=f"The most each Pod may use: cpu (throttled above it; at most {MAX_CPU}) "
+        f"and memory (killed above it; at least {MIN_MEMORY_LIMIT}), as Kubernetes quantities. "
+        "Each limit must be at least its request.",
+    )
+
+    # The same rules as the CEL above, for files checked offline by `switchyard plan`.
+    @model_validator(mode="after")
+    def _sensible(self) -> ResourceRequirements:
+        requests, limits = self.requests or {}, self.limits or {}
+        unknown = sorted((requests.keys() | limits.keys()) - set(RESOURCE_NAMES))
+        if unknown:
+            raise ValueError(f"only cpu and memory can be set, not {', '.join(unknown)}")
+        if any(parse_quantity(q["cpu"]) > int(MAX_CPU) for q in (requests, limits) if "cpu" in q):
+            raise ValueError(CPU_BOUND_MESSAGE)
+        if any(parse_quantity(limit) == 0 for limit in limits.values()):
+            raise ValueError("limits must be greater than zero")
+        if "memory" in limits and parse_quantity(limits["memory"]) < parse_quantity(
+            MIN_MEMORY_LIMIT
+        ):
+            raise ValueError(f"a memory limit below {MIN_MEMORY_LIMIT} cannot hold Envoy")
+        for name, request in requests.items():
+            if name in limits and parse_quantity(request) > parse_quantity(limits[name]):
+                raise ValueError(
+                    f"{REQUESTS_WITHIN_LIMITS_MESSAGE}: requests.{name} {request} is above "
+                    f"limits.{name} {limits[name]}"
+                )
+        return self
+
+    @property
+    def cpu(self) -> str | None:
+        """The CPU Envoy's workers are sized by: the limit, else the request."""
+        return (self.limits or {}).get("cpu") or (self.requests or {}).get("cpu")
+
+
 class DataPlane(_Model):
     """The data plane that serves the gateway."""
 
@@ -484,7 +747,29 @@ class DataPlane(_Model):
         description="Envoy (the default). LiteLLM is named by the API but not served yet, and "
         "refused.",
     )
-    replicas: int = Field(default=1, ge=0, le=100, description="Data plane replicas.")
+    replicas: int = Field(
+        default=1,
+        ge=0,
+        le=100,
+        description="Data plane replicas. With more than one, they spread over nodes and "
+        "zones where the cluster has them, and a node drain evicts one at a time; a single "
+        "replica is evicted by a drain like any Pod, so the gateway pauses until it is "
+        "rescheduled.",
+    )
+    resources: ResourceRequirements = Field(
+        default_factory=lambda: ResourceRequirements.model_validate(DEFAULT_RESOURCES),
+        description="CPU and memory of each Envoy Pod, in the shape of a container's "
+        "resources. Envoy runs one worker thread per CPU it may use: the CPU limit, else the "
+        "CPU request, rounded up to a whole number, at least 1; with no CPU given, "
+        f"{DEFAULT_CONCURRENCY}. (Left alone, Envoy starts a worker per core of the node, "
+        "each with its own connections and copy of the routing state: memory for nothing on "
+        "a large node.) The defaults come from measurement with 2 workers: requests cpu "
+        "100m and memory 128Mi (Envoy used 73 MB serving a few endpoints, 85 MB at 100), "
+        "limits cpu 2 (2 workers) and memory 1Gi (582 MB at 5,000 endpoints). Give more "
+        "memory for more endpoints or workers. Set, this replaces the defaults whole: "
+        "what it leaves out is not set.",
+        json_schema_extra={"default": DEFAULT_RESOURCES},
+    )
 
     @model_validator(mode="after")
     def _served(self) -> DataPlane:

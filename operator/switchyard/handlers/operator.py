@@ -209,6 +209,7 @@ async def secret_event(type: str | None, body: kopf.Body, memo: Any, **_: Any) -
 @kopf.on.event("", "v1", "configmaps", labels=MANAGED)
 @kopf.on.event("", "v1", "services", labels=MANAGED)
 @kopf.on.event("apps", "v1", "deployments", labels=MANAGED)
+@kopf.on.event("policy", "v1", "poddisruptionbudgets", labels=MANAGED)
 async def owned_object_event(type: str | None, body: kopf.Body, memo: Any, **_: Any) -> None:
     """Someone edited or deleted an object a gateway owns: the owner's pass puts it back."""
     _mark_owner(_runtime(memo), body, type)

@@ -391,6 +391,7 @@ class GatewaySync:
                 bootstrap,
                 deployment.envoy_deployment(plan, spec, uid, bootstrap, self.envoy_pods),
                 deployment.envoy_service(plan, spec, uid),
+                deployment.envoy_pdb(plan, spec, uid),
             ]
         problems: list[tuple[bool, str]] = []
         for manifest in manifests:

@@ -142,6 +142,7 @@ class Kube:
         self.core = client.CoreV1Api(api)
         self.custom = client.CustomObjectsApi(api)
         apps = client.AppsV1Api(api)
+        policy = client.PolicyV1Api(api)
         self._apis = {
             kind: _KindApi(
                 read=getattr(owner, f"read_namespaced_{suffix}"),
@@ -154,6 +155,7 @@ class Kube:
                 ("ConfigMap", self.core, "config_map"),
                 ("Service", self.core, "service"),
                 ("Deployment", apps, "deployment"),
+                ("PodDisruptionBudget", policy, "pod_disruption_budget"),
             )
         }
 

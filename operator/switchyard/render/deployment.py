@@ -8,16 +8,27 @@ A Pod that is deleted (a rollout, a drain, a scale-down) first drains: its preSt
 Envoy to drain its listeners (every response then carries `Connection: close`, so keep-alive
 clients move to the other replicas, which kube-proxy now sends new connections to), waits
 while requests in flight finish, and only then lets the kubelet stop Envoy.
+
+Sizing: Envoy's worker count follows the CPU the spec gives it (see `envoy_concurrency`);
+replicas spread over nodes and zones, a rollout adds the new Pod before it removes an old
+one, and a PodDisruptionBudget lets a node drain evict one replica at a time.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import dataclass
 from typing import Any
 
-from switchyard.api.models import ModelGatewaySpec
+from switchyard.api.models import (
+    DEFAULT_CONCURRENCY,
+    ModelGatewaySpec,
+    ResourceRequirements,
+    canonical_quantity,
+    parse_quantity,
+)
 from switchyard.plan.gateway import GatewayPlan
 from switchyard.render.envoy import CREDENTIALS_DIR_ENV, bootstrap
 from switchyard.render.objects import (
@@ -65,6 +76,48 @@ class EnvoyPods:
     image: str = ENVOY_IMAGE
 
 
+# Spread keys: one replica per node, then per zone, as far as the cluster allows.
+SPREAD_TOPOLOGY_KEYS = ("kubernetes.io/hostname", "topology.kubernetes.io/zone")
+
+
+def envoy_concurrency(resources: ResourceRequirements) -> int:
+    """Envoy's worker threads (`--concurrency`): one per CPU the Pod may use, the CPU limit,
+    else the CPU request, rounded up, at least 1; DEFAULT_CONCURRENCY with no CPU given.
+
+    Without the flag Envoy starts one worker per core of the node, each with its own
+    upstream connections and copy of the routing state: on a 64-core node, 64 copies, for a
+    Pod throttled to a fraction of that CPU."""
+    if resources.cpu is None:
+        return DEFAULT_CONCURRENCY
+    return max(1, math.ceil(parse_quantity(resources.cpu)))
+
+
+def container_resources(resources: ResourceRequirements) -> dict[str, Any]:
+    """The container's `resources`, each quantity in the canonical form the API server
+    writes back, so that an unchanged Deployment compares equal and is not rewritten."""
+    rendered: dict[str, Any] = {}
+    for part, quantities in (("requests", resources.requests), ("limits", resources.limits)):
+        if quantities:
+            rendered[part] = {name: canonical_quantity(q) for name, q in quantities.items()}
+    return rendered
+
+
+def topology_spread(labels: dict[str, str]) -> list[dict[str, Any]]:
+    """Spread replicas over nodes and zones. ScheduleAnyway makes it a preference, so a
+    one-node or one-zone cluster still schedules every replica. Rendered whatever the
+    replica count (one Pod is always spread), so that scaling from 1 changes no template
+    and rolls no Pod."""
+    return [
+        {
+            "maxSkew": 1,
+            "topologyKey": key,
+            "whenUnsatisfiable": "ScheduleAnyway",
+            "labelSelector": {"matchLabels": labels},
+        }
+        for key in SPREAD_TOPOLOGY_KEYS
+    ]
+
+
 def envoy_name(gateway: str) -> str:
     return owned_name(gateway, "switchyard-envoy")
 
@@ -99,6 +152,7 @@ def envoy_deployment(
     ]
     metadata = owned_metadata(plan, name, owner_uid)
     metadata["labels"].update(labels)
+    resources = spec.data_plane.resources
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -106,6 +160,12 @@ def envoy_deployment(
         "spec": {
             "replicas": spec.data_plane.replicas,
             "selector": {"matchLabels": labels},
+            # A rollout starts each new Pod, and waits for it to be Ready, before it stops
+            # an old one: the gateway never serves with fewer replicas than it asks for.
+            "strategy": {
+                "type": "RollingUpdate",
+                "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
+            },
             "template": {
                 "metadata": {
                     "labels": labels,
@@ -114,6 +174,7 @@ def envoy_deployment(
                 "spec": {
                     "automountServiceAccountToken": False,
                     "terminationGracePeriodSeconds": TERMINATION_GRACE_SECONDS,
+                    "topologySpreadConstraints": topology_spread(labels),
                     "securityContext": {
                         "runAsNonRoot": True,
                         "runAsUser": ENVOY_UID,
@@ -125,7 +186,11 @@ def envoy_deployment(
                         {
                             "name": "envoy",
                             "image": pods.image,
-                            "args": ENVOY_ARGS,
+                            "args": [
+                                *ENVOY_ARGS,
+                                "--concurrency",
+                                str(envoy_concurrency(resources)),
+                            ],
                             "lifecycle": {
                                 "preStop": {"exec": {"command": ["bash", "-c", PRESTOP]}}
                             },
@@ -136,10 +201,7 @@ def envoy_deployment(
                                 "tcpSocket": {"port": "http"},
                                 "periodSeconds": 5,
                             },
-                            "resources": {
-                                "requests": {"cpu": "100m", "memory": "64Mi"},
-                                "limits": {"memory": "512Mi"},
-                            },
+                            "resources": container_resources(resources),
                             "securityContext": {
                                 "allowPrivilegeEscalation": False,
                                 "readOnlyRootFilesystem": True,
@@ -190,5 +252,32 @@ def envoy_service(plan: GatewayPlan, spec: ModelGatewaySpec, owner_uid: str) -> 
                     "protocol": "TCP",
                 }
             ],
+        },
+    }
+
+
+def envoy_pdb(plan: GatewayPlan, spec: ModelGatewaySpec, owner_uid: str) -> dict[str, Any]:
+    """The gateway's PodDisruptionBudget: a node drain (or an autoscaler, or an upgrade)
+    evicts at most one Envoy at a time, and waits for its replacement to be Ready before it
+    takes the next, so a gateway with several replicas never loses the last one serving.
+
+    The same budget for every replica count, so that scaling rewrites nothing. With one
+    replica it lets that replica be evicted: the gateway pauses while it is rescheduled
+    (its preStop drain still finishes the requests in flight). The alternative, a budget
+    that admits no eviction, can never be satisfied and blocks every drain of its node
+    until someone deletes the Pod by hand. Unhealthy Pods may always be evicted, so a
+    replica that is not Ready never holds a drain up either. (`spec` is taken as the other
+    renderers take it; the budget does not depend on it.)"""
+    metadata = owned_metadata(plan, envoy_name(plan.name), owner_uid)
+    labels = selector(plan.name)
+    metadata["labels"].update(labels)
+    return {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": metadata,
+        "spec": {
+            "maxUnavailable": 1,
+            "selector": {"matchLabels": labels},
+            "unhealthyPodEvictionPolicy": "AlwaysAllow",
         },
     }
