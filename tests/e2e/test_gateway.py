@@ -285,7 +285,11 @@ def test_a_rejected_config_is_reported_and_traffic_goes_on(lab: Lab, tmp_path: P
 
 
 def test_https_backends_are_verified_with_the_gateways_ca(lab: Lab) -> None:
-    lab.serve("private-tls", [lab.backend("secure")])
+    quick = {"interval": "1s", "timeout": "500ms", "unhealthyThreshold": 2}
+    lab.serve("private-tls", [lab.backend("secure")], healthCheck=quick)
+    # The probes trust the gateway's CA bundle too: after several, still healthy.
+    time.sleep(3)
+    assert backend_status(lab, "private-tls", "secure")["healthy"] is True
     outcome = send_sync(lab.url, chat("private-tls"), 20, 2)
     assert outcome.statuses[200] == 20
     assert set(outcome.ports) == {lab.port("secure")}

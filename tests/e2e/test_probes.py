@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import ssl
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -10,6 +12,7 @@ import pytest
 
 from switchyard.fakes.provider import FakeProvider, Fault, running
 from switchyard.health.probes import Outcome, ProbeResult, Target, probe
+from tests_support.tls import make_ca_and_server
 
 KEY = "sk-test-probe-key"
 
@@ -119,3 +122,24 @@ def test_thousands_of_backends_do_not_open_thousands_of_sockets() -> None:
 
     open_at_once = asyncio.run(body())
     assert 0 < open_at_once <= MAX_CONCURRENT_PROBES
+
+
+def test_probes_trust_what_the_gateways_backend_tls_trusts(tmp_path: Path) -> None:
+    """A private-CA backend (an in-cluster vLLM, say) must not look down to the probes while
+    the data plane, which trusts the gateway's caBundle, serves it fine."""
+    ca, certificate, private_key = make_ca_and_server(tmp_path, "localhost")
+    serving = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    serving.load_cert_chain(certificate, private_key)
+
+    async def body(ca_bundle: str | None) -> ProbeResult:
+        fake = FakeProvider("OpenAICompatible", KEY, models=["m"], ssl_context=serving)
+        async with running(fake), aiohttp.ClientSession() as session:
+            url = f"https://localhost:{fake.port}"
+            return await probe(
+                session, Target("OpenAICompatible", url, "m", None, 2.0, ca_bundle), KEY
+            )
+
+    assert asyncio.run(body(ca.read_text())).outcome == Outcome.HEALTHY
+    untrusted = asyncio.run(body(None))
+    assert untrusted.outcome == Outcome.FAILED
+    assert "connection failed" in untrusted.reason

@@ -12,9 +12,10 @@ import logging
 import time
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 from switchyard import metrics
-from switchyard.api.models import DataPlaneType, ModelGatewaySpec, parse_duration
+from switchyard.api.models import BackendTLS, DataPlaneType, ModelGatewaySpec, parse_duration
 from switchyard.handlers.health_monitor import BackendKey, HealthMonitor
 from switchyard.handlers.state import EndpointRecord, GatewayRecord, Store
 from switchyard.health.probes import Target
@@ -74,26 +75,30 @@ def _export_routing(
 
 
 def _probe_targets(
-    plan: GatewayPlan, records: list[EndpointRecord], memo: dict[int, tuple[Any, Any]]
+    plan: GatewayPlan,
+    records: list[EndpointRecord],
+    memo: dict[tuple[ObjectKey, int], dict[BackendKey, Any]],
+    backend_tls: BackendTLS | None,
 ) -> tuple[dict[BackendKey, Any], dict[BackendKey, dict[str, Any]]]:
     """Every backend the gateway serves, as the health monitor probes it, and what each
     endpoint's status shows of it now (to resume from after a restart).
 
-    `memo` keeps each endpoint's targets by spec object from one pass to the next; it is
-    left holding only the endpoints of this pass."""
+    `memo` keeps each endpoint's targets by (key, generation) from one pass to the next,
+    for the gateway's current backendTLS; it is left holding only this pass's endpoints."""
     by_key = {r.source.key: r for r in records}
     targets: dict[BackendKey, Any] = {}
     shown: dict[BackendKey, dict[str, Any]] = {}
-    used: dict[int, tuple[Any, Any]] = {}
+    used: dict[tuple[ObjectKey, int], dict[BackendKey, Any]] = {}
     for endpoint in plan.attached:
         record = by_key[(endpoint.namespace, endpoint.name)]
         spec = record.source.spec
         assert spec is not None
-        found = memo.get(id(spec))
-        if found is None or found[0] is not spec:
-            found = (spec, _endpoint_targets(endpoint, spec))
-        used[id(spec)] = found
-        targets.update(found[1])
+        identity = (record.source.key, record.source.generation)
+        found = memo.get(identity)
+        if found is None:
+            found = _endpoint_targets(endpoint, spec, backend_tls)
+        used[identity] = found
+        targets.update(found)
         for entry in (record.body.get("status") or {}).get("backends") or []:
             shown[(endpoint.namespace, endpoint.name, entry.get("name", ""))] = entry
     memo.clear()
@@ -101,7 +106,9 @@ def _probe_targets(
     return targets, shown
 
 
-def _endpoint_targets(endpoint: EndpointPlan, spec: Any) -> dict[BackendKey, Any]:
+def _endpoint_targets(
+    endpoint: EndpointPlan, spec: Any, backend_tls: BackendTLS | None
+) -> dict[BackendKey, Any]:
     refs = {b.name: b.credentials_ref for b in spec.backends}
     timeout = parse_duration(spec.health_check.timeout)
     targets: dict[BackendKey, Any] = {}
@@ -109,9 +116,12 @@ def _endpoint_targets(endpoint: EndpointPlan, spec: Any) -> dict[BackendKey, Any
         key = (endpoint.namespace, endpoint.name, backend.name)
         ref = refs[backend.name]
         credentials = ((endpoint.namespace, ref.name), ref.key) if ref else None
+        host = urlsplit(backend.url).hostname or ""
+        trusted = backend_tls.ca_bundle if backend_tls and backend_tls.covers(host) else None
         target = Target(
-            backend.provider, backend.url, backend.upstream_model, backend.api_version, timeout
-        )
+            backend.provider, backend.url, backend.upstream_model, backend.api_version,
+            timeout, trusted,
+        )  # fmt: skip
         targets[key] = (target, credentials, spec.health_check)
     return targets
 
@@ -122,8 +132,9 @@ class _Seen:
 
     plans: PlanCache = field(default_factory=PlanCache)
     render: envoy.RenderCache = field(default_factory=envoy.RenderCache)
-    # Endpoint spec object -> its probe targets (and the spec, so its id stays its own)
-    probes: dict[int, tuple[Any, Any]] = field(default_factory=dict)
+    # (endpoint, generation) -> its probe targets, for the backendTLS they were made with
+    probes: dict[tuple[ObjectKey, int], dict[BackendKey, Any]] = field(default_factory=dict)
+    probes_tls: BackendTLS | None = None
     exported: dict[ObjectKey, EndpointPlan] = field(default_factory=dict)
     targets: Any = None
     # Endpoint key -> (the inputs of its status, the status object they were checked against)
@@ -262,7 +273,10 @@ class GatewaySync:
             self.health.forget(key)
             self._seen.pop(key, None)
         else:
-            targets = _probe_targets(plan, records, seen.probes)
+            if seen.probes_tls != gateway.spec.backend_tls:
+                seen.probes.clear()  # every https target's trust may have changed
+                seen.probes_tls = gateway.spec.backend_tls
+            targets = _probe_targets(plan, records, seen.probes, gateway.spec.backend_tls)
             if targets[0] != seen.targets:
                 self.health.watch(key, *targets)
                 seen.targets = targets[0]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import functools
+import ssl
 import time
 from dataclasses import dataclass
 from enum import StrEnum
@@ -23,13 +25,22 @@ class Outcome(StrEnum):
 
 @dataclass(frozen=True)
 class Target:
-    """What a probe needs to know about one backend."""
+    """What a probe needs to know about one backend. `ca_bundle`: the PEM CAs its https
+    certificate is verified against, when the gateway's backendTLS covers its host (the
+    data plane trusts exactly that); None for the system trust store."""
 
     provider: str
     url: str
     model: str
     api_version: str | None
     timeout: float
+    ca_bundle: str | None = None
+
+
+@functools.lru_cache(maxsize=64)
+def _trusting(ca_bundle: str) -> ssl.SSLContext:
+    """Verification against these CAs only, as Envoy does for the hosts they cover."""
+    return ssl.create_default_context(cadata=ca_bundle)
 
 
 @dataclass(frozen=True)
@@ -75,8 +86,12 @@ async def probe(session: aiohttp.ClientSession, target: Target, key: str | None)
         return ProbeResult(outcome, latency, reason, retry_after)
 
     try:
+        trust: ssl.SSLContext | bool = _trusting(target.ca_bundle) if target.ca_bundle else True
+    except ssl.SSLError:
+        return result(Outcome.FAILED, "the gateway's backendTLS caBundle is not valid PEM")
+    try:
         async with asyncio.timeout(target.timeout):
-            async with session.get(url, headers=headers, allow_redirects=False) as reply:
+            async with session.get(url, headers=headers, allow_redirects=False, ssl=trust) as reply:
                 body = await reply.read()
                 status = reply.status
                 retry_after = reply.headers.get("Retry-After", "")
