@@ -115,6 +115,7 @@ def run_command(
     xds_address: str | None,
     xds_service: str | None,
     envoy_image: str | None,
+    resync_seconds: float | None,
     metrics_address: str | None,
     verbose: bool,
     debug: bool,
@@ -134,6 +135,7 @@ def run_command(
             xds_address=xds_address,
             xds_service=xds_service,
             envoy_image=envoy_image,
+            resync_seconds=resync_seconds,
             metrics_address=metrics_address,
         ),
     )
@@ -195,6 +197,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--envoy-image",
         default=None,
         help="the image of the gateways' Envoy Pods (default envoyproxy/envoy:v1.40.0)",
+    )
+    run.add_argument(
+        "--resync-period",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="relist everything this often, repairing what a watch gap missed (default 300)",
     )
     run.add_argument(
         "--metrics-port",
@@ -273,6 +282,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.xds_address,
             args.xds_service,
             args.envoy_image,
+            args.resync_period,
             metrics,
             args.verbose,
             args.debug,

@@ -57,3 +57,27 @@ def test_a_status_only_change_is_kept_without_a_new_pass() -> None:
     kept = store.endpoints[("team-a", "chat")].body
     assert kept["status"] == moved["status"]
     assert "managedFields" not in kept["metadata"]
+
+
+def test_a_relist_drops_what_was_deleted_while_no_event_came() -> None:
+    """After a watch gap (a 410, a cut connection) no DELETED event arrives: the relist
+    must drop the object, or its gateway serves a ghost and keeps its keys."""
+    store = Store()
+    gateway = {"metadata": {"name": "shared", "namespace": "team-a", "uid": "g", "generation": 1},
+               "spec": {}}  # fmt: skip
+    ghost = _endpoint()
+    ghost["metadata"] = {**ghost["metadata"], "name": "ghost", "uid": "u-2"}
+    store.put_gateway(gateway)
+    store.put_endpoint(_endpoint())
+    store.put_endpoint(ghost)
+    store.put_namespace("gone", {})
+    affected = store.replace_all([gateway], [_endpoint()], {"team-a": {}})
+    assert affected == {("team-a", "shared")}
+    assert set(store.endpoints) == {("team-a", "chat")}
+    assert [r.source.name for r in store.endpoints_of(("team-a", "shared"))] == ["chat"]
+    assert "gone" not in store.namespace_labels
+    # Nothing changed since: a relist marks nothing.
+    assert store.replace_all([gateway], [_endpoint()], {"team-a": {}}) == set()
+    assert store.replace_all([], [], {"team-a": {}}) == {("team-a", "shared")}
+    assert not store.gateways
+    assert not store.endpoints

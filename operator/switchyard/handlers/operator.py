@@ -18,6 +18,7 @@ from aiohttp import web
 
 from switchyard import metrics
 from switchyard.api.models import GROUP, VERSION
+from switchyard.handlers import informer
 from switchyard.handlers.health_monitor import HealthMonitor
 from switchyard.handlers.state import Store, object_key
 from switchyard.handlers.sync import GatewaySync
@@ -71,6 +72,12 @@ def envoy_pods(memo: Any) -> EnvoyPods:
     return EnvoyPods(host, port, image)
 
 
+def resync_seconds(memo: Any) -> float:
+    """`--resync-period`, else SWITCHYARD_RESYNC_SECONDS, else 5 minutes."""
+    text = memo.get("resync_seconds") or os.environ.get("SWITCHYARD_RESYNC_SECONDS")
+    return float(text) if text else informer.DEFAULT_RESYNC_SECONDS
+
+
 def _runtime(memo: Any) -> Runtime:
     runtime: Runtime = memo.runtime
     return runtime
@@ -94,7 +101,7 @@ async def start(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
     kube = Kube(await load_configuration())
     store = Store()
     try:
-        await _prime(kube, store, memo.get("namespaces", ()))
+        await informer.prime(kube, store, memo.get("namespaces", ()))
     except BaseException:
         await kube.close()  # the retry builds a new client
         raise
@@ -114,6 +121,12 @@ async def start(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
     workers = [
         asyncio.create_task(sync.run(), name="switchyard-gateway-sync"),
         asyncio.create_task(health.run(), name="switchyard-health-probes"),
+        asyncio.create_task(
+            informer.resync_forever(
+                kube, store, sync, memo.get("namespaces", ()), resync_seconds(memo)
+            ),
+            name="switchyard-relist",
+        ),
     ]
     scraper = await metrics.serve(
         *metrics_address(memo), alive=lambda: not any(w.done() for w in workers)
@@ -124,19 +137,6 @@ async def start(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
     logger.info(
         "primed with %d gateways and %d endpoints", len(store.gateways), len(store.endpoints)
     )
-
-
-async def _prime(kube: Kube, store: Store, namespaces: tuple[str, ...]) -> None:
-    """Fill the store before the first pass: a pass over a half-listed gateway would drop
-    endpoints from its Secret and write them back a moment later. `switchyard run
-    --namespace` passes its namespaces in the memo; KopfRunner passes none."""
-    for body in await kube.list_custom("modelgateways", namespaces):
-        store.put_gateway(body)
-    for body in await kube.list_custom("modelendpoints", namespaces):
-        store.put_endpoint(body)
-    for namespace in await kube.list_namespaces():
-        metadata = namespace["metadata"]
-        store.put_namespace(metadata["name"], metadata.get("labels") or {})
 
 
 @kopf.on.login()

@@ -177,6 +177,34 @@ class Store:
     def gateway_keys(self) -> set[ObjectKey]:
         return set(self.gateways) | set(self._by_gateway)
 
+    # --- Relists
+
+    def replace_all(
+        self,
+        gateways: list[dict[str, Any]],
+        endpoints: list[dict[str, Any]],
+        namespaces: dict[str, dict[str, str]],
+    ) -> set[ObjectKey]:
+        """Make the store what a fresh list of the cluster says, as an informer's relist
+        does: objects deleted while no watch event reached us (a watch that expired, a
+        connection cut) go too. Returns the gateways whose pass that changes."""
+        affected: set[ObjectKey] = set()
+        listed_gateways = {object_key(body) for body in gateways}
+        for key in set(self.gateways) - listed_gateways:
+            affected |= self.delete_gateway(key)
+        for body in gateways:
+            affected |= self.put_gateway(body)
+        listed_endpoints = {object_key(body) for body in endpoints}
+        for key in set(self.endpoints) - listed_endpoints:
+            affected |= self.delete_endpoint(key)
+        for body in endpoints:
+            affected |= self.put_endpoint(body)
+        for name in set(self.namespace_labels) - set(namespaces):
+            affected |= self.put_namespace(name, None)
+        for name, labels in namespaces.items():
+            affected |= self.put_namespace(name, labels)
+        return affected
+
     # --- Secrets and Namespaces
 
     def referenced_secrets(self) -> set[ObjectKey]:

@@ -38,6 +38,9 @@ from switchyard.xds.server import FailedAttempt, XdsServer, gateway_of_node, nod
 logger = logging.getLogger(__name__)
 
 DEBOUNCE_SECONDS = 0.05
+# Gateways whose passes run at once: enough that a slow one (a large gateway, a slow API
+# answer) delays no other, few enough to keep the API server's load and memory bounded.
+CONCURRENT_PASSES = 4
 MAX_BACKOFF_SECONDS = 30.0
 # How long Envoys may take to ACK a push, or to reconnect after the operator starts, before
 # a gateway that showed Programmed=True is reported otherwise.
@@ -140,6 +143,8 @@ class _Seen:
     # Endpoint key -> (the inputs of its status, the status object they were checked against)
     statuses: dict[ObjectKey, tuple[Any, Any]] = field(default_factory=dict)
     pushed_at: float = float("-inf")
+    # Model -> the endpoint that serves it on the gateway, as last pushed
+    served: dict[str, ObjectKey] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -174,6 +179,8 @@ class GatewaySync:
         self.envoy_pods = envoy_pods
         self.health = health
         self._dirty: set[ObjectKey] = set()
+        self._passing: set[ObjectKey] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
         self._failures: dict[ObjectKey, int] = {}
         self._seen: dict[ObjectKey, _Seen] = {}
@@ -182,6 +189,11 @@ class GatewaySync:
         # moved (edited or deleted by someone else), so a pass reads none of them otherwise.
         self._owned: dict[tuple[str, str, str], _Owned] = {}
         self._started = time.monotonic()
+
+    def forget_owned(self) -> None:
+        """Verify every owned object on the next pass instead of trusting what was last
+        written: after a watch gap, an edit or a deletion may have gone unseen."""
+        self._owned.clear()
 
     def observed_owned(self, kind: str, namespace: str, name: str, version: str | None) -> None:
         """A watch event of an owned object: forget it unless it is what we wrote last."""
@@ -196,14 +208,30 @@ class GatewaySync:
             self._wake.set()
 
     async def run(self) -> None:
-        """Drain dirty gateways forever; one failing gateway never stops the others."""
+        """Drain dirty gateways forever. Gateways pass side by side (up to
+        CONCURRENT_PASSES), each at most once at a time: one slow or failing gateway never
+        holds up the others. A gateway marked again during its pass passes again after."""
+        slots = asyncio.Semaphore(CONCURRENT_PASSES)
         while True:
             await self._wake.wait()
             await asyncio.sleep(DEBOUNCE_SECONDS)
             self._wake.clear()
-            batch, self._dirty = self._dirty, set()
-            for key in sorted(batch):
+            ready = self._dirty - self._passing
+            self._dirty -= ready
+            for key in sorted(ready):
+                self._passing.add(key)
+                task = asyncio.create_task(self._pass(key, slots), name=f"pass-{_fmt(key)}")
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+
+    async def _pass(self, key: ObjectKey, slots: asyncio.Semaphore) -> None:
+        try:
+            async with slots:
                 await self._sync_guarded(key)
+        finally:
+            self._passing.discard(key)
+            if key in self._dirty:
+                self._wake.set()
 
     async def _sync_guarded(self, key: ObjectKey) -> None:
         started = time.monotonic()
@@ -232,17 +260,17 @@ class GatewaySync:
     def failed_attempt(self, report: FailedAttempt) -> None:
         """An Envoy saw a backend fail live traffic. A 429 holds the backend back for its
         Retry-After; anything else makes its probe run now, and the probes decide."""
-        key = gateway_of_node(report.node)
-        model = envoy.model_of_cluster(report.cluster)
-        for record in self.store.endpoints_of(key):
-            spec = record.source.spec
-            if spec is None or spec.model != model:
-                continue
-            backend = (*record.source.key, report.backend)
-            if report.status == 429:
-                self.health.back_off(backend, report.retry_after)
-            else:
-                self.health.expedite(backend)
+        seen = self._seen.get(gateway_of_node(report.node))
+        # Reports come by the hundred a second during an outage, exactly when passes matter:
+        # a look-up, not a scan of the gateway's endpoints.
+        endpoint = seen.served.get(envoy.model_of_cluster(report.cluster)) if seen else None
+        if endpoint is None:
+            return
+        backend = (*endpoint, report.backend)
+        if report.status == 429:
+            self.health.back_off(backend, report.retry_after)
+        else:
+            self.health.expedite(backend)
 
     async def sync(self, key: ObjectKey) -> None:
         gateway_record = self.store.gateways.get(key)
@@ -287,6 +315,7 @@ class GatewaySync:
                     held_back = restored
                     plan = planned()
             seen.exported = _export_routing(plan, seen.exported)
+            seen.served = {p.model: (p.namespace, p.name) for p in plan.attached}
         node = node_of_gateway(*key)
         if gateway is None:
             self.xds.remove_snapshot(node)
