@@ -138,8 +138,15 @@ class LocalEnvoy:
     """`switchyard envoy --gateway`: the real Envoy with the Deployment's bootstrap."""
 
     def __init__(
-        self, gateway: str, port: int, xds_address: str, log: Path, kubeconfig: str | None = None
+        self,
+        gateway: str,
+        port: int,
+        xds_address: str,
+        log: Path,
+        kubeconfig: str | None = None,
+        secret_delay: float = 0.0,
     ) -> None:
+        """`secret_delay`: how late credentials changes reach it, as a kubelet's would."""
         self.port = port
         self.log = log
         env = {**os.environ, **({"KUBECONFIG": kubeconfig} if kubeconfig else {})}
@@ -147,6 +154,7 @@ class LocalEnvoy:
             [
                 SWITCHYARD, "envoy", "--gateway", gateway, "--port", str(port),
                 "--xds-address", xds_address, "--log-level", "warning",
+                "--secret-delay", str(secret_delay),
             ],
             stdout=log.open("wb"),
             stderr=subprocess.STDOUT,

@@ -236,6 +236,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     envoy.add_argument("--admin-port", type=int, default=0, help="Envoy admin (default: any)")
     envoy.add_argument("--log-level", default="warning")
+    envoy.add_argument(
+        "--secret-delay",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="apply a credentials change this long after it is seen, as a kubelet lags (default 0)",
+    )
 
     fake = commands.add_parser(
         "fake-provider", help="serve a fake LLM provider API on loopback, for tests and demos"
@@ -293,7 +300,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         from switchyard.local_envoy import run_envoy
 
         return asyncio.run(
-            run_envoy(args.gateway, args.port, args.xds_address, args.admin_port, args.log_level)
+            run_envoy(
+                args.gateway,
+                args.port,
+                args.xds_address,
+                args.admin_port,
+                args.log_level,
+                args.secret_delay,
+            )
         )
     if args.command == "plan":
         return plan_command(args.filename, args.output)

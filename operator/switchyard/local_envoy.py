@@ -2,7 +2,11 @@
 
 It uses the bootstrap the gateway's Deployment uses, connects to a running operator's xDS
 server, and keeps a private copy of the gateway's credentials Secret in a temporary
-directory, as the kubelet does for a Pod's mounted Secret, so rotation works the same way.
+directory the way the kubelet keeps a Pod's mounted Secret: every version in a directory of
+its own, `..data` swapped to it with one rename, each key a symlink through `..data`, and a
+change seen only after `--secret-delay` seconds (the kubelet's periodic sync takes 60 to 90
+s; the operator usually brings it forward to about a second), so rotation, and the data
+plane's behaviour while it lags, work as in a cluster.
 """
 
 from __future__ import annotations
@@ -12,9 +16,11 @@ import base64
 import contextlib
 import json
 import os
+import shutil
 import signal
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +48,12 @@ def envoy_binary() -> str:
 
 
 async def run_envoy(
-    gateway: str, port: int | None, xds_address: str, admin_port: int, log_level: str
+    gateway: str,
+    port: int | None,
+    xds_address: str,
+    admin_port: int,
+    log_level: str,
+    secret_delay: float = 0.0,
 ) -> int:
     namespace, _, name = gateway.partition("/")
     if not namespace or not name:
@@ -70,6 +81,7 @@ async def run_envoy(
                 xds_address,
                 admin_port,
                 log_level,
+                secret_delay,
                 Path(workdir),
             )
     finally:
@@ -85,12 +97,14 @@ async def _serve(
     xds_address: str,
     admin_port: int,
     log_level: str,
+    secret_delay: float,
     workdir: Path,
 ) -> int:
     credentials = workdir / "credentials"
     credentials.mkdir(mode=0o700)
+    mirror = SecretMirror(credentials, secret_delay)
     secret = credentials_secret_name(name)
-    await _sync_credentials(kube, namespace, secret, credentials)
+    await _sync_credentials(kube, namespace, secret, mirror)
     xds_host, _, xds_port = xds_address.rpartition(":")
     config = bootstrap(
         f"{namespace}/{name}",
@@ -117,7 +131,7 @@ async def _serve(
         while envoy.returncode is None and not stop.is_set():
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(stop.wait(), SECRET_POLL_SECONDS)
-            await _sync_credentials(kube, namespace, secret, credentials)
+            await _sync_credentials(kube, namespace, secret, mirror)
             if admin_path.exists() and not (workdir / "announced").exists():
                 (workdir / "announced").touch()
                 print(f"admin on http://{admin_path.read_text().strip()}", flush=True)
@@ -131,22 +145,50 @@ async def _serve(
     return envoy.returncode or 0
 
 
-async def _sync_credentials(kube: Kube, namespace: str, secret: str, directory: Path) -> None:
-    """Mirror the Secret's keys as files, replaced atomically, like a mounted Secret."""
+class SecretMirror:
+    """A Secret's keys as files, updated like the kubelet's atomic writer updates a mounted
+    Secret, each change applied `delay` seconds after it is first seen."""
+
+    def __init__(self, directory: Path, delay: float = 0.0) -> None:
+        self.directory = directory
+        self.delay = delay
+        self._shown: dict[str, bytes] | None = None
+        self._pending: tuple[dict[str, bytes], float] | None = None
+
+    def offer(self, wanted: dict[str, bytes], now: float) -> None:
+        """What the Secret holds now; written once it has waited out the delay."""
+        if wanted == self._shown:
+            self._pending = None
+            return
+        if self._pending is None or self._shown is None:
+            self._pending = (wanted, now)
+        else:
+            self._pending = (wanted, self._pending[1])  # the sync picks what is current then
+        if self._shown is None or now - self._pending[1] >= self.delay:
+            self._write(wanted)
+            self._shown, self._pending = wanted, None
+
+    def _write(self, wanted: dict[str, bytes]) -> None:
+        version = self.directory / f"..{time.time_ns()}"
+        version.mkdir(mode=0o700)
+        for key, value in wanted.items():
+            (version / key).write_bytes(value)
+            (version / key).chmod(0o400)
+        data, swap = self.directory / "..data", self.directory / "..data_tmp"
+        previous = data.resolve() if data.is_symlink() else None
+        swap.symlink_to(version.name)
+        swap.replace(data)  # readers see the old version or the new one, never a mix
+        for key in wanted:
+            if not (self.directory / key).is_symlink():
+                (self.directory / key).symlink_to(f"..data/{key}")
+        for path in self.directory.iterdir():
+            if not path.name.startswith("..") and path.name not in wanted:
+                path.unlink()
+        if previous is not None:
+            shutil.rmtree(previous)
+
+
+async def _sync_credentials(kube: Kube, namespace: str, secret: str, mirror: SecretMirror) -> None:
     data: dict[str, Any] = await kube.read_secret_data(namespace, secret) or {}
     wanted = {key: base64.b64decode(value) for key, value in data.items()}
-    await asyncio.to_thread(_mirror, directory, wanted)
-
-
-def _mirror(directory: Path, wanted: dict[str, bytes]) -> None:
-    for path in directory.iterdir():
-        if path.name not in wanted:
-            path.unlink()
-    for key, value in wanted.items():
-        target = directory / key
-        if target.exists() and target.read_bytes() == value:
-            continue
-        partial = directory / f".{key}.tmp"
-        partial.write_bytes(value)
-        partial.chmod(0o600)
-        partial.replace(target)
+    await asyncio.to_thread(mirror.offer, wanted, time.monotonic())

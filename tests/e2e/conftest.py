@@ -27,6 +27,8 @@ FAKES = {
     "local-c": ("OpenAICompatible", "llama", 0.0),
     "slow": ("OpenAICompatible", "llama", 0.2),
 }
+# Seconds between a credentials change and the Envoy seeing it.
+KUBELET_DELAY = 2.0
 # An https backend whose certificate a CA made by the test signs.
 SECURE = "secure"
 
@@ -70,8 +72,20 @@ class Lab:
         eventually(
             lambda: condition(self.cluster.get("modelendpoints", model, self.namespace), "Ready")
         )
-        # Served once every backend's key has reached Envoy: a run of clean answers.
-        eventually(lambda: send_sync(self.url, chat(model), 20, 2).statuses[200] == 20, timeout=15)
+        # Served once every backend's key has reached Envoy (KUBELET_DELAY after it is
+        # written): until then a backend without its key is refused and its attempts go to
+        # the others. So: clean answers, from every backend that carries traffic.
+        carrying = {
+            self.fakes[b["name"]].port
+            for b in backends
+            if b.get("weight", 1) and not b.get("priority")
+        }
+
+        def steady() -> bool:
+            outcome = send_sync(self.url, chat(model), 40, 2)
+            return outcome.statuses[200] == 40 and carrying <= set(outcome.ports)
+
+        eventually(steady, timeout=20)
 
     @property
     def url(self) -> str:
@@ -121,7 +135,11 @@ def lab(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         )
         operator.start()
         log: Path = tmp_path_factory.mktemp("envoy") / "envoy.log"
-        envoy = LocalEnvoy(f"{namespace}/gw", free_port(), operator.xds_address, log)
+        # Credentials reach this Envoy late, as through a kubelet that has just synced
+        # (the operator asks for that sync at once; a kubelet's own period is 60 to 90 s).
+        envoy = LocalEnvoy(
+            f"{namespace}/gw", free_port(), operator.xds_address, log, secret_delay=KUBELET_DELAY
+        )
         envoy.wait_listening()
         yield Lab(cluster, operator, namespace, envoy, fakes)
     finally:
