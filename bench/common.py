@@ -27,11 +27,12 @@ for _path in (ROOT / "hack", ROOT / "tests"):
 
 import localcluster  # noqa: E402
 from gatewaylab import free_port, wait_for_port  # noqa: E402
+from pins import CACHE_ROOT  # noqa: E402
 from tests_support.cluster import Cluster  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 PLOTS = ROOT / "bench" / "plots"
-WORK = localcluster.CACHE_ROOT / "bench"
+WORK = CACHE_ROOT / "bench"
 SWITCHYARD = shutil.which("switchyard", path=str(Path(sys.executable).parent)) or "switchyard"
 
 

@@ -22,9 +22,10 @@ import images
 import localcluster
 import localnode
 from gatewaylab import FakeProcess, Outcome, chart_image_values, chat, send_sync
+from pins import CACHE_ROOT
 
 ROOT = Path(__file__).resolve().parents[1]
-STATE = localcluster.CACHE_ROOT / "demo"
+STATE = CACHE_ROOT / "demo"
 
 # An endpoint whose Secret does not exist: only the operator can see that.
 BROKEN = """

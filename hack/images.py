@@ -38,10 +38,10 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-import localcluster
+from pins import CACHE_ROOT, KUBERNETES_VERSION
 
 REPO = Path(__file__).resolve().parent.parent
-IMAGES_DIR = localcluster.CACHE_ROOT / "images"
+IMAGES_DIR = CACHE_ROOT / "images"
 # buildah's own storage, so nothing lands in /var/lib/containers. overlay works for root on
 # this kind of host; vfs would copy every layer in full.
 STORAGE = IMAGES_DIR / "storage"
@@ -566,7 +566,7 @@ def envoy_image() -> Image:
 def kubernetes_source() -> Path:
     """k8s.io/kubernetes at the pinned release, from the Go module cache (downloaded if absent)."""
     result = subprocess.run(
-        ["go", "mod", "download", "-json", f"k8s.io/kubernetes@{localcluster.KUBERNETES_VERSION}"],
+        ["go", "mod", "download", "-json", f"k8s.io/kubernetes@{KUBERNETES_VERSION}"],
         check=True,
         capture_output=True,
         text=True,
@@ -589,7 +589,7 @@ def pause_image() -> Image:
     with tempfile.TemporaryDirectory() as scratch:
         binary = Path(scratch) / "pause"
         # The Makefile's CFLAGS; its REV (git describe of the release) is the pinned release.
-        version = f"v{tag[1]}-{localcluster.KUBERNETES_VERSION}"
+        version = f"v{tag[1]}-{KUBERNETES_VERSION}"
         flags = ["-Os", "-Wall", "-Werror", "-static", f"-DVERSION={version}"]
         subprocess.run(
             ["gcc", *flags, "-o", str(binary), str(source / "linux" / "pause.c")], check=True

@@ -38,14 +38,13 @@ from pathlib import Path
 from typing import Any
 
 import localnode
+from pins import CACHE_ROOT, KUBERNETES_VERSION
 
-KUBERNETES_VERSION = "v1.36.3"
 BINARIES = (
     "etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubelet",
     "kube-proxy", "kubectl",
 )  # fmt: skip
 MODULE_DIR = Path(__file__).resolve().parent / "controlplane"
-CACHE_ROOT = Path(os.environ.get("SWITCHYARD_CACHE", Path.home() / ".cache" / "switchyard"))
 BIN_DIR = CACHE_ROOT / f"k8s-{KUBERNETES_VERSION}"
 SERVICE_CIDR = localnode.SERVICE_CIDR
 
