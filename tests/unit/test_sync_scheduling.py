@@ -29,36 +29,37 @@ class TimedSync(GatewaySync):
         self.finished.append(key)
 
 
-def test_a_slow_gateway_delays_no_other() -> None:
+def passes_finished(
+    durations: dict[tuple[str, str], float],
+    marks: list[tuple[float, set[tuple[str, str]]]],
+    after: float,
+) -> list[tuple[str, str]]:
+    """Run the scheduler, mark gateways (each after its delay), and return the passes
+    finished `after` seconds later, in order."""
+
     async def scenario() -> list[tuple[str, str]]:
-        sync = TimedSync({SLOW: 2.0, FAST: 0.01})
+        sync = TimedSync(durations)
         runner = asyncio.create_task(sync.run())
-        sync.mark({SLOW, FAST})
-        await asyncio.sleep(0.5)
-        finished = list(sync.finished)
+        for delay, keys in marks:
+            await asyncio.sleep(delay)
+            sync.mark(keys)
+        await asyncio.sleep(after)
         runner.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await runner
-        return finished
+        return list(sync.finished)
 
-    assert asyncio.run(scenario()) == [FAST]
+    return asyncio.run(scenario())
+
+
+def test_a_slow_gateway_delays_no_other() -> None:
+    assert passes_finished({SLOW: 2.0, FAST: 0.01}, [(0, {SLOW, FAST})], after=0.5) == [FAST]
 
 
 def test_a_gateway_marked_during_its_pass_passes_again_after_it() -> None:
-    async def scenario() -> list[tuple[str, str]]:
-        sync = TimedSync({SLOW: 0.3})
-        runner = asyncio.create_task(sync.run())
-        sync.mark({SLOW})
-        await asyncio.sleep(0.1)
-        sync.mark({SLOW})  # a change while it passes: never two passes at once
-        await asyncio.sleep(1.0)
-        finished = list(sync.finished)
-        runner.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await runner
-        return finished
-
-    assert asyncio.run(scenario()) == [SLOW, SLOW]
+    # A change while it passes: never two passes at once, and none lost.
+    marks = [(0, {SLOW}), (0.1, {SLOW})]
+    assert passes_finished({SLOW: 0.3}, marks, after=1.0) == [SLOW, SLOW]
 
 
 class NoScan(Store):
