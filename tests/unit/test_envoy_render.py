@@ -317,6 +317,52 @@ def test_the_bootstrap_names_the_node_and_the_xds_server_only() -> None:
     assert "listeners" not in config["static_resources"]
 
 
+def duration_seconds(text: str) -> float:
+    assert text.endswith("s"), text
+    return float(text[:-1])
+
+
+def test_the_bootstrap_drops_a_dead_ads_connection_and_retries_soon(tmp_path: Path) -> None:
+    """A stream whose peer vanished without a FIN goes within a minute, and a lost stream is
+    retried within 2 s; the server allows Envoy's pings; the real Envoy takes the config."""
+    from switchyard.local_envoy import envoy_binary
+    from switchyard.xds import server
+
+    config = bootstrap("ns/gw", "switchyard.system.svc", 18000)
+    [service] = config["dynamic_resources"]["ads_config"]["grpc_services"]
+    back_off = service["envoy_grpc"]["retry_policy"]["retry_back_off"]
+    assert duration_seconds(back_off["max_interval"]) <= 2
+    assert duration_seconds(back_off["base_interval"]) <= duration_seconds(back_off["max_interval"])
+
+    [cluster] = config["static_resources"]["clusters"]
+    [options] = cluster["typed_extension_protocol_options"].values()
+    pings = options["explicit_http_config"]["http2_protocol_options"]["connection_keepalive"]
+    interval, timeout = duration_seconds(pings["interval"]), duration_seconds(pings["timeout"])
+    assert interval * 1.15 + timeout <= 30  # Envoy's default jitter adds up to 15 %
+    tcp = cluster["upstream_connection_options"]["tcp_keepalive"]
+    assert tcp["keepalive_time"] + tcp["keepalive_interval"] * tcp["keepalive_probes"] <= 60
+
+    # The server's side: it pings too, and takes Envoy's pings for keepalive, not abuse.
+    options_set = dict(server.SERVER_OPTIONS)
+    assert (
+        options_set["grpc.keepalive_time_ms"] + options_set["grpc.keepalive_timeout_ms"] <= 30_000
+    )
+    assert options_set["grpc.http2.ping_timeout_ms"] <= options_set["grpc.keepalive_timeout_ms"]
+    assert options_set["grpc.keepalive_permit_without_calls"] == 1
+    assert options_set["grpc.http2.max_pings_without_data"] == 0
+    assert options_set["grpc.http2.min_ping_interval_without_data_ms"] < interval * 1000
+
+    path = tmp_path / "bootstrap.json"
+    path.write_text(json.dumps(config))
+    done = subprocess.run(
+        [envoy_binary(), "--mode", "validate", "-c", str(path)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
 def many(count: int) -> dict[str, list[dict[str, Any]]]:
     return rendered(*(endpoint(f"m{i}", backends=[local("a")]) for i in range(count)))
 

@@ -32,7 +32,9 @@ from switchyard.api.models import (
 from switchyard.plan.gateway import GatewayPlan
 from switchyard.render.envoy import CREDENTIALS_DIR_ENV, bootstrap
 from switchyard.render.objects import (
+    GATEWAY_LABEL,
     credentials_secret_name,
+    label_value,
     owned_metadata,
     owned_name,
 )
@@ -123,7 +125,7 @@ def envoy_name(gateway: str) -> str:
 
 
 def selector(gateway: str) -> dict[str, str]:
-    return {"app.kubernetes.io/name": "switchyard-envoy", "switchyard.dev/gateway": gateway[:63]}
+    return {"app.kubernetes.io/name": "switchyard-envoy", GATEWAY_LABEL: label_value(gateway)}
 
 
 def bootstrap_configmap(plan: GatewayPlan, owner_uid: str, pods: EnvoyPods) -> dict[str, Any]:

@@ -687,7 +687,13 @@ def bootstrap(
 ) -> dict[str, Any]:
     """Envoy's static bootstrap: who it is, where the operator's ADS server is, and nothing
     else. Everything it serves arrives over ADS; if the operator goes away, Envoy keeps
-    serving the last config it accepted."""
+    serving the last config it accepted.
+
+    The ADS connection is kept honest from Envoy's side: HTTP/2 pings every 15 s (and TCP
+    keepalive under them) close a connection whose peer vanished without a FIN within about
+    half a minute, and a lost stream is retried within 2 s, so a restarted operator reaches
+    every gateway within seconds. (Envoy's defaults: no keepalive at all, and a retry
+    back-off of 0.5 s doubling to 30 s.) The server's side is in `switchyard.xds.server`."""
     return {
         "node": {"id": node, "cluster": "switchyard", "metadata": node_metadata or {}},
         "admin": {
@@ -698,7 +704,18 @@ def bootstrap(
                 "api_type": "GRPC",
                 "transport_api_version": "V3",
                 "set_node_on_first_message_only": True,
-                "grpc_services": [{"envoy_grpc": {"cluster_name": XDS_CLUSTER}}],
+                "grpc_services": [
+                    {
+                        "envoy_grpc": {
+                            "cluster_name": XDS_CLUSTER,
+                            # How soon a lost ADS stream is opened again: jittered, doubling
+                            # from base_interval, never longer than max_interval.
+                            "retry_policy": {
+                                "retry_back_off": {"base_interval": "0.25s", "max_interval": "2s"}
+                            },
+                        }
+                    }
+                ],
             },
             "cds_config": {"ads": {}, "resource_api_version": "V3"},
             "lds_config": {"ads": {}, "resource_api_version": "V3"},
@@ -709,11 +726,26 @@ def bootstrap(
                     "name": XDS_CLUSTER,
                     "type": "STRICT_DNS",
                     "connect_timeout": "2s",
+                    # Under the HTTP/2 pings below, the kernel's own check: after 30 s idle,
+                    # 3 probes 10 s apart.
+                    "upstream_connection_options": {
+                        "tcp_keepalive": {
+                            "keepalive_time": 30,
+                            "keepalive_interval": 10,
+                            "keepalive_probes": 3,
+                        }
+                    },
                     "typed_extension_protocol_options": {
                         "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
                             "@type": TYPE
                             + "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-                            "explicit_http_config": {"http2_protocol_options": {}},
+                            "explicit_http_config": {
+                                "http2_protocol_options": {
+                                    # A ping every 15 s; no answer within 10 s closes the
+                                    # connection, and the stream is opened anew.
+                                    "connection_keepalive": {"interval": "15s", "timeout": "10s"}
+                                }
+                            },
                         }
                     },
                     "load_assignment": {

@@ -6,6 +6,7 @@ import base64
 import gzip
 import hashlib
 import json
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -17,6 +18,23 @@ PLAN_KEY = "plan.json"
 # Beyond this, the plan is stored compressed: a ConfigMap holds 1 MiB in all.
 PLAN_TEXT_LIMIT = 512 * 1024
 _MAX_NAME = 253
+_MAX_LABEL_VALUE = 63
+# What the API server accepts as a label value: empty, or alphanumeric at both ends.
+_LABEL_VALUE = re.compile(r"([A-Za-z0-9]([-_.A-Za-z0-9]*[A-Za-z0-9])?)?")
+_LABEL_HASH_LENGTH = 12
+
+
+def label_value(text: str) -> str:
+    """`text` as a label value: itself when it is one, else a readable prefix of it and a
+    hash of all of it, so that it is valid and two texts never share a value by sharing a
+    prefix. A cut at 63 characters could end in `-` (refused), and two gateways whose names
+    agree on 63 characters got one selector: each one's Service sent to both's Pods."""
+    if len(text) <= _MAX_LABEL_VALUE and _LABEL_VALUE.fullmatch(text):
+        return text
+    digest = hashlib.sha256(text.encode()).hexdigest()[:_LABEL_HASH_LENGTH]
+    readable = re.sub(r"[^-_.A-Za-z0-9]", "-", text)
+    prefix = readable[: _MAX_LABEL_VALUE - _LABEL_HASH_LENGTH - 1].strip("-_.")
+    return f"{prefix}-{digest}" if prefix else digest
 
 
 def owned_name(gateway: str, suffix: str) -> str:
@@ -90,7 +108,7 @@ def owned_metadata(plan: GatewayPlan, name: str, owner_uid: str) -> dict[str, An
         "labels": {
             "app.kubernetes.io/managed-by": MANAGED_BY,
             "app.kubernetes.io/part-of": "switchyard",
-            GATEWAY_LABEL: plan.name[:63],
+            GATEWAY_LABEL: label_value(plan.name),
         },
         "ownerReferences": [
             {

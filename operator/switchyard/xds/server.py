@@ -34,6 +34,30 @@ ROUTE = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
 # never names a cluster Envoy has not been given yet.
 PUSH_ORDER = (CLUSTER, LISTENER, ROUTE)
 
+# Keepalive on every connection: a ping every KEEPALIVE_TIME_MS, and one unanswered for
+# KEEPALIVE_TIMEOUT_MS closes the connection and ends its streams. Without it, an Envoy
+# that vanished without a FIN (its node died, the network was cut) kept its stream, and
+# its gateway Programmed, until the kernel gave up on the connection, if ever.
+KEEPALIVE_TIME_MS = 20_000
+KEEPALIVE_TIMEOUT_MS = 10_000
+# Envoy pings too (every 15 s, see `render.envoy.bootstrap`); gRPC by default answers a
+# client that pings more often than every 5 minutes with GOAWAY "too_many_pings".
+MIN_CLIENT_PING_INTERVAL_MS = 5_000
+SERVER_OPTIONS: tuple[tuple[str, int], ...] = (
+    ("grpc.max_send_message_length", 64 * 2**20),
+    ("grpc.keepalive_time_ms", KEEPALIVE_TIME_MS),
+    ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
+    # A keepalive ping rides on any ping already in flight (gRPC's flow-control probes are
+    # frequent), and then waits out that ping's timeout, 60 s by default: hold every ping
+    # to the keepalive timeout.
+    ("grpc.http2.ping_timeout_ms", KEEPALIVE_TIMEOUT_MS),
+    ("grpc.keepalive_permit_without_calls", 1),
+    # An ADS stream is idle between config changes: ping it all the same (default: 2 pings,
+    # then none until data is sent).
+    ("grpc.http2.max_pings_without_data", 0),
+    ("grpc.http2.min_ping_interval_without_data_ms", MIN_CLIENT_PING_INTERVAL_MS),
+)
+
 
 @dataclass(frozen=True)
 class TypedResources:
@@ -270,7 +294,7 @@ class XdsServer:
     # --- gRPC
 
     async def start(self, host: str, port: int) -> int:
-        server = grpc.aio.server(options=[("grpc.max_send_message_length", 64 * 2**20)])
+        server = grpc.aio.server(options=list(SERVER_OPTIONS))
         ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(_Servicer(self), server)
         als_pb2_grpc.add_AccessLogServiceServicer_to_server(_FailedAttemptReports(self), server)
         self.port = server.add_insecure_port(f"{host}:{port}")
