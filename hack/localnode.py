@@ -455,8 +455,10 @@ def host_state() -> dict[str, Any]:
     """What a node could leave behind on the host, to compare before and after one ran:
     processes of its programs, network links and routes, iptables rules, mounts, cgroups,
     the kernel settings the kubelet changes, and the host directories runtimes default to."""
+    # The node's own programs (Pods' processes die with its PID namespace, and the host may
+    # run Envoys of its own, such as the tests' local ones).
     programs = {"containerd", "containerd-shim-runc-v2", "kubelet", "kube-proxy", "pause",
-                "coredns", "envoy", "unshare"}  # fmt: skip
+                "coredns", "unshare"}  # fmt: skip
     processes = sorted(
         comm for stat in Path("/proc").glob("[0-9]*/comm") if (comm := _read(stat)) in programs
     )

@@ -116,6 +116,7 @@ def run_command(
     xds_service: str | None,
     envoy_image: str | None,
     resync_seconds: float | None,
+    leader_elect: bool,
     metrics_address: str | None,
     verbose: bool,
     debug: bool,
@@ -125,7 +126,7 @@ def run_command(
     import switchyard.handlers.operator  # noqa: F401  (registers the handlers)
 
     kopf.configure(verbose=verbose, debug=debug)
-    # Standalone: one operator instance at a time (a Recreate Deployment), no peering CRDs.
+    # Standalone: no Kopf peering. Replicas coordinate through a Lease (--leader-elect).
     kopf.run(
         standalone=True,
         clusterwide=not namespaces,
@@ -136,6 +137,7 @@ def run_command(
             xds_service=xds_service,
             envoy_image=envoy_image,
             resync_seconds=resync_seconds,
+            leader_elect=leader_elect,
             metrics_address=metrics_address,
         ),
     )
@@ -204,6 +206,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=None,
         metavar="SECONDS",
         help="relist everything this often, repairing what a watch gap missed (default 300)",
+    )
+    run.add_argument(
+        "--leader-elect",
+        action="store_true",
+        help="run beside other replicas: only the holder of the leader Lease (in POD_NAMESPACE, "
+        "as POD_NAME) writes to the API server; every replica serves xDS",
     )
     run.add_argument(
         "--metrics-port",
@@ -290,6 +298,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.xds_service,
             args.envoy_image,
             args.resync_period,
+            args.leader_elect,
             metrics,
             args.verbose,
             args.debug,

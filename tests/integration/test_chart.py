@@ -35,11 +35,13 @@ def kinds(manifests: str) -> set[str]:
 def test_lint_and_render_with_default_and_all_on_values() -> None:
     helm("lint", str(CHART), "--strict")
     helm("lint", str(CHART), "--strict", "-f", str(ALL_ON))
-    base = {"ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Deployment", "Service"}
+    base = {
+        "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding",
+        "Deployment", "Service", "PodDisruptionBudget",
+    }  # fmt: skip
     assert kinds(rendered("sy", "switchyard-system")) == base
     assert kinds(rendered("sy", "switchyard-system", ALL_ON)) == base | {
         "ServiceMonitor", "PodMonitor", "PrometheusRule", "ConfigMap", "NetworkPolicy",
-        "PodDisruptionBudget",
     }  # fmt: skip
 
 
@@ -160,6 +162,8 @@ def test_the_operator_runs_with_only_the_charts_service_account(
     )  # fmt: skip
     kubeconfig = os.environ["KUBECONFIG"]
     os.environ["KUBECONFIG"] = token_kubeconfig(cluster, namespace, fullname, tmp_path / "sa.json")
+    # As the chart runs it: electing a leader on a Lease in the release's namespace.
+    os.environ.update(SWITCHYARD_LEADER_ELECT="1", POD_NAMESPACE=namespace, POD_NAME="test-0")
     operator = Operator()
     try:
         operator.start()
@@ -184,11 +188,16 @@ def test_the_operator_runs_with_only_the_charts_service_account(
             )
         )
         assert cluster.get("deployments", "gw-switchyard-envoy", app) is not None
+        lease = cluster.get("leases", "switchyard-leader", namespace)
+        assert lease is not None
+        assert lease["spec"]["holderIdentity"] == "test-0"
         events = [e["reason"] for e in cluster.list("events", app)]
         assert "Ready" in events
     finally:
         operator.stop()
         os.environ["KUBECONFIG"] = kubeconfig
+        for variable in ("SWITCHYARD_LEADER_ELECT", "POD_NAMESPACE", "POD_NAME"):
+            del os.environ[variable]
         cluster.kubectl("delete", "namespace", app, "--wait=false", "--ignore-not-found")
     # RBAC's refusal names the ServiceAccount ("... cannot create resource ..."); a namespace
     # another test is deleting refuses Events too, for its own reason.

@@ -105,6 +105,15 @@ class HealthMonitor:
                     current.labels = (*key, target.provider, f"{gateway[0]}/{gateway[1]}")
                     metrics.BACKENDS.of(current.labels)
 
+    def resume(self, shown: Mapping[BackendKey, dict[str, Any]]) -> None:
+        """Take on what status shows for each watched backend, as after a restart: a
+        standby that becomes the leader writes on from the status its predecessor wrote,
+        not from the probe times of its own."""
+        now, wall = time.monotonic(), datetime.datetime.now(datetime.UTC)
+        for key, entry in shown.items():
+            if (watched := self._watched.get(key)) is not None:
+                watched.health.restore(entry, now, wall)
+
     def watching(self, key: BackendKey) -> ObjectKey | None:
         """The gateway a backend is probed for, if it is probed."""
         watched = self._watched.get(key)

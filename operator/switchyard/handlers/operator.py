@@ -8,8 +8,12 @@ waits for the operator.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
+import socket
+import uuid
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +24,7 @@ from switchyard import metrics
 from switchyard.api.models import GROUP, VERSION
 from switchyard.handlers import informer
 from switchyard.handlers.health_monitor import HealthMonitor
+from switchyard.handlers.leadership import Leadership
 from switchyard.handlers.state import Store, object_key
 from switchyard.handlers.sync import GatewaySync
 from switchyard.kube.client import Kube, credentials, load_configuration
@@ -48,6 +53,7 @@ class Runtime:
     xds: XdsServer
     workers: list[asyncio.Task[None]]
     scraper: web.AppRunner
+    leadership: Leadership | None
 
 
 def _address(memo: Any, option: str, variable: str, default: str) -> tuple[str, int]:
@@ -78,6 +84,34 @@ def resync_seconds(memo: Any) -> float:
     return float(text) if text else informer.DEFAULT_RESYNC_SECONDS
 
 
+def elector(memo: Any, kube: Kube, sync: GatewaySync, xds_at: tuple[str, int]) -> Leadership | None:
+    """With `--leader-elect` (or SWITCHYARD_LEADER_ELECT=1), this replica competes for the
+    leader Lease in its own namespace (POD_NAMESPACE, from the downward API), as POD_NAME.
+
+    Only the leader listens for xDS: the status it writes must rest on every Envoy's ACKs,
+    NACKs and failure reports. An Envoy whose connection a standby refuses keeps its config
+    and connects again (within 2 s) until the Service sends it to the leader; the snapshots
+    every replica keeps are content-addressed, so a new leader pushes them no new versions."""
+    if not (memo.get("leader_elect") or os.environ.get("SWITCHYARD_LEADER_ELECT") == "1"):
+        return None
+    namespace = os.environ.get("POD_NAMESPACE") or "switchyard-system"
+    identity = os.environ.get("POD_NAME") or f"{socket.gethostname()}-{uuid.uuid4().hex[:6]}"
+    tasks: set[asyncio.Task[Any]] = set()
+
+    def later(work: Awaitable[Any]) -> None:
+        task = asyncio.ensure_future(work)
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+    def elected() -> None:
+        later(sync.xds.start(*xds_at))
+        sync.elected()
+
+    return Leadership(
+        kube, namespace, identity, on_elected=elected, on_deposed=lambda: later(sync.xds.stop())
+    )
+
+
 def _runtime(memo: Any) -> Runtime:
     runtime: Runtime = memo.runtime
     return runtime
@@ -106,11 +140,6 @@ async def start(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
         await kube.close()  # the retry builds a new client
         raise
     xds = XdsServer()
-    try:
-        await xds.start(*xds_address(memo))
-    except BaseException:
-        await kube.close()
-        raise
     secrets = SecretCache(kube)
     health = HealthMonitor(secrets, lambda gateway: sync.mark({gateway}))
     sync = GatewaySync(store, kube, secrets, xds, envoy_pods(memo), health)
@@ -128,12 +157,23 @@ async def start(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
             name="switchyard-relist",
         ),
     ]
+    leadership = elector(memo, kube, sync, xds_address(memo))
+    if leadership is None:
+        try:
+            await xds.start(*xds_address(memo))
+        except BaseException:
+            await kube.close()
+            raise
+    else:
+        sync.may_write = leadership.leading
+        workers.append(asyncio.create_task(leadership.run(), name="switchyard-leader-election"))
     scraper = await metrics.serve(
         *metrics_address(memo), alive=lambda: not any(w.done() for w in workers)
     )
     memo.runtime = Runtime(
-        store=store, kube=kube, sync=sync, xds=xds, workers=workers, scraper=scraper
-    )
+        store=store, kube=kube, sync=sync, xds=xds, workers=workers, scraper=scraper,
+        leadership=leadership,
+    )  # fmt: skip
     logger.info(
         "primed with %d gateways and %d endpoints", len(store.gateways), len(store.endpoints)
     )
@@ -160,6 +200,9 @@ async def stop(memo: Any, **_: Any) -> None:
     for worker in runtime.workers:
         worker.cancel()
     await asyncio.gather(*runtime.workers, return_exceptions=True)
+    if runtime.leadership is not None:
+        with contextlib.suppress(Exception):  # the standby then waits out the lease instead
+            await runtime.leadership.release()
     await runtime.xds.stop()
     await runtime.scraper.cleanup()
     await runtime.kube.close()

@@ -100,6 +100,12 @@ def _spec_identity(body: dict[str, Any]) -> tuple[Any, ...]:
     return (metadata.get("uid"), metadata.get("generation"), metadata.get("deletionTimestamp"))
 
 
+def _with_status(body: dict[str, Any], written: dict[str, Any]) -> dict[str, Any]:
+    version = (written.get("metadata") or {}).get("resourceVersion")
+    metadata = {**body["metadata"], "resourceVersion": version} if version else body["metadata"]
+    return {**body, "metadata": metadata, "status": written.get("status") or {}}
+
+
 class Store:
     def __init__(self) -> None:
         self.endpoints: dict[ObjectKey, EndpointRecord] = {}
@@ -149,10 +155,12 @@ class Store:
     def endpoints_of(self, gateway: ObjectKey) -> list[EndpointRecord]:
         return [self.endpoints[key] for key in sorted(self._by_gateway.get(gateway, ()))]
 
-    def set_endpoint_status(self, key: ObjectKey, status: dict[str, Any]) -> None:
+    def set_endpoint_status(self, key: ObjectKey, written: dict[str, Any]) -> None:
+        """The status the operator just wrote, and the resourceVersion it left the object at
+        (the next conditional write is made at it)."""
         record = self.endpoints.get(key)
         if record is not None:
-            record.body = {**record.body, "status": status}
+            record.body = _with_status(record.body, written)
 
     # --- ModelGateways
 
@@ -169,10 +177,10 @@ class Store:
     def delete_gateway(self, key: ObjectKey) -> set[ObjectKey]:
         return {key} if self.gateways.pop(key, None) is not None else set()
 
-    def set_gateway_status(self, key: ObjectKey, status: dict[str, Any]) -> None:
+    def set_gateway_status(self, key: ObjectKey, written: dict[str, Any]) -> None:
         record = self.gateways.get(key)
         if record is not None:
-            record.body = {**record.body, "status": status}
+            record.body = _with_status(record.body, written)
 
     def gateway_keys(self) -> set[ObjectKey]:
         return set(self.gateways) | set(self._by_gateway)

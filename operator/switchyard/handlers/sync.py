@@ -10,6 +10,7 @@ import asyncio
 import datetime
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -189,6 +190,26 @@ class GatewaySync:
         # moved (edited or deleted by someone else), so a pass reads none of them otherwise.
         self._owned: dict[tuple[str, str, str], _Owned] = {}
         self._started = time.monotonic()
+        # Whether this replica may write to the API server (with leader election: whether it
+        # leads). A standby plans, probes and serves xDS all the same.
+        self.may_write: Callable[[], bool] = lambda: True
+
+    def elected(self) -> None:
+        """This replica now writes: check everything, since the previous leader may have
+        left any write undone. Its Envoys are reconnecting here: the same grace as after a
+        restart before they count as gone."""
+        self._started = time.monotonic()
+        self.forget_owned()
+        for seen in self._seen.values():
+            seen.statuses.clear()
+        self.health.resume(
+            {
+                (*record.source.key, entry.get("name", "")): entry
+                for record in self.store.endpoints.values()
+                for entry in (record.body.get("status") or {}).get("backends") or []
+            }
+        )
+        self.mark(self.store.gateway_keys())
 
     def forget_owned(self) -> None:
         """Verify every owned object on the next pass instead of trusting what was last
@@ -424,6 +445,8 @@ class GatewaySync:
         """Apply each owned object on its own, so one the API server refuses (a Secret over
         1 MiB, say) does not hold back the others. Returns (ownership conflict?, message)
         for each one that was not applied."""
+        if not self.may_write():
+            return []
         sources = {c.source for c in plan.credentials}
         secret_data = {source: await self._secret_data(source) for source in sources}
         credentials = credentials_secret(plan, uid, secret_data)
@@ -493,11 +516,14 @@ class GatewaySync:
         """Write a status that differs, and post Events for its transitions. False when the
         API server refused it: logged, and the pass goes on with the other objects."""
         current = body.get("status") or {}
-        if not status_differs(current, status):
+        if not status_differs(current, status) or not self.may_write():
             return True
         key = (body["metadata"]["namespace"], body["metadata"]["name"])
         try:
-            updated = await self.kube.patch_status(plural, *key, status)
+            # At the version this status was computed from: never over a newer one.
+            updated = await self.kube.patch_status(
+                plural, *key, status, body["metadata"].get("resourceVersion")
+            )
         except ApiError as error:
             logger.warning(
                 "could not write the status of %s %s/%s: %s", plural, *key, describe_error(error)
@@ -507,9 +533,9 @@ class GatewaySync:
         if updated is None:
             return True
         if plural == "modelendpoints":
-            self.store.set_endpoint_status(key, updated.get("status") or {})
+            self.store.set_endpoint_status(key, updated)
         else:
-            self.store.set_gateway_status(key, updated.get("status") or {})
+            self.store.set_gateway_status(key, updated)
         for change in transitions(current.get("conditions") or [], desired):
             if not change.worth_an_event:
                 continue

@@ -141,6 +141,7 @@ class Kube:
         self.api = api
         self.core = client.CoreV1Api(api)
         self.custom = client.CustomObjectsApi(api)
+        self.coordination = client.CoordinationV1Api(api)
         apps = client.AppsV1Api(api)
         policy = client.PolicyV1Api(api)
         self._apis = {
@@ -313,9 +314,19 @@ class Kube:
         return Applied(True, written["metadata"]["resourceVersion"])
 
     async def patch_status(
-        self, plural: str, namespace: str, name: str, status: Mapping[str, Any]
+        self,
+        plural: str,
+        namespace: str,
+        name: str,
+        status: Mapping[str, Any],
+        resource_version: str | None = None,
     ) -> dict[str, Any] | None:
-        """Merge-patch the status subresource. None when the object is gone."""
+        """Merge-patch the status subresource. None when the object is gone. With
+        `resource_version`, only if the object is still at it (409 otherwise): a status
+        computed from an older view, by a deposed leader say, never lands."""
+        body: dict[str, Any] = {"status": status}
+        if resource_version is not None:
+            body["metadata"] = {"resourceVersion": resource_version}
         try:
             result: dict[str, Any] = await _json(
                 self.custom.patch_namespaced_custom_object_status,
@@ -324,7 +335,7 @@ class Kube:
                 namespace,
                 plural,
                 name,
-                {"status": status},
+                body,
                 _content_type=MERGE_PATCH,
             )
         except ApiException as error:
@@ -332,6 +343,31 @@ class Kube:
                 return None
             raise
         return result
+
+    async def read_lease(self, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            lease: dict[str, Any] = await _json(
+                self.coordination.read_namespaced_lease, name, namespace
+            )
+        except ApiException as error:
+            if _is_not_found(error):
+                return None
+            raise
+        return lease
+
+    async def write_lease(self, lease: dict[str, Any]) -> dict[str, Any]:
+        """Create the Lease, or replace it at the resourceVersion it carries (409 if someone
+        else wrote it since: two candidates never both win one round)."""
+        metadata = lease["metadata"]
+        if metadata.get("resourceVersion"):
+            call = self.coordination.replace_namespaced_lease
+            written: dict[str, Any] = await _json(call, metadata["name"], metadata["namespace"],
+                                                  lease)  # fmt: skip
+        else:
+            written = await _json(
+                self.coordination.create_namespaced_lease, metadata["namespace"], lease
+            )
+        return written
 
     async def post_event(
         self, involved: Mapping[str, Any], event_type: str, reason: str, message: str
