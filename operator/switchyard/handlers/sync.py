@@ -191,7 +191,7 @@ class GatewaySync:
         self._owned: dict[tuple[str, str, str], _Owned] = {}
         self._started = time.monotonic()
         # Whether this replica may write to the API server (with leader election: whether it
-        # leads). A standby plans, probes and serves xDS all the same.
+        # leads). A standby plans, probes and keeps the xDS snapshots all the same.
         self.may_write: Callable[[], bool] = lambda: True
 
     def elected(self) -> None:
