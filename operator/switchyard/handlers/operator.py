@@ -13,7 +13,7 @@ import logging
 import os
 import socket
 import uuid
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -97,19 +97,35 @@ def elector(memo: Any, kube: Kube, sync: GatewaySync, xds_at: tuple[str, int]) -
     namespace = os.environ.get("POD_NAMESPACE") or "switchyard-system"
     identity = os.environ.get("POD_NAME") or f"{socket.gethostname()}-{uuid.uuid4().hex[:6]}"
     tasks: set[asyncio.Task[Any]] = set()
+    turns = asyncio.Lock()  # listening and stopping take turns, in the order they were asked
 
-    def later(work: Awaitable[Any]) -> None:
-        task = asyncio.ensure_future(work)
+    async def listen() -> None:
+        async with turns:
+            while leadership.leading() and not sync.xds.listening:
+                try:
+                    await sync.xds.start(*xds_at)
+                    return
+                except OSError as error:  # the port of a moment ago may still be closing
+                    logger.warning("cannot listen for xDS yet (%s); retrying", error)
+                    await asyncio.sleep(1)
+
+    async def stop_listening() -> None:
+        async with turns:
+            await sync.xds.stop()
+
+    def later(work: Callable[[], Awaitable[None]]) -> None:
+        task = asyncio.ensure_future(work())
         tasks.add(task)
         task.add_done_callback(tasks.discard)
 
     def elected() -> None:
-        later(sync.xds.start(*xds_at))
+        later(listen)
         sync.elected()
 
-    return Leadership(
-        kube, namespace, identity, on_elected=elected, on_deposed=lambda: later(sync.xds.stop())
+    leadership = Leadership(
+        kube, namespace, identity, on_elected=elected, on_deposed=lambda: later(stop_listening)
     )
+    return leadership
 
 
 def _runtime(memo: Any) -> Runtime:

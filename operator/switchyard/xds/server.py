@@ -305,6 +305,10 @@ class XdsServer:
         logger.info("xDS server listening on %s:%d", host, self.port)
         return self.port
 
+    @property
+    def listening(self) -> bool:
+        return self._server is not None
+
     async def stop(self) -> None:
         if self._server is not None:
             await self._server.stop(grace=1)
