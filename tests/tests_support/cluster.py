@@ -107,12 +107,19 @@ class Cluster:
         for namespace in namespaces:
             for kind in SNAPSHOT_KINDS:
                 for item in self.list(kind, namespace):
+                    if kind == "events" and not _reported_by_the_operator(item):
+                        continue  # the kubelet's, about the gateway's Pods
                     metadata = item["metadata"]
                     version = metadata["generation"] if kind == "deployments" else None
                     snapshot[(kind, namespace, metadata["name"])] = str(
                         version or metadata["resourceVersion"]
                     )
         return snapshot
+
+
+def _reported_by_the_operator(event: dict[str, Any]) -> bool:
+    source = (event.get("source") or {}).get("component")
+    return "switchyard" in (event.get("reportingComponent"), source)
 
 
 def eventually(check: Callable[[], T | None], timeout: float = 20.0, interval: float = 0.2) -> T:
