@@ -219,6 +219,11 @@ def stop(layout: Path | Layout) -> None:
         for key in ("supervisor", "holder"):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(state[key], signal.SIGKILL)
+            # The holder exits last, once the kernel has torn its network namespace down.
+            deadline = time.monotonic() + 30
+            while alive(state[key]) and time.monotonic() < deadline:
+                _reap(state[key])
+                time.sleep(0.05)
             _reap(state[key])
         node.state_file.unlink()
     # The namespaces are gone with their processes, and so are the link, the bridge, the
@@ -460,7 +465,9 @@ def host_state() -> dict[str, Any]:
     programs = {"containerd", "containerd-shim-runc-v2", "kubelet", "kube-proxy", "pause",
                 "coredns", "unshare"}  # fmt: skip
     processes = sorted(
-        comm for stat in Path("/proc").glob("[0-9]*/comm") if (comm := _read(stat)) in programs
+        comm
+        for stat in Path("/proc").glob("[0-9]*/comm")
+        if (comm := _read(stat)) in programs and alive(int(stat.parent.name))
     )
     return {
         "processes": processes,
