@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import copy
 import time
 import uuid
 from collections.abc import Iterator
 
 import pytest
 
-from switchyard.handlers.leadership import LEASE_SECONDS, RETRY_SECONDS, Leadership
+from switchyard.handlers.leadership import (
+    LEASE_SECONDS,
+    RENEW_DEADLINE_SECONDS,
+    RETRY_SECONDS,
+    Leadership,
+)
 from switchyard.kube.client import ApiError, Kube, load_configuration
 from tests_support.cluster import Cluster
+from tests_support.partition import Partition
 from tests_support.scenario import API_VERSION
 
 pytestmark = pytest.mark.integration
@@ -69,6 +76,48 @@ def test_one_leader_and_a_standby_that_takes_over(namespace: str) -> None:
     takeover, handover = asyncio.run(scenario())
     print(f"takeover after kill: {takeover:.1f} s; after a clean stop: {handover:.1f} s")
     assert handover < RETRY_SECONDS + 1
+
+
+def test_a_leader_the_api_server_stops_answering_steps_down_before_its_lease_runs_out(
+    namespace: str,
+) -> None:
+    """A round that hangs (etcd away, a connection that died without a word) must not keep a
+    replica leading after another could have taken the lease: never two leaders."""
+
+    async def scenario() -> float:
+        configuration = await load_configuration()
+        host, _, port = str(configuration.host).removeprefix("https://").rpartition(":")
+        partition = Partition(host, int(port))
+        through_partition = copy.copy(configuration)
+        through_partition.host = f"https://127.0.0.1:{partition.port}"
+        kubes = [Kube(through_partition), Kube(await load_configuration())]
+        try:
+            leader = Leadership(kubes[0], namespace, "leader")
+            standby = Leadership(kubes[1], namespace, "standby")
+            running = [asyncio.create_task(leader.run())]
+            deadline = time.monotonic() + 10
+            while not leader.leading():
+                assert time.monotonic() < deadline, "the leader did not take the free lease"
+                await asyncio.sleep(0.1)
+            running.append(asyncio.create_task(standby.run()))
+            await asyncio.sleep(RETRY_SECONDS + 0.5)
+            partition.cut()
+            cut = time.monotonic()
+            while not standby.leading():
+                assert not leader.leading() or time.monotonic() - cut < RENEW_DEADLINE_SECONDS + 1
+                assert time.monotonic() - cut < LEASE_SECONDS * 2, "the standby never took over"
+                await asyncio.sleep(0.05)
+            assert not leader.leading(), "two leaders"
+            for task in running:
+                task.cancel()
+            return time.monotonic() - cut
+        finally:
+            partition.close()
+            for kube in kubes:
+                await kube.close()
+
+    takeover = asyncio.run(scenario())
+    print(f"the standby led {takeover:.1f} s after the leader was cut off")
 
 
 def test_a_status_computed_from_an_older_version_is_refused(

@@ -32,6 +32,9 @@ LEASE_SECONDS = 10
 RETRY_SECONDS = 2.0
 # A leader that has not renewed for this long stops writing: well before LEASE_SECONDS.
 RENEW_DEADLINE_SECONDS = 7.0
+# A round the API server leaves unanswered (etcd away, a dead connection) is abandoned, and
+# the next one tried.
+ROUND_TIMEOUT_SECONDS = 5.0
 
 
 def _micro_time() -> str:
@@ -46,14 +49,19 @@ class Leadership:
         identity: str,
         on_elected: Callable[[], None] = lambda: None,
         on_deposed: Callable[[], None] = lambda: None,
+        on_reconnected: Callable[[], None] = lambda: None,
     ) -> None:
+        """`on_reconnected`: called when a round succeeds after one that failed, as the API
+        server answers again after a gap in which watch events may have been lost."""
         self.kube = kube
         self.namespace = namespace
         self.identity = identity
         self.on_elected = on_elected
         self.on_deposed = on_deposed
+        self.on_reconnected = on_reconnected
         self._leading = False
-        self._renewed_at = float("-inf")
+        # Steps a leader down when it has not renewed in time, even while a round hangs.
+        self._deadline: asyncio.TimerHandle | None = None
         # The lease record as last seen, and when (monotonic) it was first seen so
         self._seen: tuple[Any, ...] | None = None
         self._seen_at = 0.0
@@ -62,16 +70,18 @@ class Leadership:
         return self._leading
 
     async def run(self) -> None:
+        failing = False
         while True:
             try:
-                await self._round()
+                await asyncio.wait_for(self._round(), ROUND_TIMEOUT_SECONDS)
+                if failing:
+                    failing = False
+                    self.on_reconnected()
             except asyncio.CancelledError:
                 raise
             except Exception as error:  # the API server is away: try again, step down in time
                 logger.warning("leader election round failed: %s", describe_error(error))
-            if self._leading and time.monotonic() - self._renewed_at > RENEW_DEADLINE_SECONDS:
-                logger.warning("could not renew the leader lease in time: no longer writing")
-                self._set(False)
+                failing = True
             await asyncio.sleep(RETRY_SECONDS)
 
     async def _round(self) -> None:
@@ -113,8 +123,17 @@ class Leadership:
                 self._set(False)
                 return
             raise
-        self._renewed_at = time.monotonic()
+        if self._deadline is not None:
+            self._deadline.cancel()
+        self._deadline = asyncio.get_running_loop().call_later(
+            RENEW_DEADLINE_SECONDS, self._renew_deadline_passed
+        )
         self._set(True)
+
+    def _renew_deadline_passed(self) -> None:
+        if self._leading:
+            logger.warning("could not renew the leader lease in time: no longer writing")
+            self._set(False)
 
     async def release(self) -> None:
         """Hand the lease back on a clean stop, so the standby takes over at once."""
