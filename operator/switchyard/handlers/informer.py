@@ -3,7 +3,8 @@
 Watch events keep the store current, but a watch that expires (410 Gone after etcd
 compacts) or a cut connection loses the events of the gap, and Kopf reports no deletions
 when it lists again. So, like an informer, the operator relists on its own: once soon after
-it starts (closing the gap between its first list and Kopf's), then every resync period.
+it starts (closing the gap between its first list and Kopf's), soon after the API server
+answers again following a time it did not (a gap is likely then), and every resync period.
 A relist drops what is gone, re-reads every referenced Secret, and has the next pass verify
 each owned object instead of trusting what it last wrote, so drift missed in a gap is
 repaired. On a converged cluster it reads and writes nothing else.
@@ -12,6 +13,7 @@ repaired. On a converged cluster it reads and writes nothing else.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from typing import Any
 
@@ -24,6 +26,7 @@ logger = logging.getLogger(__name__)
 # The first relist after start: by then Kopf has listed and watches everything.
 FIRST_RESYNC_SECONDS = 30.0
 DEFAULT_RESYNC_SECONDS = 300.0
+RECONNECTED_DELAY_SECONDS = 2.0
 
 
 async def _listed(
@@ -61,11 +64,21 @@ async def resync(kube: Kube, store: Store, sync: GatewaySync, namespaces: tuple[
 
 
 async def resync_forever(
-    kube: Kube, store: Store, sync: GatewaySync, namespaces: tuple[str, ...], period: float
+    kube: Kube,
+    store: Store,
+    sync: GatewaySync,
+    namespaces: tuple[str, ...],
+    period: float,
+    reconnected: asyncio.Event,
 ) -> None:
+    """Relist every `period`, the first time sooner, and soon after `reconnected` is set."""
     delay = min(FIRST_RESYNC_SECONDS, period)
     while True:
-        await asyncio.sleep(delay)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(reconnected.wait(), delay)
+            # Kopf's watches resume meanwhile, through their own 410 relist if need be.
+            await asyncio.sleep(RECONNECTED_DELAY_SECONDS)
+        reconnected.clear()
         delay = period
         try:
             await resync(kube, store, sync, namespaces)

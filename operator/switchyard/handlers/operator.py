@@ -84,7 +84,13 @@ def resync_seconds(memo: Any) -> float:
     return float(text) if text else informer.DEFAULT_RESYNC_SECONDS
 
 
-def elector(memo: Any, kube: Kube, sync: GatewaySync, xds_at: tuple[str, int]) -> Leadership | None:
+def elector(
+    memo: Any,
+    kube: Kube,
+    sync: GatewaySync,
+    xds_at: tuple[str, int],
+    reconnected: asyncio.Event,
+) -> Leadership | None:
     """With `--leader-elect` (or SWITCHYARD_LEADER_ELECT=1), this replica competes for the
     leader Lease in its own namespace (POD_NAMESPACE, from the downward API), as POD_NAME.
 
@@ -123,8 +129,9 @@ def elector(memo: Any, kube: Kube, sync: GatewaySync, xds_at: tuple[str, int]) -
         sync.elected()
 
     leadership = Leadership(
-        kube, namespace, identity, on_elected=elected, on_deposed=lambda: later(stop_listening)
-    )
+        kube, namespace, identity, on_elected=elected,
+        on_deposed=lambda: later(stop_listening), on_reconnected=reconnected.set,
+    )  # fmt: skip
     return leadership
 
 
@@ -163,17 +170,18 @@ async def start(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
     xds.on_change = lambda node: sync.mark({gateway_of_node(node)})
     xds.on_failed_attempt = sync.failed_attempt
     sync.mark(store.gateway_keys())
+    reconnected = asyncio.Event()
     workers = [
         asyncio.create_task(sync.run(), name="switchyard-gateway-sync"),
         asyncio.create_task(health.run(), name="switchyard-health-probes"),
         asyncio.create_task(
             informer.resync_forever(
-                kube, store, sync, memo.get("namespaces", ()), resync_seconds(memo)
+                kube, store, sync, memo.get("namespaces", ()), resync_seconds(memo), reconnected
             ),
             name="switchyard-relist",
         ),
     ]
-    leadership = elector(memo, kube, sync, xds_address(memo))
+    leadership = elector(memo, kube, sync, xds_address(memo), reconnected)
     if leadership is None:
         try:
             await xds.start(*xds_address(memo))
