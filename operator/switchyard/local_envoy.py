@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from switchyard.kube.client import Kube, load_configuration
+from switchyard.kube.client import Kube, describe_error, load_configuration
 from switchyard.render.envoy import CREDENTIALS_DIR_ENV, bootstrap
 from switchyard.render.objects import credentials_secret_name
 
@@ -131,7 +131,11 @@ async def _serve(
         while envoy.returncode is None and not stop.is_set():
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(stop.wait(), SECRET_POLL_SECONDS)
-            await _sync_credentials(kube, namespace, secret, mirror)
+            try:
+                await _sync_credentials(kube, namespace, secret, mirror)
+            except Exception as error:  # as a kubelet does: keep the files, try again
+                print(f"could not read Secret {namespace}/{secret}: {describe_error(error)}",
+                      file=sys.stderr, flush=True)  # fmt: skip
             if admin_path.exists() and not (workdir / "announced").exists():
                 (workdir / "announced").touch()
                 print(f"admin on http://{admin_path.read_text().strip()}", flush=True)
