@@ -8,7 +8,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | cksum | cut -d' ' -f1)
 
-.PHONY: all venv controlplane tools images bench-tools lint test unit integration pods bench demo demo-down crds cluster-up cluster-down kind-e2e clean
+.PHONY: all venv controlplane tools images bench-tools lint test unit integration pods chaos bench demo demo-down crds cluster-up cluster-down kind-e2e clean
 
 all: test
 
@@ -59,6 +59,12 @@ integration: controlplane tools
 # The Pod tier alone: the operator and its gateways as Pods on the local node (root).
 pods: controlplane tools
 	$(BIN)/pytest tests/pods
+
+# The chaos suite at full length (`make test` runs it with 3 kills): the leader killed 50
+# times while endpoints churn, then the API server and etcd restarted, the leader cut off for
+# 60 s and the watches expired by a compaction. On a control plane of its own.
+chaos: controlplane
+	CHAOS_KILLS=$(or $(KILLS),50) $(BIN)/pytest tests/chaos
 
 # The whole suite: lint, layering contracts, unit, integration and end-to-end tests on a real
 # API server, and the Pod tier on the local cluster's node (or the cluster KUBECONFIG names).

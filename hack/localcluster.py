@@ -372,10 +372,17 @@ def start(directory: Path, node: bool = False) -> Cluster:
     server = f"https://{address}:{api_port}"
     cluster.kubeconfig.write_text(_kubeconfig(server, pki))
     processes: dict[str, subprocess.Popen[bytes]] = {}
-    state: dict[str, Any] = {"server": server, "pids": {}, "node": node}
+    state: dict[str, Any] = {
+        "server": server,
+        "etcd": f"http://127.0.0.1:{etcd_port}",
+        "pids": {},
+        "commands": {},
+        "node": node,
+    }
 
     def record() -> None:
         state["pids"] = {n: p.pid for n, p in processes.items()}
+        state["commands"] = {n: p.args for n, p in processes.items()}
         cluster.state_file.write_text(json.dumps(state))
 
     try:
@@ -407,6 +414,50 @@ def start(directory: Path, node: bool = False) -> Cluster:
         stop(directory)
         raise
     return cluster
+
+
+def restart(directory: Path, component: str, down_seconds: float = 0.0) -> None:
+    """Kill one control-plane component without warning (`kill -9`), leave it down for
+    `down_seconds`, and start it again as it was: same flags, data and port. For chaos tests."""
+    cluster = Cluster(directory)
+    state = json.loads(cluster.state_file.read_text())
+    pid = state["pids"][component]
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+    while _alive(pid):
+        _reap(pid)
+        time.sleep(0.05)
+    time.sleep(down_seconds)
+    logs = directory / "logs"
+    process = subprocess.Popen(
+        state["commands"][component],
+        stdout=(logs / f"{component}.log").open("ab"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    state["pids"][component] = process.pid
+    cluster.state_file.write_text(json.dumps(state))
+    if component == "kube-apiserver":
+        _wait_ready(state["server"], directory / "pki", {component: process}, logs)
+
+
+def compact_etcd(directory: Path) -> int:
+    """Compact etcd's history up to its current revision, as the API server does every five
+    minutes: a watch that resumes from an older resourceVersion then gets 410 Gone. Returns
+    that revision."""
+    etcd = json.loads(Cluster(directory).state_file.read_text())["etcd"]
+
+    def call(path: str, body: dict[str, Any]) -> dict[str, Any]:
+        request = urllib.request.Request(
+            f"{etcd}/v3/{path}", data=json.dumps(body).encode(), method="POST"
+        )
+        with urllib.request.urlopen(request, timeout=10) as reply:
+            answer: dict[str, Any] = json.loads(reply.read())
+            return answer
+
+    revision = int(call("kv/range", {"key": "AA=="})["header"]["revision"])  # any key
+    call("kv/compaction", {"revision": revision, "physical": True})
+    return revision
 
 
 def _control_plane(

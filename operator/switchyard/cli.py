@@ -211,7 +211,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--leader-elect",
         action="store_true",
         help="run beside other replicas: only the holder of the leader Lease (in POD_NAMESPACE, "
-        "as POD_NAME) writes to the API server; every replica serves xDS",
+        "as POD_NAME) writes to the API server and serves xDS",
     )
     run.add_argument(
         "--metrics-port",

@@ -12,12 +12,12 @@ import json
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from tests_support.cluster import Cluster, condition, eventually
 from tests_support.helm import CHART, helm
+from tests_support.scenario import without_probe_times
 
 from .conftest import (
     APP_NAMESPACE,
@@ -160,16 +160,6 @@ def test_deleting_and_rolling_envoy_pods_costs_no_request(gateway: Gateway) -> N
         eventually(lambda: len(gateway.envoy_pods()) == 2, timeout=60, interval=1)
     assert load.total > 200
     assert not load.failures, f"{len(load.failures)} of {load.total}: {load.failures[:3]}"
-
-
-def without_probe_times(status: dict[str, Any] | None) -> dict[str, Any]:
-    """A status less what the once-a-minute refresh of probe times moves."""
-    status = dict(status or {})
-    status["backends"] = [
-        {k: v for k, v in b.items() if k not in ("lastProbeTime", "lastProbeLatencyMs")}
-        for b in status.get("backends") or []
-    ]
-    return status
 
 
 def test_a_killed_leader_is_replaced_by_the_standby_with_envoy_serving_and_nothing_written(

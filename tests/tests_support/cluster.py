@@ -48,9 +48,9 @@ class Cluster:
             "crd/modelendpoints.switchyard.dev", "crd/modelgateways.switchyard.dev",
         )  # fmt: skip
         # Established is not yet servable: new CRD storage answers 429 while it initialises.
-        eventually(self._servable)
+        eventually(self.servable)
 
-    def _servable(self) -> bool:
+    def servable(self) -> bool:
         try:
             self.kubectl("get", "modelendpoints,modelgateways", "-A")
         except KubectlError:

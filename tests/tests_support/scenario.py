@@ -22,6 +22,16 @@ API_VERSION = "switchyard.dev/v1alpha1"
 OWNED_KINDS = ("secrets", "configmaps", "services", "deployments", "poddisruptionbudgets")
 
 
+def without_probe_times(status: dict[str, Any] | None) -> dict[str, Any]:
+    """A status less what the once-a-minute refresh of probe times moves."""
+    status = dict(status or {})
+    status["backends"] = [
+        {k: v for k, v in b.items() if k not in ("lastProbeTime", "lastProbeLatencyMs")}
+        for b in status.get("backends") or []
+    ]
+    return status
+
+
 class _Records(logging.Handler):
     def __init__(self) -> None:
         super().__init__(logging.DEBUG)
