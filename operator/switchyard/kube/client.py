@@ -245,7 +245,8 @@ class Kube:
         by its `data`, a Deployment or Service by whether the live `spec` still holds every
         field the operator sets (the API server adds defaults of its own). Secrets and
         ConfigMaps are replaced whole, so stray keys go; Deployments and Services are
-        server-side applied. An object of that name owned by someone else is left alone.
+        server-side applied. Every write is conditional on the resourceVersion compared. An
+        object of that name owned by someone else is left alone.
         """
         kind = manifest["kind"]
         api = self._apis[kind]
@@ -306,8 +307,14 @@ class Kube:
             }
             written = await _json(api.replace, name, namespace, updated)
         else:
+            # At the version just compared: a deposed leader's write from a stale view, or
+            # one that races another writer, is refused (409) instead of landing.
+            conditional = {
+                **manifest,
+                "metadata": {**metadata, "resourceVersion": current["metadata"]["resourceVersion"]},
+            }
             written = await _json(
-                api.patch, name, namespace, manifest,
+                api.patch, name, namespace, conditional,
                 field_manager=REPORTING_COMPONENT, force=True, _content_type=APPLY_PATCH,
             )  # fmt: skip
         logger.info("updated %s %s/%s", kind, namespace, name)
