@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import pytest
@@ -19,6 +20,7 @@ from switchyard.render.deployment import (
     envoy_deployment,
     envoy_pdb,
     selector,
+    service_name,
 )
 from tests_support.plans import gateway, sample_plan
 
@@ -179,3 +181,19 @@ def test_a_drain_evicts_one_envoy_at_a_time_and_never_blocks(replicas: int) -> N
 def test_the_budget_is_the_same_for_every_replica_count() -> None:
     plan = sample_plan()
     assert envoy_pdb(plan, _spec(replicas=1), "u") == envoy_pdb(plan, _spec(replicas=5), "u")
+
+
+@pytest.mark.parametrize("gateway", ["gw.v2", "y" * 53, "1gw", "9.9", "a" * 253])
+def test_every_gateway_name_makes_a_valid_service_name(gateway: str) -> None:
+    """A Service name is a DNS-1035 label; a gateway's name is a DNS-1123 subdomain, which
+    may hold dots, start with a digit and run to 253 characters."""
+    name = service_name(gateway)
+    assert re.fullmatch(r"[a-z]([-a-z0-9]*[a-z0-9])?", name), name
+    assert len(name) <= 63
+    assert name.endswith("-switchyard")
+
+
+def test_service_names_stay_readable_and_apart() -> None:
+    assert service_name("shared") == "shared-switchyard"
+    assert service_name("a.b") != service_name("a-b")
+    assert service_name("x" * 60 + "1") != service_name("x" * 60 + "2")

@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -122,6 +123,23 @@ def topology_spread(labels: dict[str, str]) -> list[dict[str, Any]]:
 
 def envoy_name(gateway: str) -> str:
     return owned_name(gateway, "switchyard-envoy")
+
+
+# A Service's name is a DNS-1035 label: a letter first, no dots, at most 63 characters.
+_SERVICE_NAME = re.compile(r"[a-z]([-a-z0-9]{0,61}[a-z0-9])?")
+_SERVICE_SUFFIX = "-switchyard"
+
+
+def service_name(gateway: str) -> str:
+    """`<gateway>-switchyard`, or, for a gateway name that makes no Service name (a dot, a
+    digit first, too long), a readable part of it and a hash of all of it."""
+    name = gateway + _SERVICE_SUFFIX
+    if _SERVICE_NAME.fullmatch(name):
+        return name
+    digest = hashlib.sha256(gateway.encode()).hexdigest()[:10]
+    readable = re.sub(r"^[^a-z]+", "", re.sub(r"[^-a-z0-9]", "-", gateway))
+    readable = readable[: 63 - len(_SERVICE_SUFFIX) - len(digest) - 1].rstrip("-")
+    return f"{readable or 'gateway'}-{digest}{_SERVICE_SUFFIX}"
 
 
 def selector(gateway: str) -> dict[str, str]:
@@ -238,7 +256,7 @@ def envoy_deployment(
 
 
 def envoy_service(plan: GatewayPlan, spec: ModelGatewaySpec, owner_uid: str) -> dict[str, Any]:
-    metadata = owned_metadata(plan, owned_name(plan.name, "switchyard"), owner_uid)
+    metadata = owned_metadata(plan, service_name(plan.name), owner_uid)
     return {
         "apiVersion": "v1",
         "kind": "Service",
