@@ -272,7 +272,15 @@ class Kube:
         except ApiException as error:
             if not _is_not_found(error):
                 raise
-            created = await _json(api.create, namespace, manifest)
+            if "data" in manifest:
+                created = await _json(api.create, namespace, manifest)
+            else:
+                # Applied from the first write, so that the operator's apply owns every field
+                # it sets and a later apply drops what it stops setting (a changed port).
+                created = await _json(
+                    api.patch, name, namespace, manifest,
+                    field_manager=REPORTING_COMPONENT, force=True, _content_type=APPLY_PATCH,
+                )  # fmt: skip
             logger.info("created %s %s/%s", kind, namespace, name)
             return Applied(True, created["metadata"]["resourceVersion"])
         owner_uids = {ref["uid"] for ref in metadata["ownerReferences"]}
