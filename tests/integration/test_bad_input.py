@@ -119,7 +119,22 @@ REFUSED: list[tuple[str, dict[str, Any], list[str]]] = [
     (
         "zero duration",
         {"retry": {"perTryTimeout": "0s"}},
-        ["spec.retry.perTryTimeout", "must be a positive duration"],
+        ["spec.retry.perTryTimeout", "must be a duration between 1ms and 24h"],
+    ),
+    (
+        "a duration past what CEL can hold, once refused with a conversion error",
+        {"retry": {"perTryTimeout": "99999999999h"}},
+        ["spec.retry.perTryTimeout", "should match"],
+    ),
+    (
+        "a duration past 24h, which the data plane could not render",
+        {"retry": {"perTryTimeout": "300h"}},
+        ["spec.retry.perTryTimeout", "must be a duration between 1ms and 24h"],
+    ),
+    (
+        "a url without a host, which reached Envoy",
+        {"backends": [_backend(url="https:///v1")]},
+        ["spec.backends[0].url", "http or https"],
     ),
     (
         "timeout longer than interval",

@@ -73,7 +73,7 @@ def test_durations(text: str, seconds: float) -> None:
     assert parse_duration(text) == seconds
 
 
-@pytest.mark.parametrize("text", ["15", "s", "-1s", "1d", ""])
+@pytest.mark.parametrize("text", ["15", "s", "-1s", "1d", "", "1234567s"])
 def test_malformed_durations(text: str) -> None:
     with pytest.raises(ValueError, match="not a duration"):
         parse_duration(text)
@@ -94,6 +94,7 @@ def base_spec(**backend: Any) -> dict[str, Any]:
         ({"url": None, "provider": "AzureOpenAI"}, "url is required"),
         ({"provider": "Nope"}, "Input should be"),
         ({"url": "ftp://x"}, "http or https"),
+        ({"url": "https:///v1"}, "http or https"),
         ({"name": "Not_A_Label"}, "should match pattern"),
         ({"provider": "Anthropic", "url": None}, "credentialsRef is required"),
         ({"url": "http://a:99999"}, "port must be between 1 and 65535"),
@@ -109,6 +110,11 @@ def test_offline_validation_matches_the_schema(change: dict[str, Any], message: 
         ModelEndpointSpec.model_validate(spec)
 
 
+def test_a_scheme_in_capitals_is_a_scheme_as_the_api_server_reads_it() -> None:
+    """The CRD's rule reads the scheme case-blind; the operator refused what it admitted."""
+    ModelEndpointSpec.model_validate(base_spec(url="HTTPS://a:8000"))
+
+
 def test_offline_validation_of_lists_and_durations() -> None:
     spec = base_spec()
     with pytest.raises(ValidationError, match="backend names must be unique"):
@@ -118,8 +124,12 @@ def test_offline_validation_of_lists_and_durations() -> None:
     many = [{**spec["backends"][0], "name": f"b{i}"} for i in range(17)]
     with pytest.raises(ValidationError, match="at most 16 items"):
         ModelEndpointSpec.model_validate({**spec, "backends": many})
-    with pytest.raises(ValidationError, match="must be positive"):
+    with pytest.raises(ValidationError, match="must be between 1ms and 24h"):
         ModelEndpointSpec.model_validate({**spec, "healthCheck": {"interval": "0s"}})
+    with pytest.raises(ValidationError, match="must be between 1ms and 24h"):
+        ModelEndpointSpec.model_validate({**spec, "retry": {"perTryTimeout": "300h"}})
+    with pytest.raises(ValidationError, match="should match pattern"):
+        ModelEndpointSpec.model_validate({**spec, "retry": {"perTryTimeout": "1000000s"}})
     with pytest.raises(ValidationError, match="greater than or equal to 1"):
         ModelEndpointSpec.model_validate({**spec, "healthCheck": {"healthyThreshold": 0}})
 

@@ -29,6 +29,7 @@ from switchyard.render.envoy import (
     SCRATCH,
     RenderCache,
     bootstrap,
+    duration,
     lua_literal,
     render,
 )
@@ -58,6 +59,13 @@ def test_every_rendered_resource_is_valid_envoy_config() -> None:
         assert pack(type_url, items).resources  # parses every typed_config it names
     names = [c["name"] for c in resources[CLUSTER_TYPE]]
     assert names == ["switchyard/chat", "switchyard-anthropic/chat", "switchyard/other"]
+
+
+def test_durations_are_written_as_protobuf_reads_them() -> None:
+    """`f"{x:g}"` wrote 300h as 1.08e+06s: packing failed, and with it every pass over the
+    gateway. (Durations are now bounded at 24h as well.)"""
+    assert [duration(s) for s in (86400, 1_080_000, 0.5, 0.001, 1e-8)] == [
+        "86400s", "1080000s", "0.5s", "0.001s", "0.00000001s"]  # fmt: skip
 
 
 def test_backends_become_weighted_localities_in_compact_priorities() -> None:

@@ -32,7 +32,10 @@ API_VERSION = f"{GROUP}/{VERSION}"
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 SECRET_KEY = r"^[-._a-zA-Z0-9]+$"
-DURATION = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"
+DURATION = r"^([0-9]{1,6}(\.[0-9]{1,9})?(ms|s|m|h))+$"
+# Every duration of the API lies between these: below, Envoy would round it to nothing;
+# above, nothing is meant (and CEL's durations overflow at about 292 years).
+MIN_DURATION, MAX_DURATION = "1ms", "24h"
 
 _DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
@@ -45,9 +48,9 @@ def parse_duration(text: str) -> float:
     return sum(float(n) * _UNIT_SECONDS[unit] for n, unit in _DURATION_PART.findall(text))
 
 
-def _positive_duration(value: str) -> str:
-    if parse_duration(value) <= 0:
-        raise ValueError(f"duration {value!r} must be positive")
+def _duration_in_range(value: str) -> str:
+    if not parse_duration(MIN_DURATION) <= parse_duration(value) <= parse_duration(MAX_DURATION):
+        raise ValueError(f"duration {value!r} must be between {MIN_DURATION} and {MAX_DURATION}")
     return value
 
 
@@ -171,14 +174,20 @@ Duration = Annotated[
     str,
     Field(
         pattern=DURATION,
-        max_length=32,
+        # With at most 6 digits a number, short enough that no spelling overflows CEL's
+        # duration (about 2.5 million hours): its conversion error would name no field.
+        max_length=16,
         json_schema_extra={
             "x-kubernetes-validations": [
-                cel("duration(self) > duration('0s')", "must be a positive duration")
+                cel(
+                    f"duration(self) >= duration('{MIN_DURATION}')"
+                    f" && duration(self) <= duration('{MAX_DURATION}')",
+                    f"must be a duration between {MIN_DURATION} and {MAX_DURATION}",
+                )
             ]
         },
     ),
-    AfterValidator(_positive_duration),
+    AfterValidator(_duration_in_range),
 ]
 
 
@@ -330,7 +339,8 @@ class Backend(_Model):
         json_schema_extra={
             "x-kubernetes-validations": [
                 cel(
-                    "isURL(self) && url(self).getScheme() in ['http', 'https']",
+                    "isURL(self) && url(self).getScheme() in ['http', 'https']"
+                    " && url(self).getHostname() != ''",
                     "url must be an http or https URL",
                 ),
                 cel(
@@ -378,7 +388,7 @@ class Backend(_Model):
             raise ValueError(f"url is required for provider {self.provider}")
         if self.credentials_ref is None and self.provider in PROVIDERS_NEEDING_KEY:
             raise ValueError(f"credentialsRef is required for provider {self.provider}")
-        if self.url is not None and not re.match(r"^https?://[^\s/]+", self.url):
+        if self.url is not None and not re.match(r"^https?://[^\s/]+", self.url, re.IGNORECASE):
             raise ValueError("url must be an http or https URL")
         if self.url is not None:
             try:

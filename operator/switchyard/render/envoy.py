@@ -120,6 +120,12 @@ def _backend_shaper_lua() -> str:
     )
 
 
+def duration(seconds: float) -> str:
+    """Seconds as a protobuf JSON Duration: at most nine decimals, never an exponent
+    (`f"{x:g}"` wrote 1e+06s for 300h, which Envoy's config refuses)."""
+    return f"{seconds:.9f}".rstrip("0").rstrip(".") + "s"
+
+
 def cluster_name(model: str, anthropic_only: bool = False) -> str:
     return ("switchyard-anthropic/" if anthropic_only else "switchyard/") + model
 
@@ -432,7 +438,7 @@ def _retry_policy(endpoint: EndpointPlan) -> dict[str, Any]:
     policy: dict[str, Any] = {
         "retry_on": ",".join(retry_on) or "connect-failure",
         "num_retries": endpoint.retry_attempts,
-        "per_try_timeout": f"{endpoint.per_try_timeout_seconds:g}s",
+        "per_try_timeout": duration(endpoint.per_try_timeout_seconds),
         **_retry_constants(),
     }
     # A key the provider refuses is that backend's problem: another backend may serve.
