@@ -132,6 +132,11 @@ REFUSED: list[tuple[str, dict[str, Any], list[str]]] = [
         ["spec.retry.perTryTimeout", "must be a duration between 1ms and 24h"],
     ),
     (
+        "a url with a user and password: key material outside a Secret, and a probe error",
+        {"backends": [_backend(url="http://user:pw@models.example")]},
+        ["spec.backends[0].url", "url must not carry credentials"],
+    ),
+    (
         "a url without a host, which reached Envoy",
         {"backends": [_backend(url="https:///v1")]},
         ["spec.backends[0].url", "http or https"],

@@ -95,6 +95,7 @@ def base_spec(**backend: Any) -> dict[str, Any]:
         ({"provider": "Nope"}, "Input should be"),
         ({"url": "ftp://x"}, "http or https"),
         ({"url": "https:///v1"}, "http or https"),
+        ({"url": "http://user:pw@a:8000"}, "url must not carry credentials"),
         ({"name": "Not_A_Label"}, "should match pattern"),
         ({"provider": "Anthropic", "url": None}, "credentialsRef is required"),
         ({"url": "http://a:99999"}, "port must be between 1 and 65535"),

@@ -348,6 +348,11 @@ class Backend(_Model):
                     " || (int(url(self).getPort()) >= 1 && int(url(self).getPort()) <= 65535)",
                     "url's port must be between 1 and 65535",
                 ),
+                # A user and password in the URL would be key material outside a Secret.
+                cel(
+                    "!self.matches('^[^:/?#]*://[^/?#]*@')",
+                    "url must not carry credentials: put the key in credentialsRef",
+                ),
             ]
         },
     )
@@ -397,6 +402,8 @@ class Backend(_Model):
                 port = 0
             if port == 0:
                 raise ValueError("url's port must be between 1 and 65535")
+            if "@" in urllib.parse.urlsplit(self.url).netloc:
+                raise ValueError("url must not carry credentials: put the key in credentialsRef")
         return self
 
     @property
