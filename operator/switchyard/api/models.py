@@ -393,7 +393,10 @@ class Backend(_Model):
             raise ValueError(f"url is required for provider {self.provider}")
         if self.credentials_ref is None and self.provider in PROVIDERS_NEEDING_KEY:
             raise ValueError(f"credentialsRef is required for provider {self.provider}")
-        if self.url is not None and not re.match(r"^https?://[^\s/]+", self.url, re.IGNORECASE):
+        if self.url is not None and not (
+            re.match(r"^https?://[^\s/]+", self.url, re.IGNORECASE)
+            and urllib.parse.urlsplit(self.url).hostname
+        ):
             raise ValueError("url must be an http or https URL")
         if self.url is not None:
             try:
