@@ -8,7 +8,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | cksum | cut -d' ' -f1)
 
-.PHONY: all venv controlplane tools images bench-tools lint test unit integration pods chaos bench demo demo-down crds cluster-up cluster-down kind-e2e clean
+.PHONY: all venv controlplane tools images bench-tools lint test unit integration pods chaos fuzz bench demo demo-down crds cluster-up cluster-down kind-e2e clean
 
 all: test
 
@@ -65,6 +65,11 @@ pods: controlplane tools
 # 60 s and the watches expired by a compaction. On a control plane of its own.
 chaos: controlplane
 	CHAOS_KILLS=$(or $(KILLS),50) $(BIN)/pytest tests/chaos
+
+# 10,000 generated ModelEndpoint and ModelGateway specs through the API server and operator
+# (`make test` runs 300).
+fuzz: controlplane tools
+	FUZZ_EXAMPLES=$(or $(EXAMPLES),10000) $(BIN)/pytest tests/fuzz
 
 # The whole suite: lint, layering contracts, unit, integration and end-to-end tests on a real
 # API server, and the Pod tier on the local cluster's node (or the cluster KUBECONFIG names).
