@@ -13,6 +13,15 @@ from tests_support.scenario import Operator, Scenario
 
 
 @pytest.fixture
+def namespace(cluster: Cluster) -> Iterator[str]:
+    """A fresh namespace for a test that needs no operator."""
+    name = f"sy-test-{uuid.uuid4().hex[:6]}"
+    cluster.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
+    yield name
+    cluster.kubectl("delete", "namespace", name, "--wait=false")
+
+
+@pytest.fixture
 def scenario(cluster: Cluster, request: pytest.FixtureRequest) -> Iterator[Scenario]:
     suffix = uuid.uuid4().hex[:6]
     gateway_namespace, app_namespace = f"sy-gw-{suffix}", f"sy-app-{suffix}"

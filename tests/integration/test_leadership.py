@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 import copy
 import time
-import uuid
-from collections.abc import Iterator
 
 import pytest
 
@@ -22,14 +20,6 @@ from tests_support.partition import Partition
 from tests_support.scenario import API_VERSION
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def namespace(cluster: Cluster) -> Iterator[str]:
-    name = f"sy-lease-{uuid.uuid4().hex[:6]}"
-    cluster.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
-    yield name
-    cluster.kubectl("delete", "namespace", name, "--wait=false")
 
 
 def test_one_leader_and_a_standby_that_takes_over(namespace: str) -> None:

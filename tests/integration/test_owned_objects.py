@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -15,14 +13,6 @@ from tests_support.cluster import Cluster
 from tests_support.scenario import API_VERSION
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def namespace(cluster: Cluster) -> Iterator[str]:
-    name = f"sy-owned-{uuid.uuid4().hex[:6]}"
-    cluster.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
-    yield name
-    cluster.kubectl("delete", "namespace", name, "--wait=false")
 
 
 @pytest.fixture
