@@ -195,6 +195,13 @@ def test_bad_specs_are_refused_at_apply_naming_the_field(scenario: Scenario) -> 
     message = scenario.cluster.apply_rejected(litellm)
     assert "spec.dataPlane.type" in message
     assert "LiteLLM is not served yet" in message
+    # The API server holds 100Ei as a quantity; no Deployment could.
+    huge = scenario.gateway_manifest(
+        "huge", dataPlane={"resources": {"limits": {"memory": "100Ei"}}}
+    )
+    message = scenario.cluster.apply_rejected(huge)
+    assert "spec.dataPlane.resources.limits" in message
+    assert "memory above 64Ti is more than any node has" in message
     assert_healthy_endpoint_still_served(scenario)
 
 

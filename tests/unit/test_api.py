@@ -233,6 +233,8 @@ def test_gateway_resources_default_from_the_benchmarks_and_accept_integers() -> 
         ({"limits": {"memory": "512"}}, "a memory limit below 64Mi cannot hold Envoy"),
         ({"limits": {"cpu": "2000"}}, "cpu above 64"),
         ({"requests": {"cpu": 100}}, "cpu above 64"),
+        ({"limits": {"memory": "65Ti"}}, "memory above 64Ti"),
+        ({"limits": {"memory": "1e100"}}, "larger than any resource quantity"),
         ({"requests": {"cpu": "1", "memory": "1Gi", "storage": "1Gi"}}, "at most 2 items"),
     ],
 )

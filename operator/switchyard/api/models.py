@@ -636,6 +636,9 @@ DEFAULT_CONCURRENCY = 2
 # 2000` meant as 2000m would start 2,000 workers). More replicas serve more traffic.
 MAX_CPU = "64"
 CPU_BOUND_MESSAGE = f"cpu above {MAX_CPU} is more than one Envoy Pod should run: add replicas"
+# Beyond any node; and below the API server's own bound on a quantity, which CEL does not see.
+MAX_MEMORY = "64Ti"
+MEMORY_BOUND_MESSAGE = f"memory above {MAX_MEMORY} is more than any node has"
 REQUESTS_WITHIN_LIMITS_MESSAGE = "requests must not exceed limits"
 
 
@@ -651,6 +654,12 @@ _RESOURCE_LIST_RULES = [
         + _quantity_of("self['cpu']")
         + f".compareTo(quantity('{MAX_CPU}')) <= 0",
         CPU_BOUND_MESSAGE,
+    ),
+    cel(
+        "!('memory' in self) || "
+        + _quantity_of("self['memory']")
+        + f".compareTo(quantity('{MAX_MEMORY}')) <= 0",
+        MEMORY_BOUND_MESSAGE,
     ),
 ]
 _LIMIT_RULES = [
@@ -713,7 +722,8 @@ class ResourceRequirements(_Model):
     limits: LimitList | None = Field(
         default=None,
         description=f"The most each Pod may use: cpu (throttled above it; at most {MAX_CPU}) "
-        f"and memory (killed above it; at least {MIN_MEMORY_LIMIT}), as Kubernetes quantities. "
+        f"and memory (killed above it; at least {MIN_MEMORY_LIMIT}, at most {MAX_MEMORY}), as "
+        "Kubernetes quantities. "
         "Each limit must be at least its request.",
     )
 
@@ -726,6 +736,12 @@ class ResourceRequirements(_Model):
             raise ValueError(f"only cpu and memory can be set, not {', '.join(unknown)}")
         if any(parse_quantity(q["cpu"]) > int(MAX_CPU) for q in (requests, limits) if "cpu" in q):
             raise ValueError(CPU_BOUND_MESSAGE)
+        if any(
+            parse_quantity(q["memory"]) > parse_quantity(MAX_MEMORY)
+            for q in (requests, limits)
+            if "memory" in q
+        ):
+            raise ValueError(MEMORY_BOUND_MESSAGE)
         if any(parse_quantity(limit) == 0 for limit in limits.values()):
             raise ValueError("limits must be greater than zero")
         if "memory" in limits and parse_quantity(limits["memory"]) < parse_quantity(
