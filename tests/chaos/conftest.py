@@ -178,6 +178,8 @@ class ChaosWorld:
     replicas: list[Replica] = field(default_factory=list)
     partitions: dict[str, Partition] = field(default_factory=dict)
     envoy: LocalEnvoy | None = None
+    # What the gateway owns once converged: one of each object, the same after every act.
+    expected_owned: Counter[tuple[str, str]] = field(default_factory=Counter)
     figures: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -341,6 +343,14 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ChaosWorld]:
         )  # fmt: skip
         world.envoy.wait_listening()
         world.figures["seconds to converge at start"] = round(world.wait_converged(), 1)
+        world.expected_owned = world.owned()
+        assert {kind for kind, _ in world.expected_owned} >= {
+            "secrets",
+            "configmaps",
+            "services",
+            "deployments",
+        }, world.expected_owned
+        assert set(world.expected_owned.values()) == {1}, world.expected_owned
         yield world
         FIGURES.append(world.figures)
     finally:
