@@ -8,10 +8,12 @@ probes have failed yet), any of the allowed answers is taken.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 Body = dict[str, Any]
 Key = tuple[str, str]  # (namespace, name)
@@ -103,7 +105,26 @@ def _unresolved(endpoint: Body, world: World) -> dict[str, str]:
             found[backend["name"]] = "SecretNotFound"
         elif not secret.get(ref["key"], False):
             found[backend["name"]] = "SecretKeyNotFound"
+    for backend in endpoint["spec"]["backends"]:
+        if _never_a_backend(backend.get("url") or ""):
+            found[backend["name"]] = "BackendNotAllowed"  # said before any Secret problem
     return found
+
+
+def _never_a_backend(url: str) -> bool:
+    """Cloud metadata and the API server's well-known names (the README's egress rule; the
+    fuzzed hosts never spell an address in decimal or hex, nor hit the API server's port)."""
+    host = (urlsplit(url).hostname or "").rstrip(".")
+    if host in ("metadata", "metadata.google.internal", "instance-data", "kubernetes",
+                "kubernetes.default") or host.startswith("kubernetes.default.svc"):  # fmt: skip
+        return True
+    try:
+        address = ipaddress.ip_address(host.split("%")[0])
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+        address = address.ipv4_mapped
+    return address.is_link_local or str(address) in ("fd00:ec2::254", "100.100.100.200")
 
 
 def _age(body: Body) -> tuple[str, str, str]:

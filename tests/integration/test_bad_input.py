@@ -415,3 +415,35 @@ def test_an_owned_object_the_api_server_refuses_holds_back_none_of_the_others(
     scenario.secret("big-5", {"api-key": "5" * 1000})
     eventually(lambda: len(scenario.credentials()) == 6, timeout=30)
     eventually(lambda: (c := condition(scenario.gateway(), "Ready")) and c["status"] == "True")
+
+
+def test_a_backend_the_gateway_may_not_reach_is_refused_and_reported(scenario: Scenario) -> None:
+    """Cloud metadata and the API server are never backends; `allowedBackends` pins the
+    rest. A refused backend carries no traffic, gets no key and is reported."""
+    serve_healthy_endpoint(scenario)
+    scenario.secret("stolen", {"api-key": scenario.new_key()})
+    metadata = {**openai_backend("imds", "stolen"), "provider": "OpenAICompatible",
+                "url": "http://169.254.169.254"}  # fmt: skip
+    api_server = {**openai_backend("api", "stolen"), "provider": "OpenAICompatible",
+                  "url": "https://kubernetes.default.svc"}  # fmt: skip
+    scenario.cluster.apply(
+        scenario.endpoint_manifest("sneaky", [local_backend("a"), metadata, api_server])
+    )
+    refs = scenario.wait_condition("sneaky", "ResolvedRefs", "False", "BackendNotAllowed")
+    assert "backend imds: url host 169.254.169.254 is a cloud metadata address" in refs["message"]
+    assert "backend api: url host kubernetes.default.svc is the Kubernetes API" in refs["message"]
+    scenario.wait_condition("sneaky", "Ready", "False", "RefsNotResolved")
+    sneaky = scenario.endpoint("sneaky")
+    assert sneaky is not None
+    assert {b["name"]: b["effectiveWeight"] for b in sneaky["status"]["backends"]} == {
+        "a": 1, "imds": 0, "api": 0}  # fmt: skip
+    assert not [k for k in scenario.credentials() if "_stolen_" in k], "a refused backend's key"
+    assert_healthy_endpoint_still_served(scenario)
+
+    # Pinned to OpenAI's API: the in-cluster backend is refused too, and the endpoint with it.
+    scenario.cluster.apply(
+        scenario.gateway_manifest(allowedBackends={"hostnames": ["api.openai.com"]})
+    )
+    ready = scenario.wait_condition("sneaky", "Ready", "False", "NoRoutableBackend")
+    assert "a.models.svc matches none of the gateway's spec.allowedBackends" in ready["message"]
+    assert_healthy_endpoint_still_served(scenario)

@@ -6,8 +6,10 @@ rule is a CEL expression, so the API server refuses bad input at `kubectl apply`
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import urllib.parse
+from collections.abc import Iterable
 from decimal import ROUND_CEILING, Decimal, localcontext
 from enum import StrEnum
 from typing import Annotated, Any
@@ -32,6 +34,8 @@ API_VERSION = f"{GROUP}/{VERSION}"
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 SECRET_KEY = r"^[-._a-zA-Z0-9]+$"
+# A DNS name, or `*.` and one: what a hostname pattern may be.
+HOSTNAME_PATTERN = r"^(\*\.)?[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 DURATION = r"^([0-9]{1,6}(\.[0-9]{1,9})?(ms|s|m|h))+$"
 # Every duration of the API lies between these: below, Envoy would round it to nothing;
 # above, nothing is meant (and CEL's durations overflow at about 292 years).
@@ -907,10 +911,54 @@ class BackendTLS(_Model):
     )
 
     def covers(self, host: str) -> bool:
-        return any(
-            host == name or (name.startswith("*.") and host.endswith(name[1:]))
-            for name in self.hostnames
-        )
+        return hostname_matches(host, self.hostnames)
+
+
+def hostname_matches(host: str, patterns: Iterable[str]) -> bool:
+    """Whether `host` is one of `patterns`: exact names, or `*.suffix` for any name below
+    suffix."""
+    return any(
+        host == name or (name.startswith("*.") and host.endswith(name[1:])) for name in patterns
+    )
+
+
+def _cidr(value: str) -> str:
+    ipaddress.ip_network(value, strict=False)  # ValueError names what is wrong
+    return value
+
+
+class AllowedBackends(_Model):
+    """Where the gateway may send traffic and provider keys."""
+
+    hostnames: list[
+        Annotated[str, Field(min_length=1, max_length=253, pattern=HOSTNAME_PATTERN)]
+    ] = Field(
+        default_factory=list,
+        max_length=64,
+        description="Backend URL hosts allowed: exact names, or *.suffix for any name below "
+        "suffix.",
+        json_schema_extra={"x-kubernetes-list-type": "set"},
+    )
+    cidrs: list[
+        Annotated[
+            str,
+            Field(
+                min_length=1,
+                max_length=43,
+                json_schema_extra={
+                    "x-kubernetes-validations": [
+                        cel("isCIDR(self)", "must be a CIDR such as 10.0.0.0/8 or fd00::/8")
+                    ]
+                },
+            ),
+            AfterValidator(_cidr),
+        ]
+    ] = Field(
+        default_factory=list,
+        max_length=64,
+        description="Networks allowed for backend URLs whose host is an IP address.",
+        json_schema_extra={"x-kubernetes-list-type": "set"},
+    )
 
 
 class ModelGatewaySpec(_Model):
@@ -930,6 +978,15 @@ class ModelGatewaySpec(_Model):
         default_factory=AllowedEndpoints,
         description="Which namespaces may attach ModelEndpoints. Defaults to the gateway's own.",
         json_schema_extra={"default": defaults_of(AllowedEndpoints)},
+    )
+    allowed_backends: AllowedBackends | None = Field(
+        default=None,
+        description="Pins where this gateway may send traffic and provider keys: a backend "
+        "whose URL host matches none of hostnames (or, for an IP address, lies in none of "
+        "cidrs) carries no traffic, is not probed, gets no key, and is reported on its "
+        "endpoint (ResolvedRefs=False, BackendNotAllowed). Absent: any host. Cloud metadata "
+        "addresses (169.254.0.0/16, fe80::/10, fd00:ec2::254, 100.100.100.200, "
+        "metadata.google.internal) and the Kubernetes API server are never backends.",
     )
     backend_tls: BackendTLS | None = Field(
         default=None,

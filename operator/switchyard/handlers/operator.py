@@ -29,6 +29,7 @@ from switchyard.handlers.state import Store, object_key
 from switchyard.handlers.sync import GatewaySync
 from switchyard.kube.client import Kube, credentials, load_configuration
 from switchyard.kube.secrets import SecretCache
+from switchyard.plan.egress import ApiServer
 from switchyard.plan.gateway import ObjectKey
 from switchyard.render.deployment import ENVOY_IMAGE, EnvoyPods
 from switchyard.render.objects import GATEWAY_LABEL, MANAGED_BY
@@ -135,6 +136,21 @@ def elector(
     return leadership
 
 
+async def api_server_of(kube: Kube) -> ApiServer:
+    """This cluster's API server as a backend URL could name it: its Service's ClusterIP and
+    the host the operator reaches it at, with the addresses that host has now."""
+    listeners = {kube.server}
+    if service := os.environ.get("KUBERNETES_SERVICE_HOST"):
+        listeners.add((service, int(os.environ.get("KUBERNETES_SERVICE_PORT") or 443)))
+    for host, port in list(listeners):
+        try:
+            found = await asyncio.get_running_loop().getaddrinfo(host, port)
+        except OSError:
+            continue
+        listeners.update((str(address[4][0]), port) for address in found)
+    return ApiServer.of(listeners)
+
+
 def _runtime(memo: Any) -> Runtime:
     runtime: Runtime = memo.runtime
     return runtime
@@ -165,7 +181,9 @@ async def start(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
     xds = XdsServer()
     secrets = SecretCache(kube)
     health = HealthMonitor(secrets, lambda gateway: sync.mark({gateway}))
-    sync = GatewaySync(store, kube, secrets, xds, envoy_pods(memo), health)
+    sync = GatewaySync(
+        store, kube, secrets, xds, envoy_pods(memo), health, await api_server_of(kube)
+    )
     # An Envoy that connects, ACKs or NACKs changes its gateway's Programmed condition.
     xds.on_change = lambda node: sync.mark({gateway_of_node(node)})
     xds.on_failed_attempt = sync.failed_attempt

@@ -23,6 +23,7 @@ from switchyard.health.probes import Target
 from switchyard.kube.client import ApiError, Kube, OwnershipConflict, describe_error
 from switchyard.kube.secrets import SecretCache
 from switchyard.plan.conditions import DesiredCondition, transitions
+from switchyard.plan.egress import ANY_CLUSTER, NOT_ALLOWED, ApiServer
 from switchyard.plan.gateway import GatewayPlan, ObjectKey, SecretKeys, plan_gateway
 from switchyard.plan.routing import EndpointPlan, PlanCache
 from switchyard.render import deployment, envoy
@@ -117,6 +118,8 @@ def _endpoint_targets(
     timeout = parse_duration(spec.health_check.timeout)
     targets: dict[BackendKey, Any] = {}
     for backend in endpoint.backends:
+        if backend.unavailable_reason == NOT_ALLOWED:
+            continue  # a host the gateway may not reach, the operator does not reach either
         key = (endpoint.namespace, endpoint.name, backend.name)
         ref = refs[backend.name]
         credentials = ((endpoint.namespace, ref.name), ref.key) if ref else None
@@ -171,6 +174,7 @@ class GatewaySync:
         xds: XdsServer,
         envoy_pods: deployment.EnvoyPods,
         health: HealthMonitor,
+        api_server: ApiServer = ANY_CLUSTER,
     ) -> None:
         self.store = store
         self.kube = kube
@@ -179,6 +183,7 @@ class GatewaySync:
         # Where the gateways' Pods reach this operator's xDS server (its Service), and their image.
         self.envoy_pods = envoy_pods
         self.health = health
+        self.api_server = api_server
         self._dirty: set[ObjectKey] = set()
         self._passing: set[ObjectKey] = set()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -315,6 +320,7 @@ class GatewaySync:
                 secret_keys,
                 held_back,
                 seen.plans,
+                self.api_server,
             )
 
         plan = planned()

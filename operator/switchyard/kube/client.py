@@ -11,6 +11,7 @@ import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 from kubernetes_asyncio import client, config
 from kubernetes_asyncio.client.exceptions import ApiException
@@ -159,6 +160,12 @@ class Kube:
                 ("PodDisruptionBudget", policy, "pod_disruption_budget"),
             )
         }
+
+    @property
+    def server(self) -> tuple[str, int]:
+        """The API server's host and port, as this client reaches it."""
+        parts = urlsplit(str(self.api.configuration.host))
+        return parts.hostname or "", parts.port or 443
 
     async def close(self) -> None:
         await self.api.close()

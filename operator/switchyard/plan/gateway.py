@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from switchyard.api.models import ModelEndpointSpec, ModelGatewaySpec, NamespacesFrom
 from switchyard.plan.conditions import DesiredCondition
+from switchyard.plan.egress import ANY_CLUSTER, NOT_ALLOWED, ApiServer, refusal
 from switchyard.plan.routing import EndpointPlan, PlanCache, zero_weight_tiers
 from switchyard.plan.selectors import selector_matches
 
@@ -122,12 +123,14 @@ def plan_gateway(
     secrets: Mapping[ObjectKey, SecretKeys | None],
     held_back: Mapping[tuple[str, str, str], str] | None = None,
     cache: PlanCache | None = None,
+    api_server: ApiServer = ANY_CLUSTER,
 ) -> GatewayPlan:
     """Decide, for every endpoint that names this gateway, whether and how it is served.
 
     `secrets` holds every Secret the endpoints reference; None marks one that does not exist.
     `held_back` maps (namespace, endpoint, backend) to why that backend should carry no
-    traffic now: Unhealthy, CredentialsInvalid or RateLimited.
+    traffic now: Unhealthy, CredentialsInvalid or RateLimited. `api_server` names this
+    cluster's API server, which is never a backend.
     """
     namespace, name = key
     result = GatewayPlan(namespace=namespace, name=name, gateway=gateway)
@@ -137,8 +140,9 @@ def plan_gateway(
     planner = cache if cache is not None else PlanCache()
     for endpoint in ordered:
         outcome = _decide(
-            endpoint, key, gateway, namespace_labels, secrets, claimed, held_back or {}, planner
-        )
+            endpoint, key, gateway, namespace_labels, secrets, claimed, held_back or {}, planner,
+            api_server,
+        )  # fmt: skip
         result.outcomes[endpoint.key] = outcome
         if outcome.plan is not None:
             result.attached.append(outcome.plan)
@@ -169,6 +173,7 @@ def _decide(
     claimed: dict[str, EndpointSource],
     held_back: Mapping[tuple[str, str, str], str],
     planner: PlanCache,
+    api_server: ApiServer,
 ) -> EndpointOutcome:
     spec = endpoint.spec
     gateway_name = f"{key[0]}/{key[1]}"
@@ -179,6 +184,10 @@ def _decide(
         return EndpointOutcome((accepted, _not_ready(accepted)), None, None)
 
     unresolved = _unresolved_backends(endpoint.namespace, spec, secrets)
+    allowed = gateway.spec.allowed_backends if gateway else None
+    for backend in spec.backends:
+        if why := refusal(backend.base_url, allowed, api_server):
+            unresolved[backend.name] = (NOT_ALLOWED, why)
     if unresolved:
         resolved_refs = DesiredCondition.false(
             "ResolvedRefs",
@@ -187,7 +196,9 @@ def _decide(
         )
     else:
         resolved_refs = DesiredCondition.true(
-            "ResolvedRefs", "ResolvedRefs", "all credentialsRef Secrets and keys resolved"
+            "ResolvedRefs",
+            "ResolvedRefs",
+            "every backend URL is allowed and every credentialsRef Secret and key resolved",
         )
 
     accepted = _accepted(endpoint, spec, gateway, gateway_name, namespace_labels, claimed)
@@ -236,7 +247,8 @@ def _decide(
             "RefsNotResolved",
             f"served by gateway {gateway_name} without backends "
             + ", ".join(sorted(unresolved))
-            + ", whose credentials are not resolved",
+            + ": "
+            + resolved_refs.message,
         )
     else:
         ready = DesiredCondition.true("Ready", "Ready", f"served by gateway {gateway_name}")
@@ -320,13 +332,16 @@ def _credential_copies(
 ) -> list[CredentialCopy]:
     """The keys of every backend whose reference resolves, whatever its health: a backend
     held back now (unhealthy, rate limited, refused) finds its key already mounted when it
-    comes back, as the kubelet takes a while to bring a changed Secret into the Pods."""
+    comes back, as the kubelet takes a while to bring a changed Secret into the Pods. A
+    backend the gateway may not send to gets no key."""
     assert endpoint.spec is not None
     refs = {b.name: b.credentials_ref for b in endpoint.spec.backends}
     copies = []
     for backend in plan.backends:
         ref = refs[backend.name]
         if ref is None or backend.credentials_key is None:
+            continue
+        if backend.unavailable_reason == NOT_ALLOWED:
             continue
         secret = secrets.get((endpoint.namespace, ref.name))
         if secret is None or ref.key not in secret.keys:
