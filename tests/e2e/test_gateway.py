@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import openai
 import pytest
 
 from gatewaylab import LocalEnvoy, Outcome, chat, send_sync
@@ -202,6 +203,34 @@ def test_a_rotated_key_is_used_without_restarting_envoy(lab: Lab) -> None:
     assert lab.envoy.process.poll() is None
     [*_, last] = fake.traffic()
     assert last["headers"]["authorization"] == f"Bearer {new_key}"
+
+
+def test_a_providers_refusal_of_the_gateways_key_reaches_clients_as_a_gateway_error(
+    lab: Lab,
+) -> None:
+    """A provider's 401 is about the gateway's key, not the client: the client gets a 502
+    in its API's format, never the provider's body (it may quote the key)."""
+    model = "refused"
+    lab.serve(model, [lab.backend("local-c")])
+    fake = lab.fakes["local-c"]
+    key = fake.api_key
+    fake.rotate_key(f"{key}-elsewhere")  # the provider no longer takes the gateway's key
+    fake.forget_requests()
+    client = openai.OpenAI(base_url=f"{lab.envoy.url}/v1", api_key="unused", max_retries=0)
+    try:
+        with pytest.raises(openai.InternalServerError) as refused:
+            client.chat.completions.create(
+                model=model, messages=[{"role": "user", "content": "hi"}]
+            )
+    finally:
+        fake.rotate_key(key)
+    assert refused.value.status_code == 502
+    body = refused.value.response.json()
+    assert body["error"]["code"] == "provider_refused_credentials"
+    assert "Incorrect API key" not in refused.value.response.text
+    assert "x-sy-provider-refused" not in refused.value.response.headers
+    assert fake.traffic(), "the provider was not asked"
+    eventually(lambda: send_sync(lab.url, chat(model), 5, 1).statuses[200] == 5, timeout=30)
 
 
 def test_malformed_requests_get_openai_errors(lab: Lab) -> None:

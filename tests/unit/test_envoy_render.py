@@ -255,7 +255,7 @@ def lua_sources(resources: dict[str, list[dict[str, Any]]]) -> dict[str, str]:
 
 def test_lua_comes_from_the_packages_files_with_its_config_in_front() -> None:
     sources = lua_sources(rendered(endpoint("chat")))
-    assert set(sources) == {"original_path", "backend_shaper"}
+    assert set(sources) == {"original_path", "provider_refusal", "backend_shaper"}
     for name, source in sources.items():
         config, _, program = source.partition("; ")
         # The file unchanged, on the same lines: Lua's error messages point into it.
@@ -283,7 +283,7 @@ def test_every_lua_file_is_package_data() -> None:
     pyproject = tomllib.loads(Path(__file__).parents[2].joinpath("pyproject.toml").read_text())
     patterns = pyproject["tool"]["setuptools"]["package-data"]["switchyard"]
     files = [f.name for f in LUA_FILES.iterdir() if f.name.endswith(".lua")]
-    assert sorted(files) == ["backend_shaper.lua", "original_path.lua"]
+    assert sorted(files) == ["backend_shaper.lua", "original_path.lua", "provider_refusal.lua"]
     for name in files:
         assert any(fnmatch.fnmatch(f"render/lua/{name}", p) for p in patterns), name
 

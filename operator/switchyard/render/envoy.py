@@ -64,6 +64,9 @@ SCRATCH = {
     "query": "x-sy-query",
     "model": "x-sy-model",
 }
+# Set on a provider's 401 or 403 by the backend shaper, so the listener's filter can turn it
+# into a gateway error once retries are done; never reaches the client.
+REFUSAL_MARKER = "x-sy-provider-refused"
 # Every header that carries a provider's key or version: cleared before each attempt.
 AUTH_HEADERS = ("authorization", "api-key", "x-api-key", "anthropic-version")
 # OpenAI's error `type` says who must act. OpenAI's API answers its own failures (500,
@@ -116,6 +119,25 @@ def _backend_shaper_lua() -> str:
             "credentials_env": CREDENTIALS_DIR_ENV,
             "anthropic_version": ANTHROPIC_VERSION,
             "scratch": SCRATCH,
+            "refusal_marker": REFUSAL_MARKER,
+        },
+    )
+
+
+@functools.cache
+def _provider_refusal_lua() -> str:
+    message = "Every provider of this model refused the gateway's credentials."
+    return lua_program(
+        "provider_refusal.lua",
+        {
+            "metadata_namespace": METADATA_NAMESPACE,
+            "marker": REFUSAL_MARKER,
+            "openai_body": json.dumps(
+                openai_error(SERVER_ERROR, message, "provider_refused_credentials")
+            ),
+            "anthropic_body": json.dumps(
+                {"type": "error", "error": {"type": "api_error", "message": message}}
+            ),
         },
     )
 
@@ -259,6 +281,7 @@ def _listener(port: int) -> dict[str, Any]:
                             "http_filters": [
                                 _model_to_metadata(),
                                 _lua("original_path", _original_path_lua()),
+                                _lua("provider_refusal", _provider_refusal_lua()),
                                 _router(),
                             ],
                             "rds": {

@@ -11,6 +11,7 @@
 --   config.anthropic_version    the `anthropic-version` header Anthropic backends get
 --   config.scratch              scratch header names by field: provider, credentials,
 --                               path_base, query, model
+--   config.refusal_marker       set on a provider's 401 or 403 (provider_refusal.lua)
 
 local directory = os.getenv(config.credentials_env) or "/etc/switchyard/credentials"
 local keys, read_at = {}, {}
@@ -238,5 +239,12 @@ function envoy_on_request(handle)
   if not ok then
     handle:logErr("switchyard: " .. tostring(problem))
     handle:respond({[":status"] = "502"}, "switchyard could not shape the request")
+  end
+end
+
+function envoy_on_response(handle)
+  local status = handle:headers():get(":status")
+  if status == "401" or status == "403" then
+    handle:headers():replace(config.refusal_marker, status)
   end
 end
