@@ -168,6 +168,13 @@ class LocalEnvoy:
     def wait_listening(self) -> None:
         wait_for_port(self.port, self.process, timeout=30)
 
+    def config_dump(self) -> str:
+        """Envoy's whole config as its admin API shows it, endpoints included."""
+        found = re.search(r"admin on (http://\S+)", self.log.read_text(errors="replace"))
+        assert found, f"Envoy has not said where its admin API is: {self.log}"
+        with urllib.request.urlopen(f"{found[1]}/config_dump?include_eds", timeout=10) as reply:
+            return str(reply.read().decode())
+
     def stop(self) -> None:
         _stop(self.process)
 

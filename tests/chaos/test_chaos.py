@@ -11,8 +11,6 @@ The figures of a run are printed at the end of the session (`make chaos` runs CH
 
 from __future__ import annotations
 
-import base64
-import json
 import random
 import time
 
@@ -20,6 +18,7 @@ import pytest
 
 import localcluster
 from chaos.conftest import GATEWAY, KILLS, OPERATOR_NAMESPACE, STEADY, ChaosWorld, Churn, Load
+from tests_support import hygiene
 from tests_support.cluster import eventually
 from tests_support.scenario import without_probe_times
 
@@ -150,16 +149,15 @@ def test_a_restart_writes_nothing(world: ChaosWorld) -> None:
 
 
 def test_no_key_material_outside_secrets(world: ChaosWorld) -> None:
-    places = {"operator logs": world.operator_log()}
+    assert world.envoy is not None
+    places = {
+        "operator logs": world.operator_log(),
+        "Envoy's config dump": world.envoy.config_dump(),
+        "Envoy's log": world.envoy.log.read_text(errors="replace"),
+    }
     assert "leading as" in places["operator logs"], "the operators' logs were not captured"
-    for namespace in (world.namespace, OPERATOR_NAMESPACE):
-        for kind in ("configmaps", "events", "modelendpoints", "modelgateways", "leases"):
-            places[f"{kind} in {namespace}"] = json.dumps(world.cluster.list(kind, namespace))
-    for value in world.key_material:
-        encoded = base64.b64encode(value.encode()).decode()
-        for place, text in places.items():
-            assert value not in text, f"key material in {place}"
-            assert encoded not in text, f"base64 key material in {place}"
+    places.update(hygiene.cluster_places(world.cluster, (world.namespace, OPERATOR_NAMESPACE)))
+    hygiene.assert_clean(places, world.key_material)
 
 
 def test_deleting_the_gateway_cascades(world: ChaosWorld) -> None:

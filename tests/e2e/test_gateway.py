@@ -17,6 +17,7 @@ import openai
 import pytest
 
 from gatewaylab import LocalEnvoy, Outcome, chat, send_sync
+from tests_support import hygiene
 from tests_support.cluster import condition, eventually
 
 from .conftest import Lab
@@ -613,3 +614,21 @@ def test_a_restart_keeps_refused_and_rate_limited_backends_out_and_writes_nothin
     finally:
         limited.heal()
         refusing.rotate_key(key)
+
+
+def test_no_secret_anywhere_a_person_or_program_can_read(lab: Lab) -> None:
+    """After every test of the lab: the operator's log and metrics, Envoy's config (xDS as
+    it received it) and log, and what the API server shows of the namespace."""
+    with urllib.request.urlopen(
+        f"http://{lab.operator.metrics_address}/metrics", timeout=5
+    ) as reply:
+        metrics = reply.read().decode()
+    places = {
+        "operator log": lab.operator.log,
+        "operator metrics": metrics,
+        "Envoy's config dump": lab.envoy.config_dump(),
+        "Envoy's log": lab.envoy.log.read_text(errors="replace"),
+        **hygiene.cluster_places(lab.cluster, [lab.namespace]),
+    }
+    assert "switchyard/" in places["Envoy's config dump"], "the config dump holds no route"
+    hygiene.assert_clean(places, [fake.api_key for fake in lab.fakes.values()])

@@ -6,7 +6,6 @@ logged no error."""
 
 from __future__ import annotations
 
-import base64
 import json
 import logging
 import re
@@ -49,6 +48,7 @@ from fuzz.strategies import (
 from gatewaylab import FakeProcess
 from switchyard.api.models import ModelEndpointSpec, ModelGatewaySpec
 from switchyard.render.envoy import cluster_name
+from tests_support import hygiene
 from tests_support.cluster import Cluster
 from tests_support.scenario import API_VERSION, Operator
 
@@ -499,28 +499,14 @@ class FuzzWorld:
                 named.append(f"{body['kind']} {namespace}/{name}: {spec}")
         return "\n".join([*problems[:40], "", "objects named above:", *named[:40]])
 
-    def key_material_places(self) -> dict[str, str]:
-        """Everywhere key material must never be: the operator's log, ConfigMaps, Events,
-        and the status of every fuzzed object."""
-        places = {"operator log": self.operator.log}
-        for namespace in self.namespaces.values():
-            if self.cluster.get("namespaces", namespace, "") is None:
-                continue
-            for kind in ("configmaps", "events"):
-                places[f"{kind} in {namespace}"] = json.dumps(self.cluster.list(kind, namespace))
-            for kind in ("modelendpoints", "modelgateways"):
-                statuses = [item.get("status") for item in self.cluster.list(kind, namespace)]
-                places[f"{kind} status in {namespace}"] = json.dumps(statuses)
-        return places
-
     def leaked_key_material(self) -> list[str]:
-        leaks = []
-        for place, text in self.key_material_places().items():
-            for value in self.key_material:
-                encoded = base64.b64encode(value.encode()).decode()
-                if value in text or encoded in text:
-                    leaks.append(place)
-        return leaks
+        """Key material in the operator's log, or in what the API server shows of the
+        fuzzed namespaces besides their Secrets."""
+        namespaces = [n for n in self.namespaces.values()
+                      if self.cluster.get("namespaces", n, "") is not None]  # fmt: skip
+        places = {"operator log": self.operator.log}
+        places.update(hygiene.cluster_places(self.cluster, namespaces))
+        return hygiene.leaks(places, self.key_material)
 
 
 def refused_field(message: str) -> str:

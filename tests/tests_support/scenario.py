@@ -15,6 +15,7 @@ from typing import Any
 from kopf.testing import KopfRunner
 from prometheus_client import REGISTRY
 
+from tests_support import hygiene
 from tests_support.cluster import Cluster, condition, eventually
 
 API_VERSION = "switchyard.dev/v1alpha1"
@@ -226,20 +227,8 @@ class Scenario:
     def prove_no_key_material_outside_secrets(self) -> None:
         assert "primed with" in self.operator.log, "the operator's log was not captured"
         places = {"operator log": self.operator.log}
-        for namespace in self.namespaces:
-            places[f"ConfigMaps in {namespace}"] = json.dumps(
-                self.cluster.list("configmaps", namespace)
-            )
-            places[f"Events in {namespace}"] = json.dumps(self.cluster.list("events", namespace))
-            for kind in ("modelendpoints", "modelgateways"):
-                statuses = [item.get("status") for item in self.cluster.list(kind, namespace)]
-                places[f"{kind} status in {namespace}"] = json.dumps(statuses)
-        assert self.key_material, "the scenario holds no key material to look for"
-        for value in self.key_material:
-            encoded = base64.b64encode(value.encode()).decode()
-            for place, text in places.items():
-                assert value not in text, f"key material found in {place}"
-                assert encoded not in text, f"base64 key material found in {place}"
+        places.update(hygiene.cluster_places(self.cluster, self.namespaces))
+        hygiene.assert_clean(places, self.key_material)
 
     def prove_owned_objects_cascade(self) -> None:
         """Deleting each gateway deletes what it owns, through the garbage collector."""
