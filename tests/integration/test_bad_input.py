@@ -447,3 +447,27 @@ def test_a_backend_the_gateway_may_not_reach_is_refused_and_reported(scenario: S
     ready = scenario.wait_condition("sneaky", "Ready", "False", "NoRoutableBackend")
     assert "a.models.svc matches none of the gateway's spec.allowedBackends" in ready["message"]
     assert_healthy_endpoint_still_served(scenario)
+
+
+def test_a_ca_bundle_without_a_certificate_is_reported_on_its_gateway(scenario: Scenario) -> None:
+    """The API server cannot read certificates; Envoy refuses every cluster trusting such a
+    bundle. So the operator refuses the gateway's spec, naming the field, and serves on."""
+    serve_healthy_endpoint(scenario)
+    not_a_certificate = "-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydA==\n-----END CERTIFICATE-----\n"
+    scenario.cluster.apply(
+        scenario.gateway_manifest(
+            "broken-tls", backendTLS={"caBundle": not_a_certificate, "hostnames": ["*.svc"]}
+        )
+    )
+
+    def refused() -> dict[str, Any] | None:
+        found = condition(scenario.gateway("broken-tls"), "Accepted")
+        return found if found and found["reason"] == "InvalidSpec" else None
+
+    accepted = eventually(refused)
+    assert accepted["status"] == "False"
+    assert "backendTLS.caBundle" in accepted["message"]
+    assert "holds no certificate that loads" in accepted["message"]
+    assert_healthy_endpoint_still_served(scenario)
+    # It owns nothing, so it is no case for the cascade proof that ends every test.
+    scenario.cluster.delete("modelgateways", "broken-tls", scenario.gateway_namespace)

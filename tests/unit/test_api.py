@@ -271,3 +271,15 @@ def test_the_crd_admits_integer_quantities_and_says_what_the_api_server_checks()
     ]
     assert "limits must be greater than zero" in limit_messages
     assert "only cpu and memory can be set" in limit_messages
+
+
+def test_a_ca_bundle_must_hold_a_certificate_that_loads() -> None:
+    """Envoy refuses every cluster that trusts a bundle without one."""
+    for bundle in (
+        "not a certificate",
+        "-----BEGIN CERTIFICATE-----\nbm90\n-----END CERTIFICATE-----",
+    ):
+        with pytest.raises(ValidationError, match="caBundle holds no certificate that loads"):
+            ModelGatewaySpec.model_validate(
+                {"backendTLS": {"caBundle": bundle, "hostnames": ["a"]}}
+            )

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import ssl
 import urllib.parse
 from collections.abc import Iterable
 from decimal import ROUND_CEILING, Decimal, localcontext
@@ -894,11 +895,22 @@ class AllowedEndpoints(_Model):
     )
 
 
+def _loadable_certificates(bundle: str) -> str:
+    """Refuse a bundle Envoy would refuse: every cluster trusting it would be rejected."""
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cadata=bundle)
+    except (ssl.SSLError, ValueError) as error:
+        raise ValueError(f"caBundle holds no certificate that loads ({error})") from None
+    return bundle
+
+
 class BackendTLS(_Model):
     """Extra trust for backends with private certificates, such as an in-cluster vLLM."""
 
-    ca_bundle: str = Field(
-        description="PEM CA certificates that sign the listed hosts' certificates.",
+    ca_bundle: Annotated[str, AfterValidator(_loadable_certificates)] = Field(
+        description="PEM CA certificates that sign the listed hosts' certificates. The API "
+        "server cannot read certificates: one that does not load makes the gateway's spec "
+        "invalid (Accepted=False, InvalidSpec), and its Envoys keep their last config.",
         min_length=1,
         max_length=262144,
     )
