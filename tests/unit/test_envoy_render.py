@@ -35,6 +35,7 @@ from switchyard.render.envoy import (
 )
 from switchyard.xds.server import Packer, XdsServer, pack, version_of
 from tests_support.plans import ALL_KEYS, GATEWAY_KEY, endpoint, gateway, sample_plan
+from tests_support.tls import make_ca_and_server
 
 
 def local(name: str, weight: int = 1, priority: int = 0, url: str | None = None) -> dict[str, Any]:
@@ -102,13 +103,14 @@ def test_each_backend_carries_its_shape_in_metadata() -> None:
     assert shape["query"] == "api-version=2024-10-21"
 
 
-def test_https_backends_get_their_own_sni_and_trust() -> None:
+def test_https_backends_get_their_own_sni_and_trust(tmp_path: Path) -> None:
+    ca = make_ca_and_server(tmp_path, "vllm.models.svc")[0].read_text()
     backends = [
         local("pub", url="https://api.example.com"),
         local("priv", url="https://vllm.models.svc:8443"),
         local("plain"),
     ]
-    tls = BackendTLS(ca_bundle="-----BEGIN CERTIFICATE-----", hostnames=["*.models.svc"])
+    tls = BackendTLS(ca_bundle=ca, hostnames=["*.models.svc"])
     [cluster] = rendered(endpoint("m", backends=backends), tls=tls)[CLUSTER_TYPE]
     matches = {m["name"]: m for m in cluster["transport_socket_matches"]}
     assert set(matches) == {"tls-pub", "tls-priv", "plaintext"}
@@ -120,7 +122,7 @@ def test_https_backends_get_their_own_sni_and_trust() -> None:
     }
     assert private["sni"] == "vllm.models.svc"
     assert private["common_tls_context"]["validation_context"]["trusted_ca"] == {
-        "inline_string": "-----BEGIN CERTIFICATE-----"
+        "inline_string": ca
     }
 
 
