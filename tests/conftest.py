@@ -9,15 +9,11 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 import localcluster
-import localnode
-from tests_support.cluster import Cluster
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests_support.cluster import Cluster, cluster_of, node_cluster
 
 
 @pytest.fixture(scope="session")
@@ -28,20 +24,12 @@ def local_cluster(
     if os.environ.get("KUBECONFIG"):
         yield None
         return
-    directory = tmp_path_factory.mktemp("cluster")
-    before = localnode.host_state()
-    local = localcluster.start(directory, node=True)
-    os.environ["KUBECONFIG"] = str(local.kubeconfig)
-    try:
-        yield local
-    finally:
-        del os.environ["KUBECONFIG"]
-        localcluster.stop(directory)
-    # The node ran Pods, a bridge, kube-proxy's chains and the kubelet's mounts: stopping it
-    # must leave the machine exactly as it was.
-    after = localnode.host_state()
-    changed = {k: (before[k], after[k]) for k in before if before[k] != after[k]}
-    assert not changed, f"the local cluster left the machine changed: {changed}"
+    with node_cluster(tmp_path_factory.mktemp("cluster")) as local:
+        os.environ["KUBECONFIG"] = str(local.kubeconfig)
+        try:
+            yield local
+        finally:
+            del os.environ["KUBECONFIG"]
 
 
 @pytest.fixture(scope="session")
@@ -51,6 +39,4 @@ def kubeconfig(local_cluster: localcluster.Cluster | None) -> str:
 
 @pytest.fixture(scope="session")
 def cluster(kubeconfig: str) -> Cluster:
-    kube = Cluster(localcluster.build() / "kubectl", kubeconfig)
-    kube.install_crds(ROOT / "crds")
-    return kube
+    return cluster_of(kubeconfig)

@@ -21,7 +21,7 @@ import images
 import localcluster
 import localnode
 from gatewaylab import FakeProcess, chart_image_values
-from tests_support.cluster import Cluster, condition, eventually
+from tests_support.cluster import Cluster, cluster_of, condition, eventually, node_cluster
 from tests_support.helm import CHART, helm
 from tests_support.scenario import API_VERSION
 
@@ -126,13 +126,31 @@ class Load:
 
 
 @pytest.fixture(scope="package")
-def pod_images(local_cluster: localcluster.Cluster | None) -> PodImages:
+def pod_cluster(
+    local_cluster: localcluster.Cluster | None, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[localcluster.Cluster]:
+    """The local cluster with its node: the session's, or, when KUBECONFIG names another
+    cluster (whose nodes could not get the images without a registry), one of the tier's
+    own."""
+    if local_cluster is not None:
+        yield local_cluster
+        return
+    with node_cluster(tmp_path_factory.mktemp("pod-cluster")) as own:
+        yield own
+
+
+@pytest.fixture(scope="package")
+def cluster(pod_cluster: localcluster.Cluster) -> Cluster:
+    """The Pod tier's cluster, in place of the session's."""
+    return cluster_of(str(pod_cluster.kubeconfig))
+
+
+@pytest.fixture(scope="package")
+def pod_images(pod_cluster: localcluster.Cluster) -> PodImages:
     """The operator image built from the project's Dockerfile and the Envoy image, imported
     into the node's container runtime (there is no registry)."""
-    if local_cluster is None:
-        pytest.skip("the Pod tier runs on the local cluster's node; `make kind-e2e` covers kind")
     built = [images.operator_image(), images.envoy_image()]
-    socket = localnode.Layout(local_cluster.directory).containerd_socket
+    socket = localnode.Layout(pod_cluster.directory).containerd_socket
     images.import_images("ctr", str(socket), built)
     return PodImages(operator=built[0].reference, envoy=built[1].reference)
 

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
 
+import localcluster
+import localnode
+
 T = TypeVar("T")
+ROOT = Path(__file__).resolve().parents[2]
 
 # Kinds whose every object a no-write check snapshots in the test namespaces.
 SNAPSHOT_KINDS = (
@@ -145,3 +150,25 @@ def condition(obj: dict[str, Any] | None, type_: str) -> dict[str, Any] | None:
         if entry["type"] == type_:
             return dict(entry)
     return None
+
+
+@contextlib.contextmanager
+def node_cluster(directory: Path) -> Iterator[localcluster.Cluster]:
+    """The local cluster with its node, stopped afterwards; the node ran Pods, a bridge,
+    kube-proxy's chains and the kubelet's mounts, and stopping it must leave the machine
+    exactly as it was."""
+    before = localnode.host_state()
+    try:
+        yield localcluster.start(directory, node=True)
+    finally:
+        localcluster.stop(directory)
+    after = localnode.host_state()
+    changed = {k: (before[k], after[k]) for k in before if before[k] != after[k]}
+    assert not changed, f"the local cluster left the machine changed: {changed}"
+
+
+def cluster_of(kubeconfig: str) -> Cluster:
+    """kubectl on the cluster `kubeconfig` names, with the CRDs installed."""
+    kube = Cluster(localcluster.build() / "kubectl", kubeconfig)
+    kube.install_crds(ROOT / "crds")
+    return kube
