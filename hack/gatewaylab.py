@@ -134,6 +134,41 @@ class FakeProcess:
         _stop(self.process)
 
 
+def envoy_refusal(config: dict[str, Any], path: Path) -> str | None:
+    """What the real Envoy says against `config` (written to `path`) in validate mode, or
+    None when it takes it."""
+    from switchyard.local_envoy import envoy_binary
+
+    path.write_text(json.dumps(config))
+    done = subprocess.run(
+        [envoy_binary(), "--mode", "validate", "-c", str(path), "--log-level", "error"],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    return None if done.returncode == 0 else done.stdout + done.stderr
+
+
+class EnvoyProcess:
+    """The real Envoy on a whole config of its own (bootstrap and resources), one worker,
+    reading backend keys from `credentials` as the gateway's Pods do."""
+
+    def __init__(self, config: dict[str, Any], workdir: Path, name: str, credentials: Path) -> None:
+        from switchyard.local_envoy import envoy_binary
+        from switchyard.render.envoy import CREDENTIALS_DIR_ENV
+
+        path = workdir / f"{name}.json"
+        path.write_text(json.dumps(config))
+        self.log = workdir / f"{name}.log"
+        self.process = subprocess.Popen(
+            [envoy_binary(), "-c", str(path), "--disable-hot-restart", "--concurrency", "1",
+             "--log-level", "warning"],
+            stdout=self.log.open("wb"), stderr=subprocess.STDOUT,
+            env={**os.environ, CREDENTIALS_DIR_ENV: str(credentials)},
+        )  # fmt: skip
+
+    def stop(self) -> None:
+        _stop(self.process)
+
+
 class LocalEnvoy:
     """`switchyard envoy --gateway`: the real Envoy with the Deployment's bootstrap."""
 

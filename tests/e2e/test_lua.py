@@ -10,9 +10,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import json
-import os
 import socket
-import subprocess
 import threading
 import urllib.error
 import urllib.request
@@ -24,14 +22,12 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from gatewaylab import free_port, wait_for_port
+from gatewaylab import EnvoyProcess, envoy_refusal, free_port, wait_for_port
 from switchyard.api.models import BackendTLS
-from switchyard.local_envoy import envoy_binary
 from switchyard.plan.gateway import GatewayPlan, plan_gateway
 from switchyard.render.envoy import (
     ANTHROPIC_VERSION,
     CLUSTER_TYPE,
-    CREDENTIALS_DIR_ENV,
     LISTENER_TYPE,
     METADATA_NAMESPACE,
     ROUTE_TYPE,
@@ -174,22 +170,14 @@ def lab_plan(upstream: str, dead: str) -> GatewayPlan:
     return plan_gateway(GATEWAY_KEY, gateway(), endpoints, {}, ALL_KEYS)
 
 
-class Envoy:
+class Envoy(EnvoyProcess):
     def __init__(self, config: dict[str, Any], credentials: Path, workdir: Path) -> None:
-        path = workdir / "envoy.json"
-        path.write_text(json.dumps(config))
-        self.log = workdir / "envoy.log"
+        super().__init__(config, workdir, "envoy", credentials)
         ports = [
             listener["address"]["socket_address"]["port_value"]
             for listener in config["static_resources"]["listeners"]
         ]
         self.port: int = ports[0]
-        self.process = subprocess.Popen(
-            [envoy_binary(), "-c", str(path), "--disable-hot-restart", "--concurrency", "1",
-             "--log-level", "warning"],
-            stdout=self.log.open("wb"), stderr=subprocess.STDOUT,
-            env={**os.environ, CREDENTIALS_DIR_ENV: str(credentials)},
-        )  # fmt: skip
         for port in ports:
             wait_for_port(port, self.process, timeout=30)
 
@@ -205,14 +193,6 @@ class Envoy:
                 return reply.status, reply.read()
         except urllib.error.HTTPError as error:
             return error.code, error.read()
-
-    def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
 
 
 @dataclass
@@ -403,12 +383,6 @@ def test_the_rendered_config_of_a_sample_gateway_passes_envoys_validation(tmp_pa
     plan = plan_gateway(GATEWAY_KEY, gateway(), endpoints, {}, ALL_KEYS)
     ca, _, _ = make_ca_and_server(tmp_path, "vllm.ml.svc")
     tls = BackendTLS(ca_bundle=ca.read_text(), hostnames=["*.ml.svc"])
-    config = tmp_path / "gateway.json"
-    config.write_text(json.dumps(static_config(render(plan, 8080, tls), free_port())))
-    done = subprocess.run(
-        [envoy_binary(), "--mode", "validate", "-c", str(config)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
+    config = static_config(render(plan, 8080, tls), free_port())
+    refusal = envoy_refusal(config, tmp_path / "gateway.json")
+    assert refusal is None, refusal

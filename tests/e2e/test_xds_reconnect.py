@@ -9,9 +9,6 @@ plan, and Envoy runs with the gateway Pods' own bootstrap (`render.envoy.bootstr
 from __future__ import annotations
 
 import asyncio
-import json
-import os
-import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,10 +17,9 @@ from typing import Any
 
 import pytest
 
-from gatewaylab import free_port
-from switchyard.local_envoy import envoy_binary
+from gatewaylab import EnvoyProcess, free_port
 from switchyard.plan.gateway import plan_gateway
-from switchyard.render.envoy import CREDENTIALS_DIR_ENV, bootstrap, render
+from switchyard.render.envoy import bootstrap, render
 from switchyard.xds.server import KEEPALIVE_TIME_MS, KEEPALIVE_TIMEOUT_MS, XdsServer
 from tests_support.plans import ALL_KEYS, GATEWAY_KEY, endpoint, gateway
 
@@ -54,7 +50,7 @@ def resources(upstream_port: int) -> dict[str, list[dict[str, Any]]]:
     return render(plan, 8080)
 
 
-class Envoy:
+class Envoy(EnvoyProcess):
     """The real Envoy with the gateway Pods' bootstrap, its listener moved to loopback."""
 
     def __init__(
@@ -68,27 +64,9 @@ class Envoy:
         config = bootstrap(node, "127.0.0.1", xds_port, free_port(), metadata)
         adjust(config)
         name = node.replace("/", "-")
-        path = workdir / f"{name}.json"
-        path.write_text(json.dumps(config))
-        self.log = workdir / f"{name}.log"
         credentials = workdir / f"{name}-credentials"
         credentials.mkdir()
-        self._log_file = self.log.open("wb")
-        self.process = subprocess.Popen(
-            [envoy_binary(), "-c", str(path), "--disable-hot-restart", "--concurrency", "1",
-             "--log-level", "warning"],
-            stdout=self._log_file, stderr=subprocess.STDOUT,
-            env={**os.environ, CREDENTIALS_DIR_ENV: str(credentials)},
-        )  # fmt: skip
-
-    def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-        self._log_file.close()
+        super().__init__(config, workdir, name, credentials)
 
 
 async def served(snapshot: dict[str, list[dict[str, Any]]], port: int, *nodes: str) -> XdsServer:

@@ -7,7 +7,6 @@ import copy
 import json
 import queue
 import re
-import subprocess
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -17,7 +16,7 @@ import grpc
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 from google.protobuf import json_format
 
-from switchyard.local_envoy import envoy_binary
+from gatewaylab import envoy_refusal
 from switchyard.render.envoy import (
     CLUSTER_TYPE,
     LISTENER_TYPE,
@@ -103,17 +102,8 @@ def envoy_verdicts(configs: dict[str, dict[str, Any]], directory: Path) -> dict[
     def validate(item: tuple[int, tuple[str, dict[str, Any]]]) -> tuple[str, str | None]:
         index, (label, config) = item
         path = directory / f"gateway-{index}.json"
-        path.write_text(json.dumps(config, indent=1))
-        done = subprocess.run(
-            [envoy_binary(), "--mode", "validate", "-c", str(path), "--log-level", "error"],
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
-        if done.returncode == 0:
-            return label, None
-        return label, f"{path}: {_complaint(done.stdout + done.stderr)}"
+        refusal = envoy_refusal(config, path)
+        return label, None if refusal is None else f"{path}: {_complaint(refusal)}"
 
     with ThreadPoolExecutor(max_workers=2) as pool:
         results = list(pool.map(validate, enumerate(configs.items())))
