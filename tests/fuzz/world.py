@@ -59,6 +59,8 @@ Ref = tuple[str, str, str]  # (kind, namespace, name)
 # How long the operator may take to report a round: about a second, typically, on a 2-core
 # machine; generous, since a pass that failed is retried after a backoff of up to 30 s.
 SETTLE_SECONDS = 60.0
+# How long what xDS serves may lag the statuses: a pass or two after a deletion.
+XDS_CATCH_UP_SECONDS = 10.0
 # Operator log lines that mean it broke: a traceback, a status the API server refused for
 # another reason than a conflict (the object moved on: the pass is retried), a pass that
 # failed for another reason than owned objects the API server refused (those show on the
@@ -271,7 +273,13 @@ class FuzzWorld:
         applied = time.monotonic()
         endpoints, gateways, verdict = self.settle(world, weight)
         settled = time.monotonic()
+        # The statuses waited for are those of the objects present; the passes that take
+        # the previous round's deleted endpoints out of xDS may still be on their way.
+        deadline = time.monotonic() + XDS_CATCH_UP_SECONDS
         problems = self.check_data_plane(endpoints, gateways, verdict, weight)
+        while problems and time.monotonic() < deadline:
+            time.sleep(0.5)
+            problems = self.check_data_plane(endpoints, gateways, verdict, weight)
         problems += self.check_operator()
         self.tally.phases["apply"] += applied - started
         self.tally.phases["settle"] += settled - applied
