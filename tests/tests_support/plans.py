@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from switchyard.api.models import ModelEndpointSpec, ModelGatewaySpec
+from switchyard.api.models import ModelClientSpec, ModelEndpointSpec, ModelGatewaySpec
+from switchyard.plan.clients import ClientSource, ClientsPlan, key_digest, plan_clients
 from switchyard.plan.gateway import (
     EndpointSource,
     GatewayPlan,
@@ -61,3 +62,24 @@ def endpoint(
 
 def sample_plan() -> GatewayPlan:
     return plan_gateway(GATEWAY_KEY, gateway(), [endpoint("chat")], {}, ALL_KEYS)
+
+
+def client(name: str, namespace: str = "team-a", **spec: Any) -> ClientSource:
+    """A ModelClient of the `infra/shared` gateway."""
+    parsed = ModelClientSpec.model_validate(
+        {"gatewayRef": {"name": GATEWAY_KEY[1], "namespace": GATEWAY_KEY[0]}, **spec}
+    )
+    return ClientSource(namespace, name, 1, "2026-01-01T00:00:00Z", parsed)
+
+
+def sample_clients(plan: GatewayPlan, key: str = "sk-client") -> ClientsPlan:
+    """One client of team-a, identified by `key` (in Secret team-a/client, key "key") and by
+    its ServiceAccount "app"."""
+    return plan_clients(
+        GATEWAY_KEY,
+        gateway(),
+        [client("app", apiKeyRef={"name": "client", "key": "key"}, serviceAccounts=["app"])],
+        plan,
+        {},
+        {("team-a", "client"): {"key": key_digest(key.encode())}},
+    )

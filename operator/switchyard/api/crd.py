@@ -13,6 +13,8 @@ from pydantic import BaseModel
 from switchyard.api.models import (
     GROUP,
     VERSION,
+    ModelClientSpec,
+    ModelClientStatus,
     ModelEndpointSpec,
     ModelEndpointStatus,
     ModelGatewaySpec,
@@ -153,10 +155,25 @@ def custom_resource_definitions() -> dict[str, dict[str, Any]]:
         columns=[
             {"name": "Type", "type": "string", "jsonPath": ".spec.dataPlane.type"},
             {"name": "Port", "type": "integer", "jsonPath": ".spec.listener.port"},
+            {"name": "Client-Auth", "type": "string", "jsonPath": ".spec.clientAuth.mode"},
             {"name": "Endpoints", "type": "integer", "jsonPath": ".status.attachedEndpoints"},
         ],
     )
+    client = _crd(
+        kind="ModelClient",
+        plural="modelclients",
+        short_names=["mcl"],
+        description="ModelClient names one application that calls a ModelGateway, how it "
+        "proves who it is (an API key, ServiceAccount tokens), and which models it may call.",
+        spec=ModelClientSpec,
+        status=ModelClientStatus,
+        columns=[
+            {"name": "Gateway", "type": "string", "jsonPath": ".spec.gatewayRef.name"},
+            {"name": "Models", "type": "string", "jsonPath": ".status.models"},
+        ],
+    )
     return {
+        f"{GROUP}_modelclients.yaml": client,
         f"{GROUP}_modelendpoints.yaml": endpoint,
         f"{GROUP}_modelgateways.yaml": gateway,
     }

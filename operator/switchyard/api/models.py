@@ -268,16 +268,16 @@ class RetryOn(StrEnum):
 
 
 class SecretKeyRef(_Model):
-    """A key of a Secret in the ModelEndpoint's own namespace."""
+    """A key of a Secret in the referring object's own namespace."""
 
     name: str = Field(
-        description="Name of the Secret, in the ModelEndpoint's namespace.",
+        description="Name of the Secret, in the referring object's namespace.",
         min_length=1,
         max_length=253,
         pattern=DNS_SUBDOMAIN,
     )
     key: str = Field(
-        description="Key within the Secret's data whose value is the provider API key.",
+        description="Key within the Secret's data whose value is the API key.",
         min_length=1,
         max_length=253,
         pattern=SECRET_KEY,
@@ -526,6 +526,12 @@ class ModelEndpointSpec(_Model):
         default_factory=Retry,
         description="Retry policy of the data plane.",
         json_schema_extra={"default": defaults_of(Retry)},
+    )
+    allowed_clients: AllowedClients = Field(
+        default_factory=lambda: AllowedClients(),
+        description="Which namespaces' ModelClients may call this model. Defaults to the "
+        "endpoint's own namespace. Ignored by a gateway whose clientAuth.mode is Disabled.",
+        json_schema_extra={"default": {"namespaces": {"from": "Same"}}},
     )
 
     @model_validator(mode="after")
@@ -895,6 +901,20 @@ class AllowedEndpoints(_Model):
     )
 
 
+class AllowedClients(_Model):
+    """Which ModelClients may call an endpoint's model, by their namespace."""
+
+    namespaces: NamespacePolicy = Field(
+        default_factory=NamespacePolicy,
+        description="The namespaces whose ModelClients may call the model.",
+        json_schema_extra={"default": defaults_of(NamespacePolicy)},
+    )
+
+
+# Declared above the namespace policy it uses.
+ModelEndpointSpec.model_rebuild()
+
+
 def _loadable_certificates(bundle: str) -> str:
     """Refuse a bundle Envoy would refuse: every cluster trusting it would be rejected."""
     try:
@@ -973,6 +993,25 @@ class AllowedBackends(_Model):
     )
 
 
+class ClientAuthMode(StrEnum):
+    """Whether the gateway serves only clients it can identify."""
+
+    REQUIRED = "Required"
+    DISABLED = "Disabled"
+
+
+class ClientAuth(_Model):
+    """How the gateway tells its clients apart."""
+
+    mode: ClientAuthMode = Field(
+        default=ClientAuthMode.REQUIRED,
+        description="Required: a request is served only when its API key or ServiceAccount "
+        "token identifies a ModelClient of this gateway that may call the model; otherwise "
+        "401 (no or unknown credential) or 403 (model not allowed). Disabled: anyone who "
+        "reaches the listener is served, and the gateway's status says so.",
+    )
+
+
 class ModelGatewaySpec(_Model):
     """A data plane that serves the ModelEndpoints attached to it."""
 
@@ -1000,6 +1039,11 @@ class ModelGatewaySpec(_Model):
         "addresses (169.254.0.0/16, fe80::/10, fd00:ec2::254, 100.100.100.200, "
         "metadata.google.internal) and the Kubernetes API server are never backends.",
     )
+    client_auth: ClientAuth = Field(
+        default_factory=ClientAuth,
+        description="Who may call the gateway. Defaults to Required: only identified ModelClients.",
+        json_schema_extra={"default": defaults_of(ClientAuth)},
+    )
     backend_tls: BackendTLS | None = Field(
         default=None,
         alias="backendTLS",
@@ -1023,3 +1067,95 @@ class ModelGatewayStatus(_Model):
 def spec_of(model: type[_Model], body: dict[str, Any]) -> Any:
     """Validate the `spec` of an object body read from the API server or a file."""
     return model.model_validate(body.get("spec") or {})
+
+
+LIMITS_MESSAGE = (
+    "limits are not enforced yet: remove spec.limits (requests and tokens per minute per "
+    "client come in a later release)"
+)
+
+
+class ClientLimits(_Model):
+    """Per-client rate limits, held across every data-plane replica (not enforced yet)."""
+
+    requests_per_minute: int | None = Field(
+        default=None, ge=1, description="Requests per minute the client may send."
+    )
+    tokens_per_minute: int | None = Field(
+        default=None, ge=1, description="Prompt plus completion tokens per minute."
+    )
+
+
+class ModelClientSpec(_Model):
+    """One calling application of a gateway, and how it proves who it is."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    "has(self.apiKeyRef) || (has(self.serviceAccounts) && "
+                    "size(self.serviceAccounts) > 0)",
+                    "a client needs apiKeyRef, serviceAccounts, or both",
+                ),
+                cel(
+                    "!has(self.limits)",
+                    LIMITS_MESSAGE,
+                    fieldPath=".limits",
+                    reason="FieldValueForbidden",
+                ),
+            ]
+        }
+    )
+
+    gateway_ref: GatewayRef = Field(
+        description="The ModelGateway this client calls. namespace defaults to the client's."
+    )
+    api_key_ref: SecretKeyRef | None = Field(
+        default=None,
+        description="A key of a Secret in the client's namespace whose value is the API key "
+        "the client sends, as `Authorization: Bearer <key>`, `x-api-key: <key>` or "
+        "`api-key: <key>` (the OpenAI, Anthropic and Azure SDKs' habits). The gateway "
+        "compares SHA-256 digests: the key itself never leaves Secrets. Rotating the "
+        "Secret's value takes effect within seconds, without a restart.",
+    )
+    service_accounts: list[
+        Annotated[str, Field(min_length=1, max_length=253, pattern=DNS_SUBDOMAIN)]
+    ] = Field(
+        default_factory=list,
+        max_length=32,
+        description="ServiceAccounts of the client's namespace whose projected tokens "
+        "(audience `switchyard`, sent as `Authorization: Bearer <token>`) identify the "
+        "client. The gateway verifies them against the cluster's service-account issuer "
+        "keys: no key to hand out.",
+        json_schema_extra={"x-kubernetes-list-type": "set"},
+    )
+    models: list[Annotated[str, Field(min_length=1, max_length=253)]] = Field(
+        default_factory=list,
+        max_length=256,
+        description="The models this client may call, narrowing what the endpoints' "
+        "allowedClients admit. Empty: every model whose endpoint admits the client's namespace.",
+        json_schema_extra={"x-kubernetes-list-type": "set"},
+    )
+    limits: ClientLimits | None = Field(
+        default=None, description="Reserved: refused until per-client limits are enforced."
+    )
+
+    @model_validator(mode="after")
+    def _identified(self) -> ModelClientSpec:
+        if self.api_key_ref is None and not self.service_accounts:
+            raise ValueError("a client needs apiKeyRef, serviceAccounts, or both")
+        if self.limits is not None:
+            raise ValueError(LIMITS_MESSAGE)
+        return self
+
+
+class ModelClientStatus(_Model):
+    """Observed state of a ModelClient."""
+
+    observed_generation: int | None = Field(
+        default=None, description="The .metadata.generation this status describes."
+    )
+    conditions: ConditionList
+    models: list[str] = Field(
+        default_factory=list, description="The models the client may call now, sorted."
+    )

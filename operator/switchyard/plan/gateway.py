@@ -10,11 +10,11 @@ import base64
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from switchyard.api.models import ModelEndpointSpec, ModelGatewaySpec, NamespacesFrom
+from switchyard.api.models import ModelEndpointSpec, ModelGatewaySpec
 from switchyard.plan.conditions import DesiredCondition
 from switchyard.plan.egress import ANY_CLUSTER, NOT_ALLOWED, ApiServer, refusal
 from switchyard.plan.routing import EndpointPlan, PlanCache, zero_weight_tiers
-from switchyard.plan.selectors import selector_matches
+from switchyard.plan.selectors import namespace_admitted
 
 ObjectKey = tuple[str, str]  # (namespace, name)
 
@@ -104,15 +104,7 @@ def admits(
     gateway: GatewaySource, namespace: str, namespace_labels: Mapping[str, str] | None
 ) -> bool:
     policy = gateway.spec.allowed_endpoints.namespaces
-    if policy.from_ == NamespacesFrom.ALL:
-        return True
-    if policy.from_ == NamespacesFrom.SAME:
-        return namespace == gateway.namespace
-    return (
-        policy.selector is not None
-        and namespace_labels is not None
-        and selector_matches(policy.selector, namespace_labels)
-    )
+    return namespace_admitted(policy, gateway.namespace, namespace, namespace_labels)
 
 
 def plan_gateway(

@@ -4,7 +4,23 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from switchyard.api.models import LabelSelector
+from switchyard.api.models import LabelSelector, NamespacePolicy, NamespacesFrom
+
+
+def namespace_admitted(
+    policy: NamespacePolicy, home: str, namespace: str, labels: Mapping[str, str] | None
+) -> bool:
+    """Whether `policy` (Same, All, or a Selector), set on an object in namespace `home`,
+    admits objects of `namespace`, whose labels are `labels` (None: not known yet)."""
+    if policy.from_ == NamespacesFrom.ALL:
+        return True
+    if policy.from_ == NamespacesFrom.SAME:
+        return namespace == home
+    return (
+        policy.selector is not None
+        and labels is not None
+        and selector_matches(policy.selector, labels)
+    )
 
 
 def selector_matches(selector: LabelSelector, labels: Mapping[str, str]) -> bool:

@@ -37,6 +37,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from switchyard.api.models import BackendTLS
+from switchyard.plan.clients import ClientsPlan, TokenIssuer
 from switchyard.plan.gateway import GatewayPlan
 from switchyard.plan.routing import BackendRoute, EndpointPlan
 
@@ -44,6 +45,18 @@ TYPE = "type.googleapis.com/"
 CLUSTER_TYPE = TYPE + "envoy.config.cluster.v3.Cluster"
 LISTENER_TYPE = TYPE + "envoy.config.listener.v3.Listener"
 ROUTE_TYPE = TYPE + "envoy.config.route.v3.RouteConfiguration"
+# Filter configs served on their own (ECDS): the client table changes without the listener.
+EXTENSION_TYPE = TYPE + "envoy.config.core.v3.TypedExtensionConfig"
+LUA_TYPE = TYPE + "envoy.extensions.filters.http.lua.v3.Lua"
+JWT_TYPE = TYPE + "envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication"
+# The two filters that identify clients, by the names their ECDS resources carry.
+CLIENT_TOKENS_FILTER = "switchyard.client-tokens"
+CLIENTS_FILTER = "switchyard.clients"
+# ServiceAccount tokens that identify clients are made for this audience, and no other.
+TOKEN_AUDIENCE = "switchyard"
+# Where jwt_authn leaves a verified token's claims for the clients filter.
+TOKEN_METADATA_NAMESPACE = "envoy.filters.http.jwt_authn"
+TOKEN_METADATA_KEY = "token"
 # The listener's routes, served over ADS as a resource of their own.
 ROUTE_CONFIG_NAME = "switchyard"
 ANTHROPIC_VERSION = "2023-06-01"
@@ -124,6 +137,42 @@ def _backend_shaper_lua() -> str:
     )
 
 
+def _clients_lua(clients: ClientsPlan, served: frozenset[str]) -> str:
+    unauthenticated = (
+        "A valid API key or ServiceAccount token is required: this gateway serves"
+        " only its ModelClients."
+    )
+    forbidden = "This client may not call this model."
+    config: dict[str, LuaValue] = {
+        "keys": {g.key_digest: g.identity for g in clients.grants if g.key_digest},
+        "subjects": {s: g.identity for g in clients.grants for s in g.subjects},
+        "grants": {g.identity: dict.fromkeys(g.models, "1") for g in clients.grants},
+        "served": dict.fromkeys(sorted(served), "1"),
+        "metadata_namespace": METADATA_NAMESPACE,
+        "token_namespace": TOKEN_METADATA_NAMESPACE,
+        "token_key": TOKEN_METADATA_KEY,
+        "unauthenticated": {
+            "openai": json.dumps(openai_error(CLIENT_ERROR, unauthenticated, "invalid_api_key")),
+            "anthropic": anthropic_error("authentication_error", unauthenticated),
+        },
+        "forbidden": {
+            "openai": json.dumps(openai_error(CLIENT_ERROR, forbidden, "model_not_allowed")),
+            "anthropic": anthropic_error("permission_error", forbidden),
+        },
+    }
+    # sha256.lua after the program, so that line numbers in errors match client_auth.lua.
+    return lua_program("client_auth.lua", config) + "\n" + _sha256_lua()
+
+
+@functools.cache
+def _sha256_lua() -> str:
+    return (LUA_FILES / "sha256.lua").read_text(encoding="utf-8")
+
+
+def anthropic_error(kind: str, message: str) -> str:
+    return json.dumps({"type": "error", "error": {"type": kind, "message": message}})
+
+
 @functools.cache
 def _provider_refusal_lua() -> str:
     message = "Every provider of this model refused the gateway's credentials."
@@ -135,9 +184,7 @@ def _provider_refusal_lua() -> str:
             "openai_body": json.dumps(
                 openai_error(SERVER_ERROR, message, "provider_refused_credentials")
             ),
-            "anthropic_body": json.dumps(
-                {"type": "error", "error": {"type": "api_error", "message": message}}
-            ),
+            "anthropic_body": anthropic_error("api_error", message),
         },
     )
 
@@ -181,8 +228,11 @@ def render(
     port: int,
     backend_tls: BackendTLS | None = None,
     cache: RenderCache | None = None,
+    clients: ClientsPlan | None = None,
+    issuer: TokenIssuer | None = None,
 ) -> dict[str, Resources]:
-    """xDS resources by type URL for the gateway's Envoys."""
+    """xDS resources by type URL for the gateway's Envoys. With `clients` that the gateway
+    requires, only those clients are served; `issuer` verifies their ServiceAccount tokens."""
     tls = backend_tls.model_dump_json() if backend_tls is not None else ""
     previous = cache.entries if cache is not None else {}
     used: dict[tuple[EndpointPlan, str], tuple[Resources, Resources]] = {}
@@ -196,10 +246,70 @@ def render(
         routes += rendered[1]
     if cache is not None:
         cache.entries = used
-    return {
+    resources = {
         CLUSTER_TYPE: clusters,
-        LISTENER_TYPE: [_listener(port)],
+        LISTENER_TYPE: [_listener(port, clients is not None and clients.required)],
         ROUTE_TYPE: [_route_configuration(plan, routes)],
+    }
+    if clients is not None and clients.required:
+        # Only then: an Envoy subscribes to (and ACKs) what its listener asks for.
+        served = frozenset(e.model for e in plan.attached)
+        resources[EXTENSION_TYPE] = [
+            _extension(CLIENT_TOKENS_FILTER, _client_tokens(issuer)),
+            _extension(CLIENTS_FILTER, _lua_config(_clients_lua(clients, served))),
+        ]
+    return resources
+
+
+def _extension(name: str, config: dict[str, Any]) -> dict[str, Any]:
+    return {"name": name, "typed_config": config}
+
+
+def _discovered(name: str, type_url: str) -> dict[str, Any]:
+    """An HTTP filter whose config comes over ADS as an ECDS resource of its own. Until it
+    has come, the listener is not ready: no request passes unchecked."""
+    return {
+        "name": name,
+        "config_discovery": {
+            "config_source": {"ads": {}, "resource_api_version": "V3"},
+            "type_urls": [type_url],
+        },
+    }
+
+
+def _client_tokens(issuer: TokenIssuer | None) -> dict[str, Any]:
+    """jwt_authn, verifying ServiceAccount tokens made for the gateway against the cluster
+    issuer's public keys. A request without a valid token passes on to the clients filter,
+    which looks for an API key instead (the same header may carry either)."""
+    if issuer is None:
+        # Issuer keys not known (yet): no token verifies, API keys still do.
+        return {"@type": JWT_TYPE}
+    provider = "kubernetes"
+    return {
+        "@type": JWT_TYPE,
+        "providers": {
+            provider: {
+                "issuer": issuer.issuer,
+                "audiences": [TOKEN_AUDIENCE],
+                "local_jwks": {"inline_string": issuer.jwks},
+                "from_headers": [{"name": "authorization", "value_prefix": "Bearer "}],
+                "payload_in_metadata": TOKEN_METADATA_KEY,
+                "forward": True,  # the clients filter removes every credential header
+            }
+        },
+        "rules": [
+            {
+                "match": {"prefix": "/"},
+                "requires": {
+                    "requires_any": {
+                        "requirements": [
+                            {"provider_name": provider},
+                            {"allow_missing_or_failed": {}},
+                        ]
+                    }
+                },
+            }
+        ],
     }
 
 
@@ -261,8 +371,14 @@ def _route_configuration(plan: GatewayPlan, endpoint_routes: Resources) -> dict[
 
 
 @functools.cache
-def _listener(port: int) -> dict[str, Any]:
-    """The same for every plan (one object per port): its routes come over RDS."""
+def _listener(port: int, clients_checked: bool) -> dict[str, Any]:
+    """The same for every plan (one object per port and client check): its routes come
+    over RDS, the client table over ECDS."""
+    checks = (
+        [_discovered(CLIENT_TOKENS_FILTER, JWT_TYPE), _discovered(CLIENTS_FILTER, LUA_TYPE)]
+        if clients_checked
+        else []
+    )
     return {
         "name": f"switchyard-{port}",
         "address": {"socket_address": {"address": "0.0.0.0", "port_value": port}},
@@ -280,6 +396,7 @@ def _listener(port: int) -> dict[str, Any]:
                             "request_timeout": "0s",
                             "http_filters": [
                                 _model_to_metadata(),
+                                *checks,
                                 _lua("original_path", _original_path_lua()),
                                 _lua("provider_refusal", _provider_refusal_lua()),
                                 _router(),
@@ -289,6 +406,7 @@ def _listener(port: int) -> dict[str, Any]:
                                 "route_config_name": ROUTE_CONFIG_NAME,
                             },
                             "local_reply_config": _local_replies(),
+                            "access_log": [_access_record()],
                         },
                     }
                 ]
@@ -309,8 +427,24 @@ def _local_replies() -> dict[str, Any]:
             "body_format_override": {"json_format": openai_error(kind, message, code)},
         }
 
+    # The clients filter answers 401 and 403 in the format of the API the client spoke:
+    # as it wrote them.
+    as_written = [
+        {
+            "filter": {
+                "status_code_filter": {
+                    "comparison": {
+                        "op": "EQ",
+                        "value": {"default_value": status, "runtime_key": "switchyard"},
+                    }
+                }
+            }
+        }
+        for status in (401, 403)
+    ]
     return {
         "mappers": [
+            *as_written,
             mapper(
                 "EQ",
                 404,
@@ -500,12 +634,37 @@ def _retry_constants() -> dict[str, Any]:
 
 
 def _lua(name: str, source: str) -> dict[str, Any]:
+    return {"name": "envoy.filters.http.lua", "typed_config": _lua_config(source, name)}
+
+
+def _lua_config(source: str, stat_prefix: str = "clients") -> dict[str, Any]:
     return {
-        "name": "envoy.filters.http.lua",
+        "@type": LUA_TYPE,
+        "stat_prefix": stat_prefix,
+        "default_source_code": {"inline_string": source},
+    }
+
+
+def _access_record() -> dict[str, Any]:
+    """One JSON line per request on Envoy's stdout: who called (the ModelClient, as
+    namespace/name), which model, and how it went. Never a header: they carry keys."""
+    fields = {
+        "time": "%START_TIME%",
+        "client": f"%DYNAMIC_METADATA({METADATA_NAMESPACE}:client)%",
+        "model": f"%DYNAMIC_METADATA({METADATA_NAMESPACE}:model)%",
+        "method": "%REQ(:METHOD)%",
+        "path": "%PATH(WQ:ORIG)%",  # without the query: never a credential
+        "status": "%RESPONSE_CODE%",
+        "flags": "%RESPONSE_FLAGS%",
+        "upstream": "%UPSTREAM_HOST%",
+        "attempts": "%UPSTREAM_REQUEST_ATTEMPT_COUNT%",
+        "duration_ms": "%DURATION%",
+    }
+    return {
+        "name": "envoy.access_loggers.stdout",
         "typed_config": {
-            "@type": TYPE + "envoy.extensions.filters.http.lua.v3.Lua",
-            "stat_prefix": name,
-            "default_source_code": {"inline_string": source},
+            "@type": TYPE + "envoy.extensions.access_loggers.stream.v3.StdoutAccessLog",
+            "log_format": {"json_format": fields},
         },
     }
 

@@ -30,9 +30,11 @@ logger = logging.getLogger(__name__)
 CLUSTER = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
 LISTENER = "type.googleapis.com/envoy.config.listener.v3.Listener"
 ROUTE = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
+EXTENSION = "type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig"
 # Envoy's ADS order: clusters before the listeners and routes that use them, so a route
-# never names a cluster Envoy has not been given yet.
-PUSH_ORDER = (CLUSTER, LISTENER, ROUTE)
+# never names a cluster Envoy has not been given yet; a listener's filter configs (ECDS)
+# with the listener.
+PUSH_ORDER = (CLUSTER, LISTENER, EXTENSION, ROUTE)
 
 # Keepalive on every connection: a ping every KEEPALIVE_TIME_MS, and one unanswered for
 # KEEPALIVE_TIMEOUT_MS closes the connection and ends its streams. Without it, an Envoy
