@@ -232,6 +232,36 @@ class Outcome:
         return {port: n / total for port, n in counts.items()}
 
 
+# The API key of the lab's ModelClient (`lab_client`): what the load client sends unless
+# told otherwise, as an app with its team's key does.
+CLIENT_KEY = "sk-switchyard-lab-client-0f3b9c"
+CLIENT_HEADERS = {"authorization": f"Bearer {CLIENT_KEY}"}
+
+
+def lab_client(
+    namespace: str, gateway: str, gateway_namespace: str | None = None, name: str = "lab"
+) -> list[dict[str, Any]]:
+    """A ModelClient in `namespace` for `gateway` (in `gateway_namespace`, by default the
+    same), identified by CLIENT_KEY, and the Secret that holds the key."""
+    return [
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": f"{name}-client-key", "namespace": namespace},
+            "stringData": {"api-key": CLIENT_KEY},
+        },
+        {
+            "apiVersion": "switchyard.dev/v1alpha1",
+            "kind": "ModelClient",
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": {
+                "gatewayRef": {"name": gateway, "namespace": gateway_namespace or namespace},
+                "apiKeyRef": {"name": f"{name}-client-key", "key": "api-key"},
+            },
+        },
+    ]
+
+
 def chat(model: str, **extra: Any) -> dict[str, Any]:
     return {"model": model, "messages": [{"role": "user", "content": "hello"}], **extra}
 
@@ -243,7 +273,9 @@ async def send(
     concurrency: int = 16,
     headers: dict[str, str] | None = None,
 ) -> Outcome:
-    """POST `body` `count` times with bounded concurrency, noting who answered each."""
+    """POST `body` `count` times with bounded concurrency, noting who answered each; as the
+    lab's client (CLIENT_HEADERS) unless `headers` says otherwise."""
+    headers = CLIENT_HEADERS if headers is None else headers
     outcome = Outcome()
     remaining = iter(range(count))
     client_timeout = aiohttp.ClientTimeout(total=30)

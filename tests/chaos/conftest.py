@@ -30,7 +30,7 @@ import pytest
 import yaml
 
 import localcluster
-from gatewaylab import SWITCHYARD, FakeProcess, LocalEnvoy, free_port
+from gatewaylab import CLIENT_KEY, SWITCHYARD, FakeProcess, LocalEnvoy, free_port, lab_client
 from switchyard.handlers.leadership import LEASE_NAME
 from switchyard.plan.routing import credentials_key
 from tests_support.cluster import Cluster, KubectlError, condition, eventually
@@ -107,7 +107,7 @@ class Load:
             worker.start()
 
     def _run(self, model: str) -> None:
-        client = openai.OpenAI(base_url=self.base_url, api_key="unused", max_retries=0)
+        client = openai.OpenAI(base_url=self.base_url, api_key=CLIENT_KEY, max_retries=0)
         while not self._stop.is_set():
             try:
                 client.chat.completions.create(
@@ -220,7 +220,7 @@ class ChaosWorld:
 
     @property
     def key_material(self) -> list[str]:
-        return [fake.api_key for fake in self.fakes.values()]
+        return [CLIENT_KEY, *(fake.api_key for fake in self.fakes.values())]
 
     # --- the replicas
 
@@ -331,6 +331,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ChaosWorld]:
             {"apiVersion": API_VERSION, "kind": "ModelGateway",
              "metadata": {"name": GATEWAY, "namespace": world.namespace},
              "spec": {"listener": {"port": 8080}}},
+            *lab_client(world.namespace, GATEWAY),
         )  # fmt: skip
         for name, fakes_of in STEADY.items():
             world.apply_endpoint(name, fakes_of)

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from gatewaylab import FakeProcess, LocalEnvoy, chat, free_port, send_sync
+from gatewaylab import FakeProcess, LocalEnvoy, chat, free_port, lab_client, send_sync
 from tests_support.cluster import Cluster, condition, eventually
 from tests_support.scenario import API_VERSION, Operator
 from tests_support.tls import make_ca_and_server
@@ -132,6 +132,7 @@ def lab(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
                     "backendTLS": {"caBundle": ca.read_text(), "hostnames": ["localhost"]},
                 },
             },
+            *lab_client(namespace, "gw"),
         )
         operator.start()
         log: Path = tmp_path_factory.mktemp("envoy") / "envoy.log"

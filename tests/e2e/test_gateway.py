@@ -16,7 +16,7 @@ import aiohttp
 import openai
 import pytest
 
-from gatewaylab import LocalEnvoy, Outcome, chat, send_sync
+from gatewaylab import CLIENT_HEADERS, CLIENT_KEY, LocalEnvoy, Outcome, chat, send_sync
 from tests_support import hygiene
 from tests_support.cluster import condition, eventually
 
@@ -130,7 +130,9 @@ def test_streaming_passes_through_unbuffered(lab: Lab) -> None:
         arrivals = []
         async with aiohttp.ClientSession() as session:
             started = time.monotonic()
-            async with session.post(lab.url, json=chat(model, stream=True)) as reply:
+            async with session.post(
+                lab.url, json=chat(model, stream=True), headers=CLIENT_HEADERS
+            ) as reply:
                 assert reply.headers["content-type"].startswith("text/event-stream")
                 async for line in reply.content:
                     if line.startswith(b"data: "):
@@ -217,7 +219,7 @@ def test_a_providers_refusal_of_the_gateways_key_reaches_clients_as_a_gateway_er
     key = fake.api_key
     fake.rotate_key(f"{key}-elsewhere")  # the provider no longer takes the gateway's key
     fake.forget_requests()
-    client = openai.OpenAI(base_url=f"{lab.envoy.url}/v1", api_key="unused", max_retries=0)
+    client = openai.OpenAI(base_url=f"{lab.envoy.url}/v1", api_key=CLIENT_KEY, max_retries=0)
     try:
         with pytest.raises(openai.InternalServerError) as refused:
             client.chat.completions.create(
@@ -240,7 +242,9 @@ def test_malformed_requests_get_openai_errors(lab: Lab) -> None:
     async def post(data: bytes) -> tuple[int, dict[str, Any]]:
         async with (
             aiohttp.ClientSession() as session,
-            session.post(lab.url, data=data, headers={"content-type": "application/json"}) as r,
+            session.post(
+                lab.url, data=data, headers={"content-type": "application/json", **CLIENT_HEADERS}
+            ) as r,
         ):
             return r.status, await r.json(content_type=None)
 
@@ -260,7 +264,7 @@ def test_malformed_requests_get_openai_errors(lab: Lab) -> None:
     async def models() -> dict[str, Any]:
         async with (
             aiohttp.ClientSession() as session,
-            session.get(f"{lab.envoy.url}/v1/models") as reply,
+            session.get(f"{lab.envoy.url}/v1/models", headers=CLIENT_HEADERS) as reply,
         ):
             result: dict[str, Any] = await reply.json()
             return result
@@ -631,4 +635,4 @@ def test_no_secret_anywhere_a_person_or_program_can_read(lab: Lab) -> None:
         **hygiene.cluster_places(lab.cluster, [lab.namespace]),
     }
     assert "switchyard/" in places["Envoy's config dump"], "the config dump holds no route"
-    hygiene.assert_clean(places, [fake.api_key for fake in lab.fakes.values()])
+    hygiene.assert_clean(places, [CLIENT_KEY, *(fake.api_key for fake in lab.fakes.values())])

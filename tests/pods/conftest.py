@@ -20,7 +20,7 @@ from openai import OpenAI, OpenAIError
 import images
 import localcluster
 import localnode
-from gatewaylab import FakeProcess, chart_image_values
+from gatewaylab import CLIENT_KEY, FakeProcess, chart_image_values, lab_client
 from tests_support.cluster import Cluster, cluster_of, condition, eventually, node_cluster
 from tests_support.helm import CHART, helm
 from tests_support.scenario import API_VERSION
@@ -58,7 +58,7 @@ class Gateway:
 
     def client(self) -> OpenAI:
         # No retries in the client: a request the gateway fails counts as failed.
-        return OpenAI(base_url=self.base_url, api_key="unused", max_retries=0, timeout=30)
+        return OpenAI(base_url=self.base_url, api_key=CLIENT_KEY, max_retries=0, timeout=30)
 
     def backend_of(self, reply_text: str) -> str:
         for name, fake in self.fakes.items():
@@ -195,6 +195,7 @@ def gateway(cluster: Cluster, operator_release: str) -> Iterator[Gateway]:
             {"apiVersion": "v1", "kind": "Secret",
              "metadata": {"name": "providers", "namespace": APP_NAMESPACE},
              "stringData": {name: fake.api_key for name, fake in fakes.items()}},
+            *lab_client(APP_NAMESPACE, GATEWAY, GATEWAY_NAMESPACE),
             {"apiVersion": API_VERSION, "kind": "ModelGateway",
              "metadata": {"name": GATEWAY, "namespace": GATEWAY_NAMESPACE},
              "spec": {"dataPlane": {"replicas": 2}, "listener": {"port": 8080},

@@ -20,6 +20,7 @@ from typing import Any
 from switchyard.handlers.state import Store
 from switchyard.handlers.sync import GatewaySync
 from switchyard.kube.client import Kube, describe_error
+from switchyard.plan.clients import TokenIssuer
 
 logger = logging.getLogger(__name__)
 
@@ -31,14 +32,34 @@ RECONNECTED_DELAY_SECONDS = 2.0
 
 async def _listed(
     kube: Kube, namespaces: tuple[str, ...]
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, dict[str, str]]]:
+) -> tuple[
+    list[dict[str, Any]], list[dict[str, Any]], dict[str, dict[str, str]], list[dict[str, Any]]
+]:
     gateways = await kube.list_custom("modelgateways", namespaces)
     endpoints = await kube.list_custom("modelendpoints", namespaces)
     labels = {
         item["metadata"]["name"]: item["metadata"].get("labels") or {}
         for item in await kube.list_namespaces()
     }
-    return gateways, endpoints, labels
+    clients = await kube.list_custom("modelclients", namespaces)
+    return gateways, endpoints, labels, clients
+
+
+async def token_issuer(kube: Kube) -> TokenIssuer | None:
+    """The cluster's ServiceAccount token issuer and its keys, or None when the API server
+    does not say (clients are then identified by API key only, until a relist finds it)."""
+    try:
+        found = await kube.service_account_issuer()
+    except asyncio.CancelledError:
+        raise
+    except Exception as error:
+        logger.warning(
+            "cannot read the ServiceAccount token issuer (%s): ModelClients are identified "
+            "by API key only until it can be read",
+            describe_error(error),
+        )
+        return None
+    return TokenIssuer(*found) if found is not None else None
 
 
 async def prime(kube: Kube, store: Store, namespaces: tuple[str, ...]) -> None:
@@ -52,6 +73,7 @@ async def resync(kube: Kube, store: Store, sync: GatewaySync, namespaces: tuple[
     """One relist: the store made equal to the cluster, referenced Secrets read again, and
     every gateway passed over with its owned objects verified."""
     affected = store.replace_all(*await _listed(kube, namespaces))
+    sync.set_issuer(await token_issuer(kube))
     for secret in sorted(store.referenced_secrets()):
         data = await kube.read_secret_data(*secret)
         if sync.secrets.observe(secret, data):

@@ -187,6 +187,7 @@ async def start(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
     # An Envoy that connects, ACKs or NACKs changes its gateway's Programmed condition.
     xds.on_change = lambda node: sync.mark({gateway_of_node(node)})
     xds.on_failed_attempt = sync.failed_attempt
+    sync.issuer = await informer.token_issuer(kube)
     sync.mark(store.gateway_keys())
     reconnected = asyncio.Event()
     workers = [
@@ -268,6 +269,16 @@ async def gateway_event(type: str | None, body: kopf.Body, memo: Any, **_: Any) 
         runtime.sync.mark(runtime.store.delete_gateway(object_key(raw)))
     else:
         runtime.sync.mark(runtime.store.put_gateway(raw))
+
+
+@kopf.on.event(GROUP, VERSION, "modelclients")
+async def client_event(type: str | None, body: kopf.Body, memo: Any, **_: Any) -> None:
+    runtime = _runtime(memo)
+    raw = dict(body)
+    if type == "DELETED":
+        runtime.sync.mark(runtime.store.delete_client(object_key(raw)))
+    else:
+        runtime.sync.mark(runtime.store.put_client(raw))
 
 
 @kopf.on.event("", "v1", "namespaces")

@@ -12,7 +12,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from switchyard.api.models import ModelEndpointSpec, ModelGatewaySpec
+from switchyard.api.models import ModelClientSpec, ModelEndpointSpec, ModelGatewaySpec
+from switchyard.plan.clients import ClientSource
 from switchyard.plan.gateway import EndpointSource, GatewaySource, ObjectKey
 
 
@@ -33,6 +34,37 @@ class EndpointRecord:
     source: EndpointSource
     gateway: ObjectKey | None
     secrets: frozenset[ObjectKey]
+
+
+@dataclass
+class ClientRecord:
+    body: dict[str, Any]
+    source: ClientSource
+    gateway: ObjectKey | None
+    secret: ObjectKey | None
+
+
+def _client_record(body: dict[str, Any]) -> ClientRecord:
+    metadata = body["metadata"]
+    namespace, name = object_key(body)
+    spec: ModelClientSpec | None
+    error: str | None = None
+    try:
+        spec = ModelClientSpec.model_validate(body.get("spec") or {})
+    except ValidationError as invalid:
+        spec, error = None, validation_summary(invalid)
+    ref = (body.get("spec") or {}).get("gatewayRef") or {}
+    gateway = (ref.get("namespace") or namespace, ref["name"]) if ref.get("name") else None
+    secret = (namespace, spec.api_key_ref.name) if spec and spec.api_key_ref else None
+    source = ClientSource(
+        namespace=namespace,
+        name=name,
+        generation=int(metadata.get("generation", 0)),
+        created=metadata.get("creationTimestamp", ""),
+        spec=spec,
+        spec_error=error,
+    )
+    return ClientRecord(body=body, source=source, gateway=gateway, secret=secret)
 
 
 @dataclass
@@ -113,6 +145,9 @@ class Store:
         self.namespace_labels: dict[str, dict[str, str]] = {}
         self._by_gateway: dict[ObjectKey, set[ObjectKey]] = defaultdict(set)
         self._by_secret: dict[ObjectKey, set[ObjectKey]] = defaultdict(set)
+        self.clients: dict[ObjectKey, ClientRecord] = {}
+        self._clients_by_gateway: dict[ObjectKey, set[ObjectKey]] = defaultdict(set)
+        self._clients_by_secret: dict[ObjectKey, set[ObjectKey]] = defaultdict(set)
 
     # --- ModelEndpoints
 
@@ -162,6 +197,41 @@ class Store:
         if record is not None:
             record.body = _with_status(record.body, written)
 
+    # --- ModelClients
+
+    def put_client(self, body: dict[str, Any]) -> set[ObjectKey]:
+        body = trimmed(body)
+        key = object_key(body)
+        previous = self.clients.get(key)
+        if previous is not None and _spec_identity(previous.body) == _spec_identity(body):
+            previous.body = body
+            return set()
+        affected = self.delete_client(key)
+        record = _client_record(body)
+        self.clients[key] = record
+        if record.gateway is not None:
+            self._clients_by_gateway[record.gateway].add(key)
+            affected.add(record.gateway)
+        if record.secret is not None:
+            self._clients_by_secret[record.secret].add(key)
+        return affected
+
+    def delete_client(self, key: ObjectKey) -> set[ObjectKey]:
+        record = self.clients.pop(key, None)
+        if record is None:
+            return set()
+        _unlink(self._clients_by_secret, record.secret, key)
+        _unlink(self._clients_by_gateway, record.gateway, key)
+        return {record.gateway} if record.gateway is not None else set()
+
+    def clients_of(self, gateway: ObjectKey) -> list[ClientRecord]:
+        return [self.clients[key] for key in sorted(self._clients_by_gateway.get(gateway, ()))]
+
+    def set_client_status(self, key: ObjectKey, written: dict[str, Any]) -> None:
+        record = self.clients.get(key)
+        if record is not None:
+            record.body = _with_status(record.body, written)
+
     # --- ModelGateways
 
     def put_gateway(self, body: dict[str, Any]) -> set[ObjectKey]:
@@ -183,7 +253,7 @@ class Store:
             record.body = _with_status(record.body, written)
 
     def gateway_keys(self) -> set[ObjectKey]:
-        return set(self.gateways) | set(self._by_gateway)
+        return set(self.gateways) | set(self._by_gateway) | set(self._clients_by_gateway)
 
     # --- Relists
 
@@ -192,6 +262,7 @@ class Store:
         gateways: list[dict[str, Any]],
         endpoints: list[dict[str, Any]],
         namespaces: dict[str, dict[str, str]],
+        clients: list[dict[str, Any]] | None = None,
     ) -> set[ObjectKey]:
         """Make the store what a fresh list of the cluster says, as an informer's relist
         does: objects deleted while no watch event reached us (a watch that expired, a
@@ -207,6 +278,11 @@ class Store:
             affected |= self.delete_endpoint(key)
         for body in endpoints:
             affected |= self.put_endpoint(body)
+        listed_clients = {object_key(body) for body in clients or []}
+        for key in set(self.clients) - listed_clients:
+            affected |= self.delete_client(key)
+        for body in clients or []:
+            affected |= self.put_client(body)
         for name in set(self.namespace_labels) - set(namespaces):
             affected |= self.put_namespace(name, None)
         for name, labels in namespaces.items():
@@ -216,10 +292,11 @@ class Store:
     # --- Secrets and Namespaces
 
     def referenced_secrets(self) -> set[ObjectKey]:
-        return set(self._by_secret)
+        return set(self._by_secret) | set(self._clients_by_secret)
 
     def gateways_using_secret(self, secret: ObjectKey) -> set[ObjectKey]:
-        gateways = (self.endpoints[e].gateway for e in self._by_secret.get(secret, ()))
+        gateways = [self.endpoints[e].gateway for e in self._by_secret.get(secret, ())]
+        gateways += [self.clients[c].gateway for c in self._clients_by_secret.get(secret, ())]
         return {g for g in gateways if g is not None}
 
     def put_namespace(self, name: str, labels: dict[str, str] | None) -> set[ObjectKey]:
@@ -230,9 +307,26 @@ class Store:
             self.namespace_labels.pop(name, None)
         else:
             self.namespace_labels[name] = labels
-        return {
+        selecting = {
             key
             for key, record in self.gateways.items()
             if record.source is not None
             and record.source.spec.allowed_endpoints.namespaces.selector is not None
         }
+        # Endpoints that admit clients by namespace labels: their gateways' client tables.
+        selecting |= {
+            record.gateway
+            for record in self.endpoints.values()
+            if record.gateway is not None
+            and record.source.spec is not None
+            and record.source.spec.allowed_clients.namespaces.selector is not None
+        }
+        return selecting
+
+
+def _unlink(index: dict[ObjectKey, set[ObjectKey]], at: ObjectKey | None, key: ObjectKey) -> None:
+    if at is None:
+        return
+    index[at].discard(key)
+    if not index[at]:
+        del index[at]

@@ -7,6 +7,7 @@ debounce, so a burst of N endpoint changes costs one pass per gateway, not N.
 from __future__ import annotations
 
 import asyncio
+import base64
 import datetime
 import logging
 import time
@@ -18,10 +19,11 @@ from urllib.parse import urlsplit
 from switchyard import metrics
 from switchyard.api.models import BackendTLS, DataPlaneType, ModelGatewaySpec, parse_duration
 from switchyard.handlers.health_monitor import BackendKey, HealthMonitor
-from switchyard.handlers.state import EndpointRecord, GatewayRecord, Store
+from switchyard.handlers.state import ClientRecord, EndpointRecord, GatewayRecord, Store
 from switchyard.health.probes import Target
 from switchyard.kube.client import ApiError, Kube, OwnershipConflict, describe_error
 from switchyard.kube.secrets import SecretCache
+from switchyard.plan.clients import ClientsPlan, KeyDigests, TokenIssuer, key_digest, plan_clients
 from switchyard.plan.conditions import DesiredCondition, transitions
 from switchyard.plan.egress import ANY_CLUSTER, NOT_ALLOWED, ApiServer
 from switchyard.plan.gateway import GatewayPlan, ObjectKey, SecretKeys, plan_gateway
@@ -29,6 +31,7 @@ from switchyard.plan.routing import EndpointPlan, PlanCache
 from switchyard.render import deployment, envoy
 from switchyard.render.objects import credentials_secret, plan_configmap
 from switchyard.render.status import (
+    client_status,
     endpoint_status,
     gateway_conditions,
     gateway_status,
@@ -184,6 +187,8 @@ class GatewaySync:
         self.envoy_pods = envoy_pods
         self.health = health
         self.api_server = api_server
+        # The cluster's ServiceAccount token issuer, which verifies clients' tokens.
+        self.issuer: TokenIssuer | None = None
         self._dirty: set[ObjectKey] = set()
         self._passing: set[ObjectKey] = set()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -215,6 +220,12 @@ class GatewaySync:
             }
         )
         self.mark(self.store.gateway_keys())
+
+    def set_issuer(self, issuer: TokenIssuer | None) -> None:
+        """The issuer's keys as last read; a change reaches every gateway's Envoys."""
+        if issuer != self.issuer:
+            self.issuer = issuer
+            self.mark(self.store.gateway_keys())
 
     def forget_owned(self) -> None:
         """Verify every owned object on the next pass instead of trusting what was last
@@ -343,13 +354,23 @@ class GatewaySync:
                     plan = planned()
             seen.exported = _export_routing(plan, seen.exported)
             seen.served = {p.model: (p.namespace, p.name) for p in plan.attached}
+        client_records = self.store.clients_of(key)
+        clients = plan_clients(
+            key,
+            gateway,
+            [r.source for r in client_records],
+            plan,
+            self.store.namespace_labels,
+            await self._key_digests(client_records),
+        )
         node = node_of_gateway(*key)
         if gateway is None:
             self.xds.remove_snapshot(node)
         elif gateway.spec.data_plane.type == DataPlaneType.ENVOY:
             rendered = envoy.render(
-                plan, gateway.spec.listener.port, gateway.spec.backend_tls, seen.render
-            )
+                plan, gateway.spec.listener.port, gateway.spec.backend_tls, seen.render,
+                clients, self.issuer,
+            )  # fmt: skip
             if self.xds.set_snapshot(node, rendered):
                 seen.pushed_at = time.monotonic()
         # Endpoint statuses first: they are what users wait for after an apply; the
@@ -380,15 +401,50 @@ class GatewaySync:
                 statuses[record.source.key] = (inputs, record.body.get("status") or {})
             else:
                 unwritten += 1
+        for client in client_records:
+            written = await self._write_status(
+                "modelclients",
+                client.body,
+                client_status(
+                    clients.outcomes[client.source.key],
+                    client.body.get("status") or {},
+                    client.source.generation,
+                    _now(),
+                ),
+                clients.outcomes[client.source.key].conditions,
+            )
+            unwritten += not written
         seen.statuses = statuses
-        applied = gateway_record is None or await self._apply_gateway(gateway_record, plan, seen)
+        applied = gateway_record is None or await self._apply_gateway(
+            gateway_record, plan, seen, clients
+        )
         applied = applied and not unwritten
         self.secrets.forget_unreferenced(self.store.referenced_secrets())
         if not applied:
             # Reported on the gateway already; the pass is retried with backoff.
             raise ApplyFailed(f"the objects of ModelGateway {_fmt(key)} were not all applied")
 
-    async def _apply_gateway(self, record: GatewayRecord, plan: GatewayPlan, seen: _Seen) -> bool:
+    async def _key_digests(self, records: list[ClientRecord]) -> KeyDigests:
+        """The digest of each client's API key, from its Secret: the key itself goes no
+        further than this."""
+        digests: dict[ObjectKey, dict[str, str] | None] = {}
+        for record in records:
+            spec = record.source.spec
+            if record.secret is None or spec is None or spec.api_key_ref is None:
+                continue
+            data = await self.secrets.get(record.secret)
+            if data is None:
+                digests[record.secret] = None
+                continue
+            found = digests.setdefault(record.secret, {})
+            value = base64.b64decode(data.get(spec.api_key_ref.key) or "")
+            if found is not None and value.strip():
+                found[spec.api_key_ref.key] = key_digest(value)
+        return digests
+
+    async def _apply_gateway(
+        self, record: GatewayRecord, plan: GatewayPlan, seen: _Seen, clients: ClientsPlan
+    ) -> bool:
         """Apply the gateway's objects and write its status; False if the API refused."""
         body = record.body
         applied = True
@@ -402,7 +458,7 @@ class GatewaySync:
             envoys = self.xds.status(node_of_gateway(plan.namespace, plan.name))
             programmed = programmed_condition(record.source.spec.data_plane.type, envoys)
             programmed = self._settling(plan, programmed, body.get("status") or {}, seen)
-            accepted, programmed, ready = gateway_conditions(plan, programmed)
+            accepted, programmed, ready = gateway_conditions(plan, programmed, clients)
             problems = await self._apply_objects(record.source.spec, body["metadata"]["uid"], plan)
             if problems:
                 # Refused by the API server (too large, quota, admission, RBAC) or held by
@@ -540,6 +596,8 @@ class GatewaySync:
             return True
         if plural == "modelendpoints":
             self.store.set_endpoint_status(key, updated)
+        elif plural == "modelclients":
+            self.store.set_client_status(key, updated)
         else:
             self.store.set_gateway_status(key, updated)
         for change in transitions(current.get("conditions") or [], desired):

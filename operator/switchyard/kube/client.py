@@ -232,6 +232,31 @@ class Kube:
                 patched += 1
         return patched
 
+    async def service_account_issuer(self) -> tuple[str, str] | None:
+        """The issuer of this cluster's ServiceAccount tokens and its public keys (a JWKS),
+        from the API server's OIDC discovery documents (which every ServiceAccount may read
+        by default)."""
+        discovery = await self._get_json("/.well-known/openid-configuration")
+        keys = await self._get_json("/openid/v1/jwks", "application/jwk-set+json")
+        issuer = discovery.get("issuer")
+        if not isinstance(issuer, str) or not keys.get("keys"):
+            return None
+        return issuer, json.dumps(keys, sort_keys=True)
+
+    async def _get_json(self, path: str, accept: str = "application/json") -> dict[str, Any]:
+        metrics.API_REQUESTS.labels("discovery").inc()
+        response = await self.api.call_api(
+            path, "GET", header_params={"Accept": accept},
+            auth_settings=["BearerToken"], _preload_content=False,
+        )  # fmt: skip
+        body = await response.read()
+        if response.status >= 400:
+            error = ApiException(status=response.status, reason=response.reason)
+            error.body = body
+            raise error
+        found: dict[str, Any] = json.loads(body)
+        return found
+
     async def read_secret_data(self, namespace: str, name: str) -> dict[str, str] | None:
         """A Secret's base64 `data`, or None when the Secret does not exist."""
         try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Protocol
 
+from switchyard.plan.clients import ClientOutcome, ClientsPlan
 from switchyard.plan.conditions import DesiredCondition, merge_conditions
 from switchyard.plan.gateway import EndpointOutcome, GatewayPlan
 
@@ -87,7 +88,7 @@ def programmed_condition(data_plane: str, envoys: DataPlaneStatus) -> DesiredCon
 
 
 def gateway_conditions(
-    plan: GatewayPlan, programmed: DesiredCondition
+    plan: GatewayPlan, programmed: DesiredCondition, clients: ClientsPlan
 ) -> tuple[DesiredCondition, ...]:
     attached = len(plan.attached)
     rejected = len(plan.rejected)
@@ -95,8 +96,27 @@ def gateway_conditions(
     message = f"{attached} endpoint(s) attached"
     if rejected:
         message += f", {rejected} rejected (listed in the routing plan ConfigMap)"
+    if clients.required:
+        message += f"; {len(clients.grants)} client(s) may call it"
+    else:
+        message += (
+            "; clients are not checked (spec.clientAuth.mode: Disabled): anyone who reaches "
+            "the listener is served"
+        )
     ready = DesiredCondition.true("Ready", "Ready", message)
     return (accepted, programmed, ready)
+
+
+def client_status(
+    outcome: ClientOutcome, current: dict[str, Any], generation: int, now: str
+) -> dict[str, Any]:
+    return {
+        "observedGeneration": generation,
+        "conditions": merge_conditions(
+            current.get("conditions") or [], outcome.conditions, generation, now
+        ),
+        "models": list(outcome.models),
+    }
 
 
 def gateway_status(
