@@ -23,7 +23,16 @@ from typing import Any
 
 import common
 from common import WORK, OperatorProcess, control_plane, spread
-from gatewaylab import FakeProcess, LocalEnvoy, chat, free_port, send_sync, wait_for_port
+from gatewaylab import (
+    CLIENT_HEADERS,
+    FakeProcess,
+    LocalEnvoy,
+    chat,
+    free_port,
+    lab_client,
+    send_sync,
+    wait_for_port,
+)
 from litellm_proxy import LITELLM_VERSION, Deployment, LiteLLMProxy
 from switchyard.api.models import API_VERSION
 from switchyard.local_envoy import envoy_binary
@@ -246,9 +255,10 @@ class Stage:
             Target(
                 "bare Envoy", self.bare.url, UPSTREAM_MODEL, bearer, lambda: [self.bare.process.pid]
             ),
-            # The client names the endpoint's model and sends no key: Switchyard rewrites
-            # the model and injects the provider's key.
-            Target("Switchyard", self.gateway.url, "bench-chat", {}, self.envoy_pids),
+            # The client names the endpoint's model and sends its own key, which the gateway
+            # checks (a ModelClient's): Switchyard rewrites the model and injects the
+            # provider's key.
+            Target("Switchyard", self.gateway.url, "bench-chat", CLIENT_HEADERS, self.envoy_pids),
             Target(
                 "LiteLLM",
                 self.litellm.url,
@@ -338,6 +348,7 @@ def stage(
                 "metadata": {"name": "gw", "namespace": NAMESPACE},
                 "spec": {"listener": {"port": 8080}},
             },
+            *lab_client(NAMESPACE, "gw"),
             _endpoint(
                 "bench-chat", [_backend(n, fakes[n], w) for n, w in SPLIT.items()], **(spec or {})
             ),
@@ -500,7 +511,7 @@ def targets(data: dict[str, Any]) -> list[dict[str, Any]]:
     kept = ratios["switchyard_vs_bare_rps"]
     rows = [
         common.target(
-            "Data plane: Switchyard keeps ≥ 70% of bare Envoy's throughput",
+            "Data plane: Switchyard, checking client keys, keeps ≥ 70% of bare Envoy's throughput",
             f"{kept['median']:.0%} ({kept['min']:.0%}–{kept['max']:.0%})",
             kept["median"] >= 0.7,
         )
@@ -579,9 +590,9 @@ interleaved rounds. The targets:
 - **bare Envoy**: the same Envoy build and worker count as Switchyard's gateway, with a static
   plain weighted route 50/30/20 over three such fakes, the client sending model and key;
 - **Switchyard**: the gateway's Envoy as the operator configures it over xDS, the same
-  50/30/20 split: the client names the public model `bench-chat` and sends no key; the
-  gateway picks a backend, rewrites the body's model and injects that backend's key from the
-  mounted Secret;
+  50/30/20 split: the client names the public model `bench-chat` and sends its ModelClient's
+  key, which the gateway checks (its SHA-256 digest, in Lua) before it picks a backend,
+  rewrites the body's model and injects that backend's key from the mounted Secret;
 - **LiteLLM**: `litellm` {LITELLM_VERSION} proxy, one worker, the same three deployments
   with weights 50/30/20, the client sending the proxy's master key.
 

@@ -27,6 +27,9 @@ from pins import CACHE_ROOT
 ROOT = Path(__file__).resolve().parents[1]
 STATE = CACHE_ROOT / "demo"
 
+# The API key of the example client team-a/checkout (examples/40-client.yaml).
+CHECKOUT = {"authorization": "Bearer sk-demo-checkout-key"}
+
 # An endpoint whose Secret does not exist: only the operator can see that.
 BROKEN = """
 apiVersion: switchyard.dev/v1alpha1
@@ -91,9 +94,15 @@ def demo(kubectl: Kubectl) -> None:
         )  # fmt: skip
     kubectl.run("rollout", "status", "deployment/shared-switchyard-envoy", "-n", "ai-gateway",
                 "--timeout=180s")  # fmt: skip
+    kubectl.run("wait", "--for=condition=Ready", "--timeout=60s", "-n", "team-a",
+                "modelclient/checkout")  # fmt: skip
     kubectl.show(
         "the gateway and its endpoints, Ready with their splits",
         "get", "modelgateways,modelendpoints", "-A",
+    )  # fmt: skip
+    kubectl.show(
+        "who may call the gateway: ModelClients, and the models each may call",
+        "get", "modelclients", "-A",
     )  # fmt: skip
     kubectl.show(
         "what the gateway runs: Envoy Pods fed by the operator over xDS, behind a Service",
@@ -163,7 +172,7 @@ def traffic(kubectl: Kubectl) -> None:
                               "-o", "jsonpath={.spec.clusterIP}")  # fmt: skip
         url = f"http://{address}:8080/v1/chat/completions"
         deadline = time.monotonic() + 30
-        while send_sync(url, chat("demo-chat"), 20, 2).statuses[200] != 20:
+        while send_sync(url, chat("demo-chat"), 20, 2, CHECKOUT).statuses[200] != 20:
             if time.monotonic() > deadline:
                 raise RuntimeError("the gateway's Service does not serve demo-chat")
             time.sleep(0.2)
@@ -172,23 +181,31 @@ def traffic(kubectl: Kubectl) -> None:
             f"{address}) to its Envoy Pods, in front of three fake providers on the host"
             " (OpenAI, Azure OpenAI, Anthropic)."
         )
-        print(f'$ curl -s {url} -d \'{{"model": "demo-chat", "messages": [...]}}\'')
-        reply = subprocess.run(
-            ["curl", "-s", url, "-H", "content-type: application/json",
-             "-d", json.dumps(chat("demo-chat"))],
-            capture_output=True, text=True, check=False,
-        )  # fmt: skip
-        print(reply.stdout.strip()[:300])
+        print("# Without a key, the gateway answers itself; no provider is asked:")
+        _curl(url, {})
+        print("# With the key of ModelClient team-a/checkout:")
+        _curl(url, CHECKOUT)
         names = {fake.port: name for name, fake in fakes.items()}
         print("\n# 1,000 requests, spec weights openai=50 azure=30 anthropic=20:")
-        print("  " + _describe(send_sync(url, chat("demo-chat"), 1000), names))
+        print("  " + _describe(send_sync(url, chat("demo-chat"), 1000, 16, CHECKOUT), names))
         fakes["anthropic"].fault(refuse=True)
         print("# Anthropic goes down (connections refused). 1,000 more requests:")
-        print("  " + _describe(send_sync(url, chat("demo-chat"), 1000), names))
+        print("  " + _describe(send_sync(url, chat("demo-chat"), 1000, 16, CHECKOUT), names))
         fakes["anthropic"].heal()
     finally:
         for fake in fakes.values():
             fake.stop()
+
+
+def _curl(url: str, headers: dict[str, str]) -> None:
+    shown = "".join(f" -H '{k}: {v}'" for k, v in headers.items())
+    print(f'$ curl -s {url}{shown} -d \'{{"model": "demo-chat", "messages": [...]}}\'')
+    reply = subprocess.run(
+        ["curl", "-s", "-w", "\n(HTTP %{http_code})", url, "-H", "content-type: application/json",
+         *(f"-H{k}: {v}" for k, v in headers.items()), "-d", json.dumps(chat("demo-chat"))],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    print(reply.stdout.strip()[-400:])
 
 
 def _describe(outcome: Outcome, names: dict[int, str]) -> str:

@@ -134,6 +134,27 @@ class FakeProcess:
         _stop(self.process)
 
 
+def discovered_filters(listeners: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The HTTP filters of `listeners` whose config comes over ECDS."""
+    return [
+        http_filter
+        for listener in listeners
+        for chain in listener.get("filter_chains", [])
+        for network_filter in chain.get("filters", [])
+        for http_filter in network_filter.get("typed_config", {}).get("http_filters", [])
+        if "config_discovery" in http_filter
+    ]
+
+
+def inline_discovered(listeners: list[dict[str, Any]], extensions: list[dict[str, Any]]) -> None:
+    """Give each ECDS-discovered filter of `listeners` its config inline, for an Envoy with
+    no ADS to ask (a static config, validate mode)."""
+    configs = {extension["name"]: extension["typed_config"] for extension in extensions}
+    for http_filter in discovered_filters(listeners):
+        del http_filter["config_discovery"]
+        http_filter["typed_config"] = configs[http_filter["name"]]
+
+
 def envoy_refusal(config: dict[str, Any], path: Path) -> str | None:
     """What the real Envoy says against `config` (written to `path`) in validate mode, or
     None when it takes it."""

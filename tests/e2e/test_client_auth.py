@@ -18,7 +18,7 @@ import openai
 import pytest
 
 from e2e.test_lua import Envoy, Recorder, backend, static_config
-from gatewaylab import free_port
+from gatewaylab import free_port, inline_discovered
 from switchyard.plan.clients import TokenIssuer, key_digest, plan_clients
 from switchyard.plan.gateway import plan_gateway
 from switchyard.render.envoy import EXTENSION_TYPE, LISTENER_TYPE, render
@@ -34,13 +34,7 @@ OTHER_TEAM_KEY = "sk-analytics-fedcba9876543210"
 def inlined(config: dict[str, Any], extensions: list[dict[str, Any]]) -> dict[str, Any]:
     """The static config with each ECDS-discovered filter given its config inline."""
     config = copy.deepcopy(config)
-    by_name = {e["name"]: e["typed_config"] for e in extensions}
-    for listener in config["static_resources"]["listeners"]:
-        manager = listener["filter_chains"][0]["filters"][0]["typed_config"]
-        for http_filter in manager["http_filters"]:
-            if "config_discovery" in http_filter:
-                del http_filter["config_discovery"]
-                http_filter["typed_config"] = by_name[http_filter["name"]]
+    inline_discovered(config["static_resources"]["listeners"], extensions)
     return config
 
 

@@ -16,9 +16,10 @@ import grpc
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 from google.protobuf import json_format
 
-from gatewaylab import envoy_refusal
+from gatewaylab import discovered_filters, envoy_refusal, inline_discovered
 from switchyard.render.envoy import (
     CLUSTER_TYPE,
+    EXTENSION_TYPE,
     LISTENER_TYPE,
     ROUTE_CONFIG_NAME,
     ROUTE_TYPE,
@@ -57,6 +58,13 @@ def fetch_snapshot(address: str, node: str, timeout: float = 10.0) -> Resources:
                 outbox.put(request)
                 reply = next(replies)
                 found[type_url] = [_message(resource) for resource in reply.resources]
+            # The listener's filter configs served on their own (ECDS), when it has any.
+            names = [f["name"] for f in discovered_filters(found[LISTENER_TYPE])]
+            if names:
+                outbox.put(
+                    discovery_pb2.DiscoveryRequest(type_url=EXTENSION_TYPE, resource_names=names)
+                )
+                found[EXTENSION_TYPE] = [_message(r) for r in next(replies).resources]
         except grpc.RpcError as error:
             if error.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
                 raise NoSnapshot(f"no xDS snapshot for node {node} within {timeout}s") from error
@@ -75,9 +83,9 @@ def _message(resource: Any) -> dict[str, Any]:
 
 
 def static_bootstrap(node: str, resources: Resources) -> dict[str, Any]:
-    """The gateway's bootstrap with what ADS pushed held statically, untouched but for one
-    thing: the listener's routes, which arrive over RDS, are put inline. The xDS cluster
-    points nowhere; validate mode connects to nothing."""
+    """The gateway's bootstrap with what ADS pushed held statically, untouched but for what
+    arrives on its own: the listener's routes (RDS) and its client filters' configs (ECDS)
+    are put inline. The xDS cluster points nowhere; validate mode connects to nothing."""
     config = bootstrap(node, "127.0.0.1", 1)
     del config["dynamic_resources"]
     routes = {r["name"]: r for r in resources[ROUTE_TYPE]}
@@ -88,6 +96,7 @@ def static_bootstrap(node: str, resources: Resources) -> dict[str, Any]:
                 manager = network_filter.get("typed_config", {})
                 if "rds" in manager:
                     manager["route_config"] = routes[manager.pop("rds")["route_config_name"]]
+    inline_discovered(listeners, resources.get(EXTENSION_TYPE, []))
     config["static_resources"]["listeners"] = listeners
     config["static_resources"]["clusters"] += resources[CLUSTER_TYPE]
     return config

@@ -444,6 +444,8 @@ def valid_endpoint_specs(draw: st.DrawFn, batch_gateways: tuple[str, ...]) -> Sp
         spec["healthCheck"] = draw(health_checks())
     if draw(one_in(3)):
         spec["retry"] = draw(retries())
+    if draw(one_in(4)):
+        spec["allowedClients"] = draw(allowed_endpoints())  # the same namespace policy
     return spec
 
 
@@ -732,6 +734,8 @@ def valid_gateway_specs(draw: st.DrawFn) -> Spec:
         spec["allowedEndpoints"] = draw(allowed_endpoints())
     if draw(one_in(4)):
         spec["backendTLS"] = draw(backend_tls())
+    if draw(one_in(4)):
+        spec["clientAuth"] = {"mode": draw(st.sampled_from(["Required", "Disabled"]))}
     return spec
 
 
@@ -781,6 +785,9 @@ def _gateway_breakers(draw: st.DrawFn) -> Breaker:
             [], ["dup.example", "dup.example"], [f"h{i}.example" for i in range(65)], [""]
         ).map(lambda v: _set(("backendTLS",), {"caBundle": CA_PEM, "hostnames": v})),
         "caBundle": st.just(_set(("backendTLS",), {"caBundle": "", "hostnames": ["a.example"]})),
+        "clientAuth": _values("Optional", "", "required").map(
+            lambda v: _set(("clientAuth", "mode"), v)
+        ),
     }
     return draw(draw(st.sampled_from(sorted(changes)).map(changes.__getitem__)))
 
