@@ -59,10 +59,10 @@ def fetch_snapshot(address: str, node: str, timeout: float = 10.0) -> Resources:
                 reply = next(replies)
                 found[type_url] = [_message(resource) for resource in reply.resources]
             # The listener's filter configs served on their own (ECDS), when it has any.
-            names = [f["name"] for f in discovered_filters(found[LISTENER_TYPE])]
-            if names:
+            filters = [f["name"] for f in discovered_filters(found[LISTENER_TYPE])]
+            if filters:
                 outbox.put(
-                    discovery_pb2.DiscoveryRequest(type_url=EXTENSION_TYPE, resource_names=names)
+                    discovery_pb2.DiscoveryRequest(type_url=EXTENSION_TYPE, resource_names=filters)
                 )
                 found[EXTENSION_TYPE] = [_message(r) for r in next(replies).resources]
         except grpc.RpcError as error:
