@@ -226,9 +226,20 @@ class LocalEnvoy:
 
     def config_dump(self) -> str:
         """Envoy's whole config as its admin API shows it, endpoints included."""
-        found = re.search(r"admin on (http://\S+)", self.log.read_text(errors="replace"))
-        assert found, f"Envoy has not said where its admin API is: {self.log}"
-        with urllib.request.urlopen(f"{found[1]}/config_dump?include_eds", timeout=10) as reply:
+        return self.admin("/config_dump?include_eds")
+
+    def admin(self, path: str) -> str:
+        """What Envoy's admin API answers at `path` (once `switchyard envoy` has said where
+        it is, within a poll of its Secret after Envoy starts)."""
+        deadline = time.monotonic() + 10
+        while not (
+            found := re.search(r"admin on (http://\S+)", self.log.read_text("utf-8", "replace"))
+        ):
+            assert time.monotonic() < deadline, (
+                f"Envoy has not said where its admin API is: {self.log}"
+            )
+            time.sleep(0.1)
+        with urllib.request.urlopen(f"{found[1]}{path}", timeout=10) as reply:
             return str(reply.read().decode())
 
     def stop(self) -> None:

@@ -192,6 +192,10 @@ def test_a_gateway_that_checks_no_client_says_so(lab: Lab) -> None:
 
 
 def test_no_client_key_anywhere_a_person_or_program_can_read(lab: Lab) -> None:
+    lab.serve("guarded", [lab.backend("local-a")])
+    assert call(lab, {"x-api-key": CLIENT_KEY}, "guarded")[0] == 200
+    assert call(lab, {"x-api-key": CLIENT_KEY + "-not"}, "guarded")[0] == 401
+    time.sleep(1.5)  # Envoy flushes its access log every second
     places = {
         "Envoy's config dump": lab.envoy.config_dump(),
         "Envoy's log": lab.envoy.log.read_text(errors="replace"),
@@ -199,6 +203,18 @@ def test_no_client_key_anywhere_a_person_or_program_can_read(lab: Lab) -> None:
         **hygiene.cluster_places(lab.cluster, [lab.namespace]),
     }
     assert "switchyard.clients" in places["Envoy's config dump"]
-    # The access records name the client, never its key.
+    # The access records and Envoy's counters name the client, never its key.
     assert f'"client":"{lab.namespace}/lab"' in places["Envoy's log"]
+    places["Envoy's stats"] = lab.envoy.admin("/stats/prometheus")
+    counted = [
+        line
+        for line in places["Envoy's stats"].splitlines()
+        if line.startswith("envoy_switchyard_client_requests{")
+    ]
+    assert any(
+        f'client="{lab.namespace}/lab"' in line
+        and 'model="guarded"' in line
+        and 'code="200"' in line
+        for line in counted
+    ), counted
     hygiene.assert_clean(places, [CLIENT_KEY])

@@ -332,6 +332,7 @@ def _route_configuration(plan: GatewayPlan, endpoint_routes: Resources) -> dict[
     models = json.dumps(_model_list(plan))
     routes: list[dict[str, Any]] = [
         {
+            "name": "models",
             "match": {
                 "path": "/v1/models",
                 "headers": [{"name": ":method", "string_match": {"exact": "GET"}}],
@@ -343,6 +344,7 @@ def _route_configuration(plan: GatewayPlan, endpoint_routes: Resources) -> dict[
     routes += endpoint_routes
     routes += [
         {
+            "name": "unknown-model",
             "match": {
                 "prefix": "/v1/",
                 "dynamic_metadata": [_model_matcher({"present_match": True})],
@@ -350,6 +352,7 @@ def _route_configuration(plan: GatewayPlan, endpoint_routes: Resources) -> dict[
             "direct_response": {"status": 404, "body": {"inline_string": "model_not_found"}},
         },
         {
+            "name": "no-model",
             "match": {"prefix": "/"},
             "direct_response": {"status": 400, "body": {"inline_string": "model_missing"}},
         },
@@ -406,7 +409,7 @@ def _listener(port: int, clients_checked: bool) -> dict[str, Any]:
                                 "route_config_name": ROUTE_CONFIG_NAME,
                             },
                             "local_reply_config": _local_replies(),
-                            "access_log": [_access_record()],
+                            "access_log": [_access_record(), _client_counters()],
                         },
                     }
                 ]
@@ -570,6 +573,7 @@ def _model_list(plan: GatewayPlan) -> dict[str, Any]:
 
 def _route(endpoint: EndpointPlan, prefix: str, cluster: str) -> dict[str, Any]:
     return {
+        "name": endpoint.model,  # the model in stats and access records, as the gateway names it
         "match": {
             "prefix": prefix,
             "dynamic_metadata": [_model_matcher({"string_match": {"exact": endpoint.model}})],
@@ -642,6 +646,37 @@ def _lua_config(source: str, stat_prefix: str = "clients") -> dict[str, Any]:
         "@type": LUA_TYPE,
         "stat_prefix": stat_prefix,
         "default_source_code": {"inline_string": source},
+    }
+
+
+# Envoy's counter of requests per client, model and status, in its stats as
+# `switchyard_client_requests{client, model, code}` (`envoy_switchyard_client_requests` on
+# /stats/prometheus). Every tag is bounded: clients and models are the gateway's own (the
+# model is the route's name, never what a client wrote), codes are HTTP's.
+CLIENT_REQUESTS_STAT = "client_requests"
+
+
+def _client_counters() -> dict[str, Any]:
+    tags = {
+        "client": f"%DYNAMIC_METADATA({METADATA_NAMESPACE}:client)%",
+        "model": "%ROUTE_NAME%",
+        "code": "%RESPONSE_CODE%",
+    }
+    return {
+        "name": "envoy.access_loggers.stats",
+        "typed_config": {
+            "@type": TYPE + "envoy.extensions.access_loggers.stats.v3.Config",
+            "stat_prefix": METADATA_NAMESPACE,
+            "counters": [
+                {
+                    "stat": {
+                        "name": CLIENT_REQUESTS_STAT,
+                        "tags": [{"name": k, "value_format": v} for k, v in tags.items()],
+                    },
+                    "value_fixed": 1,
+                }
+            ],
+        },
     }
 
 
