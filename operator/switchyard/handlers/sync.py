@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 
 from switchyard import metrics
 from switchyard.api.models import BackendTLS, DataPlaneType, ModelGatewaySpec, parse_duration
+from switchyard.handlers.control_channel import ControlChannel
 from switchyard.handlers.health_monitor import BackendKey, HealthMonitor
 from switchyard.handlers.state import EndpointRecord, GatewayRecord, Store
 from switchyard.health.probes import Target
@@ -175,6 +176,7 @@ class GatewaySync:
         envoy_pods: deployment.EnvoyPods,
         health: HealthMonitor,
         api_server: ApiServer = ANY_CLUSTER,
+        control: ControlChannel | None = None,
     ) -> None:
         self.store = store
         self.kube = kube
@@ -184,6 +186,8 @@ class GatewaySync:
         self.envoy_pods = envoy_pods
         self.health = health
         self.api_server = api_server
+        # Issues each Envoy gateway's control-channel certificate (its Secret).
+        self.control = control
         self._dirty: set[ObjectKey] = set()
         self._passing: set[ObjectKey] = set()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -465,6 +469,10 @@ class GatewaySync:
                 deployment.envoy_service(plan, spec, uid),
                 deployment.envoy_pdb(plan, spec, uid),
             ]
+            if self.control is not None:
+                tls = await self.control.gateway_secret_data((plan.namespace, plan.name))
+                if tls is not None:
+                    manifests.append(deployment.xds_tls_secret(plan, uid, tls))
         problems: list[tuple[bool, str]] = []
         for manifest in manifests:
             metadata = manifest["metadata"]
@@ -488,9 +496,18 @@ class GatewaySync:
                 metrics.API_WRITES.labels(manifest["kind"]).inc()
                 if manifest is credentials and spec.data_plane.type == DataPlaneType.ENVOY:
                     await self._refresh_mounted_credentials(plan, applied.resource_version)
+                elif key[2] == deployment.xds_tls_secret_name(plan.name) and key[0] == "Secret":
+                    await self._refresh_mounted_credentials(
+                        plan, applied.resource_version, deployment.XDS_TLS_VERSION_ANNOTATION
+                    )
         return problems
 
-    async def _refresh_mounted_credentials(self, plan: GatewayPlan, version: str) -> None:
+    async def _refresh_mounted_credentials(
+        self,
+        plan: GatewayPlan,
+        version: str,
+        annotation: str = deployment.CREDENTIALS_VERSION_ANNOTATION,
+    ) -> None:
         """Have the kubelet bring the gateway's Pods the Secret just written now, rather
         than at its next periodic sync (60 to 90 s): a rotated or newly referenced key is
         then read by Envoy within seconds."""
@@ -498,7 +515,7 @@ class GatewaySync:
             patched = await self.kube.annotate_pods(
                 plan.namespace,
                 deployment.selector(plan.name),
-                {deployment.CREDENTIALS_VERSION_ANNOTATION: version},
+                {annotation: version},
             )
         except ApiError as error:
             # Only a speed-up: the kubelet's periodic sync brings the Secret all the same.
