@@ -5,6 +5,7 @@ Envoy reads them through."""
 
 from __future__ import annotations
 
+import base64
 import json
 import time
 from pathlib import Path
@@ -12,8 +13,10 @@ from pathlib import Path
 import grpc
 
 from switchyard import pki
+from switchyard.render.deployment import xds_tls_secret_name
 from switchyard.render.envoy import XdsTls, xds_sds_files
 from switchyard.xds.server import ServerCertificate, gateway_of_node
+from tests_support.cluster import Cluster
 
 LOOPBACK = ("127.0.0.1", "localhost")
 
@@ -61,3 +64,21 @@ class TestAuthority:
             return grpc.ssl_channel_credentials(self.authorities.bundle)
         issued = self.issue(node)
         return grpc.ssl_channel_credentials(self.authorities.bundle, issued.key, issued.certificate)
+
+
+def gateway_secret(cluster: Cluster, namespace: str, name: str) -> dict[str, bytes] | None:
+    """The gateway's control-channel Secret as the operator wrote it, decoded."""
+    secret = cluster.get("secret", xds_tls_secret_name(name), namespace)
+    if secret is None:
+        return None
+    return {key: base64.b64decode(value) for key, value in (secret.get("data") or {}).items()}
+
+
+def gateway_credentials(
+    cluster: Cluster, namespace: str, name: str
+) -> grpc.ChannelCredentials | None:
+    """A gRPC client's credentials as the gateway's Envoys have them, from its Secret."""
+    data = gateway_secret(cluster, namespace, name)
+    if data is None:
+        return None
+    return grpc.ssl_channel_credentials(data[pki.TLS_CA], data[pki.TLS_KEY], data[pki.TLS_CERT])
