@@ -19,10 +19,10 @@ from envoy.data.accesslog.v3 import accesslog_pb2
 from envoy.service.accesslog.v3 import als_pb2, als_pb2_grpc
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 from google.protobuf import wrappers_pb2
+from prometheus_client import REGISTRY
 
 from e2e.test_xds_reconnect import resources
 from gatewaylab import free_port
-from switchyard import metrics
 from switchyard.render.envoy import CLUSTER_TYPE, LISTENER_TYPE, cluster_name
 from switchyard.xds.server import FailedAttempt, XdsServer
 from tests_support.xds_tls import TestAuthority
@@ -38,7 +38,7 @@ def series_naming(text: str) -> list[str]:
     """Every metric sample of the operator's registry with a label value holding `text`."""
     return [
         f"{sample.name}{sample.labels}"
-        for family in metrics.REGISTRY.collect()
+        for family in REGISTRY.collect()
         for sample in family.samples
         if any(text in str(value) for value in sample.labels.values())
     ]
@@ -214,8 +214,8 @@ def test_what_a_peer_claims_grows_no_cache_and_no_metric_series() -> None:
                 break
             await asyncio.sleep(0.02)
         assert harness.server._relocated == {}
-        for port in (0, 70000, -1, 1.5):
-            code, _ = await harness.subscribe(own, GATEWAY, listen_port=port)
+        for bad in (0.0, 70000.0, -1.0, 1.5):
+            code, _ = await harness.subscribe(own, GATEWAY, listen_port=bad)
             assert code == grpc.StatusCode.INVALID_ARGUMENT
         before = series_naming("ghost")
         for index in range(20):
