@@ -163,7 +163,9 @@ class OperatorProcess:
                 SWITCHYARD, "run", "--xds-address", f"127.0.0.1:{self.xds_port}",
                 "--metrics-port", str(self.metrics_port),
             ],
-            env={**os.environ, "KUBECONFIG": self.kubeconfig},
+            # The control channel's CA in a namespace every cluster has.
+            env={**os.environ, "KUBECONFIG": self.kubeconfig,
+                 "SWITCHYARD_CA_SECRET": "default/switchyard-ca"},
             stdout=self.log.open("ab"),
             stderr=subprocess.STDOUT,
         )  # fmt: skip

@@ -120,6 +120,9 @@ def run_command(
     metrics_address: str | None,
     verbose: bool,
     debug: bool,
+    ca_secret: str | None = None,
+    cert_lifetime: float | None = None,
+    ca_lifetime: float | None = None,
 ) -> int:
     import kopf
 
@@ -139,6 +142,9 @@ def run_command(
             resync_seconds=resync_seconds,
             leader_elect=leader_elect,
             metrics_address=metrics_address,
+            ca_secret=ca_secret,
+            cert_lifetime=cert_lifetime,
+            ca_lifetime=ca_lifetime,
         ),
     )
     return 0
@@ -218,6 +224,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         type=int,
         default=None,
         help="port of /metrics (Prometheus) and /healthz (liveness); default 8000",
+    )
+    run.add_argument(
+        "--ca-secret",
+        default=None,
+        metavar="NAMESPACE/NAME",
+        help="the Secret of the control channel's CA, shared by every replica "
+        "(default switchyard-ca in POD_NAMESPACE, else in switchyard-system)",
+    )
+    run.add_argument(
+        "--cert-lifetime",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="lifetime of the xDS certificates of the operator and of each gateway, renewed "
+        "at half-life (default 86400)",
+    )
+    run.add_argument(
+        "--ca-lifetime",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="lifetime of the control channel's CA, rotated at half-life; at least 4 times "
+        "--cert-lifetime (default 31536000)",
     )
     run.add_argument("--verbose", action="store_true", help="log more")
     run.add_argument("--debug", action="store_true", help="log everything Kopf does")
@@ -302,6 +331,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             metrics,
             args.verbose,
             args.debug,
+            args.ca_secret,
+            args.cert_lifetime,
+            args.ca_lifetime,
         )
     if args.command == "envoy":
         import asyncio

@@ -6,7 +6,9 @@ directory the way the kubelet keeps a Pod's mounted Secret: every version in a d
 its own, `..data` swapped to it with one rename, each key a symlink through `..data`, and a
 change seen only after `--secret-delay` seconds (the kubelet's periodic sync takes 60 to 90
 s; the operator usually brings it forward to about a second), so rotation, and the data
-plane's behaviour while it lags, work as in a cluster.
+plane's behaviour while it lags, work as in a cluster. The gateway's control-channel
+Secret (its client certificate for the operator's xDS server) is mirrored the same way,
+and Envoy reads it over file-based SDS, as in the gateway's Pods.
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from switchyard.kube.client import Kube, describe_error, load_configuration
-from switchyard.render.envoy import CREDENTIALS_DIR_ENV, bootstrap
+from switchyard.render.deployment import xds_tls_secret_name
+from switchyard.render.envoy import CREDENTIALS_DIR_ENV, XdsTls, bootstrap, xds_sds_files
 from switchyard.render.objects import credentials_secret_name
 
 SECRET_POLL_SECONDS = 0.5
@@ -105,6 +108,19 @@ async def _serve(
     mirror = SecretMirror(credentials, secret_delay)
     secret = credentials_secret_name(name)
     await _sync_credentials(kube, namespace, secret, mirror)
+    certificates = workdir / "xds-tls"
+    certificates.mkdir(mode=0o700)
+    tls_mirror = SecretMirror(certificates, secret_delay)
+    tls_secret = xds_tls_secret_name(name)
+    # Envoy starts with its certificate, as a Pod starts once its Secret volume is mounted.
+    while True:
+        if await _sync_credentials(kube, namespace, tls_secret, tls_mirror):
+            break
+        await asyncio.sleep(SECRET_POLL_SECONDS)
+    sds = workdir / "sds"
+    sds.mkdir(mode=0o700)
+    for file, content in xds_sds_files(str(certificates)).items():
+        (sds / file).write_text(json.dumps(content))
     xds_host, _, xds_port = xds_address.rpartition(":")
     config = bootstrap(
         f"{namespace}/{name}",
@@ -112,6 +128,7 @@ async def _serve(
         int(xds_port),
         admin_port,
         node_metadata={"listen_address": "127.0.0.1", "listen_port": listen_port},
+        tls=XdsTls(certificates=str(certificates), sds=str(sds)),
     )
     config_path = workdir / "bootstrap.json"
     config_path.write_text(json.dumps(config))
@@ -131,11 +148,12 @@ async def _serve(
         while envoy.returncode is None and not stop.is_set():
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(stop.wait(), SECRET_POLL_SECONDS)
-            try:
-                await _sync_credentials(kube, namespace, secret, mirror)
-            except Exception as error:  # as a kubelet does: keep the files, try again
-                print(f"could not read Secret {namespace}/{secret}: {describe_error(error)}",
-                      file=sys.stderr, flush=True)  # fmt: skip
+            for name_, mirrored in ((secret, mirror), (tls_secret, tls_mirror)):
+                try:
+                    await _sync_credentials(kube, namespace, name_, mirrored)
+                except Exception as error:  # as a kubelet does: keep the files, try again
+                    print(f"could not read Secret {namespace}/{name_}: {describe_error(error)}",
+                          file=sys.stderr, flush=True)  # fmt: skip
             if admin_path.exists() and not (workdir / "announced").exists():
                 (workdir / "announced").touch()
                 print(f"admin on http://{admin_path.read_text().strip()}", flush=True)
@@ -192,7 +210,10 @@ class SecretMirror:
             shutil.rmtree(previous)
 
 
-async def _sync_credentials(kube: Kube, namespace: str, secret: str, mirror: SecretMirror) -> None:
-    data: dict[str, Any] = await kube.read_secret_data(namespace, secret) or {}
+async def _sync_credentials(kube: Kube, namespace: str, secret: str, mirror: SecretMirror) -> bool:
+    """Offer the Secret's data to the mirror; whether the Secret exists."""
+    found = await kube.read_secret_data(namespace, secret)
+    data: dict[str, Any] = found or {}
     wanted = {key: base64.b64decode(value) for key, value in data.items()}
     await asyncio.to_thread(mirror.offer, wanted, time.monotonic())
+    return found is not None

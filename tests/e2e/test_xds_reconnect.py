@@ -22,6 +22,7 @@ from switchyard.plan.gateway import plan_gateway
 from switchyard.render.envoy import bootstrap, render
 from switchyard.xds.server import KEEPALIVE_TIME_MS, KEEPALIVE_TIMEOUT_MS, XdsServer
 from tests_support.plans import ALL_KEYS, GATEWAY_KEY, endpoint, gateway
+from tests_support.xds_tls import TestAuthority
 
 pytestmark = pytest.mark.e2e
 
@@ -50,8 +51,13 @@ def resources(upstream_port: int) -> dict[str, list[dict[str, Any]]]:
     return render(plan, 8080)
 
 
+# One CA for every server of a test module, as an operator's restarts share its CA Secret.
+AUTHORITY = TestAuthority()
+
+
 class Envoy(EnvoyProcess):
-    """The real Envoy with the gateway Pods' bootstrap, its listener moved to loopback."""
+    """The real Envoy with the gateway Pods' bootstrap, its listener moved to loopback, and
+    its control-channel certificate in files as its Pod has them."""
 
     def __init__(
         self,
@@ -59,18 +65,25 @@ class Envoy(EnvoyProcess):
         xds_port: int,
         workdir: Path,
         adjust: Callable[[dict[str, Any]], None] = lambda config: None,
+        authority: TestAuthority = AUTHORITY,
     ) -> None:
         metadata = {"listen_address": "127.0.0.1", "listen_port": free_port()}
-        config = bootstrap(node, "127.0.0.1", xds_port, free_port(), metadata)
-        adjust(config)
         name = node.replace("/", "-")
+        tls = authority.gateway_files(node, workdir / f"{name}-xds-tls")
+        config = bootstrap(node, "127.0.0.1", xds_port, free_port(), metadata, tls)
+        adjust(config)
         credentials = workdir / f"{name}-credentials"
         credentials.mkdir()
         super().__init__(config, workdir, name, credentials)
 
 
-async def served(snapshot: dict[str, list[dict[str, Any]]], port: int, *nodes: str) -> XdsServer:
-    server = XdsServer()
+async def served(
+    snapshot: dict[str, list[dict[str, Any]]],
+    port: int,
+    *nodes: str,
+    authority: TestAuthority = AUTHORITY,
+) -> XdsServer:
+    server = XdsServer(authority)
     for node in nodes:
         server.set_snapshot(node, snapshot)
     await server.start("127.0.0.1", port)

@@ -36,9 +36,12 @@ class NoSnapshot(Exception):
     """The xDS server sent nothing for a node within the timeout."""
 
 
-def fetch_snapshot(address: str, node: str, timeout: float = 10.0) -> Resources:
+def fetch_snapshot(
+    address: str, node: str, credentials: grpc.ChannelCredentials, timeout: float = 10.0
+) -> Resources:
     """The resources the xDS server at `address` serves node `node`, asked for on one ADS
-    stream as a gateway's Envoy does on connecting. Nothing is ACKed: the stream closes."""
+    stream as a gateway's Envoy does on connecting, with the gateway's certificate
+    (`credentials`). Nothing is ACKed: the stream closes."""
     outbox: queue.Queue[discovery_pb2.DiscoveryRequest | None] = queue.Queue()
 
     def requests() -> Iterator[discovery_pb2.DiscoveryRequest]:
@@ -47,7 +50,7 @@ def fetch_snapshot(address: str, node: str, timeout: float = 10.0) -> Resources:
 
     found: Resources = {}
     options = [("grpc.max_receive_message_length", 256 * 2**20)]
-    with grpc.insecure_channel(address, options=options) as channel:
+    with grpc.secure_channel(address, credentials, options=options) as channel:
         stub = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel)
         replies = stub.StreamAggregatedResources(requests(), timeout=timeout)
         try:

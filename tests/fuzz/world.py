@@ -51,6 +51,7 @@ from switchyard.render.envoy import cluster_name
 from tests_support import hygiene
 from tests_support.cluster import Cluster
 from tests_support.scenario import API_VERSION, Operator
+from tests_support.xds_tls import gateway_credentials
 
 FUZZ_LABEL = "switchyard.test/fuzz"
 CANARY_BACKEND = "canary"
@@ -447,7 +448,11 @@ class FuzzWorld:
             namespace, name = key_of(gateway)
             node = f"{namespace}/{name}"
             try:
-                resources = envoy_check.fetch_snapshot(self.operator.xds_address, node)
+                credentials = gateway_credentials(self.cluster, namespace, name)
+                if credentials is None:
+                    problems.append(f"no control-channel certificate for {node}")
+                    continue
+                resources = envoy_check.fetch_snapshot(self.operator.xds_address, node, credentials)
             except envoy_check.NoSnapshot as missing:
                 problems.append(str(missing))
                 continue

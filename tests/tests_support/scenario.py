@@ -60,6 +60,9 @@ class Operator:
         # Any free port unless a test runs Envoys against this operator or scrapes it.
         self.xds_address = xds_address
         self.metrics_address = metrics_address
+        # The control channel's CA, the same across this operator's restarts, in a namespace
+        # every cluster has (a Pod's operator keeps it in its own).
+        self.ca_secret = f"default/switchyard-ca-{uuid.uuid4().hex[:8]}"
         self.runner: KopfRunner | None = None
         self.records = _Records()
         self.outputs: list[str] = []
@@ -67,6 +70,7 @@ class Operator:
     def start(self) -> None:
         os.environ["SWITCHYARD_XDS_ADDRESS"] = self.xds_address
         os.environ["SWITCHYARD_METRICS_ADDRESS"] = self.metrics_address
+        os.environ["SWITCHYARD_CA_SECRET"] = self.ca_secret
         logging.getLogger().addHandler(self.records)
         self.runner = KopfRunner(
             [

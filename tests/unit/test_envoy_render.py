@@ -456,7 +456,7 @@ def test_routes_are_acked_rejected_and_pushed_after_their_clusters() -> None:
         outbox: asyncio.Queue[DiscoveryResponse] = asyncio.Queue()
 
         async def pump() -> None:  # as gRPC does: read the stream's responses as they come
-            async for response in server.stream(requests()):
+            async for response in server.stream(requests(), "ns/gw"):
                 await outbox.put(response)
 
         pumping = asyncio.create_task(pump())

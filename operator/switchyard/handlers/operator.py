@@ -20,9 +20,10 @@ from typing import Any
 import kopf
 from aiohttp import web
 
-from switchyard import metrics
+from switchyard import metrics, pki
 from switchyard.api.models import GROUP, VERSION
 from switchyard.handlers import informer
+from switchyard.handlers.control_channel import CA_SECRET_NAME, ControlChannel
 from switchyard.handlers.health_monitor import HealthMonitor
 from switchyard.handlers.leadership import Leadership
 from switchyard.handlers.state import Store, object_key
@@ -52,6 +53,7 @@ class Runtime:
     kube: Kube
     sync: GatewaySync
     xds: XdsServer
+    control: ControlChannel
     workers: list[asyncio.Task[None]]
     scraper: web.AppRunner
     leadership: Leadership | None
@@ -79,6 +81,45 @@ def envoy_pods(memo: Any) -> EnvoyPods:
     return EnvoyPods(host, port, image)
 
 
+def operator_namespace() -> str:
+    """The operator's own namespace: POD_NAMESPACE (the downward API), else the chart's."""
+    return os.environ.get("POD_NAMESPACE") or "switchyard-system"
+
+
+def ca_secret(memo: Any) -> tuple[str, str]:
+    """`--ca-secret NAMESPACE/NAME`, else SWITCHYARD_CA_SECRET, else `switchyard-ca` in the
+    operator's namespace."""
+    text = memo.get("ca_secret") or os.environ.get("SWITCHYARD_CA_SECRET")
+    if not text:
+        return operator_namespace(), CA_SECRET_NAME
+    namespace, _, name = text.rpartition("/")
+    return namespace or operator_namespace(), name
+
+
+def lifetimes(memo: Any) -> pki.Lifetimes:
+    """`--cert-lifetime` and `--ca-lifetime` (seconds), else SWITCHYARD_CERT_LIFETIME and
+    SWITCHYARD_CA_LIFETIME, else 24 hours and a year."""
+
+    def seconds(option: str, variable: str, default: float) -> float:
+        text = memo.get(option) or os.environ.get(variable)
+        return float(text) if text else default
+
+    return pki.Lifetimes(
+        certificate=seconds(
+            "cert_lifetime", "SWITCHYARD_CERT_LIFETIME", pki.DEFAULT_CERTIFICATE_SECONDS
+        ),
+        authority=seconds("ca_lifetime", "SWITCHYARD_CA_LIFETIME", pki.DEFAULT_AUTHORITY_SECONDS),
+    )
+
+
+def server_hosts(pods: EnvoyPods, listen_host: str) -> list[str]:
+    """The names the xDS server's certificate holds: the Service's, and loopback's."""
+    hosts = [pods.xds_host, "localhost", "127.0.0.1"]
+    if listen_host not in ("", "0.0.0.0", "::"):
+        hosts.append(listen_host)
+    return hosts
+
+
 def resync_seconds(memo: Any) -> float:
     """`--resync-period`, else SWITCHYARD_RESYNC_SECONDS, else 5 minutes."""
     text = memo.get("resync_seconds") or os.environ.get("SWITCHYARD_RESYNC_SECONDS")
@@ -101,13 +142,15 @@ def elector(
     every replica keeps are content-addressed, so a new leader pushes them no new versions."""
     if not (memo.get("leader_elect") or os.environ.get("SWITCHYARD_LEADER_ELECT") == "1"):
         return None
-    namespace = os.environ.get("POD_NAMESPACE") or "switchyard-system"
+    namespace = operator_namespace()
     identity = os.environ.get("POD_NAME") or f"{socket.gethostname()}-{uuid.uuid4().hex[:6]}"
     tasks: set[asyncio.Task[Any]] = set()
     turns = asyncio.Lock()  # listening and stopping take turns, in the order they were asked
 
     async def listen() -> None:
         async with turns:
+            if sync.control is not None:
+                await sync.control.wait_ready()  # the CA: made now if this is the first leader
             while leadership.leading() and not sync.xds.listening:
                 try:
                     await sync.xds.start(*xds_at)
@@ -178,16 +221,22 @@ async def start(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
     except BaseException:
         await kube.close()  # the retry builds a new client
         raise
-    xds = XdsServer()
+    pods = envoy_pods(memo)
+    control = ControlChannel(
+        kube, ca_secret(memo), lifetimes(memo), server_hosts(pods, xds_address(memo)[0])
+    )
+    xds = XdsServer(control)
     secrets = SecretCache(kube)
     health = HealthMonitor(secrets, lambda gateway: sync.mark({gateway}))
-    sync = GatewaySync(
-        store, kube, secrets, xds, envoy_pods(memo), health, await api_server_of(kube)
-    )
+    sync = GatewaySync(store, kube, secrets, xds, pods, health, await api_server_of(kube), control)
     # An Envoy that connects, ACKs or NACKs changes its gateway's Programmed condition.
     xds.on_change = lambda node: sync.mark({gateway_of_node(node)})
     xds.on_failed_attempt = sync.failed_attempt
     sync.issuer = await informer.token_issuer(kube)
+    # Streams only for gateways that exist (the store knows them all before xDS listens).
+    xds.admits = lambda node: gateway_of_node(node) in store.gateways
+    control.gateways = lambda: store.gateways.keys()
+    control.on_due = sync.mark
     sync.mark(store.gateway_keys())
     reconnected = asyncio.Event()
     workers = [
@@ -200,21 +249,27 @@ async def start(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
             name="switchyard-relist",
         ),
     ]
+    workers.append(asyncio.create_task(control.run(), name="switchyard-control-channel"))
     leadership = elector(memo, kube, sync, xds_address(memo), reconnected)
     if leadership is None:
         try:
+            await control.wait_ready()
             await xds.start(*xds_address(memo))
         except BaseException:
+            for worker in workers:
+                worker.cancel()
             await kube.close()
             raise
     else:
         sync.may_write = leadership.leading
+        control.may_write = leadership.leading
         workers.append(asyncio.create_task(leadership.run(), name="switchyard-leader-election"))
     scraper = await metrics.serve(
         *metrics_address(memo), alive=lambda: not any(w.done() for w in workers)
     )
     memo.runtime = Runtime(
-        store=store, kube=kube, sync=sync, xds=xds, workers=workers, scraper=scraper,
+        store=store, kube=kube, sync=sync, xds=xds, control=control, workers=workers,
+        scraper=scraper,
         leadership=leadership,
     )  # fmt: skip
     logger.info(

@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 
 from switchyard import metrics
 from switchyard.api.models import BackendTLS, DataPlaneType, ModelGatewaySpec, parse_duration
+from switchyard.handlers.control_channel import ControlChannel
 from switchyard.handlers.health_monitor import BackendKey, HealthMonitor
 from switchyard.handlers.state import ClientRecord, EndpointRecord, GatewayRecord, Store
 from switchyard.health.probes import Target
@@ -178,6 +179,7 @@ class GatewaySync:
         envoy_pods: deployment.EnvoyPods,
         health: HealthMonitor,
         api_server: ApiServer = ANY_CLUSTER,
+        control: ControlChannel | None = None,
     ) -> None:
         self.store = store
         self.kube = kube
@@ -189,6 +191,8 @@ class GatewaySync:
         self.api_server = api_server
         # The cluster's ServiceAccount token issuer, which verifies clients' tokens.
         self.issuer: TokenIssuer | None = None
+        # Issues each Envoy gateway's control-channel certificate (its Secret).
+        self.control = control
         self._dirty: set[ObjectKey] = set()
         self._passing: set[ObjectKey] = set()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -521,6 +525,10 @@ class GatewaySync:
                 deployment.envoy_service(plan, spec, uid),
                 deployment.envoy_pdb(plan, spec, uid),
             ]
+            if self.control is not None:
+                tls = await self.control.gateway_secret_data((plan.namespace, plan.name))
+                if tls is not None:
+                    manifests.append(deployment.xds_tls_secret(plan, uid, tls))
         problems: list[tuple[bool, str]] = []
         for manifest in manifests:
             metadata = manifest["metadata"]
@@ -544,9 +552,18 @@ class GatewaySync:
                 metrics.API_WRITES.labels(manifest["kind"]).inc()
                 if manifest is credentials and spec.data_plane.type == DataPlaneType.ENVOY:
                     await self._refresh_mounted_credentials(plan, applied.resource_version)
+                elif key[2] == deployment.xds_tls_secret_name(plan.name) and key[0] == "Secret":
+                    await self._refresh_mounted_credentials(
+                        plan, applied.resource_version, deployment.XDS_TLS_VERSION_ANNOTATION
+                    )
         return problems
 
-    async def _refresh_mounted_credentials(self, plan: GatewayPlan, version: str) -> None:
+    async def _refresh_mounted_credentials(
+        self,
+        plan: GatewayPlan,
+        version: str,
+        annotation: str = deployment.CREDENTIALS_VERSION_ANNOTATION,
+    ) -> None:
         """Have the kubelet bring the gateway's Pods the Secret just written now, rather
         than at its next periodic sync (60 to 90 s): a rotated or newly referenced key is
         then read by Envoy within seconds."""
@@ -554,7 +571,7 @@ class GatewaySync:
             patched = await self.kube.annotate_pods(
                 plan.namespace,
                 deployment.selector(plan.name),
-                {deployment.CREDENTIALS_VERSION_ANNOTATION: version},
+                {annotation: version},
             )
         except ApiError as error:
             # Only a speed-up: the kubelet's periodic sync brings the Secret all the same.

@@ -267,6 +267,30 @@ class Kube:
             raise
         return dict(secret.get("data") or {})
 
+    async def read_secret(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """A whole Secret (metadata and data), or None when it does not exist."""
+        try:
+            secret: dict[str, Any] = await _json(self.core.read_namespaced_secret, name, namespace)
+        except ApiException as error:
+            if _is_not_found(error):
+                return None
+            raise
+        return secret
+
+    async def write_secret(self, secret: dict[str, Any]) -> dict[str, Any]:
+        """Create a Secret, or replace it at the resourceVersion it carries (409 when
+        someone wrote it since: of two writers, one wins and the other reads again)."""
+        metadata = secret["metadata"]
+        if metadata.get("resourceVersion"):
+            written: dict[str, Any] = await _json(
+                self.core.replace_namespaced_secret, metadata["name"], metadata["namespace"],
+                secret,
+            )  # fmt: skip
+        else:
+            written = await _json(self.core.create_namespaced_secret, metadata["namespace"], secret)
+        logger.info("wrote Secret %s/%s", metadata["namespace"], metadata["name"])
+        return written
+
     async def apply_owned(
         self, manifest: dict[str, Any], known_version: str | None = None
     ) -> Applied:

@@ -2,7 +2,9 @@
 
 Key material reaches Envoy only as the gateway's credentials Secret mounted as files; the
 Deployment mounts it whole (no subPath), so the kubelet's refresh of a rotated key reaches
-the running Envoy without a restart.
+the running Envoy without a restart. The control channel's certificate (the gateway's
+identity towards the operator, see `switchyard.pki`) is a Secret of its own, mounted the
+same way and read by Envoy over file-based SDS, so that its renewal needs no restart either.
 
 A Pod that is deleted (a rollout, a drain, a scale-down) first drains: its preStop hook asks
 Envoy to drain its listeners (every response then carries `Connection: close`, so keep-alive
@@ -31,7 +33,7 @@ from switchyard.api.models import (
     parse_quantity,
 )
 from switchyard.plan.gateway import GatewayPlan
-from switchyard.render.envoy import CREDENTIALS_DIR_ENV, bootstrap
+from switchyard.render.envoy import CREDENTIALS_DIR_ENV, XdsTls, bootstrap, xds_sds_files
 from switchyard.render.objects import (
     GATEWAY_LABEL,
     credentials_secret_name,
@@ -46,9 +48,14 @@ ENVOY_UID = 101
 # On a gateway Pod: the credentials Secret's resourceVersion its kubelet was last asked to
 # mount. Set on the Pod, not the template, so that a new key rolls no Pod.
 CREDENTIALS_VERSION_ANNOTATION = "switchyard.dev/credentials-version"
+# The same, for the control-channel certificate's Secret.
+XDS_TLS_VERSION_ANNOTATION = "switchyard.dev/xds-tls-version"
 BOOTSTRAP_KEY = "bootstrap.json"
 BOOTSTRAP_DIR = "/etc/switchyard/bootstrap"
 CREDENTIALS_DIR = "/etc/switchyard/credentials"
+XDS_TLS_DIR = "/etc/switchyard/xds-tls"
+# The bootstrap ConfigMap holds the SDS files too.
+XDS_TLS = XdsTls(certificates=XDS_TLS_DIR, sds=BOOTSTRAP_DIR)
 ADMIN_PORT = 9901
 # Shutdown: listeners drain for DRAIN_SECONDS (answering with `Connection: close`, still
 # accepting while kube-proxy catches up), requests in flight get until SHUTDOWN_SECONDS, and
@@ -146,13 +153,34 @@ def selector(gateway: str) -> dict[str, str]:
     return {"app.kubernetes.io/name": "switchyard-envoy", GATEWAY_LABEL: label_value(gateway)}
 
 
+def xds_tls_secret_name(gateway: str) -> str:
+    return owned_name(gateway, "switchyard-xds-tls")
+
+
+def xds_tls_secret(plan: GatewayPlan, owner_uid: str, data: dict[str, str]) -> dict[str, Any]:
+    """The gateway's control-channel certificate, key and the operator's CAs (`data`,
+    base64, as `switchyard.pki` names the keys)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": "kubernetes.io/tls",
+        "metadata": owned_metadata(plan, xds_tls_secret_name(plan.name), owner_uid),
+        "data": data,
+    }
+
+
 def bootstrap_configmap(plan: GatewayPlan, owner_uid: str, pods: EnvoyPods) -> dict[str, Any]:
-    config = bootstrap(f"{plan.namespace}/{plan.name}", pods.xds_host, pods.xds_port, ADMIN_PORT)
+    config = bootstrap(
+        f"{plan.namespace}/{plan.name}", pods.xds_host, pods.xds_port, ADMIN_PORT, tls=XDS_TLS
+    )
+    data = {BOOTSTRAP_KEY: json.dumps(config, indent=2, sort_keys=True) + "\n"}
+    for file, content in xds_sds_files(XDS_TLS_DIR).items():
+        data[file] = json.dumps(content, indent=2, sort_keys=True) + "\n"
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
         "metadata": owned_metadata(plan, envoy_name(plan.name), owner_uid),
-        "data": {BOOTSTRAP_KEY: json.dumps(config, indent=2, sort_keys=True) + "\n"},
+        "data": data,
     }
 
 
@@ -167,9 +195,8 @@ def envoy_deployment(
     labels = selector(plan.name)
     port = spec.listener.port
     # A changed bootstrap rolls the Pods; key rotation does not need to.
-    bootstrap_hash = hashlib.sha256(bootstrap_config["data"][BOOTSTRAP_KEY].encode()).hexdigest()[
-        :16
-    ]
+    bootstrap_text = "".join(bootstrap_config["data"][k] for k in sorted(bootstrap_config["data"]))
+    bootstrap_hash = hashlib.sha256(bootstrap_text.encode()).hexdigest()[:16]
     metadata = owned_metadata(plan, name, owner_uid)
     metadata["labels"].update(labels)
     resources = spec.data_plane.resources
@@ -234,6 +261,7 @@ def envoy_deployment(
                                     "mountPath": CREDENTIALS_DIR,
                                     "readOnly": True,
                                 },
+                                {"name": "xds-tls", "mountPath": XDS_TLS_DIR, "readOnly": True},
                                 {"name": "tmp", "mountPath": "/tmp"},
                             ],
                         }
@@ -244,6 +272,13 @@ def envoy_deployment(
                             "name": "credentials",
                             "secret": {
                                 "secretName": credentials_secret_name(plan.name),
+                                "defaultMode": 0o440,
+                            },
+                        },
+                        {
+                            "name": "xds-tls",
+                            "secret": {
+                                "secretName": xds_tls_secret_name(plan.name),
                                 "defaultMode": 0o440,
                             },
                         },

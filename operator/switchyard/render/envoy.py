@@ -36,6 +36,7 @@ from importlib import resources
 from typing import Any
 from urllib.parse import urlsplit
 
+from switchyard import pki
 from switchyard.api.models import BackendTLS
 from switchyard.plan.clients import ClientsPlan, TokenIssuer
 from switchyard.plan.gateway import GatewayPlan
@@ -901,12 +902,87 @@ def _header_mutation() -> dict[str, Any]:
     }
 
 
+# The control channel's TLS: Envoy's certificate and the CAs it trusts come over SDS from
+# files (see `xds_sds_files`), so that a renewed certificate or CA needs no restart.
+XDS_CERTIFICATE_SECRET = "switchyard-xds-certificate"
+XDS_TRUST_SECRET = "switchyard-xds-trust"
+XDS_CERTIFICATE_SDS = "xds-certificate.json"
+XDS_TRUST_SDS = "xds-trust.json"
+SECRET_TYPE = TYPE + "envoy.extensions.transport_sockets.tls.v3.Secret"
+
+
+@dataclass(frozen=True)
+class XdsTls:
+    """Where an Envoy finds its control-channel credentials: `certificates` holds the
+    gateway's control-channel Secret (tls.crt, tls.key, ca.crt) as the kubelet mounts it;
+    `sds` holds the two files of `xds_sds_files`."""
+
+    certificates: str
+    sds: str
+
+
+def xds_sds_files(certificates: str) -> dict[str, dict[str, Any]]:
+    """The SDS files (by file name) that hand Envoy its control-channel certificate and the
+    operator's CAs, read from the files in `certificates`. Each secret watches that
+    directory: the kubelet's atomic swap of a mounted Secret (`..data`) makes Envoy read
+    the files again, and new connections to the operator use them; established ones keep
+    what they negotiated."""
+    watched = {"path": certificates}
+    certificate = {
+        "@type": SECRET_TYPE,
+        "name": XDS_CERTIFICATE_SECRET,
+        "tls_certificate": {
+            "certificate_chain": {"filename": f"{certificates}/{pki.TLS_CERT}"},
+            "private_key": {"filename": f"{certificates}/{pki.TLS_KEY}"},
+            "watched_directory": watched,
+        },
+    }
+    trust = {
+        "@type": SECRET_TYPE,
+        "name": XDS_TRUST_SECRET,
+        "validation_context": {
+            "trusted_ca": {"filename": f"{certificates}/{pki.TLS_CA}"},
+            "watched_directory": watched,
+            # The operator, not merely anything the CA signed (a gateway's certificate).
+            "match_typed_subject_alt_names": [
+                {"san_type": "URI", "matcher": {"exact": pki.OPERATOR_ID}}
+            ],
+        },
+    }
+    return {
+        XDS_CERTIFICATE_SDS: {"resources": [certificate]},
+        XDS_TRUST_SDS: {"resources": [trust]},
+    }
+
+
+def _xds_transport_socket(tls: XdsTls) -> dict[str, Any]:
+    def from_file(name: str, file: str) -> dict[str, Any]:
+        source = {"path_config_source": {"path": f"{tls.sds}/{file}",
+                                         "watched_directory": {"path": tls.sds}},
+                  "resource_api_version": "V3"}  # fmt: skip
+        return {"name": name, "sds_config": source}
+
+    return {
+        "name": "envoy.transport_sockets.tls",
+        "typed_config": {
+            "@type": TYPE + "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+            "common_tls_context": {
+                "tls_certificate_sds_secret_configs": [
+                    from_file(XDS_CERTIFICATE_SECRET, XDS_CERTIFICATE_SDS)
+                ],
+                "validation_context_sds_secret_config": from_file(XDS_TRUST_SECRET, XDS_TRUST_SDS),
+            },
+        },
+    }
+
+
 def bootstrap(
     node: str,
     xds_host: str,
     xds_port: int,
     admin_port: int = 9901,
     node_metadata: dict[str, Any] | None = None,
+    tls: XdsTls | None = None,
 ) -> dict[str, Any]:
     """Envoy's static bootstrap: who it is, where the operator's ADS server is, and nothing
     else. Everything it serves arrives over ADS; if the operator goes away, Envoy keeps
@@ -916,8 +992,12 @@ def bootstrap(
     keepalive under them) close a connection whose peer vanished without a FIN within about
     half a minute, and a lost stream is retried within 2 s, so a restarted operator reaches
     every gateway within seconds. (Envoy's defaults: no keepalive at all, and a retry
-    back-off of 0.5 s doubling to 30 s.) The server's side is in `switchyard.xds.server`."""
-    return {
+    back-off of 0.5 s doubling to 30 s.) The server's side is in `switchyard.xds.server`.
+
+    With `tls` (every gateway Envoy; the operator serves nothing in plain text), the xDS
+    cluster, which carries the failed-attempt reports too, speaks mutual TLS: Envoy shows
+    the gateway's certificate and accepts only the operator's."""
+    config: dict[str, Any] = {
         "node": {"id": node, "cluster": "switchyard", "metadata": node_metadata or {}},
         "admin": {
             "address": {"socket_address": {"address": "127.0.0.1", "port_value": admin_port}}
@@ -994,3 +1074,6 @@ def bootstrap(
             ]
         },
     }
+    if tls is not None:
+        config["static_resources"]["clusters"][0]["transport_socket"] = _xds_transport_socket(tls)
+    return config

@@ -3,6 +3,14 @@
 Each gateway is one xDS node (`<namespace>/<name>`). The operator sets a snapshot per node;
 every Envoy stream of that node gets it, and the server tracks what each stream ACKed or
 NACKed, so that the gateway's `Programmed` condition can tell the truth.
+
+The server speaks mutual TLS only (see `switchyard.pki`): a peer proves which gateway it
+is with a client certificate the operator issued, and may then subscribe, ACK, NACK and
+report failed attempts as that gateway and no other. A connection without such a
+certificate ends in the handshake: it reaches no handler, changes no state, and makes no
+metric series. What a peer claims (node ids, listen ports, backend names in reports) is
+taken only as far as it matches a gateway that exists and what the server serves it, so
+nothing a peer sends grows the server's memory or its metric series.
 """
 
 from __future__ import annotations
@@ -10,18 +18,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import ipaddress
 import json
 import logging
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import grpc
 from envoy.service.accesslog.v3 import als_pb2, als_pb2_grpc
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 from google.protobuf import any_pb2, json_format
 
-from switchyard import metrics
+from switchyard import metrics, pki
 from switchyard.plan.backoff import retry_after_seconds
 from switchyard.xds import resources as _registered_types  # noqa: F401  (type registry)
 
@@ -59,6 +68,30 @@ SERVER_OPTIONS: tuple[tuple[str, int], ...] = (
     ("grpc.http2.max_pings_without_data", 0),
     ("grpc.http2.min_ping_interval_without_data_ms", MIN_CLIENT_PING_INTERVAL_MS),
 )
+
+
+class ServerTls(Protocol):
+    """Where the server's certificate comes from. Asked at every TLS handshake, so it must
+    answer at once; returning a new object rotates what new connections get."""
+
+    def server_tls(self) -> ServerCertificate | None: ...
+
+
+@dataclass(frozen=True)
+class ServerCertificate:
+    certificate_chain: bytes
+    private_key: bytes = field(repr=False)
+    # The CAs whose client certificates are accepted: every CA of the trust bundle.
+    client_cas: bytes = b""
+
+
+class Refused(Exception):
+    """A stream the peer's certificate does not entitle it to."""
+
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(details)
+        self.code = code
+        self.details = details
 
 
 @dataclass(frozen=True)
@@ -214,11 +247,17 @@ class NodeStatus:
 
 
 class XdsServer:
-    def __init__(self) -> None:
+    def __init__(self, tls: ServerTls | None = None) -> None:
+        # Where the TLS server certificate and the trusted client CAs come from; required
+        # to listen: the server never serves in plain text.
+        self.tls = tls
         self._snapshots: dict[str, dict[str, TypedResources]] = {}
         self._packers: dict[str, Packer] = {}
         self._listeners: dict[str, list[dict[str, Any]]] = {}
+        # Listeners moved for a local Envoy's claimed address: only while a stream asks.
         self._relocated: dict[tuple[str, tuple[str, int]], TypedResources] = {}
+        # (cluster, backend) pairs a node's snapshot serves: what its reports may name.
+        self._reportable: dict[str, frozenset[tuple[str, str]]] = {}
         self._streams: dict[str, list[StreamState]] = {}
         self._changed: dict[str, asyncio.Event] = {}
         self._nonce = 0
@@ -226,6 +265,10 @@ class XdsServer:
         self.on_change: Callable[[str], None] = lambda node: None
         # Told of every failed attempt the Envoys report.
         self.on_failed_attempt: Callable[[FailedAttempt], None] = lambda report: None
+        # Whether a node names a gateway that exists: a stream for any other is refused
+        # (a certificate may outlive its gateway by a few hours). By default, a node with
+        # a snapshot; the operator asks its store, which knows every gateway at start.
+        self.admits: Callable[[str], bool] = lambda node: node in self._snapshots
         self._server: grpc.aio.Server | None = None
         self.port: int | None = None
 
@@ -250,6 +293,7 @@ class XdsServer:
         packer.forget_unused()
         self._snapshots[node] = snapshot
         self._listeners[node] = list(resources.get(LISTENER, []))
+        self._reportable[node] = _reportable(resources.get(CLUSTER, []))
         # Counters exist from 0, so that increase() sees the first rejection.
         metrics.XDS_REJECTIONS.labels(*gateway_of_node(node))
         if _versions(current).get(LISTENER) != versions.get(LISTENER):
@@ -262,6 +306,7 @@ class XdsServer:
         self._snapshots.pop(node, None)
         self._packers.pop(node, None)
         self._listeners.pop(node, None)
+        self._reportable.pop(node, None)
         self._relocated = {k: v for k, v in self._relocated.items() if k[0] != node}
 
     def versions(self, node: str) -> dict[str, str]:
@@ -296,10 +341,13 @@ class XdsServer:
     # --- gRPC
 
     async def start(self, host: str, port: int) -> int:
+        """Listen for mutual TLS: the TLS source must have a certificate ready."""
+        if self.tls is None or self.tls.server_tls() is None:
+            raise ValueError("the xDS server needs its TLS certificate before it listens")
         server = grpc.aio.server(options=list(SERVER_OPTIONS))
         ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(_Servicer(self), server)
         als_pb2_grpc.add_AccessLogServiceServicer_to_server(_FailedAttemptReports(self), server)
-        self.port = server.add_insecure_port(f"{host}:{port}")
+        self.port = server.add_secure_port(f"{host}:{port}", _credentials(self.tls))
         if self.port == 0:
             raise OSError(f"cannot listen for xDS on {host}:{port}")
         await server.start()
@@ -316,10 +364,17 @@ class XdsServer:
             await self._server.stop(grace=1)
             self._server = None
 
+    def reportable(self, node: str, cluster: str, backend: str) -> bool:
+        """Whether the node's snapshot serves `backend` in `cluster`."""
+        return (cluster, backend) in self._reportable.get(node, frozenset())
+
     async def stream(
-        self, requests: AsyncIterator[discovery_pb2.DiscoveryRequest]
+        self, requests: AsyncIterator[discovery_pb2.DiscoveryRequest], peer: str
     ) -> AsyncIterator[discovery_pb2.DiscoveryResponse]:
-        """One Envoy's ADS stream: answer its subscriptions, push changes, note ACK/NACK."""
+        """One Envoy's ADS stream: answer its subscriptions, push changes, note ACK/NACK.
+
+        `peer` is the node the peer's certificate names: a stream whose node differs, or
+        names no gateway, is refused (`Refused`) before it changes anything."""
         inbox: asyncio.Queue[discovery_pb2.DiscoveryRequest | None] = asyncio.Queue()
 
         async def read() -> None:
@@ -355,7 +410,15 @@ class XdsServer:
                 if request is None:
                     return
                 if state is None:
-                    state = StreamState(node=request.node.id, listen_on=_listen_on(request))
+                    node = request.node.id
+                    if node != peer:
+                        raise Refused(
+                            grpc.StatusCode.PERMISSION_DENIED,
+                            "the node id is not the gateway the client certificate names",
+                        )
+                    if not self.admits(node):
+                        raise Refused(grpc.StatusCode.PERMISSION_DENIED, "no such gateway")
+                    state = StreamState(node=node, listen_on=_listen_on(request))
                     self._nonce += 1
                     stream_key = f"{state.node}#{self._nonce}"
                     self._changed[stream_key] = changed
@@ -374,6 +437,8 @@ class XdsServer:
                 self._streams[state.node].remove(state)
                 if not self._streams[state.node]:
                     del self._streams[state.node]
+                if state.listen_on is not None:
+                    self._forget_relocated(state.node)
                 logger.info("Envoy disconnected for %s", state.node)
                 self.on_change(state.node)
 
@@ -445,6 +510,11 @@ class XdsServer:
             nonce=nonce,
         )
 
+    def _forget_relocated(self, node: str) -> None:
+        """Keep the moved listeners that a live stream of the node still asks for."""
+        wanted = {(node, s.listen_on) for s in self._streams.get(node, [])}
+        self._relocated = {k: v for k, v in self._relocated.items() if k[0] != node or k in wanted}
+
     def _relocate(self, node: str, listen_on: tuple[str, int]) -> TypedResources:
         key = (node, listen_on)
         if key not in self._relocated:
@@ -476,7 +546,65 @@ def _listen_on(request: discovery_pb2.DiscoveryRequest) -> tuple[str, int] | Non
     if "listen_port" not in fields:
         return None
     address = fields["listen_address"].string_value if "listen_address" in fields else "0.0.0.0"
-    return (address or "0.0.0.0", int(fields["listen_port"].number_value))
+    port = fields["listen_port"].number_value
+    try:
+        address = str(ipaddress.ip_address(address or "0.0.0.0"))
+    except ValueError:
+        raise Refused(grpc.StatusCode.INVALID_ARGUMENT, "listen_address is no IP address") from None
+    if not (port == int(port) and 0 < port < 65536):
+        raise Refused(grpc.StatusCode.INVALID_ARGUMENT, "listen_port is no port")
+    return (address, int(port))
+
+
+def _reportable(clusters: list[dict[str, Any]]) -> frozenset[tuple[str, str]]:
+    """Every (cluster, backend) of rendered clusters, by the backend metadata of their hosts."""
+    found = set()
+    for cluster in clusters:
+        for locality in (cluster.get("load_assignment") or {}).get("endpoints") or []:
+            for endpoint in locality.get("lb_endpoints") or []:
+                filters = (endpoint.get("metadata") or {}).get("filter_metadata") or {}
+                backend = (filters.get("switchyard") or {}).get("backend")
+                if isinstance(backend, str):
+                    found.add((str(cluster.get("name", "")), backend))
+    return frozenset(found)
+
+
+def peer_node(context: Any) -> str | None:
+    """The node of the gateway the peer's client certificate names; None for any other
+    peer (the TLS handshake already refused those without a certificate of our CA)."""
+    auth = context.auth_context() or {}
+    for uri in [*auth.get("peer_spiffe_id", []), *auth.get("x509_subject_alternative_name", [])]:
+        gateway = pki.gateway_of_id(uri.decode(errors="replace"))
+        if gateway is not None:
+            return node_of_gateway(*gateway)
+    return None
+
+
+def _configuration(current: ServerCertificate) -> Any:
+    return grpc.ssl_server_certificate_configuration(
+        [(current.private_key, current.certificate_chain)],
+        root_certificates=current.client_cas,
+    )
+
+
+def _credentials(tls: ServerTls) -> grpc.ServerCredentials:
+    """TLS that requires a client certificate, whose certificate and trusted CAs follow
+    `tls` without a restart: gRPC asks at every handshake, and a changed answer applies to
+    the connections that follow (established ones keep theirs)."""
+    first = tls.server_tls()
+    assert first is not None
+    served = [first]
+
+    def fetch() -> Any:
+        current = tls.server_tls()
+        if current is None or current is served[0]:
+            return None
+        served[0] = current
+        return _configuration(current)
+
+    return grpc.dynamic_ssl_server_credentials(
+        _configuration(first), fetch, require_client_authentication=True
+    )
 
 
 class _FailedAttemptReports(als_pb2_grpc.AccessLogServiceServicer):  # type: ignore[misc]
@@ -488,10 +616,20 @@ class _FailedAttemptReports(als_pb2_grpc.AccessLogServiceServicer):  # type: ign
     async def StreamAccessLogs(
         self, request_iterator: AsyncIterator[als_pb2.StreamAccessLogsMessage], context: Any
     ) -> als_pb2.StreamAccessLogsResponse:
+        """Reports count only as the gateway the peer's certificate names, and only for the
+        backends its snapshot serves."""
+        peer = peer_node(context)
+        if peer is None:
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "no gateway certificate")
         node = ""
         async for message in request_iterator:
             if message.HasField("identifier"):
                 node = message.identifier.node.id
+                if node != peer:
+                    await context.abort(
+                        grpc.StatusCode.PERMISSION_DENIED,
+                        "the node id is not the gateway the client certificate names",
+                    )
             for entry in message.http_logs.log_entry:
                 common = entry.common_properties
                 backend = common.custom_tags.get("backend")
@@ -501,7 +639,11 @@ class _FailedAttemptReports(als_pb2_grpc.AccessLogServiceServicer):  # type: ign
                     if status == 429
                     else 0.0
                 )
-                if node and backend:
+                if (
+                    node
+                    and backend
+                    and self._server.reportable(node, common.upstream_cluster, backend)
+                ):
                     self._server.on_failed_attempt(
                         FailedAttempt(node, common.upstream_cluster, backend, status, retry_after)
                     )
@@ -519,5 +661,12 @@ class _Servicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
     async def StreamAggregatedResources(
         self, request_iterator: AsyncIterator[discovery_pb2.DiscoveryRequest], context: Any
     ) -> AsyncIterator[discovery_pb2.DiscoveryResponse]:
-        async for response in self._server.stream(request_iterator):
-            yield response
+        peer = peer_node(context)
+        if peer is None:
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "no gateway certificate")
+            return
+        try:
+            async for response in self._server.stream(request_iterator, peer):
+                yield response
+        except Refused as refused:
+            await context.abort(refused.code, refused.details)
