@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from gatewaylab import FakeProcess, LocalEnvoy, chat, free_port, send_sync
+from gatewaylab import FakeProcess, LocalEnvoy, chat, free_port, lab_client, send_sync
 from tests_support.cluster import Cluster, condition, eventually
 from tests_support.scenario import API_VERSION, Operator
 from tests_support.xds_tls import gateway_secret
@@ -57,6 +57,7 @@ def test_certificates_and_ca_rotate_under_load_with_no_failed_request(
             {"apiVersion": API_VERSION, "kind": "ModelGateway",
              "metadata": {"name": "gw", "namespace": namespace},
              "spec": {"listener": {"port": 8080}}},
+            *lab_client(namespace, "gw"),
             endpoint("a"),
         )  # fmt: skip
         operator.start()
