@@ -105,7 +105,10 @@ def test_thousands_of_backends_do_not_open_thousands_of_sockets() -> None:
         fake = FakeProvider("OpenAICompatible", KEY, models=["m"])
         async with running(fake):
             await fake.set_fault(Fault(hang=True))
-            monitor = HealthMonitor(SecretCache(None), lambda gateway: None)  # type: ignore[arg-type]
+            monitor = HealthMonitor(
+                SecretCache(None, lambda key: frozenset()),  # type: ignore[arg-type]
+                lambda gateway: None,
+            )
             check = HealthCheck(interval="60s", timeout="5s")
             target = Target("OpenAICompatible", fake.url, "m", None, 5.0)
             monitor.watch(

@@ -37,7 +37,7 @@ def test_a_relist_drops_what_was_deleted_during_a_watch_gap(scenario: Scenario) 
         try:
             store = Store()
             await informer.prime(kube, store, ())
-            secrets = SecretCache(kube)
+            secrets = SecretCache(kube, store.referenced_keys)
             await secrets.get((app, "providers"))
             sync = GatewaySync(
                 store, kube, secrets, XdsServer(), EnvoyPods("xds", 1),
@@ -80,7 +80,7 @@ def test_an_owned_object_deleted_during_a_watch_gap_is_recreated_after_the_relis
         try:
             store = Store()
             await informer.prime(kube, store, ())
-            secrets = SecretCache(kube)
+            secrets = SecretCache(kube, store.referenced_keys)
             sync = GatewaySync(
                 store, kube, secrets, XdsServer(), EnvoyPods("xds", 1),
                 HealthMonitor(secrets, lambda _: None),

@@ -151,6 +151,7 @@ def test_the_store_links_clients_to_their_gateway_and_key_secret() -> None:
     assert store.gateway_keys() == {GATEWAY_KEY}
     assert store.referenced_secrets() == {("team-a", "k")}
     assert store.gateways_using_secret(("team-a", "k")) == {GATEWAY_KEY}
+    assert store.referenced_keys(("team-a", "k")) == {"a"}
     assert store.put_client(body("app", apiKeyRef={"name": "k", "key": "a"})) == set()
     moved = body("app", generation=2, serviceAccounts=["web"])
     assert store.put_client(moved) == {GATEWAY_KEY}

@@ -42,12 +42,43 @@ async def settle() -> None:
         await asyncio.sleep(0)
 
 
-def run(scenario: Callable[[SecretCache, HeldReads], Awaitable[None]]) -> None:
+def run(
+    scenario: Callable[[SecretCache, HeldReads], Awaitable[None]],
+    referenced: set[str] | None = None,
+) -> None:
+    """`referenced`: the keys of KEY that something references (by default "openai")."""
+    wanted = {"openai"} if referenced is None else referenced
+
     async def main() -> None:
         kube = HeldReads()
-        await asyncio.wait_for(scenario(SecretCache(kube), kube), timeout=5)
+        cache = SecretCache(kube, lambda key: frozenset(wanted))
+        await asyncio.wait_for(scenario(cache, kube), timeout=5)
 
     asyncio.run(main())
+
+
+def test_only_the_referenced_keys_are_kept_and_a_newly_referenced_key_is_read() -> None:
+    referenced = {"openai"}
+    whole = {"openai": "b2xk", "unrelated": "c2VjcmV0", "anthropic": "YW50"}
+
+    async def scenario(cache: SecretCache, kube: HeldReads) -> None:
+        first = asyncio.ensure_future(cache.get(KEY))
+        await settle()
+        kube.answer(whole)
+        assert await first == {"openai": "b2xk"}
+        assert "c2VjcmV0" not in repr(vars(cache))
+        # A change to a key nobody references changes nothing we hold.
+        assert cache.observe(KEY, {**whole, "unrelated": "bmV3"}) is False
+        # An endpoint now references another key of the Secret: read again, for both.
+        referenced.add("anthropic")
+        second = asyncio.ensure_future(cache.get(KEY))
+        await settle()
+        assert kube.reads == 2
+        kube.answer(whole)
+        assert await second == {"openai": "b2xk", "anthropic": "YW50"}
+        assert cache.observe(KEY, {**whole, "anthropic": "bmV3"}) is True
+
+    run(scenario, referenced)
 
 
 def test_a_rotation_seen_during_the_first_read_wins_over_the_older_read() -> None:

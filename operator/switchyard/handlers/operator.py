@@ -226,7 +226,7 @@ async def start(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
         kube, ca_secret(memo), lifetimes(memo), server_hosts(pods, xds_address(memo)[0])
     )
     xds = XdsServer(control)
-    secrets = SecretCache(kube)
+    secrets = SecretCache(kube, store.referenced_keys)
     health = HealthMonitor(secrets, lambda gateway: sync.mark({gateway}))
     sync = GatewaySync(store, kube, secrets, xds, pods, health, await api_server_of(kube), control)
     # An Envoy that connects, ACKs or NACKs changes its gateway's Programmed condition.

@@ -12,7 +12,13 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from switchyard.api.models import ModelClientSpec, ModelEndpointSpec, ModelGatewaySpec
+from switchyard.api.models import (
+    Backend,
+    ModelClientSpec,
+    ModelEndpointSpec,
+    ModelGatewaySpec,
+    SecretKeyRef,
+)
 from switchyard.plan.clients import ClientSource
 from switchyard.plan.gateway import EndpointSource, GatewaySource, ObjectKey
 
@@ -35,6 +41,9 @@ class EndpointRecord:
     gateway: ObjectKey | None
     secrets: frozenset[ObjectKey]
 
+    def backends(self) -> list[Backend]:
+        return self.source.spec.backends if self.source.spec is not None else []
+
 
 @dataclass
 class ClientRecord:
@@ -42,6 +51,9 @@ class ClientRecord:
     source: ClientSource
     gateway: ObjectKey | None
     secret: ObjectKey | None
+
+    def api_key_ref(self) -> SecretKeyRef | None:
+        return self.source.spec.api_key_ref if self.source.spec is not None else None
 
 
 def _client_record(body: dict[str, Any]) -> ClientRecord:
@@ -293,6 +305,19 @@ class Store:
 
     def referenced_secrets(self) -> set[ObjectKey]:
         return set(self._by_secret) | set(self._clients_by_secret)
+
+    def referenced_keys(self, secret: ObjectKey) -> frozenset[str]:
+        """The keys of `secret` that an endpoint's credentialsRef or a client's apiKeyRef
+        names: all the operator keeps of it."""
+        refs = [
+            backend.credentials_ref
+            for endpoint in self._by_secret.get(secret, ())
+            for backend in self.endpoints[endpoint].backends()
+        ]
+        refs += [
+            self.clients[client].api_key_ref() for client in self._clients_by_secret.get(secret, ())
+        ]
+        return frozenset(ref.key for ref in refs if ref is not None and ref.name == secret[1])
 
     def gateways_using_secret(self, secret: ObjectKey) -> set[ObjectKey]:
         gateways = [self.endpoints[e].gateway for e in self._by_secret.get(secret, ())]
