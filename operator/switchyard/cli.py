@@ -120,6 +120,8 @@ def run_command(
     metrics_address: str | None,
     verbose: bool,
     debug: bool,
+    gateway_network_policy: bool = False,
+    pod_labels: str | None = None,
 ) -> int:
     import kopf
 
@@ -139,6 +141,8 @@ def run_command(
             resync_seconds=resync_seconds,
             leader_elect=leader_elect,
             metrics_address=metrics_address,
+            gateway_network_policy=gateway_network_policy,
+            pod_labels=pod_labels,
         ),
     )
     return 0
@@ -218,6 +222,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         type=int,
         default=None,
         help="port of /metrics (Prometheus) and /healthz (liveness); default 8000",
+    )
+    run.add_argument(
+        "--gateway-network-policy",
+        action="store_true",
+        help="give each gateway's Envoy Pods a NetworkPolicy: ingress to the listener, egress "
+        "to DNS, xDS and the backends' networks, never to cloud metadata addresses",
+    )
+    run.add_argument(
+        "--pod-labels",
+        default=None,
+        metavar="K=V,...",
+        help="labels of this operator's Pods (in POD_NAMESPACE), which the gateways' "
+        "NetworkPolicy lets Envoy reach for xDS (default: any address on the xDS port)",
     )
     run.add_argument("--verbose", action="store_true", help="log more")
     run.add_argument("--debug", action="store_true", help="log everything Kopf does")
@@ -302,6 +319,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             metrics,
             args.verbose,
             args.debug,
+            gateway_network_policy=args.gateway_network_policy,
+            pod_labels=args.pod_labels,
         )
     if args.command == "envoy":
         import asyncio

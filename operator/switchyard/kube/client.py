@@ -105,6 +105,11 @@ def _is_not_found(error: ApiException) -> bool:
     return bool(error.status == 404)
 
 
+def is_forbidden(error: Exception) -> bool:
+    """Whether the API server refused a call for want of permission (RBAC): 403."""
+    return isinstance(error, ApiException) and error.status == 403
+
+
 def contains(live: Any, desired: Any) -> bool:
     """Whether `live` holds every field of `desired` (it may hold more, such as defaults)."""
     if isinstance(desired, dict):
@@ -145,6 +150,7 @@ class Kube:
         self.coordination = client.CoordinationV1Api(api)
         apps = client.AppsV1Api(api)
         policy = client.PolicyV1Api(api)
+        networking = client.NetworkingV1Api(api)
         self._apis = {
             kind: _KindApi(
                 read=getattr(owner, f"read_namespaced_{suffix}"),
@@ -158,6 +164,7 @@ class Kube:
                 ("Service", self.core, "service"),
                 ("Deployment", apps, "deployment"),
                 ("PodDisruptionBudget", policy, "pod_disruption_budget"),
+                ("NetworkPolicy", networking, "network_policy"),
             )
         }
 
