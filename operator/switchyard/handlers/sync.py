@@ -521,6 +521,7 @@ class GatewaySync:
             except ApiError as error:
                 reason = "Forbidden" if is_forbidden(error) else "ApplyFailed"
                 problems.append((reason, f"{key[0]} {key[2]}: {describe_error(error)}"))
+                logger.warning("could not apply %s %s/%s: %s", *key, describe_error(error))
                 continue
             self._owned[key] = _Owned(manifest, applied.resource_version)
             if applied.wrote:
