@@ -242,11 +242,13 @@ class RbacRelease:
         gateway: str,
         expect: str | None,
         until: Callable[[], bool] | None = None,
+        keep: bool = False,
     ) -> tuple[str, str]:
         """Run the operator as the ServiceAccount over a new gateway (created first, so its
         objects are created, then updated when the endpoint attaches) and endpoint. Returns
         ("refused", log) as soon as the log shows `expect` (or `until` holds), ("ready",
-        log) once both are Ready with neither given, and ("timeout", log) otherwise."""
+        log) once both are Ready with neither given, and ("timeout", log) otherwise. The
+        gateway and endpoint are deleted after, unless `keep`."""
         cluster, gw, app = self.cluster, self.gateway_namespace, self.app_namespace
         cluster.kubectl("delete", "lease", "switchyard-leader", "-n", self.namespace,
                         "--ignore-not-found")  # fmt: skip
@@ -280,10 +282,11 @@ class RbacRelease:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
-            cluster.kubectl("delete", "modelendpoints", gateway, "-n", app, "--wait=false",
-                            "--ignore-not-found")  # fmt: skip
-            cluster.kubectl("delete", "modelgateways,pods", gateway, f"{gateway}-pod", "-n", gw,
-                            "--wait=false", "--ignore-not-found")  # fmt: skip
+            if not keep:
+                cluster.kubectl("delete", "modelendpoints", gateway, "-n", app, "--wait=false",
+                                "--ignore-not-found")  # fmt: skip
+                cluster.kubectl("delete", "modelgateways,pods", gateway, f"{gateway}-pod",
+                                "-n", gw, "--wait=false", "--ignore-not-found")  # fmt: skip
 
     def _watch(
         self,
@@ -429,7 +432,7 @@ def test_the_operator_runs_with_only_the_charts_service_account(
     rbac_release: RbacRelease, tmp_path: Path
 ) -> None:
     release = rbac_release
-    outcome, log = release.run(tmp_path, "full", expect=None)
+    outcome, log = release.run(tmp_path, "full", expect=None, keep=True)
     assert outcome == "ready", log[-3000:]
     refused = [line for line in log.splitlines() if "forbidden" in line.lower()]
     assert not refused, f"the operator needed a permission the chart lacks: {refused[:3]}"
@@ -444,7 +447,8 @@ def test_the_operator_runs_with_only_the_charts_service_account(
         "kubernetes.io/metadata.name": release.namespace
     }
     pod = release.cluster.get("pods", "full-pod", gw)
-    assert pod is None or "switchyard.dev/credentials-version" in pod["metadata"]["annotations"]
+    assert pod is not None
+    assert "switchyard.dev/credentials-version" in pod["metadata"]["annotations"]
 
 
 def test_writes_are_denied_outside_the_gateway_namespaces(rbac_release: RbacRelease) -> None:
