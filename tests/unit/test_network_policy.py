@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import ipaddress
+import json
 from typing import Any
 
 from switchyard.api.models import ModelGatewaySpec
 from switchyard.handlers.sync import _refused
+from switchyard.kube.client import ApiError, is_forbidden
 from switchyard.plan.egress import METADATA_NETWORKS
 from switchyard.render.deployment import EnvoyPods, bootstrap_configmap, envoy_deployment, selector
 from switchyard.render.objects import XdsPeer, gateway_network_policy
@@ -98,3 +100,16 @@ def test_a_refused_write_names_the_namespace_and_the_chart_value() -> None:
         "OwnershipConflict",
         "Service s exists and is not owned",
     )
+
+
+def test_only_a_refusal_for_want_of_permission_counts_as_forbidden() -> None:
+    def refusal(message: str) -> ApiError:
+        error = ApiError(status=403, reason="Forbidden")
+        error.body = json.dumps({"message": message}).encode()
+        return error
+
+    rbac = 'secrets is forbidden: User "system:serviceaccount:a:b" cannot create resource "secrets"'
+    assert is_forbidden(refusal(rbac))
+    assert is_forbidden(refusal('configmaps "x" is forbidden: cannot set blockOwnerDeletion'))
+    assert not is_forbidden(refusal('deployments "x" is forbidden: exceeded quota: q'))
+    assert not is_forbidden(ApiError(status=404, reason="Not Found"))

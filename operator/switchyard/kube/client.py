@@ -106,8 +106,15 @@ def _is_not_found(error: ApiException) -> bool:
 
 
 def is_forbidden(error: Exception) -> bool:
-    """Whether the API server refused a call for want of permission (RBAC): 403."""
-    return isinstance(error, ApiException) and error.status == 403
+    """Whether the API server refused a call for want of permission: a 403 whose message
+    says who `cannot` do what (RBAC's wording, and owner-reference enforcement's). Quotas
+    and admission (PodSecurity, say) refuse with 403 too, for reasons of their own."""
+    if not isinstance(error, ApiException) or error.status != 403:
+        return False
+    message = ""
+    with contextlib.suppress(ValueError, AttributeError):
+        message = json.loads(error.body or b"{}").get("message", "")
+    return " cannot " in message
 
 
 def contains(live: Any, desired: Any) -> bool:
