@@ -71,13 +71,19 @@ def install(kubectl: Kubectl) -> None:
     operator, envoy = images.operator_image(), images.envoy_image()
     images.import_images("ctr", str(localnode.Layout(STATE).containerd_socket), [operator, envoy])
     helm = str(localcluster.build_helm())
+    # The examples' gateway namespace: the operator writes only where gatewayNamespaces says,
+    # through a Role there, so the namespace exists first.
+    kubectl.run("apply", "-f", "-", stdin=json.dumps(
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "ai-gateway"}}))  # fmt: skip
     subprocess.run(
         [helm, "upgrade", "--install", "switchyard", str(ROOT / "charts" / "switchyard"),
          "-n", "switchyard-system", "--create-namespace", "--wait", "--timeout", "180s",
+         "--set", "gatewayNamespaces={ai-gateway}",
          *chart_image_values(operator.reference, envoy.reference)],
         env=kubectl.env, check=True, capture_output=True,
     )  # fmt: skip
     print(f"\n$ helm install switchyard charts/switchyard -n switchyard-system "
+          f"--set gatewayNamespaces={{ai-gateway}} "
           f"--set image.repository=... --set image.tag=...   # {operator.reference}")  # fmt: skip
     kubectl.show("the operator, a Pod under its ServiceAccount",
                  "get", "pods", "-n", "switchyard-system", "-o", "wide")  # fmt: skip

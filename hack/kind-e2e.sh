@@ -22,8 +22,12 @@ export KUBECONFIG
 KUBECONFIG=$(mktemp)
 "$KIND" get kubeconfig --name "$CLUSTER" > "$KUBECONFIG"
 
+# The examples' gateway lives in ai-gateway: the operator may write there (gatewayNamespaces),
+# and the chart's Role for that needs the namespace to exist first.
+kubectl create namespace ai-gateway --dry-run=client -o yaml | kubectl apply -f -
 "$HELM" upgrade --install switchyard charts/switchyard -n switchyard-system --create-namespace \
-  --set image.repository=switchyard --set image.tag=e2e --wait --timeout 180s
+  --set image.repository=switchyard --set image.tag=e2e --set 'gatewayNamespaces={ai-gateway}' \
+  --wait --timeout 180s
 kubectl apply -f examples/
 
 # A fake OpenAI-compatible provider in the cluster, from the same image, behind a demo endpoint.

@@ -123,6 +123,8 @@ def run_command(
     ca_secret: str | None = None,
     cert_lifetime: float | None = None,
     ca_lifetime: float | None = None,
+    gateway_network_policy: bool = False,
+    pod_labels: str | None = None,
 ) -> int:
     import kopf
 
@@ -145,6 +147,8 @@ def run_command(
             ca_secret=ca_secret,
             cert_lifetime=cert_lifetime,
             ca_lifetime=ca_lifetime,
+            gateway_network_policy=gateway_network_policy,
+            pod_labels=pod_labels,
         ),
     )
     return 0
@@ -248,6 +252,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="lifetime of the control channel's CA, rotated at half-life; at least 4 times "
         "--cert-lifetime (default 31536000)",
     )
+    run.add_argument(
+        "--gateway-network-policy",
+        action="store_true",
+        help="give each gateway's Envoy Pods a NetworkPolicy: ingress to the listener, egress "
+        "to DNS, xDS and the backends' networks, never to cloud metadata addresses",
+    )
+    run.add_argument(
+        "--pod-labels",
+        default=None,
+        metavar="K=V,...",
+        help="labels of this operator's Pods (in POD_NAMESPACE), which the gateways' "
+        "NetworkPolicy lets Envoy reach for xDS (default: any address on the xDS port)",
+    )
     run.add_argument("--verbose", action="store_true", help="log more")
     run.add_argument("--debug", action="store_true", help="log everything Kopf does")
 
@@ -331,9 +348,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             metrics,
             args.verbose,
             args.debug,
-            args.ca_secret,
-            args.cert_lifetime,
-            args.ca_lifetime,
+            ca_secret=args.ca_secret,
+            cert_lifetime=args.cert_lifetime,
+            ca_lifetime=args.ca_lifetime,
+            gateway_network_policy=args.gateway_network_policy,
+            pod_labels=args.pod_labels,
         )
     if args.command == "envoy":
         import asyncio

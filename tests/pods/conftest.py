@@ -31,6 +31,10 @@ GATEWAY_NAMESPACE = "sy-pods-gw"
 APP_NAMESPACE = "sy-pods-app"
 # examples/ puts its gateway and endpoints here.
 EXAMPLE_NAMESPACES = ("ai-gateway", "team-a")
+# The chart puts a Role in each namespace it watches or writes in: they exist before it
+# is installed, and stay until it is uninstalled (a `helm upgrade` recreates those Roles).
+WATCHED_NAMESPACES = (GATEWAY_NAMESPACE, APP_NAMESPACE, *EXAMPLE_NAMESPACES)
+GATEWAY_NAMESPACES = (GATEWAY_NAMESPACE, "ai-gateway")
 GATEWAY = "pods"
 MODEL = "pods-chat"
 ENVOY_DEPLOYMENT = f"{GATEWAY}-switchyard-envoy"
@@ -157,16 +161,21 @@ def pod_images(pod_cluster: localcluster.Cluster) -> PodImages:
 
 def install_values(pod_images: PodImages) -> list[str]:
     # Only the tier's namespaces: the suite's other tests run operators of their own.
-    watched = ",".join((GATEWAY_NAMESPACE, APP_NAMESPACE, *EXAMPLE_NAMESPACES))
+    watched = ",".join(WATCHED_NAMESPACES)
     return [
         *chart_image_values(pod_images.operator, pod_images.envoy),
         "--set", f"watchNamespaces={{{watched}}}",
+        "--set", f"gatewayNamespaces={{{','.join(GATEWAY_NAMESPACES)}}}",
     ]  # fmt: skip
 
 
 @pytest.fixture(scope="package")
 def operator_release(cluster: Cluster, pod_images: PodImages) -> Iterator[str]:
     """`helm install` of the chart with the project's image; yields the release name."""
+    cluster.apply(
+        *({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}}
+          for namespace in WATCHED_NAMESPACES)
+    )  # fmt: skip
     helm(
         "upgrade", "--install", RELEASE, str(CHART), "-n", OPERATOR_NAMESPACE,
         "--create-namespace", "--kubeconfig", cluster.kubeconfig,
@@ -177,8 +186,9 @@ def operator_release(cluster: Cluster, pod_images: PodImages) -> Iterator[str]:
     finally:
         helm("uninstall", RELEASE, "-n", OPERATOR_NAMESPACE, "--kubeconfig", cluster.kubeconfig,
              "--wait", check=False)  # fmt: skip
-        cluster.kubectl("delete", "namespace", OPERATOR_NAMESPACE, "--wait=false",
-                        "--ignore-not-found")  # fmt: skip
+        for namespace in (OPERATOR_NAMESPACE, *WATCHED_NAMESPACES):
+            cluster.kubectl("delete", "namespace", namespace, "--wait=false",
+                            "--ignore-not-found")  # fmt: skip
 
 
 @pytest.fixture(scope="package")

@@ -33,7 +33,7 @@ from switchyard.kube.secrets import SecretCache
 from switchyard.plan.egress import ApiServer
 from switchyard.plan.gateway import ObjectKey
 from switchyard.render.deployment import ENVOY_IMAGE, EnvoyPods
-from switchyard.render.objects import GATEWAY_LABEL, MANAGED_BY
+from switchyard.render.objects import GATEWAY_LABEL, MANAGED_BY, XdsPeer
 from switchyard.xds.server import XdsServer, gateway_of_node
 
 logger = logging.getLogger(__name__)
@@ -118,6 +118,21 @@ def server_hosts(pods: EnvoyPods, listen_host: str) -> list[str]:
     if listen_host not in ("", "0.0.0.0", "::"):
         hosts.append(listen_host)
     return hosts
+
+
+def network_policy_peer(memo: Any, pods: EnvoyPods) -> XdsPeer | None:
+    """With `--gateway-network-policy` (or SWITCHYARD_GATEWAY_NETWORK_POLICY=1), each
+    gateway's Envoy Pods get a NetworkPolicy whose egress reaches xDS at the port of
+    `--xds-service`, on this operator's Pods: those `--pod-labels` (or SWITCHYARD_POD_LABELS,
+    `k=v,k=v`) select in POD_NAMESPACE. Without both, any address on that port."""
+    enabled = memo.get("gateway_network_policy") or (
+        os.environ.get("SWITCHYARD_GATEWAY_NETWORK_POLICY") == "1"
+    )
+    if not enabled:
+        return None
+    text = memo.get("pod_labels") or os.environ.get("SWITCHYARD_POD_LABELS") or ""
+    labels = dict(pair.split("=", 1) for pair in text.split(",") if "=" in pair)
+    return XdsPeer(pods.xds_port, os.environ.get("POD_NAMESPACE") or None, labels)
 
 
 def resync_seconds(memo: Any) -> float:
@@ -229,6 +244,7 @@ async def start(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
     secrets = SecretCache(kube, store.referenced_keys)
     health = HealthMonitor(secrets, lambda gateway: sync.mark({gateway}))
     sync = GatewaySync(store, kube, secrets, xds, pods, health, await api_server_of(kube), control)
+    sync.network_policy = network_policy_peer(memo, pods)
     # An Envoy that connects, ACKs or NACKs changes its gateway's Programmed condition.
     xds.on_change = lambda node: sync.mark({gateway_of_node(node)})
     xds.on_failed_attempt = sync.failed_attempt
@@ -361,6 +377,7 @@ async def secret_event(type: str | None, body: kopf.Body, memo: Any, **_: Any) -
 @kopf.on.event("", "v1", "services", labels=MANAGED)
 @kopf.on.event("apps", "v1", "deployments", labels=MANAGED)
 @kopf.on.event("policy", "v1", "poddisruptionbudgets", labels=MANAGED)
+@kopf.on.event("networking.k8s.io", "v1", "networkpolicies", labels=MANAGED)
 async def owned_object_event(type: str | None, body: kopf.Body, memo: Any, **_: Any) -> None:
     """Someone edited or deleted an object a gateway owns: the owner's pass puts it back."""
     _mark_owner(_runtime(memo), body, type)

@@ -22,7 +22,13 @@ from switchyard.handlers.control_channel import ControlChannel
 from switchyard.handlers.health_monitor import BackendKey, HealthMonitor
 from switchyard.handlers.state import ClientRecord, EndpointRecord, GatewayRecord, Store
 from switchyard.health.probes import Target
-from switchyard.kube.client import ApiError, Kube, OwnershipConflict, describe_error
+from switchyard.kube.client import (
+    ApiError,
+    Kube,
+    OwnershipConflict,
+    describe_error,
+    is_forbidden,
+)
 from switchyard.kube.secrets import SecretCache
 from switchyard.plan.clients import ClientsPlan, KeyDigests, TokenIssuer, key_digest, plan_clients
 from switchyard.plan.conditions import DesiredCondition, transitions
@@ -30,7 +36,12 @@ from switchyard.plan.egress import ANY_CLUSTER, NOT_ALLOWED, ApiServer
 from switchyard.plan.gateway import GatewayPlan, ObjectKey, SecretKeys, plan_gateway
 from switchyard.plan.routing import EndpointPlan, PlanCache
 from switchyard.render import deployment, envoy
-from switchyard.render.objects import credentials_secret, plan_configmap
+from switchyard.render.objects import (
+    XdsPeer,
+    credentials_secret,
+    gateway_network_policy,
+    plan_configmap,
+)
 from switchyard.render.status import (
     client_status,
     endpoint_status,
@@ -161,6 +172,27 @@ class _Owned:
     resource_version: str
 
 
+# The Helm chart's value that lists the namespaces where the operator may write.
+GATEWAY_NAMESPACES_VALUE = "gatewayNamespaces"
+
+
+def _refused(namespace: str, problems: list[tuple[str, str]]) -> DesiredCondition:
+    """The Ready condition of a gateway whose objects were not all applied. A refusal for
+    want of permission comes first, naming the namespace and the chart value that grants
+    it: the usual cause is a gateway in a namespace the operator was not given."""
+    forbidden = [message for reason, message in problems if reason == "Forbidden"]
+    others = [message for reason, message in problems if reason != "Forbidden"]
+    if not forbidden:
+        return DesiredCondition.false("Ready", problems[0][0], "; ".join(others))
+    more = f" (and {len(forbidden) - 1} more refused)" if len(forbidden) > 1 else ""
+    message = (
+        f"the operator is not permitted to write the gateway's objects in namespace "
+        f"{namespace}: {forbidden[0]}{more}; list {namespace} in the Helm chart's "
+        f"{GATEWAY_NAMESPACES_VALUE} value (helm upgrade) so that it may"
+    )
+    return DesiredCondition.false("Ready", "Forbidden", "; ".join([message, *others]))
+
+
 class ApplyFailed(Exception):
     """A pass that wrote its status but could not apply every object: retry it later."""
 
@@ -207,6 +239,9 @@ class GatewaySync:
         # Whether this replica may write to the API server (with leader election: whether it
         # leads). A standby plans, probes and keeps the xDS snapshots all the same.
         self.may_write: Callable[[], bool] = lambda: True
+        # With `--gateway-network-policy`: where the gateways' Envoys reach xDS, for the
+        # NetworkPolicy each gateway's Pods get. None: the operator renders none.
+        self.network_policy: XdsPeer | None = None
 
     def elected(self) -> None:
         """This replica now writes: check everything, since the previous leader may have
@@ -467,10 +502,7 @@ class GatewaySync:
             if problems:
                 # Refused by the API server (too large, quota, admission, RBAC) or held by
                 # someone else: say so on the gateway; the other objects were applied.
-                reason = "OwnershipConflict" if problems[0][0] else "ApplyFailed"
-                ready = DesiredCondition.false(
-                    "Ready", reason, "; ".join(message for _, message in problems)
-                )
+                ready = _refused(plan.namespace, problems)
                 applied = False
             conditions = (accepted, programmed, ready)
         generation = int(body["metadata"].get("generation", 0))
@@ -507,10 +539,10 @@ class GatewaySync:
 
     async def _apply_objects(
         self, spec: ModelGatewaySpec, uid: str, plan: GatewayPlan
-    ) -> list[tuple[bool, str]]:
+    ) -> list[tuple[str, str]]:
         """Apply each owned object on its own, so one the API server refuses (a Secret over
-        1 MiB, say) does not hold back the others. Returns (ownership conflict?, message)
-        for each one that was not applied."""
+        1 MiB, say) does not hold back the others. Returns (reason, message) for each one
+        that was not applied."""
         if not self.may_write():
             return []
         sources = {c.source for c in plan.credentials}
@@ -529,7 +561,13 @@ class GatewaySync:
                 tls = await self.control.gateway_secret_data((plan.namespace, plan.name))
                 if tls is not None:
                     manifests.append(deployment.xds_tls_secret(plan, uid, tls))
-        problems: list[tuple[bool, str]] = []
+            if self.network_policy is not None:
+                manifests.append(
+                    gateway_network_policy(
+                        plan, spec, uid, deployment.selector(plan.name), self.network_policy
+                    )
+                )
+        problems: list[tuple[str, str]] = []
         for manifest in manifests:
             metadata = manifest["metadata"]
             key = (manifest["kind"], metadata["namespace"], metadata["name"])
@@ -542,10 +580,12 @@ class GatewaySync:
                     manifest, known.resource_version if known is not None else None
                 )
             except OwnershipConflict as conflict:
-                problems.append((True, str(conflict)))
+                problems.append(("OwnershipConflict", str(conflict)))
                 continue
             except ApiError as error:
-                problems.append((False, f"{key[0]} {key[2]}: {describe_error(error)}"))
+                reason = "Forbidden" if is_forbidden(error) else "ApplyFailed"
+                problems.append((reason, f"{key[0]} {key[2]}: {describe_error(error)}"))
+                logger.warning("could not apply %s %s/%s: %s", *key, describe_error(error))
                 continue
             self._owned[key] = _Owned(manifest, applied.resource_version)
             if applied.wrote:

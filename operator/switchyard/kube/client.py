@@ -105,6 +105,18 @@ def _is_not_found(error: ApiException) -> bool:
     return bool(error.status == 404)
 
 
+def is_forbidden(error: Exception) -> bool:
+    """Whether the API server refused a call for want of permission: a 403 whose message
+    says who `cannot` do what (RBAC's wording, and owner-reference enforcement's). Quotas
+    and admission (PodSecurity, say) refuse with 403 too, for reasons of their own."""
+    if not isinstance(error, ApiException) or error.status != 403:
+        return False
+    message = ""
+    with contextlib.suppress(ValueError, AttributeError):
+        message = json.loads(error.body or b"{}").get("message", "")
+    return " cannot " in message
+
+
 def contains(live: Any, desired: Any) -> bool:
     """Whether `live` holds every field of `desired` (it may hold more, such as defaults)."""
     if isinstance(desired, dict):
@@ -145,6 +157,7 @@ class Kube:
         self.coordination = client.CoordinationV1Api(api)
         apps = client.AppsV1Api(api)
         policy = client.PolicyV1Api(api)
+        networking = client.NetworkingV1Api(api)
         self._apis = {
             kind: _KindApi(
                 read=getattr(owner, f"read_namespaced_{suffix}"),
@@ -158,6 +171,7 @@ class Kube:
                 ("Service", self.core, "service"),
                 ("Deployment", apps, "deployment"),
                 ("PodDisruptionBudget", policy, "pod_disruption_budget"),
+                ("NetworkPolicy", networking, "network_policy"),
             )
         }
 

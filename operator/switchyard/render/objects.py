@@ -1,15 +1,20 @@
-"""The objects a ModelGateway owns: its credentials Secret and its routing-plan ConfigMap."""
+"""The objects a ModelGateway owns: its credentials Secret, its routing-plan ConfigMap and
+its Envoy Pods' NetworkPolicy."""
 
 from __future__ import annotations
 
 import base64
 import gzip
 import hashlib
+import ipaddress
 import json
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
+from switchyard.api.models import ModelGatewaySpec
+from switchyard.plan.egress import METADATA_NETWORKS
 from switchyard.plan.gateway import GatewayPlan, ObjectKey, key_material
 
 MANAGED_BY = "switchyard"
@@ -162,4 +167,98 @@ def credentials_secret(
         "type": "Opaque",
         "metadata": owned_metadata(plan, credentials_secret_name(plan.name), owner_uid),
         "data": data,
+    }
+
+
+@dataclass(frozen=True)
+class XdsPeer:
+    """Where a gateway's Envoy Pods reach the operator's xDS server, as a NetworkPolicy can
+    name it: its port, and, when the operator runs in the cluster, its namespace and Pod
+    labels. Without them, the port is open to any address."""
+
+    port: int
+    namespace: str | None = None
+    pod_labels: Mapping[str, str] = field(default_factory=dict)
+
+
+DNS_PORT = 53
+_EVERYWHERE = (ipaddress.ip_network("0.0.0.0/0"), ipaddress.ip_network("::/0"))
+
+
+def _ip_blocks(cidrs: list[str]) -> list[dict[str, Any]]:
+    """`cidrs` as NetworkPolicy peers, each less the cloud metadata networks inside it; a
+    network that lies wholly inside a metadata network is left out."""
+    peers: list[dict[str, Any]] = []
+    for text in cidrs:
+        network = ipaddress.ip_network(text, strict=False)
+        if any(
+            network.version == m.version and network.subnet_of(m)  # type: ignore[arg-type]
+            for m in METADATA_NETWORKS
+        ):
+            continue
+        excepted = sorted(
+            str(m)
+            for m in METADATA_NETWORKS
+            if m.version == network.version and m != network and m.subnet_of(network)  # type: ignore[arg-type]
+        )
+        block: dict[str, Any] = {"cidr": str(network)}
+        if excepted:
+            block["except"] = excepted
+        peers.append({"ipBlock": block})
+    return peers
+
+
+def backend_networks(spec: ModelGatewaySpec) -> list[str]:
+    """The networks a gateway's Envoys may open connections to for its backends: the
+    gateway's `allowedBackends.cidrs` when it pins backends to addresses only, else every
+    address. A NetworkPolicy cannot name hosts: a gateway that allows backends by hostname
+    may reach any address (the operator still refuses URLs outside its list)."""
+    allowed = spec.allowed_backends
+    if allowed is not None and allowed.cidrs and not allowed.hostnames:
+        return list(allowed.cidrs)
+    return [str(n) for n in _EVERYWHERE]
+
+
+def gateway_network_policy(
+    plan: GatewayPlan,
+    spec: ModelGatewaySpec,
+    owner_uid: str,
+    pod_labels: Mapping[str, str],
+    xds: XdsPeer,
+) -> dict[str, Any]:
+    """The NetworkPolicy of a gateway's Envoy Pods (those `pod_labels` select). Ingress:
+    the listener port only. Egress: DNS, the operator's xDS port, and the backends' networks
+    (`backend_networks`) less the cloud metadata addresses (they hand out the node's cloud
+    credentials). Enforced only by a CNI that implements NetworkPolicy."""
+    metadata = owned_metadata(plan, owned_name(plan.name, "switchyard-envoy"), owner_uid)
+    metadata["labels"].update(pod_labels)
+    to_xds: dict[str, Any] = {"ports": [{"port": xds.port, "protocol": "TCP"}]}
+    if xds.namespace and xds.pod_labels:
+        to_xds["to"] = [
+            {
+                "namespaceSelector": {
+                    "matchLabels": {"kubernetes.io/metadata.name": xds.namespace}
+                },
+                "podSelector": {"matchLabels": dict(xds.pod_labels)},
+            }
+        ]
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": metadata,
+        "spec": {
+            "podSelector": {"matchLabels": dict(pod_labels)},
+            "policyTypes": ["Ingress", "Egress"],
+            "ingress": [{"ports": [{"port": spec.listener.port, "protocol": "TCP"}]}],
+            "egress": [
+                {
+                    "ports": [
+                        {"port": DNS_PORT, "protocol": "UDP"},
+                        {"port": DNS_PORT, "protocol": "TCP"},
+                    ]
+                },
+                to_xds,
+                {"to": _ip_blocks(backend_networks(spec))},
+            ],
+        },
     }
