@@ -255,10 +255,6 @@ class RbacRelease:
         cluster, gw, app = self.cluster, self.gateway_namespace, self.app_namespace
         cluster.kubectl("delete", "lease", "switchyard-leader", "-n", self.namespace,
                         "--ignore-not-found")  # fmt: skip
-        # The CA is there after the first run: asked to rotate, every run updates it.
-        cluster.kubectl("annotate", "secret", "switchyard-ca", "-n", self.namespace,
-                        f"switchyard.dev/rotate-ca={uuid.uuid4().hex}", "--overwrite",
-                        check=False)  # fmt: skip
         # A Pod of the gateway, never scheduled: what the operator annotates after a key changes.
         cluster.apply({
             "apiVersion": "v1", "kind": "Pod",
@@ -290,8 +286,8 @@ class RbacRelease:
                 process.kill()
                 process.wait()
             if not keep:
-                cluster.kubectl("delete", "modelendpoints", gateway, "-n", app, "--wait=false",
-                                "--ignore-not-found")  # fmt: skip
+                cluster.kubectl("delete", "modelendpoints,modelclients", gateway, "-n", app,
+                                "--wait=false", "--ignore-not-found")  # fmt: skip
                 cluster.kubectl("delete", "modelgateways,pods", gateway, f"{gateway}-pod",
                                 "-n", gw, "--wait=false", "--ignore-not-found")  # fmt: skip
 
@@ -339,9 +335,19 @@ class RbacRelease:
                         "metadata": {"name": gateway, "namespace": app},
                         "spec": {"gatewayRef": {"name": gateway, "namespace": gw},
                                  "model": gateway, "backends": [openai_backend("oai", "keys")]},
+                    }, {
+                        "apiVersion": API_VERSION, "kind": "ModelClient",
+                        "metadata": {"name": gateway, "namespace": app},
+                        "spec": {"gatewayRef": {"name": gateway, "namespace": gw},
+                                 "serviceAccounts": ["app"]},
                     })  # fmt: skip
                     endpoint_applied = True
-            elif not refusing and ready("modelendpoints", app) and ready("modelgateways", gw):
+            elif (
+                not refusing
+                and ready("modelendpoints", app)
+                and ready("modelgateways", gw)
+                and ready("modelclients", app)
+            ):
                 # Past a lease renewal, so that every verb the operator uses has been used.
                 time.sleep(4)
                 refused()
@@ -515,7 +521,16 @@ def test_each_granted_verb_is_needed(
     release = rbac_release
     full = release.roles[role]
     if (role, resource, verb) == ("leader-election", "secrets", "create"):
-        release.cluster.kubectl("delete", "secret", "switchyard-ca", "-n", release.namespace)
+        # No CA yet: the operator must create it.
+        release.cluster.kubectl("delete", "secret", "switchyard-ca", "-n", release.namespace,
+                                "--ignore-not-found")  # fmt: skip
+    if (role, resource, verb) == ("leader-election", "secrets", "update"):
+        # A CA Secret that holds no usable CA: the operator must replace it in place.
+        release.cluster.kubectl("delete", "secret", "switchyard-ca", "-n", release.namespace,
+                                "--ignore-not-found")  # fmt: skip
+        release.cluster.apply({"apiVersion": "v1", "kind": "Secret",
+                               "metadata": {"name": "switchyard-ca",
+                                            "namespace": release.namespace}})  # fmt: skip
     release.replace(release.without(role, group, resource, verb))
     try:
         gateway = f"r-{uuid.uuid4().hex[:6]}"
