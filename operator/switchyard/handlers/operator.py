@@ -322,34 +322,26 @@ async def stop(memo: Any, **_: Any) -> None:
     await runtime.kube.close()
 
 
-@kopf.on.event(GROUP, VERSION, "modelendpoints")
-async def endpoint_event(type: str | None, body: kopf.Body, memo: Any, **_: Any) -> None:
-    runtime = _runtime(memo)
-    raw = dict(body)
-    if type == "DELETED":
-        runtime.sync.mark(runtime.store.delete_endpoint(object_key(raw)))
-    else:
-        runtime.sync.mark(runtime.store.put_endpoint(raw))
+def _store_events(
+    plural: str,
+    put: Callable[[Store, dict[str, Any]], set[ObjectKey]],
+    delete: Callable[[Store, ObjectKey], set[ObjectKey]],
+) -> None:
+    """Every watch event of one of our kinds into the store; the gateways it concerns are
+    marked for a pass."""
+
+    async def on_event(type: str | None, body: kopf.Body, memo: Any, **_: Any) -> None:
+        runtime = _runtime(memo)
+        raw = dict(body)
+        store = runtime.store
+        runtime.sync.mark(delete(store, object_key(raw)) if type == "DELETED" else put(store, raw))
+
+    kopf.on.event(GROUP, VERSION, plural, id=f"{plural}-events")(on_event)
 
 
-@kopf.on.event(GROUP, VERSION, "modelgateways")
-async def gateway_event(type: str | None, body: kopf.Body, memo: Any, **_: Any) -> None:
-    runtime = _runtime(memo)
-    raw = dict(body)
-    if type == "DELETED":
-        runtime.sync.mark(runtime.store.delete_gateway(object_key(raw)))
-    else:
-        runtime.sync.mark(runtime.store.put_gateway(raw))
-
-
-@kopf.on.event(GROUP, VERSION, "modelclients")
-async def client_event(type: str | None, body: kopf.Body, memo: Any, **_: Any) -> None:
-    runtime = _runtime(memo)
-    raw = dict(body)
-    if type == "DELETED":
-        runtime.sync.mark(runtime.store.delete_client(object_key(raw)))
-    else:
-        runtime.sync.mark(runtime.store.put_client(raw))
+_store_events("modelgateways", Store.put_gateway, Store.delete_gateway)
+_store_events("modelendpoints", Store.put_endpoint, Store.delete_endpoint)
+_store_events("modelclients", Store.put_client, Store.delete_client)
 
 
 @kopf.on.event("", "v1", "namespaces")

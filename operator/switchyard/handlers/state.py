@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from pydantic import ValidationError
 
@@ -22,6 +22,8 @@ from switchyard.api.models import (
 from switchyard.plan.clients import ClientSource
 from switchyard.plan.gateway import EndpointSource, GatewaySource, ObjectKey
 
+SpecT = TypeVar("SpecT", ModelEndpointSpec, ModelClientSpec)
+
 
 def object_key(body: dict[str, Any]) -> ObjectKey:
     return (body["metadata"]["namespace"], body["metadata"]["name"])
@@ -32,6 +34,37 @@ def validation_summary(error: ValidationError) -> str:
     return "; ".join(
         ".".join(str(part) for part in e["loc"]) + ": " + e["msg"] for e in error.errors()
     )
+
+
+@dataclass(frozen=True)
+class _Parsed(Generic[SpecT]):
+    """What every attached kind's record is made of: the object's identity, its spec (None
+    when invalid, with the error), and the gateway it names."""
+
+    namespace: str
+    name: str
+    generation: int
+    created: str
+    spec: SpecT | None
+    error: str | None
+    gateway: ObjectKey | None
+
+    @classmethod
+    def of(cls, body: dict[str, Any], model: type[SpecT]) -> _Parsed[SpecT]:
+        metadata = body["metadata"]
+        namespace, name = object_key(body)
+        spec: SpecT | None = None
+        error: str | None = None
+        try:
+            spec = model.model_validate(body.get("spec") or {})
+        except ValidationError as invalid:
+            error = validation_summary(invalid)
+        # From the raw spec, so that an invalid object is still reported by its gateway.
+        ref = (body.get("spec") or {}).get("gatewayRef") or {}
+        gateway = (ref.get("namespace") or namespace, ref["name"]) if ref.get("name") else None
+        generation = int(metadata.get("generation", 0))
+        created = metadata.get("creationTimestamp", "")
+        return cls(namespace, name, generation, created, spec, error, gateway)
 
 
 @dataclass
@@ -57,26 +90,13 @@ class ClientRecord:
 
 
 def _client_record(body: dict[str, Any]) -> ClientRecord:
-    metadata = body["metadata"]
-    namespace, name = object_key(body)
-    spec: ModelClientSpec | None
-    error: str | None = None
-    try:
-        spec = ModelClientSpec.model_validate(body.get("spec") or {})
-    except ValidationError as invalid:
-        spec, error = None, validation_summary(invalid)
-    ref = (body.get("spec") or {}).get("gatewayRef") or {}
-    gateway = (ref.get("namespace") or namespace, ref["name"]) if ref.get("name") else None
-    secret = (namespace, spec.api_key_ref.name) if spec and spec.api_key_ref else None
+    parsed = _Parsed.of(body, ModelClientSpec)
+    spec = parsed.spec
+    secret = (parsed.namespace, spec.api_key_ref.name) if spec and spec.api_key_ref else None
     source = ClientSource(
-        namespace=namespace,
-        name=name,
-        generation=int(metadata.get("generation", 0)),
-        created=metadata.get("creationTimestamp", ""),
-        spec=spec,
-        spec_error=error,
+        parsed.namespace, parsed.name, parsed.generation, parsed.created, spec, parsed.error
     )
-    return ClientRecord(body=body, source=source, gateway=gateway, secret=secret)
+    return ClientRecord(body=body, source=source, gateway=parsed.gateway, secret=secret)
 
 
 @dataclass
@@ -87,31 +107,17 @@ class GatewayRecord:
 
 
 def _endpoint_record(body: dict[str, Any]) -> EndpointRecord:
-    metadata = body["metadata"]
-    namespace, name = object_key(body)
-    spec: ModelEndpointSpec | None
-    error: str | None = None
-    try:
-        spec = ModelEndpointSpec.model_validate(body.get("spec") or {})
-    except ValidationError as invalid:
-        spec, error = None, validation_summary(invalid)
-    # Read from the raw spec, so that an invalid endpoint is still reported by its gateway.
-    ref = (body.get("spec") or {}).get("gatewayRef") or {}
-    gateway = (ref.get("namespace") or namespace, ref["name"]) if ref.get("name") else None
+    parsed = _Parsed.of(body, ModelEndpointSpec)
+    spec = parsed.spec
     secrets = frozenset(
-        (namespace, b.credentials_ref.name)
+        (parsed.namespace, b.credentials_ref.name)
         for b in (spec.backends if spec else [])
         if b.credentials_ref is not None
     )
     source = EndpointSource(
-        namespace=namespace,
-        name=name,
-        generation=int(metadata.get("generation", 0)),
-        created=metadata.get("creationTimestamp", ""),
-        spec=spec,
-        spec_error=error,
+        parsed.namespace, parsed.name, parsed.generation, parsed.created, spec, parsed.error
     )
-    return EndpointRecord(body=body, source=source, gateway=gateway, secrets=secrets)
+    return EndpointRecord(body=body, source=source, gateway=parsed.gateway, secrets=secrets)
 
 
 def _gateway_record(body: dict[str, Any]) -> GatewayRecord:
