@@ -3,6 +3,7 @@ sends real HTTP to fake providers on loopback."""
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -11,10 +12,12 @@ from typing import Any
 
 import pytest
 
+from fuzz.envoy_check import fetch_snapshot
 from gatewaylab import FakeProcess, LocalEnvoy, chat, free_port, lab_client, send_sync
 from tests_support.cluster import Cluster, condition, eventually
 from tests_support.scenario import API_VERSION, Operator
 from tests_support.tls import make_ca_and_server
+from tests_support.xds_tls import gateway_credentials
 
 # name -> (provider, model it serves, seconds between streamed chunks); one key each, all
 # in the Secret "keys".
@@ -96,6 +99,13 @@ class Lab:
 
     def gateway(self) -> dict[str, Any] | None:
         return self.cluster.get("modelgateways", "gw", self.namespace)
+
+    def xds_as_sent(self) -> str:
+        """Every resource the operator serves the gateway, as an Envoy of it receives them."""
+        credentials = gateway_credentials(self.cluster, self.namespace, "gw")
+        assert credentials is not None, "the gateway has no control-channel certificate"
+        node = f"{self.namespace}/gw"
+        return json.dumps(fetch_snapshot(self.operator.xds_address, node, credentials))
 
 
 @pytest.fixture(scope="module")

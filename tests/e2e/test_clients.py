@@ -198,11 +198,13 @@ def test_no_client_key_anywhere_a_person_or_program_can_read(lab: Lab) -> None:
     time.sleep(1.5)  # Envoy flushes its access log every second
     places = {
         "Envoy's config dump": lab.envoy.config_dump(),
+        "xDS as sent": lab.xds_as_sent(),
         "Envoy's log": lab.envoy.log.read_text(errors="replace"),
         "operator log": lab.operator.log,
         **hygiene.cluster_places(lab.cluster, [lab.namespace]),
     }
     assert "switchyard.clients" in places["Envoy's config dump"]
+    assert "switchyard.clients" in places["xDS as sent"]
     # The access records and Envoy's counters name the client, never its key.
     assert f'"client":"{lab.namespace}/lab"' in places["Envoy's log"]
     places["Envoy's stats"] = lab.envoy.admin("/stats/prometheus")

@@ -631,6 +631,7 @@ def test_no_secret_anywhere_a_person_or_program_can_read(lab: Lab) -> None:
         "operator log": lab.operator.log,
         "operator metrics": metrics,
         "Envoy's config dump": lab.envoy.config_dump(),
+        "xDS as sent": lab.xds_as_sent(),
         "Envoy's log": lab.envoy.log.read_text(errors="replace"),
         **hygiene.cluster_places(lab.cluster, [lab.namespace]),
     }
