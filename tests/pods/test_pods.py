@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import time
+import urllib.error
+import urllib.request
 from collections import Counter
 from pathlib import Path
 
 import pytest
 import yaml
+from openai import AuthenticationError, OpenAI
 
 from tests_support.cluster import Cluster, condition, eventually
 from tests_support.helm import CHART, helm
@@ -25,6 +29,7 @@ from .conftest import (
     ENVOY_DEPLOYMENT,
     GATEWAY,
     GATEWAY_NAMESPACE,
+    MODEL,
     OPERATOR_NAMESPACE,
     RELEASE,
     SPLIT,
@@ -110,6 +115,35 @@ def test_the_split_holds_through_the_gateway_service(gateway: Gateway) -> None:
     assert sum(served.values()) == 600
     for name, (_, _, weight) in SPLIT.items():
         assert abs(served[name] / 600 - weight / 100) < 0.07, served
+
+
+def test_the_envoy_pods_count_requests_per_client_on_their_metrics_port(
+    gateway: Gateway,
+) -> None:
+    """Prometheus reads each gateway Pod's stats on the port named "metrics": requests by
+    ModelClient, model and status. Nothing else of Envoy's admin API is there."""
+    client = gateway.client()
+    for _ in range(20):
+        gateway.ask(client)
+    stranger = OpenAI(base_url=gateway.base_url, api_key="sk-stranger", max_retries=0)
+    with pytest.raises(AuthenticationError):
+        stranger.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "x"}])
+    counted: Counter[tuple[str, str]] = Counter()
+    for pod in gateway.envoy_pods():
+        [port] = [p["containerPort"] for p in pod["spec"]["containers"][0]["ports"]
+                  if p["name"] == "metrics"]  # fmt: skip
+        base = f"http://{pod['status']['podIP']}:{port}"
+        with urllib.request.urlopen(f"{base}/stats/prometheus", timeout=10) as reply:
+            text = reply.read().decode()
+        for line in text.splitlines():
+            if line.startswith("envoy_switchyard_client_requests{"):
+                labels = dict(re.findall(r'(\w+)="([^"]*)"', line))
+                counted[(labels["client"], labels["code"])] += int(float(line.rsplit(" ", 1)[1]))
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(f"{base}/config_dump", timeout=10)
+        assert refused.value.code == 404
+    assert counted[(f"{APP_NAMESPACE}/lab", "200")] >= 20, counted
+    assert counted[("", "401")] >= 1, counted  # a stranger is no client
 
 
 def test_failover_through_the_pods_costs_no_request(gateway: Gateway) -> None:

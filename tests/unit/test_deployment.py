@@ -22,6 +22,7 @@ from switchyard.render.deployment import (
     selector,
     service_name,
 )
+from switchyard.render.envoy import STATS_PORT
 from tests_support.plans import gateway, sample_plan
 
 PODS = EnvoyPods("switchyard.switchyard-system.svc", 18000, "localhost/envoy:test")
@@ -31,8 +32,19 @@ def test_the_envoy_pods_use_the_configured_image_and_find_xds_at_the_service() -
     plan = sample_plan()
     bootstrap = bootstrap_configmap(plan, "uid-1", PODS)
     config = json.loads(bootstrap["data"]["bootstrap.json"])
-    [xds] = config["static_resources"]["clusters"]
+    [xds, admin] = config["static_resources"]["clusters"]
     address = xds["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]
+    # Prometheus reads the stats on the port named "metrics", and nothing else of the admin API.
+    [stats] = config["static_resources"]["listeners"]
+    assert stats["address"]["socket_address"]["port_value"] == STATS_PORT
+    assert admin["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"][
+        "socket_address"
+    ] == {"address": "127.0.0.1", "port_value": ADMIN_PORT}
+    routes = stats["filter_chains"][0]["filters"][0]["typed_config"]["route_config"][
+        "virtual_hosts"
+    ][0]["routes"]
+    assert [r["match"] for r in routes] == [{"path": "/stats/prometheus"}, {"prefix": "/"}]
+    assert "route" not in routes[1]
     assert address["socket_address"] == {
         "address": "switchyard.switchyard-system.svc",
         "port_value": 18000,

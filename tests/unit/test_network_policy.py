@@ -11,6 +11,7 @@ from switchyard.handlers.sync import _refused
 from switchyard.kube.client import ApiError, is_forbidden
 from switchyard.plan.egress import METADATA_NETWORKS
 from switchyard.render.deployment import EnvoyPods, bootstrap_configmap, envoy_deployment, selector
+from switchyard.render.envoy import STATS_PORT
 from switchyard.render.objects import XdsPeer, gateway_network_policy
 from tests_support.plans import sample_plan
 
@@ -28,7 +29,7 @@ def _blocks(policy: dict[str, Any]) -> list[dict[str, Any]]:
     return [peer["ipBlock"] for peer in backends["to"]]
 
 
-def test_the_policy_selects_the_gateways_envoy_pods_and_admits_only_the_listener() -> None:
+def test_the_policy_selects_the_gateways_envoy_pods_and_admits_only_listener_and_stats() -> None:
     plan = sample_plan()
     spec = ModelGatewaySpec.model_validate({"listener": {"port": 9090}})
     pods = EnvoyPods("switchyard.switchyard-system.svc", 18000)
@@ -39,7 +40,8 @@ def test_the_policy_selects_the_gateways_envoy_pods_and_admits_only_the_listener
     assert policy["spec"]["podSelector"]["matchLabels"].items() <= template_labels.items()
     assert policy["metadata"]["ownerReferences"][0]["uid"] == "uid-1"
     assert policy["spec"]["policyTypes"] == ["Ingress", "Egress"]
-    assert policy["spec"]["ingress"] == [{"ports": [{"port": 9090, "protocol": "TCP"}]}]
+    ports = [{"port": 9090, "protocol": "TCP"}, {"port": STATS_PORT, "protocol": "TCP"}]
+    assert policy["spec"]["ingress"] == [{"ports": ports}]
 
 
 def test_egress_reaches_dns_and_only_the_operators_pods_for_xds() -> None:

@@ -33,7 +33,13 @@ from switchyard.api.models import (
     parse_quantity,
 )
 from switchyard.plan.gateway import GatewayPlan
-from switchyard.render.envoy import CREDENTIALS_DIR_ENV, XdsTls, bootstrap, xds_sds_files
+from switchyard.render.envoy import (
+    CREDENTIALS_DIR_ENV,
+    STATS_PORT,
+    XdsTls,
+    bootstrap,
+    xds_sds_files,
+)
 from switchyard.render.objects import (
     GATEWAY_LABEL,
     credentials_secret_name,
@@ -166,7 +172,12 @@ def xds_tls_secret(plan: GatewayPlan, owner_uid: str, data: dict[str, str]) -> d
 
 def bootstrap_configmap(plan: GatewayPlan, owner_uid: str, pods: EnvoyPods) -> dict[str, Any]:
     config = bootstrap(
-        f"{plan.namespace}/{plan.name}", pods.xds_host, pods.xds_port, ADMIN_PORT, tls=XDS_TLS
+        f"{plan.namespace}/{plan.name}",
+        pods.xds_host,
+        pods.xds_port,
+        ADMIN_PORT,
+        tls=XDS_TLS,
+        stats_port=STATS_PORT,
     )
     data = {BOOTSTRAP_KEY: json.dumps(config, indent=2, sort_keys=True) + "\n"}
     for file, content in xds_sds_files(XDS_TLS_DIR).items():
@@ -237,7 +248,10 @@ def envoy_deployment(
                                 "preStop": {"exec": {"command": ["bash", "-c", PRESTOP]}}
                             },
                             "env": [{"name": CREDENTIALS_DIR_ENV, "value": CREDENTIALS_DIR}],
-                            "ports": [{"name": "http", "containerPort": port}],
+                            "ports": [
+                                {"name": "http", "containerPort": port},
+                                {"name": "metrics", "containerPort": STATS_PORT},
+                            ],
                             # The listener opens once the operator's config has arrived.
                             "readinessProbe": {
                                 "tcpSocket": {"port": "http"},

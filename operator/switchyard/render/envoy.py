@@ -983,10 +983,12 @@ def bootstrap(
     admin_port: int = 9901,
     node_metadata: dict[str, Any] | None = None,
     tls: XdsTls | None = None,
+    stats_port: int | None = None,
 ) -> dict[str, Any]:
-    """Envoy's static bootstrap: who it is, where the operator's ADS server is, and nothing
-    else. Everything it serves arrives over ADS; if the operator goes away, Envoy keeps
-    serving the last config it accepted.
+    """Envoy's static bootstrap: who it is, where the operator's ADS server is, and (with
+    `stats_port`) where Prometheus reads its stats; nothing else. Everything it serves
+    arrives over ADS; if the operator goes away, Envoy keeps serving the last config it
+    accepted.
 
     The ADS connection is kept honest from Envoy's side: HTTP/2 pings every 15 s (and TCP
     keepalive under them) close a connection whose peer vanished without a FIN within about
@@ -1076,4 +1078,66 @@ def bootstrap(
     }
     if tls is not None:
         config["static_resources"]["clusters"][0]["transport_socket"] = _xds_transport_socket(tls)
+    if stats_port is not None:
+        config["static_resources"]["clusters"].append(_admin_cluster(admin_port))
+        config["static_resources"]["listeners"] = [_stats_listener(stats_port)]
     return config
+
+
+ADMIN_CLUSTER = "switchyard-admin"
+STATS_PATH = "/stats/prometheus"
+# Where a gateway Pod's Envoy serves its stats (the port named "metrics").
+STATS_PORT = 9902
+
+
+def _admin_cluster(admin_port: int) -> dict[str, Any]:
+    address = {"socket_address": {"address": "127.0.0.1", "port_value": admin_port}}
+    return {
+        "name": ADMIN_CLUSTER,
+        "type": "STATIC",
+        "connect_timeout": "1s",
+        "load_assignment": {
+            "cluster_name": ADMIN_CLUSTER,
+            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": address}}]}],
+        },
+    }
+
+
+def _stats_listener(port: int) -> dict[str, Any]:
+    """Envoy's stats in Prometheus's format on `port`, and nothing else of its admin API
+    (which could drain or stop it): the per-client counters among them."""
+    routes = [
+        {"match": {"path": STATS_PATH}, "route": {"cluster": ADMIN_CLUSTER}},
+        {"match": {"prefix": "/"}, "direct_response": {"status": 404}},
+    ]
+    return {
+        "name": "switchyard-stats",
+        "address": {"socket_address": {"address": "0.0.0.0", "port_value": port}},
+        "filter_chains": [
+            {
+                "filters": [
+                    {
+                        "name": "envoy.filters.network.http_connection_manager",
+                        "typed_config": {
+                            "@type": TYPE + "envoy.extensions.filters.network."
+                            "http_connection_manager.v3.HttpConnectionManager",
+                            "stat_prefix": "switchyard_stats",
+                            "route_config": {
+                                "virtual_hosts": [
+                                    {"name": "stats", "domains": ["*"], "routes": routes}
+                                ]
+                            },
+                            "http_filters": [_router_only()],
+                        },
+                    }
+                ]
+            }
+        ],
+    }
+
+
+def _router_only() -> dict[str, Any]:
+    return {
+        "name": "envoy.filters.http.router",
+        "typed_config": {"@type": TYPE + "envoy.extensions.filters.http.router.v3.Router"},
+    }

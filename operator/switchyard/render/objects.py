@@ -16,6 +16,7 @@ from typing import Any
 from switchyard.api.models import ModelGatewaySpec
 from switchyard.plan.egress import METADATA_NETWORKS
 from switchyard.plan.gateway import GatewayPlan, ObjectKey, key_material
+from switchyard.render.envoy import STATS_PORT
 
 MANAGED_BY = "switchyard"
 GATEWAY_LABEL = "switchyard.dev/gateway"
@@ -256,7 +257,15 @@ def gateway_network_policy(
         "spec": {
             "podSelector": {"matchLabels": dict(pod_labels)},
             "policyTypes": ["Ingress", "Egress"],
-            "ingress": [{"ports": [{"port": spec.listener.port, "protocol": "TCP"}]}],
+            # Clients on the listener; Prometheus on the stats port.
+            "ingress": [
+                {
+                    "ports": [
+                        {"port": spec.listener.port, "protocol": "TCP"},
+                        {"port": STATS_PORT, "protocol": "TCP"},
+                    ]
+                }
+            ],
             "egress": [
                 {
                     "ports": [
