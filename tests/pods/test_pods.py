@@ -15,6 +15,7 @@ import urllib.error
 import urllib.request
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -22,7 +23,7 @@ from openai import AuthenticationError, OpenAI
 
 from tests_support.cluster import Cluster, condition, eventually
 from tests_support.helm import CHART, helm
-from tests_support.scenario import without_probe_times
+from tests_support.scenario import API_VERSION, without_probe_times
 
 from .conftest import (
     APP_NAMESPACE,
@@ -144,6 +145,76 @@ def test_the_envoy_pods_count_requests_per_client_on_their_metrics_port(
         assert refused.value.code == 404
     assert counted[(f"{APP_NAMESPACE}/lab", "200")] >= 20, counted
     assert counted[("", "401")] >= 1, counted  # a stranger is no client
+
+
+# An app in the cluster: it reads its projected ServiceAccount token and calls the gateway
+# with it, as an SDK would with a key; it prints the status it got.
+APP_SCRIPT = """
+import json, sys, urllib.error, urllib.request
+token = open("/var/run/secrets/switchyard/token").read().strip()
+request = urllib.request.Request(
+    sys.argv[1], data=json.dumps({"model": sys.argv[2], "messages": []}).encode(),
+    headers={"content-type": "application/json", "authorization": "Bearer " + token},
+)
+try:
+    print(urllib.request.urlopen(request, timeout=20).status)
+except urllib.error.HTTPError as error:
+    print(error.code)
+"""
+
+
+def test_an_app_in_the_cluster_calls_with_its_service_account_token_and_no_key(
+    cluster: Cluster, gateway: Gateway, pod_images: PodImages
+) -> None:
+    def app_pod(name: str, account: str, audience: str) -> dict[str, Any]:
+        token = {"audience": audience, "expirationSeconds": 600, "path": "token"}
+        return {
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "namespace": APP_NAMESPACE},
+            "spec": {
+                "serviceAccountName": account, "restartPolicy": "Never",
+                "automountServiceAccountToken": False,
+                "containers": [{
+                    "name": "app", "image": pod_images.operator, "command": ["python3", "-c"],
+                    "args": [APP_SCRIPT, f"{gateway.base_url}/chat/completions", MODEL],
+                    "volumeMounts": [{"name": "token", "mountPath": "/var/run/secrets/switchyard"}],
+                }],
+                "volumes": [{"name": "token",
+                             "projected": {"sources": [{"serviceAccountToken": token}]}}],
+            },
+        }  # fmt: skip
+
+    def status_of(name: str) -> str:
+        def finished() -> dict[str, Any] | None:
+            pod = cluster.get("pods", name, APP_NAMESPACE)
+            phase = (pod or {}).get("status", {}).get("phase")
+            return pod if phase in ("Succeeded", "Failed") else None
+
+        eventually(finished, timeout=90)
+        return cluster.kubectl("logs", name, "-n", APP_NAMESPACE).strip()
+
+    cluster.apply(
+        {"apiVersion": "v1", "kind": "ServiceAccount",
+         "metadata": {"name": "checkout", "namespace": APP_NAMESPACE}},
+        {"apiVersion": API_VERSION, "kind": "ModelClient",
+         "metadata": {"name": "checkout", "namespace": APP_NAMESPACE},
+         "spec": {"gatewayRef": {"name": GATEWAY, "namespace": GATEWAY_NAMESPACE},
+                  "serviceAccounts": ["checkout"]}},
+    )  # fmt: skip
+    eventually(
+        lambda: condition(cluster.get("modelclients", "checkout", APP_NAMESPACE), "Ready"),
+        timeout=30,
+    )
+    try:
+        cluster.apply(app_pod("app-right", "checkout", "switchyard"))
+        cluster.apply(app_pod("app-for-kubernetes", "checkout", "https://kubernetes.default"))
+        assert status_of("app-right") == "200"
+        assert status_of("app-for-kubernetes") == "401"
+    finally:
+        cluster.kubectl("delete", "pods", "app-right", "app-for-kubernetes", "-n", APP_NAMESPACE,
+                        "--wait=false", "--ignore-not-found")  # fmt: skip
+        cluster.kubectl("delete", "modelclients,serviceaccounts", "checkout", "-n",
+                        APP_NAMESPACE, "--ignore-not-found")  # fmt: skip
 
 
 def test_failover_through_the_pods_costs_no_request(gateway: Gateway) -> None:
