@@ -99,7 +99,7 @@ def plan_clients(
     required = gateway is None or gateway.spec.client_auth.mode == ClientAuthMode.REQUIRED
     result = ClientsPlan(required=required)
     gateway_name = f"{gateway_key[0]}/{gateway_key[1]}"
-    # Model -> the namespaces its endpoint admits, as a predicate.
+    # Model -> its endpoint's namespace and allowedClients policy.
     admitting = {
         plan.model: (plan.namespace, outcome.spec.allowed_clients.namespaces)
         for plan in endpoints.attached
