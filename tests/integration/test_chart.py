@@ -265,7 +265,8 @@ class RbacRelease:
         })  # fmt: skip
         logfile = workdir / f"{gateway}.log"
         env = {
-            **os.environ,
+            # Only the chart's settings: none that another test's operator left behind.
+            **{k: v for k, v in os.environ.items() if not k.startswith("SWITCHYARD_")},
             "KUBECONFIG": token_kubeconfig(cluster, self.namespace, self.fullname,
                                            workdir / f"{gateway}.kubeconfig"),
             "POD_NAMESPACE": self.namespace, "POD_NAME": f"{gateway}-0",

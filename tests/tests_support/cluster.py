@@ -76,10 +76,21 @@ class Cluster:
     def rollout(self, deployment: str, namespace: str, timeout: float = 180) -> None:
         """Wait until the Deployment exists and has rolled out."""
         eventually(lambda: self.get("deployments", deployment, namespace), timeout=60)
-        self.kubectl(
-            "rollout", "status", f"deployment/{deployment}", "-n", namespace,
-            f"--timeout={timeout:.0f}s", timeout=timeout + 30,
-        )  # fmt: skip
+        try:
+            self.kubectl(
+                "rollout", "status", f"deployment/{deployment}", "-n", namespace,
+                f"--timeout={timeout:.0f}s", timeout=timeout + 30,
+            )  # fmt: skip
+        except KubectlError as stuck:
+            # What held it back: the Pods' conditions and events, and what they logged.
+            described = self.kubectl("describe", "pods", "-n", namespace, check=False)
+            logs = self.kubectl(
+                "logs", f"deployment/{deployment}", "-n", namespace, "--all-containers",
+                "--tail=40", check=False,
+            )  # fmt: skip
+            raise AssertionError(
+                f"{stuck}\n--- pods:\n{described[-6000:]}\n--- logs:\n{logs[-4000:]}"
+            ) from stuck
 
     def get(self, kind: str, name: str, namespace: str) -> dict[str, Any] | None:
         out = self.kubectl("get", kind, name, "-n", namespace, "-o", "json", "--ignore-not-found")

@@ -64,13 +64,19 @@ class Operator:
         # every cluster has (a Pod's operator keeps it in its own).
         self.ca_secret = f"default/switchyard-ca-{uuid.uuid4().hex[:8]}"
         self.runner: KopfRunner | None = None
+        self._saved_environment: dict[str, str | None] = {}
         self.records = _Records()
         self.outputs: list[str] = []
 
     def start(self) -> None:
-        os.environ["SWITCHYARD_XDS_ADDRESS"] = self.xds_address
-        os.environ["SWITCHYARD_METRICS_ADDRESS"] = self.metrics_address
-        os.environ["SWITCHYARD_CA_SECRET"] = self.ca_secret
+        settings = {
+            "SWITCHYARD_XDS_ADDRESS": self.xds_address,
+            "SWITCHYARD_METRICS_ADDRESS": self.metrics_address,
+            "SWITCHYARD_CA_SECRET": self.ca_secret,
+        }
+        # Put back at stop(): the settings are this operator's, not the next test's.
+        self._saved_environment = {name: os.environ.get(name) for name in settings}
+        os.environ.update(settings)
         logging.getLogger().addHandler(self.records)
         self.runner = KopfRunner(
             [
@@ -90,6 +96,11 @@ class Operator:
             return
         runner, self.runner = self.runner, None
         runner.__exit__(None, None, None)
+        for name, value in self._saved_environment.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
         logging.getLogger().removeHandler(self.records)
         self.outputs.append(runner.output)
         assert runner.exit_code == 0, runner.output[-3000:]
