@@ -98,6 +98,9 @@ def demo(kubectl: Kubectl) -> None:
             "wait", "--for=condition=Ready", "--timeout=60s",
             "-n", metadata["namespace"], f"modelendpoint/{metadata['name']}",
         )  # fmt: skip
+    # Endpoints are Ready once their routes are planned; the gateway's objects follow.
+    kubectl.run("wait", "--for=create", "--timeout=60s", "-n", "ai-gateway",
+                "deployment/shared-switchyard-envoy")  # fmt: skip
     kubectl.run("rollout", "status", "deployment/shared-switchyard-envoy", "-n", "ai-gateway",
                 "--timeout=180s")  # fmt: skip
     kubectl.run("wait", "--for=condition=Ready", "--timeout=60s", "-n", "team-a",
