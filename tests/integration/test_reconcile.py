@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from switchyard.render.envoy import STATS_PORT
 from tests_support.backends import anthropic_backend, local_backend, openai_backend
 from tests_support.cluster import condition, eventually
 from tests_support.scenario import Scenario, sync_passes
@@ -228,7 +229,10 @@ def test_an_envoy_gateway_gets_its_deployment_service_and_bootstrap(scenario: Sc
     pod = deployment["spec"]["template"]["spec"]
     [envoy] = pod["containers"]
     assert envoy["image"] == "envoyproxy/envoy:v1.40.0"
-    assert envoy["ports"] == [{"name": "http", "containerPort": 9000, "protocol": "TCP"}]
+    assert envoy["ports"] == [
+        {"name": "http", "containerPort": 9000, "protocol": "TCP"},
+        {"name": "metrics", "containerPort": STATS_PORT, "protocol": "TCP"},
+    ]
     assert envoy["securityContext"]["readOnlyRootFilesystem"] is True
     assert pod["securityContext"]["runAsNonRoot"] is True
     volumes = {v["name"]: v for v in pod["volumes"]}
