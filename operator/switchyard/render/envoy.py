@@ -300,7 +300,17 @@ def _client_tokens(issuer: TokenIssuer | None) -> dict[str, Any]:
         },
         "rules": [
             {
-                "match": {"prefix": "/"},
+                # Only what looks like a JWT (its base64url header starts "ey"): an API key
+                # in the same header costs no parse.
+                "match": {
+                    "prefix": "/",
+                    "headers": [
+                        {
+                            "name": "authorization",
+                            "string_match": {"prefix": "Bearer ey", "ignore_case": True},
+                        }
+                    ],
+                },
                 "requires": {
                     "requires_any": {
                         "requirements": [
@@ -400,8 +410,8 @@ def _listener(port: int, clients_checked: bool) -> dict[str, Any]:
                             "request_timeout": "0s",
                             "http_filters": [
                                 _model_to_metadata(),
-                                *checks,
-                                _lua("original_path", _original_path_lua()),
+                                # The clients filter keeps the original path itself.
+                                *(checks or [_lua("original_path", _original_path_lua())]),
                                 _lua("provider_refusal", _provider_refusal_lua()),
                                 _router(),
                             ],
