@@ -91,14 +91,28 @@ async def credentials(configuration: client.Configuration) -> Credentials:
 async def _json(call: Any, *args: Any, **kwargs: Any) -> Any:
     """Call an API method and return the raw JSON, skipping the slow model classes."""
     metrics.API_REQUESTS.labels(getattr(call, "__name__", "other")).inc()
-    response = await call(*args, _preload_content=False, **kwargs)
+    return await _body(await call(*args, _preload_content=False, **kwargs))
+
+
+async def _body(response: Any) -> Any:
+    """An unpreloaded response's JSON. The client checks no status of these: raise as it
+    would."""
     body = await response.read()
     if response.status >= 400:
-        # Unpreloaded responses are not checked by the client: raise as it would.
         error = ApiException(status=response.status, reason=response.reason)
         error.body = body
         raise error
     return json.loads(body)
+
+
+async def _found(call: Any, *args: Any) -> Any:
+    """What a read returns, or None when the object does not exist."""
+    try:
+        return await _json(call, *args)
+    except ApiException as error:
+        if _is_not_found(error):
+            return None
+        raise
 
 
 def _is_not_found(error: ApiException) -> bool:
@@ -200,14 +214,9 @@ class Kube:
         return items
 
     async def read_custom(self, plural: str, namespace: str, name: str) -> dict[str, Any] | None:
-        try:
-            found: dict[str, Any] = await _json(
-                self.custom.get_namespaced_custom_object, GROUP, VERSION, namespace, plural, name
-            )
-        except ApiException as error:
-            if _is_not_found(error):
-                return None
-            raise
+        found: dict[str, Any] | None = await _found(
+            self.custom.get_namespaced_custom_object, GROUP, VERSION, namespace, plural, name
+        )
         return found
 
     async def list_namespaces(self) -> list[dict[str, Any]]:
@@ -263,32 +272,19 @@ class Kube:
             path, "GET", header_params={"Accept": accept},
             auth_settings=["BearerToken"], _preload_content=False,
         )  # fmt: skip
-        body = await response.read()
-        if response.status >= 400:
-            error = ApiException(status=response.status, reason=response.reason)
-            error.body = body
-            raise error
-        found: dict[str, Any] = json.loads(body)
+        found: dict[str, Any] = await _body(response)
         return found
 
     async def read_secret_data(self, namespace: str, name: str) -> dict[str, str] | None:
         """A Secret's base64 `data`, or None when the Secret does not exist."""
-        try:
-            secret = await _json(self.core.read_namespaced_secret, name, namespace)
-        except ApiException as error:
-            if _is_not_found(error):
-                return None
-            raise
-        return dict(secret.get("data") or {})
+        secret = await self.read_secret(namespace, name)
+        return None if secret is None else dict(secret.get("data") or {})
 
     async def read_secret(self, namespace: str, name: str) -> dict[str, Any] | None:
         """A whole Secret (metadata and data), or None when it does not exist."""
-        try:
-            secret: dict[str, Any] = await _json(self.core.read_namespaced_secret, name, namespace)
-        except ApiException as error:
-            if _is_not_found(error):
-                return None
-            raise
+        secret: dict[str, Any] | None = await _found(
+            self.core.read_namespaced_secret, name, namespace
+        )
         return secret
 
     async def write_secret(self, secret: dict[str, Any]) -> dict[str, Any]:
@@ -430,14 +426,9 @@ class Kube:
         return result
 
     async def read_lease(self, namespace: str, name: str) -> dict[str, Any] | None:
-        try:
-            lease: dict[str, Any] = await _json(
-                self.coordination.read_namespaced_lease, name, namespace
-            )
-        except ApiException as error:
-            if _is_not_found(error):
-                return None
-            raise
+        lease: dict[str, Any] | None = await _found(
+            self.coordination.read_namespaced_lease, name, namespace
+        )
         return lease
 
     async def write_lease(self, lease: dict[str, Any]) -> dict[str, Any]:

@@ -393,10 +393,34 @@ def _listener(port: int, clients_checked: bool) -> dict[str, Any]:
         if clients_checked
         else []
     )
+    manager = {
+        "stat_prefix": "switchyard",
+        "stream_idle_timeout": "300s",
+        "request_timeout": "0s",
+        "http_filters": [
+            _model_to_metadata(),
+            # The clients filter keeps the original path itself.
+            *(checks or [_lua("original_path", _original_path_lua())]),
+            _lua("provider_refusal", _provider_refusal_lua()),
+            _router(),
+        ],
+        "rds": {
+            "config_source": {"ads": {}, "resource_api_version": "V3"},
+            "route_config_name": ROUTE_CONFIG_NAME,
+        },
+        "local_reply_config": _local_replies(),
+        "access_log": [_access_record(), _client_counters()],
+    }
+    listener = _http_listener(f"switchyard-{port}", port, manager)
+    return {**listener, "per_connection_buffer_limit_bytes": MAX_REQUEST_BYTES}
+
+
+def _http_listener(name: str, port: int, manager: dict[str, Any]) -> dict[str, Any]:
+    """A listener on every address at `port` whose one filter chain is an HTTP connection
+    manager with the settings `manager`."""
     return {
-        "name": f"switchyard-{port}",
+        "name": name,
         "address": {"socket_address": {"address": "0.0.0.0", "port_value": port}},
-        "per_connection_buffer_limit_bytes": MAX_REQUEST_BYTES,
         "filter_chains": [
             {
                 "filters": [
@@ -405,22 +429,7 @@ def _listener(port: int, clients_checked: bool) -> dict[str, Any]:
                         "typed_config": {
                             "@type": TYPE + "envoy.extensions.filters.network."
                             "http_connection_manager.v3.HttpConnectionManager",
-                            "stat_prefix": "switchyard",
-                            "stream_idle_timeout": "300s",
-                            "request_timeout": "0s",
-                            "http_filters": [
-                                _model_to_metadata(),
-                                # The clients filter keeps the original path itself.
-                                *(checks or [_lua("original_path", _original_path_lua())]),
-                                _lua("provider_refusal", _provider_refusal_lua()),
-                                _router(),
-                            ],
-                            "rds": {
-                                "config_source": {"ads": {}, "resource_api_version": "V3"},
-                                "route_config_name": ROUTE_CONFIG_NAME,
-                            },
-                            "local_reply_config": _local_replies(),
-                            "access_log": [_access_record(), _client_counters()],
+                            **manager,
                         },
                     }
                 ]
@@ -1120,30 +1129,12 @@ def _stats_listener(port: int) -> dict[str, Any]:
         {"match": {"path": STATS_PATH}, "route": {"cluster": ADMIN_CLUSTER}},
         {"match": {"prefix": "/"}, "direct_response": {"status": 404}},
     ]
-    return {
-        "name": "switchyard-stats",
-        "address": {"socket_address": {"address": "0.0.0.0", "port_value": port}},
-        "filter_chains": [
-            {
-                "filters": [
-                    {
-                        "name": "envoy.filters.network.http_connection_manager",
-                        "typed_config": {
-                            "@type": TYPE + "envoy.extensions.filters.network."
-                            "http_connection_manager.v3.HttpConnectionManager",
-                            "stat_prefix": "switchyard_stats",
-                            "route_config": {
-                                "virtual_hosts": [
-                                    {"name": "stats", "domains": ["*"], "routes": routes}
-                                ]
-                            },
-                            "http_filters": [_router_only()],
-                        },
-                    }
-                ]
-            }
-        ],
+    manager = {
+        "stat_prefix": "switchyard_stats",
+        "route_config": {"virtual_hosts": [{"name": "stats", "domains": ["*"], "routes": routes}]},
+        "http_filters": [_router_only()],
     }
+    return _http_listener("switchyard-stats", port, manager)
 
 
 def _router_only() -> dict[str, Any]:
