@@ -79,10 +79,12 @@ class Lab:
     def base(self) -> str:
         return f"http://127.0.0.1:{self.envoy.port}"
 
-    def openai(self) -> openai.OpenAI:
+    # Typed Any: the SDKs' overloads want literal TypedDicts, and these tests send plain
+    # dicts, as apps built from JSON do.
+    def openai(self) -> Any:
         return openai.OpenAI(base_url=f"{self.base}/v1", api_key="unused", max_retries=0)
 
-    def anthropic(self) -> anthropic.Anthropic:
+    def anthropic(self) -> Any:
         return anthropic.Anthropic(base_url=self.base, api_key="unused", max_retries=0)
 
     def last_request(self, fake: str) -> dict[str, Any]:
@@ -141,11 +143,11 @@ def ask_openai(lab: Lab, model: str, stream: bool, **extra: Any) -> tuple[str, s
     client = lab.openai()
     messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
     if not stream:
-        reply = client.chat.completions.create(model=model, messages=messages, **extra)  # type: ignore[call-overload]
+        reply = client.chat.completions.create(model=model, messages=messages, **extra)
         choice = reply.choices[0]
         return choice.message.content or "", choice.finish_reason, reply.usage
     chunks = list(
-        client.chat.completions.create(  # type: ignore[call-overload]
+        client.chat.completions.create(
             model=model, messages=messages, stream=True,
             stream_options={"include_usage": True}, **extra,
         )
@@ -157,7 +159,7 @@ def ask_openai(lab: Lab, model: str, stream: bool, **extra: Any) -> tuple[str, s
     return text, finish[-1] if finish else None, chunks[-1].usage
 
 
-def ask_anthropic(lab: Lab, model: str, stream: bool, **extra: Any) -> anthropic.types.Message:
+def ask_anthropic(lab: Lab, model: str, stream: bool, **extra: Any) -> Any:
     client = lab.anthropic()
     request: dict[str, Any] = {
         "model": model,
@@ -180,12 +182,15 @@ def test_each_client_api_reaches_each_provider(lab: Lab, api: str, fake: str, st
     if api == "openai":
         text, finish, usage = ask_openai(lab, f"via-{fake}", stream)
         assert finish == "stop"
-        assert usage is not None and usage.completion_tokens > 0 and usage.prompt_tokens > 0
+        assert usage is not None
+        assert usage.completion_tokens > 0
+        assert usage.prompt_tokens > 0
         assert usage.total_tokens == usage.prompt_tokens + usage.completion_tokens
     else:
         message = ask_anthropic(lab, f"via-{fake}", stream)
         assert message.stop_reason == "end_turn"
-        assert message.usage.output_tokens > 0 and message.usage.input_tokens > 0
+        assert message.usage.output_tokens > 0
+        assert message.usage.input_tokens > 0
         text = "".join(b.text for b in message.content if b.type == "text")
     assert text.startswith(expected), text
     received = lab.last_request(fake)
@@ -259,7 +264,8 @@ def test_a_tool_call_round_trip_anthropic_client_to_gpt(lab: Lab) -> None:
 
     messages += [
         {"role": "assistant", "content": [b.model_dump(exclude_none=True) for b in first.content]},
-        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": use.id, "content": "sunny"}]},
+        {"role": "user", "content": [
+            {"type": "tool_result", "tool_use_id": use.id, "content": "sunny"}]},
     ]  # fmt: skip
     second = client.messages.create(
         model="via-openai", max_tokens=200, messages=messages, tools=tools
@@ -278,7 +284,7 @@ def test_parallel_tool_calls_stream_to_an_openai_client(lab: Lab) -> None:
     ]
     chunks = list(
         lab.openai().chat.completions.create(
-            model="via-anthropic", stream=True, tools=tools,  # type: ignore[arg-type]
+            model="via-anthropic", stream=True, tools=tools,
             messages=[{"role": "user", "content": "both"}],
         )
     )  # fmt: skip
@@ -341,7 +347,7 @@ def test_an_image_reaches_gpt_from_an_anthropic_client(lab: Lab, form: str) -> N
                     {"type": "image", "source": source},
                 ],
             }
-        ],  # type: ignore[list-item]
+        ],
     )
     expected = (
         f"I see an image: image/png {len(TINY_PNG)} bytes"
@@ -370,7 +376,8 @@ def test_cached_tokens_are_counted_both_ways(lab: Lab) -> None:
         reply = lab.openai().chat.completions.create(
             model="via-anthropic", messages=[{"role": "user", "content": long}]
         )
-    assert reply.usage is not None and reply.usage.prompt_tokens_details is not None
+    assert reply.usage is not None
+    assert reply.usage.prompt_tokens_details is not None
     cached = reply.usage.prompt_tokens_details.cached_tokens or 0
     for _ in range(2):
         message = lab.anthropic().messages.create(
@@ -513,5 +520,6 @@ def test_failover_between_claude_and_gpt_under_load_loses_nothing(lab: Lab) -> N
     )
     # The Anthropic fake saw attempts too, in its own format, with its own key.
     attempts = lab.fakes["anthropic"].traffic()
-    assert attempts and all(r["path"] == "/v1/messages" for r in attempts)
+    assert attempts
+    assert all(r["path"] == "/v1/messages" for r in attempts)
     assert all(r["headers"]["x-api-key"] == lab.fakes["anthropic"].api_key for r in attempts)
