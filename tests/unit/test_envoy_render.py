@@ -258,6 +258,8 @@ def local_reply(
         if "and_filter" in rule:
             return all(matches(r) for r in rule["and_filter"]["filters"])
         if "metadata_filter" in rule:
+            if not path:
+                return bool(rule["metadata_filter"]["match_if_key_not_found"])
             return path.startswith(
                 rule["metadata_filter"]["matcher"]["value"]["string_match"]["prefix"]
             )
@@ -288,6 +290,8 @@ def test_local_replies_speak_anthropics_format_to_its_clients() -> None:
                 503: "api_error"}  # fmt: skip
     for status, kind in expected.items():
         assert local_reply(resources, status, "/v1/messages")["type"] == kind, status
+    # Before the path is known (a body too large to read), OpenAI's.
+    assert local_reply(resources, 413, "")["type"] == "invalid_request_error"
 
 
 def lua_sources(resources: dict[str, list[dict[str, Any]]]) -> dict[str, str]:

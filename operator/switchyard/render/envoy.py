@@ -499,7 +499,9 @@ def _local_replies() -> dict[str, Any]:
                 "filter": METADATA_NAMESPACE,
                 "path": [{"key": "path"}],
                 "value": {"string_match": {"prefix": "/v1/messages"}},
-            }
+            },
+            # A reply before the path was kept (a body too large to read) is OpenAI's.
+            "match_if_key_not_found": False,
         }
     }
     # (op, status, OpenAI's error type, Anthropic's, message, OpenAI's error code)
