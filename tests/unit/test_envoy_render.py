@@ -128,6 +128,17 @@ def test_each_backend_carries_its_shape_in_metadata() -> None:
     assert shape["path_base"] == "/openai/deployments/az-model"
     assert shape["query"] == "api-version=2024-10-21"
     assert shape["auth"] == "api-key:"
+    # Claude on Azure AI Foundry: Anthropic's API under the resource's /anthropic.
+    foundry = {
+        **local("foundry"),
+        "provider": "Anthropic",
+        "url": "https://team.services.ai.azure.com/anthropic",
+        "credentialsRef": {"name": "keys", "key": "anthropic"},
+    }
+    [cluster, *_] = rendered(endpoint("m", backends=[foundry]))[CLUSTER_TYPE]
+    [locality] = cluster["load_assignment"]["endpoints"]
+    shape = locality["lb_endpoints"][0]["metadata"]["filter_metadata"]["switchyard"]
+    assert (shape["path_base"], shape["auth"]) == ("/anthropic/v1", "x-api-key:")
 
 
 def test_https_backends_get_their_own_sni_and_trust(tmp_path: Path) -> None:
