@@ -153,7 +153,8 @@ APP_SCRIPT = """
 import json, sys, urllib.error, urllib.request
 token = open("/var/run/secrets/switchyard/token").read().strip()
 request = urllib.request.Request(
-    sys.argv[1], data=json.dumps({"model": sys.argv[2], "messages": []}).encode(),
+    sys.argv[1],
+    data=json.dumps({"model": sys.argv[2], "messages": [{"role": "user", "content": "hi"}]}).encode(),
     headers={"content-type": "application/json", "authorization": "Bearer " + token},
 )
 try:
