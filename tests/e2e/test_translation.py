@@ -23,7 +23,7 @@ import openai
 import pytest
 
 from gatewaylab import FakeProcess, free_port
-from switchyard.plan.gateway import plan_gateway
+from switchyard.plan.gateway import SecretKeys, plan_gateway
 from switchyard.render.envoy import render
 from tests_support.plans import GATEWAY_KEY, endpoint, gateway
 
@@ -98,8 +98,6 @@ class Lab:
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
-    from switchyard.plan.gateway import SecretKeys
-
     workdir = tmp_path_factory.mktemp("translation")
     credentials = workdir / "credentials"
     credentials.mkdir()
