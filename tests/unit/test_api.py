@@ -122,6 +122,11 @@ def test_offline_validation_of_lists_and_durations() -> None:
         ModelEndpointSpec.model_validate({**spec, "backends": spec["backends"] * 2})
     with pytest.raises(ValidationError, match="at least 1 item"):
         ModelEndpointSpec.model_validate({**spec, "backends": []})
+    # A list of type set: the API server refuses duplicates, and so does the model.
+    with pytest.raises(ValidationError, match="retryOn: duplicate value ConnectFailure"):
+        ModelEndpointSpec.model_validate(
+            {**spec, "retry": {"retryOn": ["ConnectFailure", "ServerError", "ConnectFailure"]}}
+        )
     many = [{**spec["backends"][0], "name": f"b{i}"} for i in range(17)]
     with pytest.raises(ValidationError, match="at most 16 items"):
         ModelEndpointSpec.model_validate({**spec, "backends": many})

@@ -491,6 +491,15 @@ class Retry(_Model):
         json_schema_extra={"x-kubernetes-list-type": "set"},
     )
 
+    @model_validator(mode="after")
+    def _retry_on_is_a_set(self) -> Retry:
+        # The API server refuses duplicates in a list of type set; so does the operator,
+        # for specs that reach it another way (`switchyard plan`, a cluster without it).
+        seen = [str(r) for r in self.retry_on]
+        if duplicates := sorted({r for r in seen if seen.count(r) > 1}):
+            raise ValueError(f"retryOn: duplicate value {', '.join(duplicates)}")
+        return self
+
 
 class ModelEndpointSpec(_Model):
     """One public model name and the backends its traffic is split across."""
