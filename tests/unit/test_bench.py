@@ -10,7 +10,7 @@ import pytest
 from common import metric_sum, percentile, spread
 from dataplane import bare_envoy_config
 from gatewaylab import envoy_refusal
-from litellm_proxy import Deployment, litellm_params
+from litellm_proxy import Deployment, LiteLLMProxy, litellm_params
 
 
 def test_percentile_is_nearest_rank_so_it_reports_an_observed_value() -> None:
@@ -60,3 +60,24 @@ def test_litellm_deployments_speak_each_providers_own_api() -> None:
     assert params("Anthropic")["weight"] == 3
     with pytest.raises(ValueError, match="AWSBedrock"):
         params("AWSBedrock")
+
+
+def test_litellm_serves_more_models_and_translates_messages_through_chat_completions() -> None:
+    def deployment(name: str, provider: str) -> Deployment:
+        return Deployment(name, provider, "http://127.0.0.1:9", "m", "sk-x", 1)
+
+    proxy = LiteLLMProxy(
+        "chat",
+        [deployment("a", "OpenAI")],
+        Path("/dev/null"),
+        also={"claude": [deployment("anthropic", "Anthropic")]},
+    )
+    config = proxy.config()
+    served = [(m["model_name"], m["model_info"]["id"]) for m in config["model_list"]]
+    assert served == [("chat", "a"), ("claude", "anthropic")]
+    assert config["litellm_settings"] == {"use_chat_completions_url_for_anthropic_messages": True}
+    with pytest.raises(ValueError, match="unique"):
+        LiteLLMProxy(
+            "chat", [deployment("a", "OpenAI")], Path("/dev/null"),
+            also={"claude": [deployment("a", "Anthropic")]},
+        )  # fmt: skip
