@@ -25,8 +25,8 @@ from aiohttp import web
 from gatewaylab import EnvoyProcess, envoy_refusal, free_port, wait_for_port
 from switchyard.api.models import BackendTLS
 from switchyard.plan.gateway import GatewayPlan, plan_gateway
+from switchyard.providers import ANTHROPIC_VERSION
 from switchyard.render.envoy import (
-    ANTHROPIC_VERSION,
     CLUSTER_TYPE,
     LISTENER_TYPE,
     METADATA_NAMESPACE,

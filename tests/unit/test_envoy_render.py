@@ -19,8 +19,8 @@ from gatewaylab import envoy_refusal
 from switchyard.api.models import BackendTLS
 from switchyard.plan.clients import TokenIssuer
 from switchyard.plan.gateway import plan_gateway
+from switchyard.providers import ANTHROPIC_VERSION
 from switchyard.render.envoy import (
-    ANTHROPIC_VERSION,
     CLUSTER_TYPE,
     CREDENTIALS_DIR_ENV,
     LISTENER_TYPE,
@@ -76,7 +76,13 @@ def test_every_rendered_resource_is_valid_envoy_config() -> None:
     for type_url, items in resources.items():
         assert pack(type_url, items).resources  # parses every typed_config it names
     names = [c["name"] for c in resources[CLUSTER_TYPE]]
-    assert names == ["switchyard/chat", "switchyard-anthropic/chat", "switchyard/other"]
+    # Both chat APIs reach every backend; the rest of each API only those that serve it.
+    assert names == [
+        "switchyard/chat",
+        "switchyard-anthropic/chat",
+        "switchyard-openai/chat",
+        "switchyard/other",
+    ]
 
 
 def test_durations_are_written_as_protobuf_reads_them() -> None:
@@ -97,14 +103,17 @@ def test_backends_become_weighted_localities_in_compact_priorities() -> None:
 
 
 def test_each_backend_carries_its_shape_in_metadata() -> None:
-    [openai_cluster, _] = rendered(endpoint("chat"))[CLUSTER_TYPE]
+    everyone = rendered(endpoint("chat"))[CLUSTER_TYPE][0]
     shapes = {
         e["locality"]["sub_zone"]: e["lb_endpoints"][0]["metadata"]["filter_metadata"]["switchyard"]
-        for e in openai_cluster["load_assignment"]["endpoints"]
+        for e in everyone["load_assignment"]["endpoints"]
     }
     assert shapes["oai"]["path_base"] == "/v1"
     assert shapes["oai"]["credentials"] == "team-a_keys_openai"
-    assert shapes["claude"]["provider"] == "Anthropic"
+    assert (shapes["oai"]["api"], shapes["oai"]["auth"]) == ("openai", "authorization:Bearer ")
+    # The provider's terms, never its name: the Lua knows APIs, not providers.
+    assert (shapes["claude"]["api"], shapes["claude"]["auth"]) == ("anthropic", "x-api-key:")
+    assert "provider" not in shapes["claude"]
     assert shapes["claude"]["model"] == "claude"
     azure = {
         **local("az"),
@@ -118,6 +127,7 @@ def test_each_backend_carries_its_shape_in_metadata() -> None:
     shape = locality["lb_endpoints"][0]["metadata"]["filter_metadata"]["switchyard"]
     assert shape["path_base"] == "/openai/deployments/az-model"
     assert shape["query"] == "api-version=2024-10-21"
+    assert shape["auth"] == "api-key:"
 
 
 def test_https_backends_get_their_own_sni_and_trust(tmp_path: Path) -> None:
@@ -237,13 +247,25 @@ def manager_of(resources: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
     return manager
 
 
-def local_reply(resources: dict[str, list[dict[str, Any]]], status: int) -> dict[str, Any]:
-    """The error body Envoy makes of a local reply with `status`: the first mapper whose
-    status filter matches, as Envoy picks it."""
+def local_reply(
+    resources: dict[str, list[dict[str, Any]]], status: int, path: str = "/v1/chat/completions"
+) -> dict[str, Any]:
+    """The error body Envoy makes of a local reply with `status` to a client that sent
+    `path`: the first mapper whose filter matches, as Envoy picks it."""
     compare = {"EQ": int.__eq__, "GE": int.__ge__, "LE": int.__le__}
+
+    def matches(rule: dict[str, Any]) -> bool:
+        if "and_filter" in rule:
+            return all(matches(r) for r in rule["and_filter"]["filters"])
+        if "metadata_filter" in rule:
+            return path.startswith(
+                rule["metadata_filter"]["matcher"]["value"]["string_match"]["prefix"]
+            )
+        comparison = rule["status_code_filter"]["comparison"]
+        return bool(compare[comparison["op"]](status, comparison["value"]["default_value"]))
+
     for mapper in manager_of(resources)["local_reply_config"]["mappers"]:
-        comparison = mapper["filter"]["status_code_filter"]["comparison"]
-        if compare[comparison["op"]](status, comparison["value"]["default_value"]):
+        if matches(mapper["filter"]):
             error: dict[str, Any] = mapper["body_format_override"]["json_format"]["error"]
             return error
     raise AssertionError(f"no local reply mapper for {status}")
@@ -258,6 +280,14 @@ def test_local_replies_tell_server_errors_from_client_errors() -> None:
         assert local_reply(resources, status)["type"] == "invalid_request_error", status
     assert local_reply(resources, 404)["code"] == "model_not_found"
     assert local_reply(resources, 503)["message"] == "%LOCAL_REPLY_BODY%"
+
+
+def test_local_replies_speak_anthropics_format_to_its_clients() -> None:
+    resources = rendered(endpoint("chat"))
+    expected = {400: "invalid_request_error", 404: "not_found_error", 413: "request_too_large",
+                503: "api_error"}  # fmt: skip
+    for status, kind in expected.items():
+        assert local_reply(resources, status, "/v1/messages")["type"] == kind, status
 
 
 def lua_sources(resources: dict[str, list[dict[str, Any]]]) -> dict[str, str]:
@@ -278,7 +308,9 @@ def test_lua_comes_from_the_packages_files_with_its_config_in_front() -> None:
     for name, source in sources.items():
         config, _, program = source.partition("; ")
         # The file unchanged, on the same lines: Lua's error messages point into it.
-        assert program == (LUA_FILES / f"{name}.lua").read_text(encoding="utf-8")
+        file = (LUA_FILES / f"{name}.lua").read_text(encoding="utf-8")
+        # The libraries it uses after it.
+        assert program.startswith(file)
         assert config.startswith("local config = {")
         assert "\n" not in config
     assert sources["original_path"].startswith(

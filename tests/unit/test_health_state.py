@@ -58,7 +58,7 @@ def test_each_provider_is_probed_on_its_cheapest_listing() -> None:
     def probe_of(provider: str, api_version: str | None = None) -> tuple[str, dict[str, str]]:
         return request_for(Target(provider, "https://h", "m", api_version, 5.0), "k")
 
-    assert probe_of("OpenAI") == ("https://h/v1/models", {"Authorization": "Bearer k"})
+    assert probe_of("OpenAI") == ("https://h/v1/models", {"authorization": "Bearer k"})
     assert probe_of("AzureOpenAI", "2024-10-21") == (
         "https://h/openai/deployments?api-version=2024-10-21",
         {"api-key": "k"},

@@ -12,8 +12,7 @@ from enum import StrEnum
 import aiohttp
 
 from switchyard.plan.backoff import retry_after_seconds
-
-ANTHROPIC_VERSION = "2023-06-01"
+from switchyard.providers import provider
 
 
 class Outcome(StrEnum):
@@ -52,29 +51,8 @@ class ProbeResult:
 
 
 def request_for(target: Target, key: str | None) -> tuple[str, dict[str, str]]:
-    """The URL and headers of the listing each provider serves cheaply."""
-    headers: dict[str, str] = {}
-    if target.provider == "AzureOpenAI":
-        if target.api_version:
-            url = f"{target.url}/openai/deployments?api-version={target.api_version}"
-        else:
-            url = f"{target.url}/openai/v1/models"
-        if key:
-            headers["api-key"] = key
-    elif target.provider == "Anthropic":
-        url = f"{target.url}/v1/models"
-        headers["anthropic-version"] = ANTHROPIC_VERSION
-        if key:
-            headers["x-api-key"] = key
-    elif target.provider in ("AWSBedrock", "GCPVertexAI"):
-        url = f"{target.url}/models"
-        if key:
-            headers["Authorization"] = f"Bearer {key}"
-    else:
-        url = f"{target.url}/v1/models"
-        if key:
-            headers["Authorization"] = f"Bearer {key}"
-    return url, headers
+    """The URL and headers of the listing the backend's provider serves cheaply."""
+    return provider(target.provider).probe(target.url, target.api_version, key)
 
 
 async def probe(session: aiohttp.ClientSession, target: Target, key: str | None) -> ProbeResult:

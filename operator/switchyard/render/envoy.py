@@ -15,7 +15,10 @@ How a request flows:
 3. After host selection, the router's upstream filters shape the attempt for the chosen
    backend: header_mutation copies the endpoint's metadata into scratch headers, then a Lua
    filter rewrites `:path`, the body's top-level `model` and the auth header, reading the API
-   key from a file of the mounted credentials Secret. Keys never travel over xDS.
+   key from a file of the mounted credentials Secret. Keys never travel over xDS. When the
+   backend speaks the other chat API than the client (OpenAI's Chat Completions, Anthropic's
+   Messages), the same filter translates the request, and the answer on its way back, event
+   by event when streamed: per attempt, so a retry on another provider is translated anew.
    Every backend-specific header is removed first, so a retry never carries the previous
    backend's key to another provider. The chain is the router's, not each cluster's: Envoy
    builds a Lua VM per worker for each Lua filter config, so one per cluster would cost
@@ -30,7 +33,7 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
@@ -41,6 +44,7 @@ from switchyard.api.models import BackendTLS
 from switchyard.plan.clients import ClientsPlan, TokenIssuer
 from switchyard.plan.gateway import GatewayPlan
 from switchyard.plan.routing import BackendRoute, EndpointPlan
+from switchyard.providers import API_HEADERS, ClientApi, Provider, provider
 
 TYPE = "type.googleapis.com/"
 CLUSTER_TYPE = TYPE + "envoy.config.cluster.v3.Cluster"
@@ -60,7 +64,6 @@ TOKEN_METADATA_NAMESPACE = "envoy.filters.http.jwt_authn"
 TOKEN_METADATA_KEY = "token"
 # The listener's routes, served over ADS as a resource of their own.
 ROUTE_CONFIG_NAME = "switchyard"
-ANTHROPIC_VERSION = "2023-06-01"
 METADATA_NAMESPACE = "switchyard"
 # Requests up to 10 MB (long prompts, images) must pass, retries included.
 MAX_REQUEST_BYTES = 16 * 2**20
@@ -72,7 +75,8 @@ DATA_PLANE_LOG = "switchyard-failed-attempts"
 CREDENTIALS_DIR_ENV = "SWITCHYARD_CREDENTIALS_DIR"
 # Scratch headers: set from endpoint metadata, consumed and removed by the upstream Lua filter.
 SCRATCH = {
-    "provider": "x-sy-provider",
+    "api": "x-sy-api",
+    "auth": "x-sy-auth",
     "credentials": "x-sy-credentials",
     "path_base": "x-sy-path-base",
     "query": "x-sy-query",
@@ -81,8 +85,13 @@ SCRATCH = {
 # Set on a provider's 401 or 403 by the backend shaper, so the listener's filter can turn it
 # into a gateway error once retries are done; never reaches the client.
 REFUSAL_MARKER = "x-sy-provider-refused"
-# Every header that carries a provider's key or version: cleared before each attempt.
+# Every header that carries a provider's key or an API's version: cleared before each attempt.
 AUTH_HEADERS = ("authorization", "api-key", "x-api-key", "anthropic-version")
+# Each client API's path after `/v1`.
+API_PATHS = {ClientApi.OPENAI: "/chat/completions", ClientApi.ANTHROPIC: "/messages"}
+# What an OpenAI request that sets no max_tokens gets when Anthropic serves it (Anthropic
+# requires one): every Claude model can write this many.
+DEFAULT_MAX_TOKENS = 4096
 # OpenAI's error `type` says who must act. OpenAI's API answers its own failures (500,
 # 503 overloaded) with "server_error" (`{"message": "The server had an error while
 # processing your request...", "type": "server_error", "param": null, "code": null}`), and
@@ -93,7 +102,7 @@ SERVER_ERROR = "server_error"
 # The Lua programs Envoy runs, one file each in render/lua/ (package data), given their
 # settings in a `config` table the renderer puts in front.
 LUA_FILES = resources.files("switchyard.render") / "lua"
-LuaValue = str | Mapping[str, "LuaValue"]
+LuaValue = str | int | Mapping[str, "LuaValue"]
 
 
 def lua_program(file: str, config: Mapping[str, LuaValue]) -> str:
@@ -108,6 +117,8 @@ def lua_literal(value: LuaValue) -> str:
     if isinstance(value, str):
         # Printable ASCII as it is; quotes, backslashes and every other byte as `\ddd`.
         return '"' + "".join(_lua_byte(b) for b in value.encode()) + '"'
+    if isinstance(value, int):
+        return str(value)
     # `["name"] = value`: any string is a valid key written this way, keywords too.
     items = (f"[{lua_literal(name)}] = {lua_literal(item)}" for name, item in value.items())
     return "{" + ", ".join(items) + "}"
@@ -126,16 +137,20 @@ def _original_path_lua() -> str:
 
 @functools.cache
 def _backend_shaper_lua() -> str:
-    return lua_program(
+    program = lua_program(
         "backend_shaper.lua",
         {
             "metadata_namespace": METADATA_NAMESPACE,
             "credentials_env": CREDENTIALS_DIR_ENV,
-            "anthropic_version": ANTHROPIC_VERSION,
+            "api_paths": {str(api): path for api, path in API_PATHS.items()},
+            "api_headers": {str(api): headers for api, headers in API_HEADERS.items()},
+            "default_max_tokens": DEFAULT_MAX_TOKENS,
             "scratch": SCRATCH,
             "refusal_marker": REFUSAL_MARKER,
         },
     )
+    # The libraries after the program, so that line numbers in errors match its file.
+    return "\n".join((program, _lua_file("json.lua"), _lua_file("translate.lua")))
 
 
 def _clients_lua(clients: ClientsPlan, served: frozenset[str]) -> str:
@@ -162,12 +177,12 @@ def _clients_lua(clients: ClientsPlan, served: frozenset[str]) -> str:
         },
     }
     # sha256.lua after the program, so that line numbers in errors match client_auth.lua.
-    return lua_program("client_auth.lua", config) + "\n" + _sha256_lua()
+    return lua_program("client_auth.lua", config) + "\n" + _lua_file("sha256.lua")
 
 
 @functools.cache
-def _sha256_lua() -> str:
-    return (LUA_FILES / "sha256.lua").read_text(encoding="utf-8")
+def _lua_file(name: str) -> str:
+    return (LUA_FILES / name).read_text(encoding="utf-8")
 
 
 def anthropic_error(kind: str, message: str) -> str:
@@ -196,8 +211,10 @@ def duration(seconds: float) -> str:
     return f"{seconds:.9f}".rstrip("0").rstrip(".") + "s"
 
 
-def cluster_name(model: str, anthropic_only: bool = False) -> str:
-    return ("switchyard-anthropic/" if anthropic_only else "switchyard/") + model
+def cluster_name(model: str, subset: str = "") -> str:
+    """The cluster of every backend of a model, or (with `subset`) of those that serve an
+    API only some providers have."""
+    return f"switchyard-{subset}/{model}" if subset else f"switchyard/{model}"
 
 
 def model_of_cluster(name: str) -> str:
@@ -327,30 +344,43 @@ def _client_tokens(issuer: TokenIssuer | None) -> dict[str, Any]:
 def _endpoint(
     endpoint: EndpointPlan, backend_tls: BackendTLS | None
 ) -> tuple[Resources, Resources]:
-    """One endpoint's clusters and routes."""
-    clusters = [_cluster(endpoint.backends, cluster_name(endpoint.model), backend_tls)]
-    routes = []
-    anthropic = tuple(b for b in endpoint.backends if b.provider == "Anthropic")
-    if anthropic:
-        name = cluster_name(endpoint.model, True)
-        clusters.append(_cluster(anthropic, name, backend_tls))
-        routes.append(_route(endpoint, "/v1/messages", name))
-    routes.append(_route(endpoint, "/v1/", cluster_name(endpoint.model)))
+    """One endpoint's clusters and routes. Both chat APIs reach every backend, translated
+    where the backend speaks the other one; the rest of each API only the backends that
+    serve it (Anthropic's `/v1/messages/count_tokens`, OpenAI's embeddings and the like)."""
+    everyone = cluster_name(endpoint.model)
+    clusters = [_cluster(endpoint.backends, everyone, backend_tls)]
+    routes = [_route(endpoint, {"path": f"/v1{path}"}, everyone) for path in API_PATHS.values()]
+    subsets: list[tuple[str, str, Callable[[Provider], bool]]] = [
+        ("anthropic", "/v1/messages/", lambda p: p.api == ClientApi.ANTHROPIC),
+        ("openai", "/v1/", lambda p: p.other_apis),
+    ]
+    for subset, prefix, serves in subsets:
+        backends = tuple(b for b in endpoint.backends if serves(provider(b.provider)))
+        if not backends:
+            routes.append(_unserved(endpoint, prefix))
+            continue
+        name = everyone if backends == endpoint.backends else cluster_name(endpoint.model, subset)
+        if name != everyone:
+            clusters.append(_cluster(backends, name, backend_tls))
+        routes.append(_route(endpoint, {"prefix": prefix}, name))
     return clusters, routes
 
 
+def _unserved(endpoint: EndpointPlan, prefix: str) -> dict[str, Any]:
+    message = f"No backend of the model '{endpoint.model}' serves this path."
+    return {
+        "name": endpoint.model,
+        "match": {"prefix": prefix, "dynamic_metadata": [_model_is(endpoint.model)]},
+        "direct_response": {"status": 400, "body": {"inline_string": message}},
+    }
+
+
 def _route_configuration(plan: GatewayPlan, endpoint_routes: Resources) -> dict[str, Any]:
-    models = json.dumps(_model_list(plan))
+    served = [e.model for e in plan.attached]
+    listings = {api: model_listing(served, api) for api in ClientApi}
     routes: list[dict[str, Any]] = [
-        {
-            "name": "models",
-            "match": {
-                "path": "/v1/models",
-                "headers": [{"name": ":method", "string_match": {"exact": "GET"}}],
-            },
-            "direct_response": {"status": 200, "body": {"inline_string": models}},
-            "response_headers_to_add": [_json_content_type()],
-        }
+        _models_route(listings[ClientApi.ANTHROPIC], [_speaks_anthropic()]),
+        _models_route(listings[ClientApi.OPENAI], []),
     ]
     routes += endpoint_routes
     routes += [
@@ -365,14 +395,19 @@ def _route_configuration(plan: GatewayPlan, endpoint_routes: Resources) -> dict[
         {
             "name": "no-model",
             "match": {"prefix": "/"},
-            "direct_response": {"status": 400, "body": {"inline_string": "model_missing"}},
+            "direct_response": {
+                "status": 400,
+                "body": {"inline_string": "The request body must be JSON with a 'model' field."},
+            },
         },
     ]
     return {
         "name": ROUTE_CONFIG_NAME,
         # Envoy refuses a direct response over 4 KB by default: the model list of a gateway
         # with ~50 endpoints is already more.
-        "max_direct_response_body_size_bytes": max(4096, len(models.encode())),
+        "max_direct_response_body_size_bytes": max(
+            4096, *(len(listing.encode()) for listing in listings.values())
+        ),
         "virtual_hosts": [
             {
                 "name": "models",
@@ -440,51 +475,59 @@ def _http_listener(name: str, port: int, manager: dict[str, Any]) -> dict[str, A
 
 def _local_replies() -> dict[str, Any]:
     """Envoy's own answers (unknown model, no model, too large, no backend, a request the
-    shaper could not shape) in OpenAI's error format, so that clients' SDKs show a readable
-    message. The first mapper whose status filter matches wins."""
+    shaper could not shape or translate) in the error format of the API the client spoke,
+    so that its SDK shows a readable message and raises the fitting exception. The first
+    mapper whose filter matches wins."""
 
-    def mapper(op: str, status: int, kind: str, message: str, code: str | None) -> dict[str, Any]:
-        comparison = {"op": op, "value": {"default_value": status, "runtime_key": "switchyard"}}
-        return {
-            "filter": {"status_code_filter": {"comparison": comparison}},
-            "body_format_override": {"json_format": openai_error(kind, message, code)},
-        }
+    def status_is(op: str, status: int) -> dict[str, Any]:
+        value = {"default_value": status, "runtime_key": "switchyard"}
+        return {"status_code_filter": {"comparison": {"op": op, "value": value}}}
 
-    # The clients filter answers 401 and 403 in the format of the API the client spoke:
-    # as it wrote them.
-    as_written = [
-        {
-            "filter": {
-                "status_code_filter": {
-                    "comparison": {
-                        "op": "EQ",
-                        "value": {"default_value": status, "runtime_key": "switchyard"},
-                    }
-                }
+    # Which API the client spoke, by the path it sent (kept in dynamic metadata before any
+    # attempt rewrote it).
+    spoke_anthropic = {
+        "metadata_filter": {
+            "matcher": {
+                "filter": METADATA_NAMESPACE,
+                "path": [{"key": "path"}],
+                "value": {"string_match": {"prefix": "/v1/messages"}},
             }
         }
-        for status in (401, 403)
-    ]
-    return {
-        "mappers": [
-            *as_written,
-            mapper(
-                "EQ",
-                404,
-                CLIENT_ERROR,
-                "The model '%DYNAMIC_METADATA(switchyard:model)%' does not exist on this gateway.",
-                "model_not_found",
-            ),
-            mapper(
-                "EQ", 400, CLIENT_ERROR, "The request body must be JSON with a 'model' field.", None
-            ),
-            mapper("EQ", 413, CLIENT_ERROR, "The request body is too large.", None),
-            # Anything else Envoy answers itself keeps its text: the gateway's own failures
-            # (no healthy backend, timeouts, 502 from the shaper) first, then the other 4xx.
-            mapper("GE", 500, SERVER_ERROR, "%LOCAL_REPLY_BODY%", "%RESPONSE_CODE%"),
-            mapper("GE", 400, CLIENT_ERROR, "%LOCAL_REPLY_BODY%", "%RESPONSE_CODE%"),
-        ]
     }
+    # (op, status, OpenAI's error type, Anthropic's, message, OpenAI's error code)
+    replies = [
+        (
+            "EQ",
+            404,
+            CLIENT_ERROR,
+            "not_found_error",
+            "The model '%DYNAMIC_METADATA(switchyard:model)%' does not exist on this gateway.",
+            "model_not_found",
+        ),
+        ("EQ", 413, CLIENT_ERROR, "request_too_large", "The request body is too large.", None),
+        # Anything else Envoy answers keeps its text: the gateway's own failures (no healthy
+        # backend, timeouts, 502 from the shaper) first, then the 4xx (a request the other
+        # API cannot carry, a body without a model).
+        ("GE", 500, SERVER_ERROR, "api_error", "%LOCAL_REPLY_BODY%", "%RESPONSE_CODE%"),
+        ("GE", 400, CLIENT_ERROR, "invalid_request_error", "%LOCAL_REPLY_BODY%", None),
+    ]
+    mappers = [
+        # The clients filter answers 401 and 403 in the client's format itself.
+        *({"filter": status_is("EQ", status)} for status in (401, 403)),
+    ]
+    for op, status, openai_kind, anthropic_kind, message, code in replies:
+        anthropic_body = {"type": "error", "error": {"type": anthropic_kind, "message": message}}
+        mappers += [
+            {
+                "filter": {"and_filter": {"filters": [status_is(op, status), spoke_anthropic]}},
+                "body_format_override": {"json_format": anthropic_body},
+            },
+            {
+                "filter": status_is(op, status),
+                "body_format_override": {"json_format": openai_error(openai_kind, message, code)},
+            },
+        ]
+    return {"mappers": mappers}
 
 
 def _router() -> dict[str, Any]:
@@ -581,23 +624,48 @@ def _json_content_type() -> dict[str, Any]:
     }
 
 
-def _model_list(plan: GatewayPlan) -> dict[str, Any]:
+def _models_route(listing: str, headers: list[dict[str, Any]]) -> dict[str, Any]:
     return {
-        "object": "list",
-        "data": [
-            {"id": e.model, "object": "model", "created": 0, "owned_by": "switchyard"}
-            for e in plan.attached
-        ],
+        "name": "models",
+        "match": {
+            "path": "/v1/models",
+            "headers": [{"name": ":method", "string_match": {"exact": "GET"}}, *headers],
+        },
+        "direct_response": {"status": 200, "body": {"inline_string": listing}},
+        "response_headers_to_add": [_json_content_type()],
     }
 
 
-def _route(endpoint: EndpointPlan, prefix: str, cluster: str) -> dict[str, Any]:
+def _speaks_anthropic() -> dict[str, Any]:
+    """Anthropic's SDKs send `anthropic-version` on every request; OpenAI's never do."""
+    return {"name": "anthropic-version", "present_match": True}
+
+
+def model_listing(models: list[str], api: ClientApi) -> str:
+    """`GET /v1/models` as each API answers it."""
+    if api == ClientApi.ANTHROPIC:
+        data: list[dict[str, Any]] = [
+            {"type": "model", "id": m, "display_name": m, "created_at": "1970-01-01T00:00:00Z"}
+            for m in models
+        ]
+        first, last = (models[0], models[-1]) if models else (None, None)
+        listing = {"data": data, "has_more": False, "first_id": first, "last_id": last}
+    else:
+        data = [
+            {"id": m, "object": "model", "created": 0, "owned_by": "switchyard"} for m in models
+        ]
+        listing = {"object": "list", "data": data}
+    return json.dumps(listing)
+
+
+def _model_is(model: str) -> dict[str, Any]:
+    return _model_matcher({"string_match": {"exact": model}})
+
+
+def _route(endpoint: EndpointPlan, path: dict[str, str], cluster: str) -> dict[str, Any]:
     return {
         "name": endpoint.model,  # the model in stats and access records, as the gateway names it
-        "match": {
-            "prefix": prefix,
-            "dynamic_metadata": [_model_matcher({"string_match": {"exact": endpoint.model}})],
-        },
+        "match": {**path, "dynamic_metadata": [_model_is(endpoint.model)]},
         "route": {
             "cluster": cluster,
             "auto_host_rewrite": True,
@@ -864,6 +932,7 @@ def _tls_match(backend: BackendRoute, backend_tls: BackendTLS | None) -> dict[st
 
 def _lb_endpoint(backend: BackendRoute) -> dict[str, Any]:
     url = urlsplit(backend.url)
+    terms = provider(backend.provider)
     tls = url.scheme == "https"
     port = url.port or (443 if tls else 80)
     return {
@@ -876,26 +945,18 @@ def _lb_endpoint(backend: BackendRoute) -> dict[str, Any]:
                 "envoy.transport_socket_match": {"backend": backend.name},
                 METADATA_NAMESPACE: {
                     "backend": backend.name,
-                    "provider": backend.provider,
+                    "api": str(terms.api),
+                    "auth": f"{terms.auth.header}:{terms.auth.prefix}",
                     "credentials": backend.credentials_key or "",
-                    "path_base": _path_base(backend, url.path.rstrip("/")),
-                    "query": f"api-version={backend.api_version}" if backend.api_version else "",
+                    "path_base": terms.path_base(
+                        url.path.rstrip("/"), backend.upstream_model, backend.api_version
+                    ),
+                    "query": terms.query(backend.api_version),
                     "model": backend.upstream_model,
                 },
             }
         },
     }
-
-
-def _path_base(backend: BackendRoute, url_path: str) -> str:
-    """What replaces the client's leading `/v1` for this backend."""
-    if backend.provider == "AzureOpenAI":
-        if backend.api_version:
-            return f"{url_path}/openai/deployments/{backend.upstream_model}"
-        return f"{url_path}/openai/v1"
-    if backend.provider in ("AWSBedrock", "GCPVertexAI"):
-        return url_path  # their OpenAI-compatible base URL, given whole
-    return f"{url_path}/v1"
 
 
 def _header_mutation() -> dict[str, Any]:

@@ -1,17 +1,24 @@
--- Shape one attempt for the backend Envoy chose: path, body model, auth header.
--- Runs on the router's upstream filter chain, again on every retry, on headers the previous
--- attempt rewrote: so it derives everything from the client's original path and model
--- (dynamic metadata) and from the scratch headers header_mutation has just set from the
--- chosen endpoint's metadata.
+-- Shape one attempt for the backend Envoy chose: path, body, auth header; and, when the
+-- backend speaks the other chat API than the client, translate the request and then the
+-- answer (translate.lua, streamed event by event). Runs on the router's upstream filter
+-- chain, again on every retry, on headers the previous attempt rewrote: so it derives
+-- everything from the client's original path and model (dynamic metadata) and from the
+-- scratch headers header_mutation has just set from the chosen endpoint's metadata. The
+-- body the client sent is kept by the router for retries; each attempt translates it anew.
 --
 -- `config` is a table the renderer (render/envoy.py) puts in front of this file, on its
 -- first line so that line numbers in Lua's errors still match this file:
---   config.metadata_namespace   dynamic metadata namespace: the client's `model` and `path`
+--   config.metadata_namespace   dynamic metadata namespace: the client's `model` and `path`;
+--                               this filter keeps the attempt's translation there
 --   config.credentials_env      environment variable naming the credentials directory
---   config.anthropic_version    the `anthropic-version` header Anthropic backends get
---   config.scratch              scratch header names by field: provider, credentials,
+--   config.api_paths            client API -> its path after `/v1`
+--   config.api_headers          client API -> headers every request in it carries
+--   config.default_max_tokens   max_tokens for an OpenAI request that sets none (Anthropic
+--                               requires it)
+--   config.scratch              scratch header names by field: api, auth, credentials,
 --                               path_base, query, model
 --   config.refusal_marker       set on a provider's 401 or 403 (provider_refusal.lua)
+-- json.lua and translate.lua follow this file in the same chunk.
 
 local directory = os.getenv(config.credentials_env) or "/etc/switchyard/credentials"
 local keys, read_at = {}, {}
@@ -185,10 +192,30 @@ local function with_model(text, model)
   return table.concat(parts)
 end
 
+-- The chat API a client path speaks ("openai" or "anthropic"), nil for any other path.
+local function client_api(path)
+  local bare = string.match(path or "", "^[^?]*")
+  for api, api_path in pairs(config.api_paths) do
+    if bare == "/v1" .. api_path then return api end
+  end
+  return nil
+end
+
+local function translated_body(handle, from, to, model)
+  local body = handle:body()
+  local request = json.decode(body:getBytes(0, body:length()))
+  if type(request) ~= "table" or json.is_array(request) then error("the request body is not a JSON object", 0) end
+  local translated, context = translate.request(from, to, request, config.default_max_tokens)
+  translated.model = (model ~= nil and model ~= "") and model or request.model
+  body:setBytes(json.encode(translated))
+  return context
+end
+
 local function shape(handle)
   local headers = handle:headers()
   local scratch = config.scratch
-  local provider = headers:get(scratch.provider)
+  local api = headers:get(scratch.api)
+  local auth = headers:get(scratch.auth)
   local credentials = headers:get(scratch.credentials)
   local base = headers:get(scratch.path_base)
   local query = headers:get(scratch.query)
@@ -197,9 +224,17 @@ local function shape(handle)
     headers:remove(name)
   end
 
-  local client = handle:streamInfo():dynamicMetadata():get(config.metadata_namespace) or {}
+  local metadata = handle:streamInfo():dynamicMetadata()
+  local client = metadata:get(config.metadata_namespace) or {}
+  local spoken = client_api(client["path"])
+  local translating = spoken ~= nil and api ~= nil and spoken ~= api
   if base ~= nil and client["path"] ~= nil then
-    local path = base .. string.gsub(client["path"], "^/v1", "", 1)
+    local path
+    if translating then
+      path = base .. config.api_paths[api]
+    else
+      path = base .. string.gsub(client["path"], "^/v1", "", 1)
+    end
     if query ~= nil and query ~= "" then
       local separator = "?"
       if string.find(path, "?", 1, true) then separator = "&" end
@@ -210,17 +245,22 @@ local function shape(handle)
   if credentials ~= nil and credentials ~= "" then
     local value = key(credentials)
     if value ~= nil then
-      if provider == "AzureOpenAI" then
-        headers:replace("api-key", value)
-      elseif provider == "Anthropic" then
-        headers:replace("x-api-key", value)
-      else
-        headers:replace("authorization", "Bearer " .. value)
-      end
+      local header, prefix = string.match(auth or "", "^([^:]+):(.*)$")
+      headers:replace(header or "authorization", (prefix or "Bearer ") .. value)
     end
   end
-  if provider == "Anthropic" then
-    headers:replace("anthropic-version", config.anthropic_version)
+  for name, value in pairs(config.api_headers[api] or {}) do
+    headers:replace(name, value)
+  end
+  -- What the answer needs: the API it comes back in, for this attempt only.
+  metadata:set(config.metadata_namespace, "answer_api", translating and api or "")
+  if translating then
+    headers:replace("content-type", "application/json")
+    local context = translated_body(handle, spoken, api, model)
+    -- Fetched again: what was fetched before the body was read is out of scope now.
+    handle:streamInfo():dynamicMetadata():set(config.metadata_namespace, "stream_usage",
+                                              context.usage and "1" or "")
+    return
   end
   local asked = client["model"]
   if model ~= nil and model ~= "" and asked ~= nil and model ~= asked then
@@ -233,18 +273,65 @@ end
 
 function envoy_on_request(handle)
   -- An error here must not send one backend's request shape to another, nor the client's
-  -- model name to a provider: fail the attempt. The local reply config makes it a 502 in
-  -- OpenAI's error format.
+  -- model name to a provider: fail the attempt. A field the other API cannot carry is the
+  -- client's to fix (400); anything else the local reply config makes a 502. Both in the
+  -- format of the API the client spoke.
   local ok, problem = pcall(shape, handle)
   if not ok then
-    handle:logErr("switchyard: " .. tostring(problem))
-    handle:respond({[":status"] = "502"}, "switchyard could not shape the request")
+    if type(problem) == "table" and problem.refused ~= nil then
+      handle:respond({[":status"] = "400"}, problem.refused)
+    else
+      handle:logErr("switchyard: " .. tostring(problem))
+      handle:respond({[":status"] = "502"}, "switchyard could not shape the request")
+    end
   end
 end
 
-function envoy_on_response(handle)
-  local status = handle:headers():get(":status")
-  if status == "401" or status == "403" then
-    handle:headers():replace(config.refusal_marker, status)
+-- The backend's answer in the client's API: errors whole, answers whole or event by event.
+local function translate_answer(handle, headers, status, from, to, stream_usage)
+  local content_type = headers:get("content-type") or ""
+  if status == "200" and string.find(content_type, "text/event-stream", 1, true) then
+    local feed = translate.stream(from, to, {usage = stream_usage})
+    for chunk in handle:bodyChunks() do
+      local ok, text = pcall(feed, chunk:getBytes(0, chunk:length()))
+      if not ok then
+        handle:logErr("switchyard: the provider's stream could not be translated: " .. tostring(text))
+        text = ""
+      end
+      chunk:setBytes(text)
+    end
+    return
   end
+  headers:remove("content-length")
+  headers:replace("content-type", "application/json")
+  local body = handle:body()
+  local text = body ~= nil and body:getBytes(0, body:length()) or ""
+  if status == "200" then
+    local ok, translated = pcall(function()
+      return json.encode(translate.response(from, to, json.decode(text)))
+    end)
+    if ok then
+      text = translated
+    else
+      handle:logErr("switchyard: the provider's answer could not be translated: " .. tostring(translated))
+      handle:headers():replace(":status", "502") -- fetched again: the body was read since
+      text = translate.error(from, to, 502, "The provider's answer could not be translated.")
+    end
+  else
+    text = translate.error(from, to, tonumber(status) or 502, text)
+  end
+  if body ~= nil then body:setBytes(text) end
+end
+
+function envoy_on_response(handle)
+  local headers = handle:headers()
+  local status = headers:get(":status")
+  if status == "401" or status == "403" then
+    headers:replace(config.refusal_marker, status)
+    return
+  end
+  local attempt = handle:streamInfo():dynamicMetadata():get(config.metadata_namespace) or {}
+  local from = attempt["answer_api"]
+  if from == nil or from == "" then return end
+  translate_answer(handle, headers, status, from, client_api(attempt["path"]), attempt["stream_usage"] == "1")
 end
