@@ -748,11 +748,11 @@ def run(quick: bool = False, only: str | None = None) -> dict[str, Any]:
                 "split": split_accuracy(running, *((1000, 500) if quick else (10_000, 2_000))),
                 "machine": common.machine(),
             }
-        data["translation"] = translated
+        data["translation"] = translated | {"apart": only is not None}
     if only is None:
         data["elapsed_s"] = time.monotonic() - started
     else:
-        translated["elapsed_s"] = time.monotonic() - started
+        data["translation"]["elapsed_s"] = time.monotonic() - started
     common.save("dataplane", data)
     return data
 
@@ -842,7 +842,7 @@ def _percent(figure: dict[str, float]) -> str:
 def section(data: dict[str, Any]) -> str:
     text = _main_section(data) if "throughput" in data else "\n## Data plane\n"
     if "translation" in data:
-        text += _translation_section(data["translation"], data.get("machine", {}).get("date"))
+        text += _translation_section(data["translation"])
     return text
 
 
@@ -954,7 +954,7 @@ def _cell(text: str) -> str:
     return " ".join(text.split()).replace("|", "\\|")
 
 
-def _translation_section(translation: dict[str, Any], date: str | None) -> str:
+def _translation_section(translation: dict[str, Any]) -> str:
     summary, checks = translation["summary"], translation["checks"]
     runs = translation["runs"]
     rows = []
@@ -1005,7 +1005,7 @@ def _translation_section(translation: dict[str, Any], date: str | None) -> str:
     rounds = translation["rounds"]
     when = (
         f"In {rounds} interleaved round{'s' if rounds > 1 else ''} with the targets above"
-        if translation["date"] == date
+        if not translation.get("apart")
         else f"Measured apart ({translation['date']}), in {rounds} interleaved "
         f"round{'s' if rounds > 1 else ''} of its own targets"
     )
