@@ -18,6 +18,9 @@ import time
 import uuid
 from pathlib import Path
 
+import anthropic
+import openai
+
 import images
 import localcluster
 import localnode
@@ -201,9 +204,31 @@ def traffic(kubectl: Kubectl) -> None:
         print("# Anthropic goes down (connections refused). 1,000 more requests:")
         print("  " + _describe(send_sync(url, chat("demo-chat"), 1000, 16, CHECKOUT), names))
         fakes["anthropic"].heal()
+        _both_sdks(address)
     finally:
         for fake in fakes.values():
             fake.stop()
+
+
+def _both_sdks(address: str) -> None:
+    """One endpoint, called by apps written against either vendor's SDK: each request is
+    answered by whichever provider the split picks, translated when it speaks the other API."""
+    key = CHECKOUT["authorization"].removeprefix("Bearer ")
+    gpt_app = openai.OpenAI(base_url=f"http://{address}:8080/v1", api_key=key, max_retries=0)
+    claude_app = anthropic.Anthropic(base_url=f"http://{address}:8080", api_key=key, max_retries=0)
+    question = [{"role": "user", "content": "Who are you?"}]
+    print("\n# One endpoint, both SDKs. The openai SDK (Chat Completions):")
+    for _ in range(4):
+        reply = gpt_app.chat.completions.create(model="demo-chat", messages=question)  # type: ignore[arg-type]
+        print(f"  {reply.choices[0].message.content}")
+    print("# The anthropic SDK (Messages), streamed:")
+    for _ in range(4):
+        with claude_app.messages.stream(
+            model="demo-chat",
+            max_tokens=64,
+            messages=question,  # type: ignore[arg-type]
+        ) as stream:
+            print(f"  {''.join(stream.text_stream)}")
 
 
 def _curl(url: str, headers: dict[str, str]) -> None:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import anthropic
 import openai
 import pytest
 
@@ -168,6 +169,19 @@ def test_the_official_openai_sdk_is_served_with_the_clients_key(lab: Lab) -> Non
     )
     with pytest.raises(openai.AuthenticationError):
         stranger.chat.completions.create(model="chat", messages=[{"role": "user", "content": "x"}])
+
+
+def test_each_sdk_lists_the_models_its_client_may_call(lab: Lab) -> None:
+    base = f"http://127.0.0.1:{lab.envoy.port}"
+    checkout_openai = openai.OpenAI(api_key=CHECKOUT_KEY, base_url=f"{base}/v1", max_retries=0)
+    checkout_anthropic = anthropic.Anthropic(api_key=CHECKOUT_KEY, base_url=base, max_retries=0)
+    analytics = openai.OpenAI(api_key=OTHER_TEAM_KEY, base_url=f"{base}/v1", max_retries=0)
+    assert [m.id for m in checkout_openai.models.list()] == ["chat", "claude"]
+    assert [m.id for m in checkout_anthropic.models.list()] == ["chat", "claude"]
+    assert [m.id for m in analytics.models.list()] == ["embed"]
+    stranger = anthropic.Anthropic(api_key="sk-stranger", base_url=base, max_retries=0)
+    with pytest.raises(anthropic.AuthenticationError):
+        stranger.models.list()
 
 
 def test_a_known_client_gets_403_for_a_model_it_may_not_call(lab: Lab) -> None:

@@ -154,11 +154,23 @@ async def test_anthropic_messages_plain_streamed_and_its_headers(
         f"{fake.url}/v1/messages", json=request, headers={"x-api-key": KEY}
     ) as reply:
         assert reply.status == 400, "anthropic-version is required"
+    # The key as a bearer token, as Anthropic's SDKs send it since API version 2026-10-21.
+    versioned = {"anthropic-version": "2023-06-01"}
+    for key, status in ((KEY, 200), (f"{KEY}x", 401)):
+        async with http.post(
+            f"{fake.url}/v1/messages",
+            json=request,
+            headers={"Authorization": f"Bearer {key}", **versioned},
+        ) as reply:
+            assert reply.status == status
+            if status == 401:
+                assert (await reply.json())["error"]["type"] == "authentication_error"
     async with http.post(
-        f"{fake.url}/v1/messages", json=request, headers={"Authorization": f"Bearer {KEY}"}
+        f"{fake.url}/v1/messages",
+        json=request,
+        headers={"x-api-key": KEY, "anthropic-version": "2024-01-01"},
     ) as reply:
-        assert reply.status == 401
-        assert (await reply.json())["error"]["type"] == "authentication_error"
+        assert reply.status == 400, "an unknown API version"
     async with http.post(
         f"{fake.url}/v1/chat/completions",
         json={"model": "claude-sonnet-4-5", "messages": [{"role": "user", "content": "hi"}]},

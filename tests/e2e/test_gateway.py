@@ -80,8 +80,10 @@ def test_each_provider_gets_its_own_path_auth_and_model(lab: Lab) -> None:
     assert azure["query"] == {"api-version": "2024-10-21"}
     assert azure["headers"]["api-key"] == keys["azure"]
 
+    # Anthropic gets its own Messages API, never its OpenAI-compatible layer.
     [anthropic, *_] = lab.fakes["anthropic"].traffic()
-    assert anthropic["path"] == "/v1/chat/completions"
+    assert anthropic["path"] == "/v1/messages"
+    assert anthropic["body"]["max_tokens"] == 4096
     assert anthropic["headers"]["x-api-key"] == keys["anthropic"]
     assert anthropic["headers"]["anthropic-version"] == "2023-06-01"
     assert anthropic["body"]["model"] == "claude-x"
@@ -94,16 +96,26 @@ def test_each_provider_gets_its_own_path_auth_and_model(lab: Lab) -> None:
             assert not [h for h in recorded["headers"] if h.startswith("x-sy-")]
 
 
-def test_anthropic_messages_go_only_to_anthropic_backends(lab: Lab) -> None:
-    model = "native"
+def test_both_chat_apis_reach_every_backend_and_the_rest_only_theirs(lab: Lab) -> None:
+    """Messages and Chat Completions are split over OpenAI and Anthropic alike, each
+    provider receiving its own API; embeddings go to the backend that has them."""
+    model = "both-apis"
     lab.serve(model, [lab.backend("openai"), lab.backend("anthropic")])
-    lab.fakes["openai"].forget_requests()
+    for fake in ("openai", "anthropic"):
+        lab.fakes[fake].forget_requests()
     url = f"{lab.envoy.url}/v1/messages"
     body = {"model": model, "max_tokens": 16, "messages": [{"role": "user", "content": "hi"}]}
     outcome = send_sync(url, body, 20, concurrency=2)
     assert outcome.statuses[200] == 20
-    assert set(outcome.ports) == {lab.port("anthropic")}
-    assert lab.fakes["openai"].traffic() == []
+    assert set(outcome.ports) == {lab.port("anthropic"), lab.port("openai")}
+    assert {r["path"] for r in lab.fakes["openai"].traffic()} == {"/v1/chat/completions"}
+    assert {r["path"] for r in lab.fakes["anthropic"].traffic()} == {"/v1/messages"}
+    embeddings = send_sync(
+        f"{lab.envoy.url}/v1/embeddings", {"model": model, "input": "hi"}, 10, concurrency=2
+    )
+    assert embeddings.statuses[200] == 10
+    assert sum(r["path"] == "/v1/embeddings" for r in lab.fakes["openai"].traffic()) == 10
+    assert not [r for r in lab.fakes["anthropic"].traffic() if r["path"] != "/v1/messages"]
 
 
 def test_a_weight_change_reaches_live_traffic_within_two_seconds(lab: Lab) -> None:

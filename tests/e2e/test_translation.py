@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import json
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -22,7 +23,7 @@ import openai
 import pytest
 
 from gatewaylab import FakeProcess, free_port
-from switchyard.plan.gateway import plan_gateway
+from switchyard.plan.gateway import SecretKeys, plan_gateway
 from switchyard.render.envoy import render
 from tests_support.plans import GATEWAY_KEY, endpoint, gateway
 
@@ -37,6 +38,9 @@ FAKES = {
     "compatible": ("OpenAICompatible", "llama"),
     "anthropic": ("Anthropic", "claude-x"),
 }
+# Fakes that wait this long between streamed chunks, for the unbuffered-streaming checks.
+SLOW = {"slow-openai": ("OpenAI", "gpt-4o"), "slow-anthropic": ("Anthropic", "claude-x")}
+CHUNK_DELAY = 0.2
 # The public model that reaches each fake alone is via-<fake>. Besides: one that splits over
 # two vendors, and one that reaches the Anthropic fake for the overload test alone (the 5xx
 # it gets there eject that backend from its cluster for a while).
@@ -94,14 +98,14 @@ class Lab:
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
-    from switchyard.plan.gateway import SecretKeys
-
     workdir = tmp_path_factory.mktemp("translation")
     credentials = workdir / "credentials"
     credentials.mkdir()
     fakes = {
-        name: FakeProcess(provider, f"sk-{name}-{uuid.uuid4().hex[:8]}", model)
-        for name, (provider, model) in FAKES.items()
+        name: FakeProcess(
+            provider, f"sk-{name}-{uuid.uuid4().hex[:8]}", model, CHUNK_DELAY if name in SLOW else 0
+        )
+        for name, (provider, model) in {**FAKES, **SLOW}.items()
     }
     envoy: Envoy | None = None
     try:
@@ -202,6 +206,29 @@ def test_each_client_api_reaches_each_provider(lab: Lab, api: str, fake: str, st
     else:
         assert received["path"].endswith("/chat/completions")
         assert received["body"]["messages"][0] == {"role": "system", "content": "Be brief."}
+
+
+@pytest.mark.parametrize("api", ["openai", "anthropic"])
+def test_a_translated_stream_is_passed_on_event_by_event(lab: Lab, api: str) -> None:
+    """The provider waits CHUNK_DELAY between its events: each reaches the client when the
+    provider sends it, translated, not all together at the end."""
+    arrivals: list[float] = []
+    started = time.monotonic()
+    if api == "openai":
+        for chunk in lab.openai().chat.completions.create(
+            model="via-slow-anthropic", stream=True, messages=[{"role": "user", "content": "Hi"}]
+        ):
+            if chunk.choices and chunk.choices[0].delta.content:
+                arrivals.append(time.monotonic())
+    else:
+        with lab.anthropic().messages.stream(
+            model="via-slow-openai", max_tokens=100, messages=[{"role": "user", "content": "Hi"}]
+        ) as stream:
+            for _ in stream.text_stream:
+                arrivals.append(time.monotonic())
+    assert len(arrivals) >= 5
+    assert arrivals[0] - started < CHUNK_DELAY * 2
+    assert arrivals[-1] - arrivals[0] >= CHUNK_DELAY * (len(arrivals) - 2)
 
 
 def test_a_tool_call_round_trip_openai_client_to_claude(lab: Lab) -> None:
@@ -471,7 +498,7 @@ def test_json_schema_formats_cross_over(lab: Lab) -> None:
 
 @pytest.mark.parametrize("api", ["openai", "anthropic"])
 def test_models_are_listed_in_the_format_asked(lab: Lab, api: str) -> None:
-    expected = {f"via-{name}" for name in FAKES} | {MIXED, OVERLOADED}
+    expected = {f"via-{name}" for name in {**FAKES, **SLOW}} | {MIXED, OVERLOADED}
     if api == "openai":
         listed = {m.id for m in lab.openai().models.list()}
     else:

@@ -152,8 +152,9 @@ def test_the_envoy_pods_count_requests_per_client_on_their_metrics_port(
 APP_SCRIPT = """
 import json, sys, urllib.error, urllib.request
 token = open("/var/run/secrets/switchyard/token").read().strip()
+body = {"model": sys.argv[2], "messages": [{"role": "user", "content": "hi"}]}
 request = urllib.request.Request(
-    sys.argv[1], data=json.dumps({"model": sys.argv[2], "messages": []}).encode(),
+    sys.argv[1], data=json.dumps(body).encode(),
     headers={"content-type": "application/json", "authorization": "Bearer " + token},
 )
 try:

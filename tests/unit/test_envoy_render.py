@@ -128,6 +128,17 @@ def test_each_backend_carries_its_shape_in_metadata() -> None:
     assert shape["path_base"] == "/openai/deployments/az-model"
     assert shape["query"] == "api-version=2024-10-21"
     assert shape["auth"] == "api-key:"
+    # Claude on Azure AI Foundry: Anthropic's API under the resource's /anthropic.
+    foundry = {
+        **local("foundry"),
+        "provider": "Anthropic",
+        "url": "https://team.services.ai.azure.com/anthropic",
+        "credentialsRef": {"name": "keys", "key": "anthropic"},
+    }
+    [cluster, *_] = rendered(endpoint("m", backends=[foundry]))[CLUSTER_TYPE]
+    [locality] = cluster["load_assignment"]["endpoints"]
+    shape = locality["lb_endpoints"][0]["metadata"]["filter_metadata"]["switchyard"]
+    assert (shape["path_base"], shape["auth"]) == ("/anthropic/v1", "x-api-key:")
 
 
 def test_https_backends_get_their_own_sni_and_trust(tmp_path: Path) -> None:
@@ -258,6 +269,8 @@ def local_reply(
         if "and_filter" in rule:
             return all(matches(r) for r in rule["and_filter"]["filters"])
         if "metadata_filter" in rule:
+            if not path:
+                return bool(rule["metadata_filter"]["match_if_key_not_found"])
             return path.startswith(
                 rule["metadata_filter"]["matcher"]["value"]["string_match"]["prefix"]
             )
@@ -288,6 +301,8 @@ def test_local_replies_speak_anthropics_format_to_its_clients() -> None:
                 503: "api_error"}  # fmt: skip
     for status, kind in expected.items():
         assert local_reply(resources, status, "/v1/messages")["type"] == kind, status
+    # Before the path is known (a body too large to read), OpenAI's.
+    assert local_reply(resources, 413, "")["type"] == "invalid_request_error"
 
 
 def lua_sources(resources: dict[str, list[dict[str, Any]]]) -> dict[str, str]:

@@ -153,7 +153,7 @@ def _backend_shaper_lua() -> str:
     return "\n".join((program, _lua_file("json.lua"), _lua_file("translate.lua")))
 
 
-def _clients_lua(clients: ClientsPlan, served: frozenset[str]) -> str:
+def _clients_lua(clients: ClientsPlan, served: list[str]) -> str:
     unauthenticated = (
         "A valid API key or ServiceAccount token is required: this gateway serves"
         " only its ModelClients."
@@ -164,6 +164,14 @@ def _clients_lua(clients: ClientsPlan, served: frozenset[str]) -> str:
         "subjects": {s: g.identity for g in clients.grants for s in g.subjects},
         "grants": {g.identity: dict.fromkeys(g.models, "1") for g in clients.grants},
         "served": dict.fromkeys(sorted(served), "1"),
+        # `GET /v1/models` as each client may use them, in each API's format.
+        "listings": {
+            g.identity: {
+                str(api): model_listing([m for m in served if m in g.models], api)
+                for api in ClientApi
+            }
+            for g in clients.grants
+        },
         "metadata_namespace": METADATA_NAMESPACE,
         "token_namespace": TOKEN_METADATA_NAMESPACE,
         "token_key": TOKEN_METADATA_KEY,
@@ -271,7 +279,7 @@ def render(
     }
     if clients is not None and clients.required:
         # Only then: an Envoy subscribes to (and ACKs) what its listener asks for.
-        served = frozenset(e.model for e in plan.attached)
+        served = [e.model for e in plan.attached]
         resources[EXTENSION_TYPE] = [
             _extension(CLIENT_TOKENS_FILTER, _client_tokens(issuer)),
             _extension(CLIENTS_FILTER, _lua_config(_clients_lua(clients, served))),
@@ -491,7 +499,9 @@ def _local_replies() -> dict[str, Any]:
                 "filter": METADATA_NAMESPACE,
                 "path": [{"key": "path"}],
                 "value": {"string_match": {"prefix": "/v1/messages"}},
-            }
+            },
+            # A reply before the path was kept (a body too large to read) is OpenAI's.
+            "match_if_key_not_found": False,
         }
     }
     # (op, status, OpenAI's error type, Anthropic's, message, OpenAI's error code)

@@ -4,9 +4,12 @@
 -- uses. An unknown caller gets 401, a known one asking for a model it may not call 403,
 -- both in the format of the API it spoke. The client's credential never goes upstream,
 -- and the client is named in dynamic metadata for the access records.
+-- A known client asking for `GET /v1/models` gets the models it may call, in the format of
+-- the API it speaks (Anthropic's SDKs send `anthropic-version`).
 -- `config` (put in front by the renderer): keys (digest -> client), subjects (token sub ->
--- client), grants (client -> model -> "1"), served (model -> "1"), the metadata names, and
--- the error bodies; `sha256_hex` is defined after this file in the same chunk.
+-- client), grants (client -> model -> "1"), served (model -> "1"), listings (client -> API
+-- -> body), the metadata names, and the error bodies; `sha256_hex` is defined after this
+-- file in the same chunk.
 
 local CREDENTIAL_HEADERS = {"authorization", "x-api-key", "api-key"}
 -- Keys seen before, so that a client's requests after its first cost no digest. Keys that
@@ -66,6 +69,12 @@ function envoy_on_request(handle)
   end
   local metadata = handle:streamInfo():dynamicMetadata()
   metadata:set(config.metadata_namespace, "client", client)
+  local path = headers:get(":path") or ""
+  if headers:get(":method") == "GET" and string.match(path, "^[^?]*") == "/v1/models" then
+    local api = headers:get("anthropic-version") and "anthropic" or "openai"
+    return handle:respond({[":status"] = "200", ["content-type"] = "application/json"},
+                          config.listings[client][api])
+  end
   local selected = metadata:get(config.metadata_namespace)
   local model = selected and selected.model
   -- A model the gateway does not serve is the router's to answer (404), to anyone known.

@@ -207,6 +207,25 @@ end
 
 local TOOL_CHOICE_TO_OPENAI = {auto = "auto", none = "none", any = "required"}
 
+-- An assistant's Anthropic content blocks as OpenAI's message content (text, or null) and
+-- tool calls. Thinking blocks are the model's own: another model cannot continue them.
+local function assistant_message(blocks)
+  local texts, calls = {}, array()
+  for _, block in ipairs(blocks or {}) do
+    if block.type == "text" then
+      texts[#texts + 1] = block.text
+    elseif block.type == "tool_use" then
+      calls[#calls + 1] = {
+        id = block.id, type = "function",
+        ["function"] = {name = block.name, arguments = encode(block.input or {})},
+      }
+    end
+  end
+  local message = {role = "assistant", content = #texts > 0 and concat(texts) or null}
+  if #calls > 0 then message.tool_calls = calls end
+  return message
+end
+
 local function image_url(source, where)
   if type(source) ~= "table" then refuse(where .. ".source is required") end
   if source.type == "base64" then
@@ -247,20 +266,7 @@ local function openai_request(body)
     if is_string(content) then
       messages[#messages + 1] = {role = message.role, content = content}
     elseif message.role == "assistant" then
-      local texts, calls = {}, array()
-      for _, block in ipairs(content or {}) do
-        if block.type == "text" then
-          texts[#texts + 1] = block.text
-        elseif block.type == "tool_use" then
-          calls[#calls + 1] = {
-            id = block.id, type = "function",
-            ["function"] = {name = block.name, arguments = encode(block.input or {})},
-          }
-        end -- thinking blocks are the model's own: another model cannot continue them
-      end
-      local reply = {role = "assistant", content = #texts > 0 and concat(texts) or null}
-      if #calls > 0 then reply.tool_calls = calls end
-      messages[#messages + 1] = reply
+      messages[#messages + 1] = assistant_message(content)
     else
       -- Tool results become `tool` messages, before the rest of the turn, as OpenAI
       -- wants them right after the assistant's calls.
@@ -376,19 +382,8 @@ local function anthropic_usage(usage)
 end
 
 local function openai_response(body)
-  local texts, calls = {}, array()
-  for _, block in ipairs(body.content or {}) do
-    if block.type == "text" then
-      texts[#texts + 1] = block.text
-    elseif block.type == "tool_use" then
-      calls[#calls + 1] = {
-        id = block.id, type = "function",
-        ["function"] = {name = block.name, arguments = encode(block.input or {})},
-      }
-    end
-  end
-  local message = {role = "assistant", content = #texts > 0 and concat(texts) or null, refusal = null}
-  if #calls > 0 then message.tool_calls = calls end
+  local message = assistant_message(body.content)
+  message.refusal = null
   return {
     id = body.id, object = "chat.completion", created = os.time(), model = body.model,
     choices = array({{index = 0, message = message, logprobs = null,
