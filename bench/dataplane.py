@@ -5,15 +5,24 @@ provider directly, a bare Envoy with a plain weighted route (the limit), and Lit
 Rounds are interleaved (each round runs every target once, in a rotating order), so that a
 noisy neighbour on this shared machine hits every target alike; ratios are taken within a
 round, then summarised.
+
+The same run measures API translation: a client of OpenAI's Chat Completions reaching an
+Anthropic backend, and a client of Anthropic's Messages reaching OpenAI backends, through
+Switchyard and through LiteLLM, against the native request to the same backends and a bare
+Envoy in front of them. `--only translation` measures that alone, and puts its figures in the
+saved results beside the others'.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import subprocess
 import threading
 import time
+import urllib.error
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
@@ -27,7 +36,6 @@ from gatewaylab import (
     CLIENT_HEADERS,
     FakeProcess,
     LocalEnvoy,
-    chat,
     free_port,
     lab_client,
     send_sync,
@@ -44,7 +52,42 @@ NAMESPACE = "bench-data"
 SPLIT = {"a": 50, "b": 30, "c": 20}
 MIXED = {"a": 50, "azure": 30, "anthropic": 20}
 UPSTREAM_MODEL = "gpt-4o"
+ANTHROPIC_MODEL = "claude-sonnet-4-5"
 CONNECTIONS = 8
+
+# The two client APIs, by the provider whose API it is (as the fakes name them), and the path
+# a client of each calls.
+OPENAI, ANTHROPIC = "OpenAI", "Anthropic"
+PATHS = {OPENAI: "/v1/chat/completions", ANTHROPIC: "/v1/messages"}
+ANTHROPIC_VERSION = {"anthropic-version": "2023-06-01"}
+PROMPT = "Say hello in one short sentence."
+
+
+def request_body(api: str, model: str) -> dict[str, Any]:
+    """A realistic, valid request in `api`'s own format (Anthropic's requires max_tokens)."""
+    messages = [{"role": "user", "content": PROMPT}]
+    if api == ANTHROPIC:
+        return {"model": model, "max_tokens": 64, "messages": messages}
+    return {"model": model, "messages": messages, "max_tokens": 64}
+
+
+def reply_problem(api: str, status: int, body: str) -> str | None:
+    """What is wrong with a reply to a request in `api`'s format: not 2xx, or not that API's
+    completion. None when nothing is."""
+    if not 200 <= status < 300:
+        return f"HTTP {status}: {body[:160]}"
+    try:
+        reply = json.loads(body)
+        if api == ANTHROPIC:
+            block = reply["content"][0]
+            ok = reply["type"] == "message" and block["type"] == "text"
+            ok = ok and isinstance(block["text"], str)
+        else:
+            message = reply["choices"][0]["message"]
+            ok = reply["object"] == "chat.completion" and isinstance(message["content"], str)
+    except (ValueError, KeyError, IndexError, TypeError):
+        ok = False
+    return None if ok else f"not an {api} reply: {body[:160]}"
 
 
 @dataclass
@@ -56,37 +99,57 @@ class Target:
     model: str
     headers: dict[str, str]
     pids: Callable[[], list[int]]  # the processes whose memory counts
+    api: str = OPENAI  # the client's API: what it sends, where, and what it expects back
+    upstream: Sequence[FakeProcess] = ()  # the fakes it reaches, each in its own API
+    single: bool = True  # measured on 1 connection too, not only under load
+
+    @property
+    def path(self) -> str:
+        return PATHS[self.api]
 
     def wrk_script(self) -> Path:
-        body = json.dumps(chat(self.model)).replace("'", "\\'")
+        body = json.dumps(request_body(self.api, self.model)).replace("'", "\\'")
         lines = ['wrk.method = "POST"', f"wrk.body = '{body}'"]
         for name, value in {"Content-Type": "application/json", **self.headers}.items():
             lines.append(f'wrk.headers["{name}"] = "{value}"')
         # wrk's own summary, as JSON on the last line: latencies in microseconds.
         lines.append(WRK_DONE)
-        path = WORK / f"wrk-{self.name.replace(' ', '-')}.lua"
+        path = WORK / f"wrk-{re.sub(r'[^A-Za-z0-9]+', '-', self.name).strip('-')}.lua"
         path.write_text("\n".join(lines) + "\n")
         return path
 
 
+# wrk counts only replies >= 400 as errors; every thread counts any reply that is not 2xx
+# (which costs wrk a few microseconds a reply, alike for every target), and the summary adds
+# them up, as JSON on the last line.
 WRK_DONE = """
+local threads = {}
+setup = function(thread) table.insert(threads, thread) end
+init = function(args) non_2xx = 0 end
+response = function(status, headers, body)
+  if status < 200 or status > 299 then non_2xx = non_2xx + 1 end
+end
 done = function(summary, latency, requests)
   local e = summary.errors
+  local non_2xx = 0
+  for _, thread in ipairs(threads) do non_2xx = non_2xx + thread:get("non_2xx") end
   io.write(string.format(
-    '{"requests": %d, "duration_us": %d, "p50_us": %d, "p99_us": %d, "failed": %d}\\n',
+    '{"requests": %d, "duration_us": %d, "p50_us": %d, "p99_us": %d, "failed": %d, '
+    .. '"non_2xx": %d}\\n',
     summary.requests, summary.duration, latency:percentile(50), latency:percentile(99),
-    e.connect + e.read + e.write + e.status + e.timeout))
+    e.connect + e.read + e.write + e.timeout + non_2xx, non_2xx))
 end
 """
 
 
 def wrk(target: Target, connections: int, seconds: int) -> dict[str, float]:
-    """One wrk run; requests per second, p50 and p99 in ms, and failed requests."""
+    """One wrk run; requests per second, p50 and p99 in ms, failed requests (not answered, or
+    answered other than 2xx) and, of those, the non-2xx replies."""
     threads = min(2, connections)
     done = subprocess.run(
         [
             "wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--timeout", "10s",
-            "-s", str(target.wrk_script()), f"{target.url}/v1/chat/completions",
+            "-s", str(target.wrk_script()), f"{target.url}{target.path}",
         ],
         capture_output=True, text=True, check=True,
     )  # fmt: skip
@@ -96,7 +159,40 @@ def wrk(target: Target, connections: int, seconds: int) -> dict[str, float]:
         "p50_ms": summary["p50_us"] / 1000,
         "p99_ms": summary["p99_us"] / 1000,
         "failed": summary["failed"],
+        "non_2xx": summary["non_2xx"],
     }
+
+
+def check(target: Target, requests: int = 4) -> dict[str, Any]:
+    """A few requests before the load, each reply checked (2xx, in the client's API), and what
+    reached the fakes (each in its own API: a request passed on untranslated is caught)."""
+    for fake in target.upstream:
+        fake.forget_requests()
+    problem = None
+    for _ in range(requests):
+        request = urllib.request.Request(
+            f"{target.url}{target.path}",
+            data=json.dumps(request_body(target.api, target.model)).encode(),
+            headers={"Content-Type": "application/json", **target.headers},
+            method="POST",
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=30) as reply:
+                status, body = reply.status, reply.read().decode(errors="replace")
+        except urllib.error.HTTPError as error:
+            status, body = error.code, error.read().decode(errors="replace")
+        if problem := reply_problem(target.api, status, body):
+            break
+    upstream: dict[str, int] = {}
+    for fake in target.upstream:
+        for recorded in fake.traffic():
+            path = f"{fake.provider} {recorded['path']}"
+            upstream[path] = upstream.get(path, 0) + 1
+            if problem is None and recorded["path"] != PATHS[fake.provider]:
+                problem = f"the {fake.provider} fake got {recorded['path']}"
+    if problem is None and target.upstream and not upstream:
+        problem = "no request reached a fake provider"
+    return {"ok": problem is None, "problem": problem, "upstream": upstream}
 
 
 class MemoryWatch:
@@ -127,15 +223,23 @@ class MemoryWatch:
 
 
 def bare_envoy_config(
-    port: int, admin_port: int, backends: dict[str, tuple[int, int]]
+    port: int,
+    admin_port: int,
+    backends: dict[str, tuple[int, int]],
+    messages: tuple[str, int] | None = None,
 ) -> dict[str, Any]:
-    """backends: name -> (port, weight)."""
+    """backends: name -> (port, weight); messages: the backend (name, port) that gets every
+    `/v1/messages` request, the rest going to the weighted split."""
     types = "type.googleapis.com/envoy.extensions.filters"
     route = {
         "weighted_clusters": {
             "clusters": [{"name": name, "weight": weight} for name, (_, weight) in backends.items()]
         }
     }
+    routes: list[dict[str, Any]] = [{"match": {"prefix": "/"}, "route": route}]
+    if messages:
+        routes.insert(0, {"match": {"path": PATHS[ANTHROPIC]}, "route": {"cluster": messages[0]}})
+        backends = {**backends, messages[0]: (messages[1], 0)}
     manager = {
         "@type": f"{types}.network.http_connection_manager.v3.HttpConnectionManager",
         "stat_prefix": "bare",
@@ -144,7 +248,7 @@ def bare_envoy_config(
                 {
                     "name": "all",
                     "domains": ["*"],
-                    "routes": [{"match": {"prefix": "/"}, "route": route}],
+                    "routes": routes,
                 }
             ]
         },
@@ -208,10 +312,15 @@ def bare_envoy_config(
 
 
 class BareEnvoy:
-    def __init__(self, backends: dict[str, tuple[int, int]], log: Path) -> None:
+    def __init__(
+        self,
+        backends: dict[str, tuple[int, int]],
+        log: Path,
+        messages: tuple[str, int] | None = None,
+    ) -> None:
         self.port = free_port()
         config = log.with_suffix(".json")
-        config.write_text(json.dumps(bare_envoy_config(self.port, free_port(), backends)))
+        config.write_text(json.dumps(bare_envoy_config(self.port, free_port(), backends, messages)))
         # Same binary and worker count as the gateway's Envoy.
         self.process = subprocess.Popen(
             [envoy_binary(), "-c", str(config), "--disable-hot-restart", "--concurrency", "2",
@@ -250,23 +359,79 @@ class Stage:
 
     def targets(self) -> list[Target]:
         bearer = {"Authorization": f"Bearer {self.api_key}"}
-        return [
-            Target("direct", self.fakes["a"].url, UPSTREAM_MODEL, bearer, lambda: []),
-            Target(
-                "bare Envoy", self.bare.url, UPSTREAM_MODEL, bearer, lambda: [self.bare.process.pid]
-            ),
+        litellm = {"Authorization": f"Bearer {self.litellm.master_key}"}
+        split = [self.fakes[n] for n in SPLIT]
+        anthropic = [self.fakes["anthropic"]]
+        targets = [
+            Target("direct", self.fakes["a"].url, UPSTREAM_MODEL, bearer, lambda: [], OPENAI,
+                   [self.fakes["a"]]),
+            Target("bare Envoy", self.bare.url, UPSTREAM_MODEL, bearer,
+                   lambda: [self.bare.process.pid], OPENAI, split),
             # The client names the endpoint's model and sends its own key, which the gateway
             # checks (a ModelClient's): Switchyard rewrites the model and injects the
             # provider's key.
-            Target("Switchyard", self.gateway.url, "bench-chat", CLIENT_HEADERS, self.envoy_pids),
-            Target(
-                "LiteLLM",
-                self.litellm.url,
-                "bench-chat",
-                {"Authorization": f"Bearer {self.litellm.master_key}"},
-                self.litellm.pids,
-            ),
-        ]
+            Target("Switchyard", self.gateway.url, "bench-chat", CLIENT_HEADERS,
+                   self.envoy_pids, OPENAI, split),
+            Target("LiteLLM", self.litellm.url, "bench-chat", litellm, self.litellm.pids,
+                   OPENAI, split),
+            # API translation, and the same backends in their own API. A client of Anthropic's
+            # API sends anthropic-version, and its key as the rest do.
+            Target(BARE_ANTHROPIC, self.bare.url, ANTHROPIC_MODEL,
+                   {"x-api-key": self.api_key, **ANTHROPIC_VERSION}, lambda: [], ANTHROPIC,
+                   anthropic, single=False),
+            Target(NATIVE_ANTHROPIC, self.gateway.url, "bench-claude",
+                   {**CLIENT_HEADERS, **ANTHROPIC_VERSION}, lambda: [], ANTHROPIC, anthropic),
+        ]  # fmt: skip
+        for direction in DIRECTIONS:
+            backends = anthropic if direction.backend == ANTHROPIC else split
+            model = "bench-claude" if direction.backend == ANTHROPIC else "bench-chat"
+            version = ANTHROPIC_VERSION if direction.client == ANTHROPIC else {}
+            targets += [
+                Target(direction.translated("Switchyard"), self.gateway.url, model,
+                       {**CLIENT_HEADERS, **version}, lambda: [], direction.client, backends),
+                # LiteLLM at its pace: on 1 connection its figures add nothing.
+                Target(direction.translated("LiteLLM"), self.litellm.url, model,
+                       {**litellm, **version}, lambda: [], direction.client, backends,
+                       single=False),
+            ]  # fmt: skip
+        return targets
+
+
+@dataclass(frozen=True)
+class Direction:
+    """A translation: a client of one API, a backend of the other."""
+
+    client: str
+    backend: str
+
+    @property
+    def name(self) -> str:
+        return f"{self.client}→{self.backend}"
+
+    def translated(self, peer: str) -> str:
+        """The target that has `peer` translate."""
+        return f"{peer} {self.name}"
+
+    @property
+    def native(self) -> str:
+        """Switchyard, the same backends in their own API: translation is the difference."""
+        return "Switchyard" if self.backend == OPENAI else NATIVE_ANTHROPIC
+
+    @property
+    def bare(self) -> str:
+        """Bare Envoy, the same backends in their own API."""
+        return "bare Envoy" if self.backend == OPENAI else BARE_ANTHROPIC
+
+
+NATIVE_ANTHROPIC = "Switchyard (Anthropic)"
+BARE_ANTHROPIC = "bare Envoy (Anthropic)"
+DIRECTIONS = (Direction(OPENAI, ANTHROPIC), Direction(ANTHROPIC, OPENAI))
+# What the translation figures need, in the order the report shows them.
+TRANSLATION_TARGETS = tuple(
+    name
+    for d in DIRECTIONS
+    for name in (d.bare, d.native, d.translated("Switchyard"), d.translated("LiteLLM"))
+)
 
 
 def _comm(pid: int) -> str:
@@ -314,6 +479,17 @@ def deployments(fakes: dict[str, FakeProcess], weights: dict[str, int]) -> list[
     ]
 
 
+# The stage's public models, and the API the gateway is first asked each in (its own).
+MODELS = {"bench-chat": OPENAI, "bench-mixed": OPENAI, "bench-claude": ANTHROPIC}
+
+
+def _answers(url: str, api: str, model: str) -> bool:
+    """Whether 20 requests in a row for `model`, in `api`, all get 200."""
+    headers = {**CLIENT_HEADERS, **(ANTHROPIC_VERSION if api == ANTHROPIC else {})}
+    outcome = send_sync(f"{url}{PATHS[api]}", request_body(api, model), 20, 2, headers)
+    return outcome.statuses[200] == 20
+
+
 @contextmanager
 def stage(
     name: str, litellm_router: dict[str, Any] | None = None, spec: dict[str, Any] | None = None
@@ -330,7 +506,7 @@ def stage(
             "b": FakeProcess("OpenAI", api_key, UPSTREAM_MODEL, keep_requests=1000),
             "c": FakeProcess("OpenAI", api_key, UPSTREAM_MODEL, keep_requests=1000),
             "azure": FakeProcess("AzureOpenAI", api_key, "gpt-4o-deployment", keep_requests=1000),
-            "anthropic": FakeProcess("Anthropic", api_key, "claude-sonnet-4-5", keep_requests=1000),
+            "anthropic": FakeProcess("Anthropic", api_key, ANTHROPIC_MODEL, keep_requests=1000),
         }
         for fake in fakes.values():
             stack.callback(fake.stop)
@@ -355,11 +531,15 @@ def stage(
             _endpoint(
                 "bench-mixed", [_backend(n, fakes[n], w) for n, w in MIXED.items()], **(spec or {})
             ),
+            # Anthropic alone: OpenAI's clients reach it only by translation.
+            _endpoint(
+                "bench-claude", [_backend("anthropic", fakes["anthropic"], 100)], **(spec or {})
+            ),
         )
         operator = OperatorProcess(cluster.kubeconfig, logs / "operator.log")
         operator.start()
         stack.callback(operator.stop)
-        for model in ("bench-chat", "bench-mixed"):
+        for model in MODELS:
             eventually(
                 lambda m=model: condition(cluster.get("modelendpoints", m, NAMESPACE), "Ready"),  # type: ignore[misc]
                 timeout=60,
@@ -373,21 +553,20 @@ def stage(
         )
         stack.callback(gateway.stop)
         gateway.wait_listening()
-        for model in ("bench-chat", "bench-mixed"):
-            eventually(
-                lambda m=model: (
-                    send_sync(f"{gateway.url}/v1/chat/completions", chat(m), 20, 2).statuses[200]
-                    == 20
-                ),  # type: ignore[misc]
-                timeout=30,
-            )
-        bare = BareEnvoy({n: (fakes[n].port, w) for n, w in SPLIT.items()}, logs / "bare-envoy.log")
+        for model, api in MODELS.items():
+            eventually(lambda m=model, a=api: _answers(gateway.url, a, m), timeout=30)  # type: ignore[misc]
+        bare = BareEnvoy(
+            {n: (fakes[n].port, w) for n, w in SPLIT.items()},
+            logs / "bare-envoy.log",
+            messages=("anthropic", fakes["anthropic"].port),
+        )
         stack.callback(bare.stop)
         litellm = LiteLLMProxy(
             "bench-chat",
             deployments(fakes, SPLIT),
             logs / "litellm.log",
             router_settings=litellm_router,
+            also={"bench-claude": deployments(fakes, {"anthropic": 100})},
         )
         stack.callback(litellm.stop)
         litellm.start()
@@ -397,21 +576,43 @@ def stage(
 # --- the measurements
 
 
-def throughput(stage: Stage, rounds: int, seconds: int) -> dict[str, Any]:
-    targets = stage.targets()
+Runs = dict[str, dict[str, list[float]]]  # target -> figure -> one value per round
+
+
+def measure(targets: Sequence[Target], rounds: int, seconds: int) -> Runs:
+    """Every target under load, then on 1 connection for half as long (those that are), in
+    interleaved rounds."""
     for target in targets:  # warm connection pools and caches; not counted
         wrk(target, CONNECTIONS, 2)
-    runs: dict[str, dict[str, list[float]]] = {t.name: {} for t in targets}
-    with MemoryWatch(targets) as memory:
-        for round_ in range(rounds):
-            order = targets[round_ % len(targets) :] + targets[: round_ % len(targets)]
-            for target in order:
-                for connections, label in ((CONNECTIONS, "loaded"), (1, "single")):
-                    result = wrk(
-                        target, connections, seconds if connections > 1 else max(1, seconds // 2)
-                    )
-                    for key, value in result.items():
-                        runs[target.name].setdefault(f"{label}_{key}", []).append(value)
+    runs: Runs = {t.name: {} for t in targets}
+    for round_ in range(rounds):
+        order = [*targets[round_ % len(targets) :], *targets[: round_ % len(targets)]]
+        for target in order:
+            for connections, label in ((CONNECTIONS, "loaded"), (1, "single")):
+                if connections == 1 and not target.single:
+                    continue
+                result = wrk(
+                    target, connections, seconds if connections > 1 else max(1, seconds // 2)
+                )
+                for key, value in result.items():
+                    runs[target.name].setdefault(f"{label}_{key}", []).append(value)
+    return runs
+
+
+def _summary(runs: Runs) -> dict[str, dict[str, dict[str, float]]]:
+    return {name: {k: spread(v) for k, v in figures.items()} for name, figures in runs.items()}
+
+
+def throughput(
+    stage: Stage,
+    runs: Runs,
+    checks: dict[str, Any],
+    memory: MemoryWatch,
+    rounds: int,
+    seconds: int,
+) -> dict[str, Any]:
+    """The four main targets' figures, of runs that measured them."""
+    runs = {name: runs[name] for name in TARGETS}
     ratios = {
         "switchyard_vs_bare_rps": _ratios(runs, "Switchyard", "bare Envoy", "loaded_rps"),
         "switchyard_vs_litellm_rps": _ratios(runs, "Switchyard", "LiteLLM", "loaded_rps"),
@@ -430,9 +631,8 @@ def throughput(stage: Stage, rounds: int, seconds: int) -> dict[str, Any]:
         "seconds": seconds,
         "connections": CONNECTIONS,
         "runs": runs,
-        "summary": {
-            name: {k: spread(v) for k, v in figures.items()} for name, figures in runs.items()
-        },
+        "checks": {name: checks[name] for name in TARGETS},
+        "summary": _summary(runs),
         "ratios": {k: spread(v) for k, v in ratios.items()},
         "added_ms": {k: spread(v) for k, v in added.items()},
         "peak_rss_mb": {
@@ -440,6 +640,48 @@ def throughput(stage: Stage, rounds: int, seconds: int) -> dict[str, Any]:
             "Switchyard (VmHWM)": max(common.peak_rss_mb(p) for p in stage.envoy_pids()),
             "bare Envoy (VmHWM)": common.peak_rss_mb(stage.bare.process.pid),
         },
+    }
+
+
+def translation(runs: Runs, checks: dict[str, Any], rounds: int, seconds: int) -> dict[str, Any]:
+    """Each direction against the native request to the same backends (Switchyard), a bare
+    Envoy in front of them, and LiteLLM translating too."""
+    runs = {name: runs[name] for name in TRANSLATION_TARGETS}
+    directions: dict[str, Any] = {}
+    for d in DIRECTIONS:
+        ours, theirs = d.translated("Switchyard"), d.translated("LiteLLM")
+        directions[d.name] = {
+            "translated": ours,
+            "native": d.native,
+            "bare": d.bare,
+            "litellm": theirs,
+            "vs_bare_rps": spread(_ratios(runs, ours, d.bare, "loaded_rps")),
+            "vs_native_rps": spread(_ratios(runs, ours, d.native, "loaded_rps")),
+            "vs_litellm_rps": spread(_ratios(runs, ours, theirs, "loaded_rps")),
+            "added_over_native_ms": {
+                f"{label}_{percentile}": spread(
+                    _differences(runs, ours, d.native, f"{label}_{percentile}_ms")
+                )
+                for label in ("loaded", "single")
+                for percentile in ("p50", "p99")
+            },
+            # Every request the translation's targets lost: its figures mean nothing without.
+            "failed": sum(
+                sum(runs[name].get(f"{label}_failed", []))
+                for name in (ours, d.native, d.bare)
+                for label in ("loaded", "single")
+            ),
+            "checked": all(checks[name]["ok"] for name in (ours, d.native, d.bare)),
+        }
+    return {
+        "rounds": rounds,
+        "seconds": seconds,
+        "connections": CONNECTIONS,
+        "date": common.machine()["date"],
+        "runs": runs,
+        "checks": {name: checks[name] for name in TRANSLATION_TARGETS},
+        "summary": _summary(runs),
+        "directions": directions,
     }
 
 
@@ -468,7 +710,7 @@ def split_accuracy(stage: Stage, requests: int, peer_requests: int) -> dict[str,
             ("LiteLLM", mixed.url, peer_requests, {"Authorization": f"Bearer {mixed.master_key}"}),
         ):
             outcome = send_sync(
-                f"{url}/v1/chat/completions", chat("bench-mixed"), count, 16, headers
+                f"{url}{PATHS[OPENAI]}", request_body(OPENAI, "bench-mixed"), count, 16, headers
             )
             shares = {names.get(p, str(p)): s for p, s in outcome.shares().items()}
             results[name] = {
@@ -482,15 +724,35 @@ def split_accuracy(stage: Stage, requests: int, peer_requests: int) -> dict[str,
     return results
 
 
-def run(quick: bool = False) -> dict[str, Any]:
+def run(quick: bool = False, only: str | None = None) -> dict[str, Any]:
+    """All of it; or, `only="translation"`, the translation's targets alone, their figures put
+    in the saved results in place of the last ones (the rest kept as they were)."""
     started = time.monotonic()
+    rounds, seconds = (1, 3) if quick else (3, 10)
     with stage("dataplane") as running:
-        data: dict[str, Any] = {
-            "throughput": throughput(running, rounds=1 if quick else 3, seconds=3 if quick else 10),
-            "split": split_accuracy(running, *((1000, 500) if quick else (10_000, 2_000))),
-        }
-    data["machine"] = common.machine()
-    data["elapsed_s"] = time.monotonic() - started
+        targets = running.targets()
+        if only == "translation":
+            targets = [t for t in targets if t.name in TRANSLATION_TARGETS]
+        checks = {t.name: check(t) for t in targets}
+        for name, checked in checks.items():
+            if not checked["ok"]:
+                print(f"{name}: {checked['problem']}", flush=True)
+        with MemoryWatch([t for t in targets if t.name in TARGETS]) as memory:
+            runs = measure(targets, rounds, seconds)
+        translated = translation(runs, checks, rounds, seconds)
+        if only == "translation":
+            data = common.load("dataplane") or {"machine": common.machine()}
+        else:
+            data = {
+                "throughput": throughput(running, runs, checks, memory, rounds, seconds),
+                "split": split_accuracy(running, *((1000, 500) if quick else (10_000, 2_000))),
+                "machine": common.machine(),
+            }
+        data["translation"] = translated | {"apart": only is not None}
+    if only is None:
+        data["elapsed_s"] = time.monotonic() - started
+    else:
+        data["translation"]["elapsed_s"] = time.monotonic() - started
     common.save("dataplane", data)
     return data
 
@@ -507,6 +769,13 @@ def stage_name(fake: str) -> str:
 
 
 def targets(data: dict[str, Any]) -> list[dict[str, Any]]:
+    rows = _main_targets(data) if "throughput" in data else []
+    if "translation" in data:
+        rows += _translation_targets(data["translation"])
+    return rows
+
+
+def _main_targets(data: dict[str, Any]) -> list[dict[str, Any]]:
     ratios, added = data["throughput"]["ratios"], data["throughput"]["added_ms"]
     kept = ratios["switchyard_vs_bare_rps"]
     rows = [
@@ -528,7 +797,56 @@ def targets(data: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
+def _translation_targets(translation: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per direction: throughput against bare Envoy, added p99 against the native request;
+    missed, whatever the figures, if a request failed or a check found the replies wrong."""
+    rows = []
+    for name, direction in _directions(translation):
+        trouble = ""
+        if direction["failed"]:
+            trouble += f"; {direction['failed']:,.0f} requests failed"
+        if not direction["checked"]:
+            trouble += "; replies checked wrong (see API translation)"
+        kept = direction["vs_bare_rps"]
+        rows.append(
+            common.target(
+                f"Data plane: translated {name} keeps ≥ 50% of bare Envoy's throughput",
+                _percent(kept) + trouble,
+                kept["median"] >= 0.5 and not trouble,
+            )
+        )
+        for label, words in (("single", "1 connection"), ("loaded", f"{CONNECTIONS} connections")):
+            extra = direction["added_over_native_ms"][f"{label}_p99"]
+            rows.append(
+                common.target(
+                    f"Data plane: translated {name} adds < 1 ms at p99 over native ({words})",
+                    common.fmt(extra, 2, " ms") + trouble,
+                    extra["median"] < 1.0 and not trouble,
+                )
+            )
+    return rows
+
+
+def _directions(translation: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """The measured directions, in DIRECTIONS' order."""
+    found = translation["directions"]
+    return [(d.name, found[d.name]) for d in DIRECTIONS if d.name in found]
+
+
+def _percent(figure: dict[str, float]) -> str:
+    if figure["runs"] == 1 or figure["min"] == figure["max"]:
+        return f"{figure['median']:.0%}"
+    return f"{figure['median']:.0%} ({figure['min']:.0%}–{figure['max']:.0%})"
+
+
 def section(data: dict[str, Any]) -> str:
+    text = _main_section(data) if "throughput" in data else "\n## Data plane\n"
+    if "translation" in data:
+        text += _translation_section(data["translation"])
+    return text
+
+
+def _main_section(data: dict[str, Any]) -> str:
     throughput, split = data["throughput"], data["split"]
     summary = throughput["summary"]
     rss = throughput["peak_rss_mb"]
@@ -582,7 +900,8 @@ def section(data: dict[str, Any]) -> str:
 ## Data plane
 
 Fake providers on loopback answer at once, so every millisecond here is the proxy's. wrk
-(Debian's, {CONNECTIONS} connections, 2 threads) sends a chat completion to each target for
+(Debian's, {CONNECTIONS} connections, 2 threads) sends a chat completion (`max_tokens` 64; a
+reply other than 2xx counts as failed) to each target for
 {throughput["seconds"]} s, then again on 1 connection for half as long; {throughput["rounds"]}
 interleaved rounds. The targets:
 
@@ -630,22 +949,127 @@ that alone: about ±1 pp at 2,000).
 """
 
 
+def _cell(text: str) -> str:
+    """Free text in a Markdown table cell."""
+    return " ".join(text.split()).replace("|", "\\|")
+
+
+def _translation_section(translation: dict[str, Any]) -> str:
+    summary, checks = translation["summary"], translation["checks"]
+    runs = translation["runs"]
+    rows = []
+    for name, direction in _directions(translation):
+        client, backend = name.split("→")
+        for role, label, path in (
+            ("bare", "bare Envoy", f"{backend} → {backend}"),
+            ("native", "Switchyard, native", f"{backend} → {backend}"),
+            ("translated", "Switchyard, translated", f"{client} → {backend}"),
+            ("litellm", "LiteLLM, translated", f"{client} → {backend}"),
+        ):
+            target = direction[role]
+            figures = summary[target]
+            latencies = " | ".join(
+                common.fmt(figures[f"{load}_{p}_ms"], 2) if f"{load}_{p}_ms" in figures else "–"
+                for load in ("loaded", "single")
+                for p in ("p50", "p99")
+            )
+            failed = sum(sum(v) for k, v in runs[target].items() if k.endswith("_failed"))
+            checked = checks[target]
+            verdict = "ok" if checked["ok"] else f"**{_cell(checked['problem'])}**"
+            rows.append(
+                f"| {path} | {label} | {common.fmt(figures['loaded_rps'])} | {latencies} "
+                f"| {failed:,.0f} | {verdict} |"
+            )
+    bullets = []
+    for name, direction in _directions(translation):
+        added = direction["added_over_native_ms"]
+        bullets.append(
+            f"- **{name}**: Switchyard translating keeps "
+            f"**{common.fmt(direction['vs_bare_rps'], 2, '×')}** of bare Envoy's throughput and "
+            f"{common.fmt(direction['vs_native_rps'], 2, '×')} of the native request's; it adds "
+            f"**{common.fmt(added['single_p99'], 2, ' ms')}** at p99 over native on 1 "
+            f"connection, **{common.fmt(added['loaded_p99'], 2, ' ms')}** at {CONNECTIONS} "
+            f"(p50: {common.fmt(added['single_p50'], 2, ' ms')}, "
+            f"{common.fmt(added['loaded_p50'], 2, ' ms')}); Switchyard / LiteLLM, both "
+            f"translating: **{common.fmt(direction['vs_litellm_rps'], 0, '×')}**."
+        )
+    names = list(TRANSLATION_TARGETS)
+    plot = common.bars(
+        "dataplane-translation.png",
+        f"Translation: throughput at {CONNECTIONS} connections (log scale)",
+        "requests/s",
+        [name.replace(" ", "\n", 1) for name in names],
+        {"requests/s": [summary[n]["loaded_rps"] for n in names]},
+        log=True,
+    )
+    rounds = translation["rounds"]
+    when = (
+        f"In {rounds} interleaved round{'s' if rounds > 1 else ''} with the targets above"
+        if not translation.get("apart")
+        else f"Measured apart ({translation['date']}), in {rounds} interleaved "
+        f"round{'s' if rounds > 1 else ''} of its own targets"
+    )
+    return f"""
+### API translation
+
+A client of either API reaches backends of the other: the gateway's Envoy translates OpenAI's
+Chat Completions to Anthropic's Messages and back, request and reply, per attempt.
+{when}, the same load ({CONNECTIONS} connections for {translation["seconds"]} s, then 1
+connection for half as long; LiteLLM and the bare Envoy in front of Anthropic under load
+only). Every request is a valid one in the
+client's API, `max_tokens` 64 (Messages with `anthropic-version: 2023-06-01`); every reply that
+is not 2xx counts as failed. Before the load, each target answered 4 requests that were
+checked: a 2xx completion in the client's API, and what reached the fakes in the backend's own
+API (`/v1/messages` at Anthropic's, `/v1/chat/completions` at OpenAI's), so that a request
+passed on untranslated, or translated wrong, does not pass.
+
+- **translated**: `POST /v1/chat/completions` for `bench-claude`, whose only backend is the
+  Anthropic fake; `POST /v1/messages` for `bench-chat`, the three OpenAI fakes (50/30/20);
+- **native**: the same two endpoints in their backends' API, through Switchyard: what a
+  translated request costs more is the translation, the fakes doing the same work for both;
+- **bare Envoy**: the same fakes behind the plain route, in their own API;
+- **LiteLLM**: the proxy above doing the same translations, `anthropic/{ANTHROPIC_MODEL}`
+  behind its `/v1/chat/completions`, the OpenAI deployments behind its `/v1/messages` (through
+  Chat Completions, `use_chat_completions_url_for_anthropic_messages`).
+
+| Client → backend | Target | req/s ({CONNECTIONS} conn.) | p50 ms | p99 ms | p50 ms (1 conn.) \
+| p99 ms (1 conn.) | failed | check |
+|---|---|---|---|---|---|---|---|---|
+{chr(10).join(rows)}
+
+{chr(10).join(bullets)}
+
+{plot}
+"""
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="short runs, to try the harness")
-    args = parser.parse_args()
-    data = run(args.quick)
-    print(
-        json.dumps(
-            {k: v for k, v in data.items() if k != "throughput"}
-            | {
-                "summary": data["throughput"]["summary"],
-                "ratios": data["throughput"]["ratios"],
-                "rss": data["throughput"]["peak_rss_mb"],
-            },
-            indent=1,
-        )
+    parser.add_argument(
+        "--only",
+        choices=["translation"],
+        help="measure API translation alone (its targets, and the native and bare Envoy ones "
+        "it is compared with); the saved results keep the rest",
     )
+    args = parser.parse_args()
+    data = run(args.quick, args.only)
+    shown = {
+        "checks": {
+            name: checked
+            for part in ("throughput", "translation")
+            for name, checked in data.get(part, {}).get("checks", {}).items()
+        },
+        "summary": data["translation"]["summary"] | data.get("throughput", {}).get("summary", {}),
+        "translation": data["translation"]["directions"],
+    }
+    if args.only is None:
+        shown |= {
+            "ratios": data["throughput"]["ratios"],
+            "rss": data["throughput"]["peak_rss_mb"],
+            "split": data["split"],
+        }
+    print(json.dumps(shown, indent=1))
     print(section(data))
 
 

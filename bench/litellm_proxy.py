@@ -4,7 +4,10 @@ project's fake providers.
 LiteLLM lives in its own venv under the bench cache (its pins clash with the project's), built
 from bench/litellm-requirements.txt and rebuilt when that file changes. The proxy gets the same
 weighted split Switchyard configures: one model name, one deployment per backend, each with a
-`weight` that LiteLLM's default simple-shuffle strategy picks by.
+`weight` that LiteLLM's default simple-shuffle strategy picks by. It can serve more models
+beside it (`also`), each with deployments of its own: a client of either API reaches any of them,
+LiteLLM translating between OpenAI's Chat Completions (`/v1/chat/completions`) and Anthropic's
+Messages (`/v1/messages`) when the client's API is not the deployment's.
 """
 
 from __future__ import annotations
@@ -113,7 +116,8 @@ def litellm_params(deployment: Deployment) -> dict[str, Any]:
 
 
 class LiteLLMProxy:
-    """`litellm --config ...` with one worker, serving `model` split across `deployments`."""
+    """`litellm --config ...` with one worker, serving `model` split across `deployments`, and
+    each model of `also` across its own (deployment names are ids: unique across all)."""
 
     def __init__(
         self,
@@ -122,9 +126,14 @@ class LiteLLMProxy:
         log: Path,
         router_settings: Mapping[str, Any] | None = None,
         port: int | None = None,
+        also: Mapping[str, Sequence[Deployment]] | None = None,
     ) -> None:
         self.model = model
         self.deployments = list(deployments)
+        self.models = {model: self.deployments, **{m: list(d) for m, d in (also or {}).items()}}
+        names = [d.name for deployments in self.models.values() for d in deployments]
+        if len(set(names)) != len(names):
+            raise ValueError(f"deployment names must be unique: {names}")
         self.log = log
         self.router_settings = dict(router_settings or {})
         self.port = port or free_port()
@@ -144,14 +153,18 @@ class LiteLLMProxy:
         return {
             "model_list": [
                 {
-                    "model_name": self.model,
+                    "model_name": model,
                     "litellm_params": litellm_params(d),
                     "model_info": {"id": d.name},
                 }
-                for d in self.deployments
+                for model, deployments in self.models.items()
+                for d in deployments
             ],
             # simple-shuffle is the default; named so the config says how the split is made.
             "router_settings": {"routing_strategy": "simple-shuffle", **self.router_settings},
+            # Anthropic Messages to an OpenAI or Azure deployment: through Chat Completions, as
+            # Switchyard translates, not OpenAI's Responses API (LiteLLM's default since 1.7x).
+            "litellm_settings": {"use_chat_completions_url_for_anthropic_messages": True},
         }
 
     def start(self, timeout: float = 120) -> None:
