@@ -25,8 +25,12 @@ local function fail(at, problem)
   error(format("JSON at byte %d: %s", at, problem), 0)
 end
 
--- The first byte at or after `at` that is not white space.
+local SPACE = {[32] = true, [9] = true, [10] = true, [13] = true}
+
+-- The first byte at or after `at` that is not white space. Compact JSON has none: that is
+-- checked first, as a pattern search costs far more than a byte.
 local function skip_space(text, at)
+  if not SPACE[byte(text, at)] then return at end
   return find(text, "[^ \t\r\n]", at) or #text + 1
 end
 
@@ -45,8 +49,13 @@ local function utf8(code)
               0x80 + floor(code / 0x40) % 0x40, 0x80 + code % 0x40)
 end
 
--- The string that opens at `at` (a '"'), and the index just past it.
+-- The string that opens at `at` (a '"'), and the index just past it. Most strings have no
+-- escapes: for them, two plain finds (which LuaJIT compiles; a pattern it does not).
 local function decode_string(text, at)
+  local quote = find(text, '"', at + 1, true)
+  if quote == nil then fail(at, "unterminated string") end
+  local raw = sub(text, at + 1, quote - 1)
+  if not find(raw, "\\", 1, true) then return raw, quote + 1 end
   local parts, position = nil, at + 1
   while true do
     local stop = find(text, '["\\]', position)
@@ -116,14 +125,19 @@ local function decode_object(text, at)
 end
 
 local LITERALS = {["true"] = true, ["false"] = false}
+-- The bytes of numbers and of true, false and null.
+local WORD, WORD_BYTES = {}, "0123456789+-.eEtruefalsn"
+for index = 1, #WORD_BYTES do WORD[byte(WORD_BYTES, index)] = true end
 
 decode_value = function(text, at)
   local first = byte(text, at)
   if first == 34 then return decode_string(text, at) end
   if first == 123 then return decode_object(text, at) end
   if first == 91 then return decode_array(text, at) end
-  local word, past = string.match(text, "^([%w%.%+%-]+)()", at)
-  if word == nil then fail(at, "a value was expected") end
+  local past = at
+  while WORD[byte(text, past)] do past = past + 1 end
+  if past == at then fail(at, "a value was expected") end
+  local word = sub(text, at, past - 1)
   if word == "null" then return json.null, past end
   if LITERALS[word] ~= nil then return LITERALS[word], past end
   local number = tonumber(word)
@@ -142,10 +156,25 @@ end
 local STRING_ESCAPES = {['"'] = '\\"', ["\\"] = "\\\\", ["\b"] = "\\b", ["\f"] = "\\f",
                         ["\n"] = "\\n", ["\r"] = "\\r", ["\t"] = "\\t"}
 
+local function escape(c)
+  return STRING_ESCAPES[c] or format("\\u%04x", byte(c))
+end
+
+-- Whether `text` needs escapes. Short strings are checked byte by byte, which LuaJIT
+-- compiles (a pattern search it does not); long ones (base64 images) by the pattern.
+local function needs_escapes(text)
+  local length = #text
+  if length > 64 then return find(text, '[%c"\\]') ~= nil end
+  for index = 1, length do
+    local code = byte(text, index)
+    if code < 32 or code == 34 or code == 92 or code == 127 then return true end
+  end
+  return false
+end
+
 local function encode_string(text)
-  return '"' .. string.gsub(text, '[%c"\\]', function(c)
-    return STRING_ESCAPES[c] or format("\\u%04x", byte(c))
-  end) .. '"'
+  if not needs_escapes(text) then return '"' .. text .. '"' end
+  return '"' .. string.gsub(text, '[%c"\\]', escape) .. '"'
 end
 
 local encode_into
@@ -154,7 +183,9 @@ local function encode_number(number, out)
   if number ~= number or number == huge or number == -huge then
     error("JSON cannot carry " .. tostring(number), 0)
   end
-  if number == floor(number) and number > -2^53 and number < 2^53 then
+  if number == floor(number) and number > -1e14 and number < 1e14 then
+    out[#out + 1] = tostring(number) -- "%.14g": exact, and no exponent, below 1e14
+  elseif number == floor(number) and number > -2^53 and number < 2^53 then
     out[#out + 1] = format("%d", number)
   else
     local short = format("%.14g", number)
