@@ -10,17 +10,10 @@ is up. Envoy's Lua gets these facts as endpoint metadata, never a provider's nam
 from switchyard.providers import anthropic, azure_openai, openai, openai_compatible
 from switchyard.providers.base import ANTHROPIC_VERSION, API_HEADERS, ClientApi, Provider
 
-__all__ = ["ANTHROPIC_VERSION", "API_HEADERS", "ClientApi", "Provider", "provider"]
+__all__ = ["ANTHROPIC_VERSION", "API_HEADERS", "PROVIDERS", "ClientApi", "Provider", "provider"]
 
-_KNOWN = {
-    p.name: p
-    for p in (
-        openai.PROVIDER,
-        azure_openai.PROVIDER,
-        anthropic.PROVIDER,
-        openai_compatible.PROVIDER,
-    )
-}
+PROVIDERS = (openai.PROVIDER, azure_openai.PROVIDER, anthropic.PROVIDER, openai_compatible.PROVIDER)
+_KNOWN = {p.name: p for p in PROVIDERS}
 
 
 def provider(name: str) -> Provider:

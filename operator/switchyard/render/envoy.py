@@ -44,7 +44,7 @@ from switchyard.api.models import BackendTLS
 from switchyard.plan.clients import ClientsPlan, TokenIssuer
 from switchyard.plan.gateway import GatewayPlan
 from switchyard.plan.routing import BackendRoute, EndpointPlan
-from switchyard.providers import API_HEADERS, ClientApi, Provider, provider
+from switchyard.providers import API_HEADERS, PROVIDERS, ClientApi, Provider, provider
 
 TYPE = "type.googleapis.com/"
 CLUSTER_TYPE = TYPE + "envoy.config.cluster.v3.Cluster"
@@ -86,7 +86,9 @@ SCRATCH = {
 # into a gateway error once retries are done; never reaches the client.
 REFUSAL_MARKER = "x-sy-provider-refused"
 # Every header that carries a provider's key or an API's version: cleared before each attempt.
-AUTH_HEADERS = ("authorization", "api-key", "x-api-key", "anthropic-version")
+AUTH_HEADERS = tuple(
+    sorted({p.auth.header for p in PROVIDERS} | {h for hs in API_HEADERS.values() for h in hs})
+)
 # Each client API's path after `/v1`.
 API_PATHS = {ClientApi.OPENAI: "/chat/completions", ClientApi.ANTHROPIC: "/messages"}
 # What an OpenAI request that sets no max_tokens gets when Anthropic serves it (Anthropic
