@@ -166,20 +166,25 @@ def traffic(kubectl: Kubectl) -> None:
             for (name, fake), weight in zip(fakes.items(), (50, 30, 20), strict=True)
         ]  # fmt: skip
         backends[1]["apiVersion"] = "2024-10-21"
-        endpoint = {
-            "apiVersion": "switchyard.dev/v1alpha1", "kind": "ModelEndpoint",
-            "metadata": {"name": "demo-chat", "namespace": "team-a"},
-            "spec": {"gatewayRef": {"name": "shared", "namespace": "ai-gateway"},
-                     "model": "demo-chat", "backends": backends},
-        }  # fmt: skip
+        # Claude and GPT, half each: the endpoint both SDKs call.
+        assistant = [{**b, "weight": 1} for b in backends if b["name"] in ("openai", "anthropic")]
+        endpoints = [
+            {
+                "apiVersion": "switchyard.dev/v1alpha1", "kind": "ModelEndpoint",
+                "metadata": {"name": name, "namespace": "team-a"},
+                "spec": {"gatewayRef": {"name": "shared", "namespace": "ai-gateway"},
+                         "model": name, "backends": spec},
+            }
+            for name, spec in (("demo-chat", backends), ("assistant", assistant))
+        ]  # fmt: skip
         kubectl.run(
             "apply",
             "-f",
             "-",
-            stdin=json.dumps({"apiVersion": "v1", "kind": "List", "items": [secret, endpoint]}),
+            stdin=json.dumps({"apiVersion": "v1", "kind": "List", "items": [secret, *endpoints]}),
         )
         kubectl.run("wait", "--for=condition=Ready", "--timeout=60s", "-n", "team-a",
-                    "modelendpoint/demo-chat")  # fmt: skip
+                    "modelendpoint/demo-chat", "modelendpoint/assistant")  # fmt: skip
         address = kubectl.run("get", "service", "shared-switchyard", "-n", "ai-gateway",
                               "-o", "jsonpath={.spec.clusterIP}")  # fmt: skip
         url = f"http://{address}:8080/v1/chat/completions"
@@ -197,6 +202,7 @@ def traffic(kubectl: Kubectl) -> None:
         _curl(url, {})
         print("# With the key of ModelClient team-a/checkout:")
         _curl(url, CHECKOUT)
+        _both_sdks(address)
         names = {fake.port: name for name, fake in fakes.items()}
         print("\n# 1,000 requests, spec weights openai=50 azure=30 anthropic=20:")
         print("  " + _describe(send_sync(url, chat("demo-chat"), 1000, 16, CHECKOUT), names))
@@ -204,27 +210,28 @@ def traffic(kubectl: Kubectl) -> None:
         print("# Anthropic goes down (connections refused). 1,000 more requests:")
         print("  " + _describe(send_sync(url, chat("demo-chat"), 1000, 16, CHECKOUT), names))
         fakes["anthropic"].heal()
-        _both_sdks(address)
     finally:
         for fake in fakes.values():
             fake.stop()
 
 
 def _both_sdks(address: str) -> None:
-    """One endpoint, called by apps written against either vendor's SDK: each request is
-    answered by whichever provider the split picks, translated when it speaks the other API."""
+    """One endpoint (Claude and GPT, half each), called by apps written against either
+    vendor's SDK: each request is answered by whichever provider the split picks, translated
+    when it speaks the other API."""
     key = CHECKOUT["authorization"].removeprefix("Bearer ")
     gpt_app = openai.OpenAI(base_url=f"http://{address}:8080/v1", api_key=key, max_retries=0)
     claude_app = anthropic.Anthropic(base_url=f"http://{address}:8080", api_key=key, max_retries=0)
     question = [{"role": "user", "content": "Who are you?"}]
-    print("\n# One endpoint, both SDKs. The openai SDK (Chat Completions):")
-    for _ in range(4):
-        reply = gpt_app.chat.completions.create(model="demo-chat", messages=question)  # type: ignore[arg-type]
+    print("\n# Model 'assistant' (Anthropic and OpenAI, half each), called with both SDKs.")
+    print("# The openai SDK (Chat Completions):")
+    for _ in range(6):
+        reply = gpt_app.chat.completions.create(model="assistant", messages=question)  # type: ignore[arg-type]
         print(f"  {reply.choices[0].message.content}")
     print("# The anthropic SDK (Messages), streamed:")
-    for _ in range(4):
+    for _ in range(6):
         with claude_app.messages.stream(
-            model="demo-chat",
+            model="assistant",
             max_tokens=64,
             messages=question,  # type: ignore[arg-type]
         ) as stream:
