@@ -397,22 +397,33 @@ def test_stop_reasons_read_as_each_sdk_expects(lab: Lab, stream: bool) -> None:
     assert lab.last_request("anthropic")["body"]["stop_sequences"] == ["from"]
 
 
-def test_cached_tokens_are_counted_both_ways(lab: Lab) -> None:
+def test_cached_tokens_reach_an_anthropic_client_of_openai(lab: Lab) -> None:
+    """OpenAI caches a long prompt by itself; its cached tokens are Anthropic's cache reads,
+    and no longer part of `input_tokens`."""
     long = " ".join(["cacheable"] * 1500)
+    for _ in range(2):
+        message = lab.anthropic().messages.create(
+            model="via-openai", max_tokens=50, messages=[{"role": "user", "content": long}]
+        )
+    usage = message.usage
+    assert usage.cache_read_input_tokens == 1408  # 1,500 words, in whole blocks of 128
+    assert usage.input_tokens + usage.cache_read_input_tokens == 1500
+    assert usage.cache_creation_input_tokens == 0
+
+
+def test_an_openai_client_is_not_cached_on_anthropic_unasked(lab: Lab) -> None:
+    """Anthropic caches only what a request marks, and OpenAI's format has no marks: the
+    gateway adds none (cache writes cost more on Anthropic), so usage says nothing was."""
+    long = " ".join(["uncached"] * 1500)
     for _ in range(2):
         reply = lab.openai().chat.completions.create(
             model="via-anthropic", messages=[{"role": "user", "content": long}]
         )
     assert reply.usage is not None
+    assert reply.usage.prompt_tokens == 1500
     assert reply.usage.prompt_tokens_details is not None
-    cached = reply.usage.prompt_tokens_details.cached_tokens or 0
-    for _ in range(2):
-        message = lab.anthropic().messages.create(
-            model="via-openai", max_tokens=50, messages=[{"role": "user", "content": long}]
-        )
-    assert message.usage.cache_read_input_tokens
-    assert message.usage.input_tokens + message.usage.cache_read_input_tokens >= 1500
-    del cached  # the Anthropic fake caches only what the request marks: see the next check
+    assert reply.usage.prompt_tokens_details.cached_tokens == 0
+    assert "cache_control" not in json.dumps(lab.last_request("anthropic")["body"])
 
 
 @pytest.mark.parametrize(
