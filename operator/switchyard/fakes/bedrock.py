@@ -156,7 +156,7 @@ class AwsCredentials:
     expires: float | None = None  # epoch seconds
 
 
-class _ExactSigner(SigV4Auth):
+class _ExactSigner(SigV4Auth):  # type: ignore[misc]  # botocore has no types
     """botocore's SigV4 over exactly the headers the request says it signed (botocore's own
     list leaves out user-agent and others, which Envoy signs)."""
 
