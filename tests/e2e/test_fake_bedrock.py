@@ -205,6 +205,32 @@ def test_converse_cuts_at_stop_sequences_and_max_tokens(fake: FakeBedrock) -> No
     assert (cut["stopReason"], cut["usage"]["outputTokens"]) == ("max_tokens", 2)
 
 
+def test_converse_prompt_cache_and_model_ids_in_paths(loop: asyncio.AbstractEventLoop) -> None:
+    """A cachePoint ends a cached prefix: written the first time, read the next; an inference
+    profile's ARN goes in the path with its `/` and `:` percent-encoded."""
+    profile = f"arn:aws:bedrock:{REGION}:123456789012:inference-profile/us.{CLAUDE}"
+    fake = FakeBedrock([AwsCredentials(KEY, SECRET)], models=[profile], region=REGION)
+    on(loop, fake.start())
+    try:
+        system = [{"text": "You answer in five words."}, {"cachePoint": {"type": "default"}}]
+        client = runtime(fake)
+        usages = [
+            client.converse(modelId=profile, system=system, messages=[user("hi there")])["usage"]
+            for _ in range(2)
+        ]
+        assert usages[0] == {
+            "inputTokens": 2,
+            "outputTokens": 7,
+            "totalTokens": 14,
+            "cacheReadInputTokens": 0,
+            "cacheWriteInputTokens": 5,
+        }
+        assert (usages[1]["cacheReadInputTokens"], usages[1]["cacheWriteInputTokens"]) == (5, 0)
+        assert fake.requests[-1].path == f"/model/{profile}/converse"
+    finally:
+        on(loop, fake.stop())
+
+
 def test_converse_stream_sends_aws_events(fake: FakeBedrock) -> None:
     reply = runtime(fake).converse_stream(modelId=CLAUDE, messages=[user("hi there")])
     events = list(reply["stream"])
@@ -511,6 +537,10 @@ def test_keys_rotate_through_the_control_port(fake: FakeBedrock) -> None:
     call("DELETE", f"/credentials/{KEY}")
     with pytest.raises(ClientError, match="UnrecognizedClientException"):
         runtime(fake).converse(modelId=CLAUDE, messages=[user("hi")])
+
+    fake.add_credentials(AwsCredentials("ASIAEXPIRED", "s", session_token="t", expires=1.0))
+    with pytest.raises(ClientError, match="ExpiredTokenException"):
+        runtime(fake, "ASIAEXPIRED", "s", "t").converse(modelId=CLAUDE, messages=[user("hi")])
 
     call("PUT", "/fault", {"status": 429})
     with pytest.raises(ClientError) as caught:
