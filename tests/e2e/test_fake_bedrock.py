@@ -121,13 +121,27 @@ def invoke_body(**extra: Any) -> bytes:
     return json.dumps(body).encode()
 
 
+class SignsEverything(SigV4Auth):  # type: ignore[misc]  # botocore has no types
+    """Signs every header, user-agent included, as Envoy's signer does (botocore leaves
+    user-agent out)."""
+
+    def headers_to_sign(self, request: AWSRequest) -> Any:
+        headers = super().headers_to_sign(request)
+        headers["user-agent"] = request.headers["User-Agent"]
+        return headers
+
+
 def signed(
-    url: str, body: bytes, key: str = KEY, secret: str = SECRET, region: str = REGION
+    url: str,
+    body: bytes,
+    key: str = KEY,
+    secret: str = SECRET,
+    region: str = REGION,
+    signer: type[SigV4Auth] = SigV4Auth,
 ) -> AWSRequest:
-    request = AWSRequest(
-        method="POST", url=url, data=body, headers={"Content-Type": "application/json"}
-    )
-    SigV4Auth(Credentials(key, secret), "bedrock", region).add_auth(request)
+    headers = {"Content-Type": "application/json", "User-Agent": "switchyard-test/1"}
+    request = AWSRequest(method="POST", url=url, data=body, headers=headers)
+    signer(Credentials(key, secret), "bedrock", region).add_auth(request)
     return request
 
 
@@ -508,6 +522,17 @@ def test_a_tampered_request_is_refused(fake: FakeBedrock) -> None:
     changed = signed(url, body)
     changed.headers.replace_header("Content-Type", "text/plain")
     assert send(changed)[0] == 403
+
+    # Only the headers named in SignedHeaders count, but all of those do.
+    assert "user-agent" not in str(signed(url, body).headers["Authorization"])
+    other_agent = signed(url, body)
+    other_agent.headers.replace_header("User-Agent", "another/2")
+    assert send(other_agent)[0] == 200
+    everything = signed(url, body, signer=SignsEverything)
+    assert "user-agent" in str(everything.headers["Authorization"])
+    assert send(everything)[0] == 200
+    everything.headers.replace_header("User-Agent", "another/2")
+    assert send(everything)[0] == 403
 
 
 def test_an_old_signature_has_expired(fake: FakeBedrock) -> None:
