@@ -8,8 +8,10 @@ Authentication is checked as AWS checks it, and refused with 403 in AWS's error 
 - an access key id it does not know, or a session token that is missing, wrong or sent with
   long-term keys: UnrecognizedClientException "The security token included in the request is
   invalid."; temporary credentials past their expiry: ExpiredTokenException;
+- an Authorization that is not AWS4-HMAC-SHA256 with Credential, SignedHeaders and Signature,
+  or `host` or `x-amz-date` not signed: IncompleteSignatureException;
 - a credential scoped to another region, another service than `bedrock` or another day than
-  X-Amz-Date, or `host` or `x-amz-date` not signed: InvalidSignatureException;
+  X-Amz-Date: InvalidSignatureException;
 - X-Amz-Date more than 5 minutes off: InvalidSignatureException "Signature expired: ..." (or
   "Signature not yet current: ...");
 - `x-amz-content-sha256` other than the body's SHA-256 (UNSIGNED-PAYLOAD included), or a
