@@ -1,7 +1,7 @@
-"""The fake Google token endpoint and Vertex AI as the vendors' own libraries see them
-(google-auth, the anthropic SDK's AnthropicVertex, the openai SDK): the tokens they issue
-and accept, and the credentials, signatures and tokens they refuse. A fake that accepts a
-wrong signature or an expired token is a failing test."""
+"""The fake Google token endpoint, Vertex AI and Entra ID as the vendors' own libraries see
+them (google-auth, the anthropic SDK's AnthropicVertex, the openai SDK, azure-identity): the
+tokens they issue and accept, and the credentials, signatures and tokens they refuse. A fake
+that accepts a wrong signature or an expired token is a failing test."""
 
 from __future__ import annotations
 
@@ -9,21 +9,30 @@ import asyncio
 import base64
 import functools
 import json
+import ssl
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any, cast
 
 import aiohttp
 import anthropic
 import openai
 import pytest
+from azure.core.exceptions import ClientAuthenticationError
+from azure.identity import (
+    ClientAssertionCredential,
+    ClientSecretCredential,
+    WorkloadIdentityCredential,
+)
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from google.auth.exceptions import RefreshError
 from google.auth.transport.requests import Request as GoogleRequest
 from google.oauth2 import service_account
 
+from switchyard.fakes.entra import COGNITIVE_SCOPE, FakeEntra, Federation, rsa_jwk
 from switchyard.fakes.provider import FakeProvider, Fault, running
 from switchyard.fakes.vertex import (
     CLOUD_PLATFORM,
@@ -33,12 +42,16 @@ from switchyard.fakes.vertex import (
     FakeVertex,
     Jwt,
 )
+from tests_support.tls import make_ca_and_server
 
 pytestmark = pytest.mark.e2e
 
 PROJECT, REGION = "proj-1", "us-east5"
 CLAUDE, GEMINI = "claude-x@20250101", "gemini-x"
 EMAIL = "switchyard@proj-1.iam.gserviceaccount.com"
+TENANT, CLIENT_ID, SECRET = "tenant-1", "client-1", "s3cret"
+SA_ISSUER = "https://kubernetes.default.svc.cluster.local"
+SA_SUBJECT = "system:serviceaccount:llm:gateway"
 
 
 @functools.cache
@@ -114,6 +127,10 @@ def control_url(fake: FakeProvider) -> str:
     """The control port a fake started on with control_port=0."""
     assert fake._control is not None
     return f"http://{fake.host}:{fake._control.addresses[0][1]}"
+
+
+def constant(value: str) -> Callable[[], str]:
+    return lambda: value
 
 
 async def post(url: str, **kwargs: Any) -> tuple[int, Any]:
@@ -484,3 +501,121 @@ async def test_vertex_gemini_answers_the_openai_sdk() -> None:
             await client.chat.completions.create(
                 model=model, messages=[{"role": "user", "content": "hi"}]
             )
+
+
+# --- Entra ID
+
+
+@asynccontextmanager
+async def entra(tmp_path: Path, **options: Any) -> AsyncIterator[tuple[FakeEntra, str]]:
+    """A started FakeEntra, and the CA file a client must trust."""
+    ca, certificate, key = make_ca_and_server(tmp_path, "localhost")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(certificate, key)
+    jwks = {"keys": [rsa_jwk(private_key("cluster").public_key(), "cluster-key")]}
+    federation = Federation(SA_ISSUER, SA_SUBJECT, jwks)
+    fake = FakeEntra(TENANT, CLIENT_ID, SECRET, federation, ssl_context=context, **options)
+    async with running(fake, control_port=0):
+        yield fake, str(ca)
+
+
+def service_account_token(key: str = "cluster", **changes: Any) -> str:
+    """A projected Kubernetes service account token for Entra, signed by the cluster's key."""
+    now = int(time.time())
+    claims = {
+        "iss": SA_ISSUER,
+        "sub": SA_SUBJECT,
+        "aud": ["api://AzureADTokenExchange"],
+        "iat": now,
+        "nbf": now,
+        "exp": now + 3600,
+        **changes,
+    }
+    return signed(key, claims, kid="cluster-key")
+
+
+def options(fake: FakeEntra, ca: str) -> dict[str, Any]:
+    return {
+        "authority": fake.authority(),
+        "disable_instance_discovery": True,
+        "connection_verify": ca,
+    }
+
+
+@run
+async def test_entra_client_secret(tmp_path: Path) -> None:
+    async with entra(tmp_path) as (fake, ca):
+        good = ClientSecretCredential(TENANT, CLIENT_ID, SECRET, **options(fake, ca))
+        token = await asyncio.to_thread(good.get_token, COGNITIVE_SCOPE)
+        assert fake.valid(token.token)
+        assert 3500 < token.expires_on - time.time() <= 3599
+        form = fake.requests[-1].body
+        assert "grant_type=client_credentials" in form
+        assert fake.requests[0].path == f"/{TENANT}/v2.0/.well-known/openid-configuration"
+        wrong = ClientSecretCredential(TENANT, CLIENT_ID, "not-it", **options(fake, ca))
+        with pytest.raises(ClientAuthenticationError, match="AADSTS7000215"):
+            await asyncio.to_thread(wrong.get_token, COGNITIVE_SCOPE)
+        other = ClientSecretCredential(TENANT, "client-2", SECRET, **options(fake, ca))
+        with pytest.raises(ClientAuthenticationError, match="AADSTS700016"):
+            await asyncio.to_thread(other.get_token, COGNITIVE_SCOPE)
+        fresh = ClientSecretCredential(TENANT, CLIENT_ID, SECRET, **options(fake, ca))
+        with pytest.raises(ClientAuthenticationError, match="AADSTS500011"):
+            await asyncio.to_thread(fresh.get_token, "https://management.azure.com/.default")
+        url = f"https://localhost:{fake.port}/{TENANT}/oauth2/v2.0/token"
+        form = {
+            "grant_type": "client_credentials",
+            "client_id": CLIENT_ID,
+            "scope": COGNITIVE_SCOPE,
+            "client_secret": "nope",
+        }
+        status, body = await post(url, data=form, ssl=ssl.create_default_context(cafile=ca))
+        assert (status, body["error"], body["error_codes"]) == (401, "invalid_client", [7000215])
+        assert body["error_description"].startswith(
+            "AADSTS7000215: Invalid client secret provided."
+        )
+
+
+@run
+async def test_entra_federated_tokens(tmp_path: Path) -> None:
+    async with entra(tmp_path, token_lifetime=1) as (fake, ca):
+        assertion = ClientAssertionCredential(
+            TENANT, CLIENT_ID, service_account_token, **options(fake, ca)
+        )
+        token = await asyncio.to_thread(assertion.get_token, COGNITIVE_SCOPE)
+        assert fake.valid(token.token)
+        token_file = tmp_path / "azure-identity-token"
+        token_file.write_text(service_account_token())
+        workload = WorkloadIdentityCredential(
+            tenant_id=TENANT,
+            client_id=CLIENT_ID,
+            token_file_path=str(token_file),
+            **options(fake, ca),
+        )
+        second = await asyncio.to_thread(workload.get_token, COGNITIVE_SCOPE)
+        assert fake.valid(second.token)
+        await asyncio.sleep(1.1)
+        assert not fake.valid(token.token), "an Entra token expires"
+
+        refused = {
+            "another key": (service_account_token(key="intruder"), "AADSTS50013"),
+            "expired": (
+                service_account_token(iat=int(time.time()) - 7200, exp=int(time.time()) - 3600),
+                "AADSTS700024",
+            ),
+            "another subject": (
+                service_account_token(sub="system:serviceaccount:x:y"),
+                "AADSTS700213",
+            ),
+            "another issuer": (
+                service_account_token(iss="https://evil.example.com"),
+                "AADSTS700211",
+            ),
+            "another audience": (service_account_token(aud=["api://other"]), "AADSTS700212"),
+        }
+        for name, (jwt, code) in refused.items():
+            credential = ClientAssertionCredential(
+                TENANT, CLIENT_ID, constant(jwt), **options(fake, ca)
+            )
+            with pytest.raises(ClientAuthenticationError, match=code):
+                await asyncio.to_thread(credential.get_token, COGNITIVE_SCOPE)
+            assert len(fake.store.tokens) == 2, name
