@@ -371,6 +371,16 @@ async def test_vertex_refuses_expired_revoked_and_foreign_tokens() -> None:
         ):
             assert (await reply.json()) == {"expired": 1}
         assert not auth.valid(fresh), "the control port expires a token at once"
+        kept = auth.issue(EMAIL)
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"{control}/tokens") as reply:
+                listed = {entry["token"]: entry for entry in await reply.json()}
+            assert listed[kept]["subject"] == EMAIL
+            assert listed[kept]["scopes"] == [CLOUD_PLATFORM]
+            assert listed[fresh]["expiresIn"] <= 0
+            async with http.post(f"{control}/tokens/revoke") as reply:
+                assert (await reply.json()) == {"revoked": len(listed)}
+        assert not auth.valid(kept), "the control port revokes every token"
 
 
 @run

@@ -348,7 +348,10 @@ class FakeEntra(FakeProvider):
                 f"assertion: {jwt.claims.get('exp')}."
             )
 
+    def _set_lifetime(self, seconds: int) -> None:
+        self.token_lifetime = seconds
+
     def _control_app(self) -> web.Application:
         app = super()._control_app()
-        self.store.control_routes(app, self)
+        self.store.control_routes(app, self._set_lifetime)
         return app

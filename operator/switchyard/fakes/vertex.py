@@ -45,7 +45,7 @@ import secrets
 import ssl
 import time
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -229,9 +229,9 @@ class TokenStore:
         chosen = [token] if token is not None else list(self.tokens)
         return sum(1 for name in chosen if self.tokens.pop(name, None) is not None)
 
-    def control_routes(self, app: web.Application, issuer: Any) -> None:
+    def control_routes(self, app: web.Application, set_lifetime: Callable[[int], None]) -> None:
         """GET /tokens, POST /tokens/expire and /tokens/revoke (JSON `{"token": ...}` for one,
-        no body for all), PUT /token-lifetime `{"seconds": n}` (`issuer.token_lifetime`)."""
+        no body for all), PUT /token-lifetime `{"seconds": n}` (for tokens issued next)."""
 
         async def listing(request: web.Request) -> web.Response:
             now = time.time()
@@ -260,7 +260,7 @@ class TokenStore:
             return web.json_response({"revoked": self.revoke(await which(request))})
 
         async def lifetime(request: web.Request) -> web.Response:
-            issuer.token_lifetime = int((await request.json())["seconds"])
+            set_lifetime(int((await request.json())["seconds"]))
             return web.Response(status=204)
 
         app.router.add_get("/tokens", listing)
@@ -450,9 +450,12 @@ class FakeGoogleAuth(FakeProvider):
         info = {"aliases": ["default"], "email": self.metadata_account, "scopes": [CLOUD_PLATFORM]}
         return web.json_response(info, headers={"Metadata-Flavor": "Google"})
 
+    def _set_lifetime(self, seconds: int) -> None:
+        self.token_lifetime = seconds
+
     def _control_app(self) -> web.Application:
         app = super()._control_app()
-        self.store.control_routes(app, self)
+        self.store.control_routes(app, self._set_lifetime)
         return app
 
 
