@@ -28,6 +28,8 @@ from azure.identity import (
 )
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from google.auth import compute_engine
+from google.auth.compute_engine import _metadata
 from google.auth.exceptions import RefreshError
 from google.auth.transport.requests import Request as GoogleRequest
 from google.oauth2 import service_account
@@ -228,7 +230,7 @@ async def test_google_token_endpoint_refuses_bad_assertions() -> None:
 
 
 @run
-async def test_metadata_server_serves_the_workload_token() -> None:
+async def test_metadata_server_serves_the_workload_token(monkeypatch: pytest.MonkeyPatch) -> None:
     async with google() as (auth, _):
         url = f"{auth.url}/computeMetadata/v1/instance/service-accounts/default/token"
         async with aiohttp.ClientSession() as http:
@@ -244,6 +246,14 @@ async def test_metadata_server_serves_the_workload_token() -> None:
         assert body["token_type"] == "Bearer"
         assert auth.valid(body["access_token"])
         assert auth.store.tokens[body["access_token"]].subject == EMAIL
+
+        # google-auth on GKE: it reads GCE_METADATA_HOST once, at import.
+        monkeypatch.setattr(_metadata, "_GCE_METADATA_HOST", auth.metadata_host)
+        untyped: Any = compute_engine.Credentials
+        workload = untyped()
+        await asyncio.to_thread(workload.refresh, GoogleRequest())
+        assert auth.valid(workload.token)
+        assert workload.service_account_email == EMAIL
 
 
 # --- Vertex AI: Claude
