@@ -32,8 +32,10 @@ format (`{"error": {"code": 401, "message": ..., "status": "UNAUTHENTICATED"}}`)
   endpoints/openapi/chat/completions`, model `google/<model>`, checked and answered as the
   OpenAI fake does (reply `Hello from GCPVertexAI google/<model> on port <port>.`).
 
-A wrong project or location, or a model it does not serve, is 404 in Google's format; so are
-faults, but for Claude's own refusals.
+`vertex-2023-10-16` behaves as API version 2023-06-01 (sampling parameters allowed),
+`2026-10-21` as that version. Everything but Claude's own refusals is answered in Google's
+format: faults, 404 for a wrong project or location or a model it does not serve, and 400
+`INVALID_ARGUMENT` with the OpenAI fake's message for a Gemini request it refuses.
 """
 
 from __future__ import annotations
