@@ -7,6 +7,7 @@ import datetime
 import json
 import logging
 import os
+import traceback
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -33,7 +34,15 @@ def describe_error(error: Exception) -> str:
     """A short, key-free description of a failed API call: status, reason and the API
     server's own message (which names objects and fields, never Secret values)."""
     if not isinstance(error, ApiException):
-        return type(error).__name__
+        # The type and where the operator's own code raised it: an exception's message may
+        # carry values (a key among them), its location never does.
+        frames = [
+            f for f in traceback.extract_tb(error.__traceback__) if "/switchyard/" in f.filename
+        ]
+        if not frames:
+            return type(error).__name__
+        module = frames[-1].filename.rpartition("/switchyard/")[2]
+        return f"{type(error).__name__} in {module}:{frames[-1].lineno}"
     message = ""
     with contextlib.suppress(ValueError, AttributeError):
         message = json.loads(error.body or b"{}").get("message", "")
