@@ -69,7 +69,7 @@ XDS_CATCH_UP_SECONDS = 10.0
 TROUBLE = re.compile(
     r"Traceback"
     r"|could not write the status(?!.*409 Conflict)"
-    r"|pass over ModelGateway .* failed \((?!ApplyFailed\))"
+    r"|pass over ModelGateway .* failed \((?!ApplyFailed\b)"
 )
 
 
