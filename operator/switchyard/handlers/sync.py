@@ -94,26 +94,32 @@ def _export_routing(
     return now
 
 
+# One version of one endpoint object: its key, uid and generation.
+_Identity = tuple[ObjectKey, str | None, int]
+
+
 def _probe_targets(
     plan: GatewayPlan,
     records: list[EndpointRecord],
-    memo: dict[tuple[ObjectKey, int], dict[BackendKey, Any]],
+    memo: dict[_Identity, dict[BackendKey, Any]],
     backend_tls: BackendTLS | None,
 ) -> tuple[dict[BackendKey, Any], dict[BackendKey, dict[str, Any]]]:
     """Every backend the gateway serves, as the health monitor probes it, and what each
     endpoint's status shows of it now (to resume from after a restart).
 
-    `memo` keeps each endpoint's targets by (key, generation) from one pass to the next,
+    `memo` keeps each endpoint's targets by (key, uid, generation) from one pass to the next,
     for the gateway's current backendTLS; it is left holding only this pass's endpoints."""
     by_key = {r.source.key: r for r in records}
     targets: dict[BackendKey, Any] = {}
     shown: dict[BackendKey, dict[str, Any]] = {}
-    used: dict[tuple[ObjectKey, int], dict[BackendKey, Any]] = {}
+    used: dict[_Identity, dict[BackendKey, Any]] = {}
     for endpoint in plan.attached:
         record = by_key[(endpoint.namespace, endpoint.name)]
         spec = record.source.spec
         assert spec is not None
-        identity = (record.source.key, record.source.generation)
+        # The uid too: an endpoint deleted and made again under its name starts again at
+        # generation 1, and must not be probed as its predecessor was.
+        identity = (record.source.key, record.body["metadata"].get("uid"), record.source.generation)
         found = memo.get(identity)
         if found is None:
             found = _endpoint_targets(endpoint, spec, backend_tls)
@@ -154,8 +160,8 @@ class _Seen:
 
     plans: PlanCache = field(default_factory=PlanCache)
     render: envoy.RenderCache = field(default_factory=envoy.RenderCache)
-    # (endpoint, generation) -> its probe targets, for the backendTLS they were made with
-    probes: dict[tuple[ObjectKey, int], dict[BackendKey, Any]] = field(default_factory=dict)
+    # (endpoint, uid, generation) -> its probe targets, for the backendTLS they were made with
+    probes: dict[_Identity, dict[BackendKey, Any]] = field(default_factory=dict)
     probes_tls: BackendTLS | None = None
     exported: dict[ObjectKey, EndpointPlan] = field(default_factory=dict)
     targets: Any = None
