@@ -7,15 +7,14 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import datetime
 import json
 import struct
 import threading
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Coroutine, Iterator
 from typing import Any, TypeVar, cast
-from unittest import mock
 
 import anthropic
 import boto3
@@ -535,13 +534,19 @@ def test_a_tampered_request_is_refused(fake: FakeBedrock) -> None:
     assert send(everything)[0] == 403
 
 
-def test_an_old_signature_has_expired(fake: FakeBedrock) -> None:
-    past = datetime.datetime.now(datetime.UTC) - datetime.timedelta(minutes=6)
-    with (
-        mock.patch("botocore.auth.get_current_datetime", return_value=past),
-        pytest.raises(ClientError, match="Signature expired") as caught,
-    ):
-        runtime(fake).converse(modelId=CLAUDE, messages=[user("hi")])
+def test_an_old_signature_has_expired(loop: asyncio.AbstractEventLoop) -> None:
+    """A Bedrock whose clock runs 6 minutes ahead sees every fresh signature as 6 minutes
+    old: past the 5 minutes AWS allows."""
+    ahead = FakeBedrock(
+        [AwsCredentials(KEY, SECRET)], models=[CLAUDE], region=REGION,
+        clock=lambda: time.time() + 6 * 60,
+    )  # fmt: skip
+    on(loop, ahead.start(free_port()))
+    try:
+        with pytest.raises(ClientError, match="Signature expired") as caught:
+            runtime(ahead).converse(modelId=CLAUDE, messages=[user("hi")])
+    finally:
+        on(loop, ahead.stop())
     assert error_code(caught.value) == "InvalidSignatureException"
 
 

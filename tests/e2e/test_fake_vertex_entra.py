@@ -9,7 +9,9 @@ import asyncio
 import base64
 import functools
 import json
+import os
 import ssl
+import sys
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
@@ -28,8 +30,6 @@ from azure.identity import (
 )
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
-from google.auth import compute_engine
-from google.auth.compute_engine import _metadata
 from google.auth.exceptions import RefreshError
 from google.auth.transport.requests import Request as GoogleRequest
 from google.oauth2 import service_account
@@ -144,6 +144,15 @@ async def post(url: str, **kwargs: Any) -> tuple[int, Any]:
             return reply.status, text
 
 
+# What an app on GKE runs: google-auth's workload credentials from the metadata server.
+WORKLOAD_IDENTITY_SCRIPT = """
+from google.auth import compute_engine
+from google.auth.transport.requests import Request
+credentials = compute_engine.Credentials()
+credentials.refresh(Request())
+print(credentials.token, credentials.service_account_email)
+"""
+
 # --- the Google token endpoint
 
 
@@ -230,7 +239,7 @@ async def test_google_token_endpoint_refuses_bad_assertions() -> None:
 
 
 @run
-async def test_metadata_server_serves_the_workload_token(monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_metadata_server_serves_the_workload_token() -> None:
     async with google() as (auth, _):
         url = f"{auth.url}/computeMetadata/v1/instance/service-accounts/default/token"
         async with aiohttp.ClientSession() as http:
@@ -247,13 +256,18 @@ async def test_metadata_server_serves_the_workload_token(monkeypatch: pytest.Mon
         assert auth.valid(body["access_token"])
         assert auth.store.tokens[body["access_token"]].subject == EMAIL
 
-        # google-auth on GKE: it reads GCE_METADATA_HOST once, at import.
-        monkeypatch.setattr(_metadata, "_GCE_METADATA_HOST", auth.metadata_host)
-        untyped: Any = compute_engine.Credentials
-        workload = untyped()
-        await asyncio.to_thread(workload.refresh, GoogleRequest())
-        assert auth.valid(workload.token)
-        assert workload.service_account_email == EMAIL
+        # google-auth on GKE, in a process of its own: it reads GCE_METADATA_HOST once, at
+        # import, as the environment of a Pod sets it.
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", WORKLOAD_IDENTITY_SCRIPT,
+            env={**os.environ, "GCE_METADATA_HOST": auth.metadata_host},
+            stdout=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        output, _ = await process.communicate()
+        assert process.returncode == 0
+        token, email = output.decode().split()
+        assert auth.valid(token)
+        assert email == EMAIL
 
 
 # --- Vertex AI: Claude
