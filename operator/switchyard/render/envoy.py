@@ -110,8 +110,13 @@ LuaValue = str | int | Mapping[str, "LuaValue"]
 def lua_program(file: str, config: Mapping[str, LuaValue]) -> str:
     """The Lua file `render/lua/<file>` with `local config = {...}` in front, on the file's
     first line, so that line numbers in Lua's error messages still match the file."""
-    source = (LUA_FILES / file).read_text(encoding="utf-8")
-    return f"local config = {lua_literal(config)}; {source}"
+    return f"local config = {lua_literal(config)}; {_lua_file(file)}"
+
+
+@functools.cache
+def _lua_file(name: str) -> str:
+    """A file of render/lua/, read once: the clients' program is rendered on every change."""
+    return (LUA_FILES / name).read_text(encoding="utf-8")
 
 
 def lua_literal(value: LuaValue) -> str:
@@ -188,11 +193,6 @@ def _clients_lua(clients: ClientsPlan, served: list[str]) -> str:
     }
     # sha256.lua after the program, so that line numbers in errors match client_auth.lua.
     return lua_program("client_auth.lua", config) + "\n" + _lua_file("sha256.lua")
-
-
-@functools.cache
-def _lua_file(name: str) -> str:
-    return (LUA_FILES / name).read_text(encoding="utf-8")
 
 
 def anthropic_error(kind: str, message: str) -> str:
