@@ -203,9 +203,10 @@ def test_many_endpoint_changes_coalesce_into_few_passes(scenario: Scenario) -> N
     for i in range(count):
         scenario.wait_condition(f"model-{i}", "Ready", "True")
     passes = sync_passes(scenario.gateway_namespace, "shared") - before
-    # One pass per debounce window, plus the echoes of the gateway's own writes; never one
-    # (let alone N) per endpoint.
-    assert passes <= count / 4, f"{passes} passes for {count} endpoint changes"
+    # One pass per debounce window while the creates arrive, plus the echoes of the
+    # gateway's own writes; never one (let alone N) per endpoint. How many windows the 40
+    # creates span depends on the machine's load, hence the margin.
+    assert passes <= count / 2, f"{passes} passes for {count} endpoint changes"
     assert len(scenario.plan()["endpoints"]) == count
     # Every endpoint uses the same Secret key: the gateway holds it once.
     assert list(scenario.credentials()) == [f"{scenario.app_namespace}_providers_api-key"]

@@ -81,3 +81,41 @@ def test_a_relist_drops_what_was_deleted_while_no_event_came() -> None:
     assert store.replace_all([], [], {"team-a": {}}) == {("team-a", "shared")}
     assert not store.gateways
     assert not store.endpoints
+
+
+def test_a_relist_keeps_what_events_and_writes_brought_after_its_list() -> None:
+    """A relist lists first and replaces later; events and status writes in between are
+    newer than the list. Putting the listed state back would revert them for good: no later
+    event repairs a reverted label, and a reverted resourceVersion makes every conditional
+    status write fail with 409."""
+    store = Store()
+    gateway = {"metadata": {"name": "shared", "namespace": "team-a", "uid": "g", "generation": 1},
+               "spec": {}}  # fmt: skip
+    store.put_gateway(gateway)
+    store.put_endpoint(_endpoint())
+    store.put_namespace("team-a", {"tier": "gold"})
+    store.put_namespace("team-b", {})
+    store.relist_started()
+    listed_gateways, listed_endpoints = [gateway], [_endpoint()]
+    listed_namespaces = {"team-a": {"tier": "gold"}, "team-b": {}}
+    # Meanwhile: a status write of ours, a relabel, a new namespace, a new endpoint, and a
+    # deletion.
+    store.set_endpoint_status(
+        ("team-a", "chat"), {"metadata": {"resourceVersion": "8"}, "status": {"x": 1}}
+    )
+    store.put_namespace("team-a", {"tier": "silver"})
+    store.put_namespace("team-c", {})
+    late = _endpoint()
+    late["metadata"] = {**late["metadata"], "name": "late", "uid": "u-3"}
+    store.put_endpoint(late)
+    store.put_namespace("team-b", None)
+    store.replace_all(listed_gateways, listed_endpoints, listed_namespaces)
+    assert store.endpoints[("team-a", "chat")].body["metadata"]["resourceVersion"] == "8"
+    assert store.namespace_labels == {"team-a": {"tier": "silver"}, "team-c": {}}
+    assert set(store.endpoints) == {("team-a", "chat"), ("team-a", "late")}
+    # The next relist, with nothing in between, is the list's word again.
+    store.relist_started()
+    store.replace_all(listed_gateways, listed_endpoints, listed_namespaces)
+    assert set(store.endpoints) == {("team-a", "chat")}
+    assert store.endpoints[("team-a", "chat")].body["metadata"]["resourceVersion"] == "7"
+    assert store.namespace_labels == listed_namespaces

@@ -66,12 +66,14 @@ async def prime(kube: Kube, store: Store, namespaces: tuple[str, ...]) -> None:
     """Fill the store before the first pass: a pass over a half-listed gateway would drop
     endpoints from its Secret and write them back a moment later. `switchyard run
     --namespace` passes its namespaces; KopfRunner passes none."""
+    store.relist_started()
     store.replace_all(*await _listed(kube, namespaces))
 
 
 async def resync(kube: Kube, store: Store, sync: GatewaySync, namespaces: tuple[str, ...]) -> None:
     """One relist: the store made equal to the cluster, referenced Secrets read again, and
     every gateway passed over with its owned objects verified."""
+    store.relist_started()
     affected = store.replace_all(*await _listed(kube, namespaces))
     sync.set_issuer(await token_issuer(kube))
     for secret in sorted(store.referenced_secrets()):

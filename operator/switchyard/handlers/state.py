@@ -7,6 +7,7 @@ per event.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
@@ -166,6 +167,9 @@ class Store:
         self.clients: dict[ObjectKey, ClientRecord] = {}
         self._clients_by_gateway: dict[ObjectKey, set[ObjectKey]] = defaultdict(set)
         self._clients_by_secret: dict[ObjectKey, set[ObjectKey]] = defaultdict(set)
+        # While a relist is under way: what watch events and our own writes told since its
+        # list began. The list is older than those, so the relist leaves them as they are.
+        self._moved: set[tuple[str, str | ObjectKey]] | None = None
 
     # --- ModelEndpoints
 
@@ -173,6 +177,7 @@ class Store:
         """Store an endpoint; returns the gateways whose pass it changes."""
         body = trimmed(body)
         key = object_key(body)
+        self._touched("endpoint", key)
         previous = self.endpoints.get(key)
         if previous is not None and _spec_identity(previous.body) == _spec_identity(body):
             previous.body = body  # only status or metadata moved: no new pass needed
@@ -188,6 +193,7 @@ class Store:
         return affected
 
     def delete_endpoint(self, key: ObjectKey) -> set[ObjectKey]:
+        self._touched("endpoint", key)
         return self._unlink_endpoint(key)
 
     def _unlink_endpoint(self, key: ObjectKey) -> set[ObjectKey]:
@@ -211,6 +217,7 @@ class Store:
     def set_endpoint_status(self, key: ObjectKey, written: dict[str, Any]) -> None:
         """The status the operator just wrote, and the resourceVersion it left the object at
         (the next conditional write is made at it)."""
+        self._touched("endpoint", key)
         record = self.endpoints.get(key)
         if record is not None:
             record.body = _with_status(record.body, written)
@@ -220,6 +227,7 @@ class Store:
     def put_client(self, body: dict[str, Any]) -> set[ObjectKey]:
         body = trimmed(body)
         key = object_key(body)
+        self._touched("client", key)
         previous = self.clients.get(key)
         if previous is not None and _spec_identity(previous.body) == _spec_identity(body):
             previous.body = body
@@ -235,6 +243,7 @@ class Store:
         return affected
 
     def delete_client(self, key: ObjectKey) -> set[ObjectKey]:
+        self._touched("client", key)
         record = self.clients.pop(key, None)
         if record is None:
             return set()
@@ -246,6 +255,7 @@ class Store:
         return [self.clients[key] for key in sorted(self._clients_by_gateway.get(gateway, ()))]
 
     def set_client_status(self, key: ObjectKey, written: dict[str, Any]) -> None:
+        self._touched("client", key)
         record = self.clients.get(key)
         if record is not None:
             record.body = _with_status(record.body, written)
@@ -255,6 +265,7 @@ class Store:
     def put_gateway(self, body: dict[str, Any]) -> set[ObjectKey]:
         body = trimmed(body)
         key = object_key(body)
+        self._touched("gateway", key)
         previous = self.gateways.get(key)
         if previous is not None and _spec_identity(previous.body) == _spec_identity(body):
             previous.body = body
@@ -263,9 +274,11 @@ class Store:
         return {key}
 
     def delete_gateway(self, key: ObjectKey) -> set[ObjectKey]:
+        self._touched("gateway", key)
         return {key} if self.gateways.pop(key, None) is not None else set()
 
     def set_gateway_status(self, key: ObjectKey, written: dict[str, Any]) -> None:
+        self._touched("gateway", key)
         record = self.gateways.get(key)
         if record is not None:
             record.body = _with_status(record.body, written)
@@ -274,6 +287,15 @@ class Store:
         return set(self.gateways) | set(self._by_gateway) | set(self._clients_by_gateway)
 
     # --- Relists
+
+    def _touched(self, kind: str, key: str | ObjectKey) -> None:
+        if self._moved is not None:
+            self._moved.add((kind, key))
+
+    def relist_started(self) -> None:
+        """Call before listing for `replace_all`: from now on, what watch events and our own
+        status writes bring is newer than the list, and the relist keeps it."""
+        self._moved = set()
 
     def replace_all(
         self,
@@ -284,27 +306,37 @@ class Store:
     ) -> set[ObjectKey]:
         """Make the store what a fresh list of the cluster says, as an informer's relist
         does: objects deleted while no watch event reached us (a watch that expired, a
-        connection cut) go too. Returns the gateways whose pass that changes."""
+        connection cut) go too. An object a watch event or a write of ours brought since
+        `relist_started` keeps that newer state: putting the listed one back would undo an
+        edit (or a deletion, or a creation) that no later event repairs. Returns the gateways
+        whose pass that changes."""
+        moved, self._moved = self._moved or set(), None
+
+        def listed(kind: str, bodies: list[dict[str, Any]]) -> dict[ObjectKey, dict[str, Any]]:
+            return {key: body for body in bodies if (kind, key := object_key(body)) not in moved}
+
+        def unmoved(kind: str, keys: Iterable[ObjectKey]) -> set[ObjectKey]:
+            return {key for key in keys if (kind, key) not in moved}
+
         affected: set[ObjectKey] = set()
-        listed_gateways = {object_key(body) for body in gateways}
-        for key in set(self.gateways) - listed_gateways:
+        found = listed("gateway", gateways)
+        for key in unmoved("gateway", self.gateways) - set(found):
             affected |= self.delete_gateway(key)
-        for body in gateways:
+        for body in found.values():
             affected |= self.put_gateway(body)
-        listed_endpoints = {object_key(body) for body in endpoints}
-        for key in set(self.endpoints) - listed_endpoints:
+        found = listed("endpoint", endpoints)
+        for key in unmoved("endpoint", self.endpoints) - set(found):
             affected |= self.delete_endpoint(key)
-        for body in endpoints:
+        for body in found.values():
             affected |= self.put_endpoint(body)
-        listed_clients = {object_key(body) for body in clients or []}
-        for key in set(self.clients) - listed_clients:
+        found = listed("client", clients or [])
+        for key in unmoved("client", self.clients) - set(found):
             affected |= self.delete_client(key)
-        for body in clients or []:
+        for body in found.values():
             affected |= self.put_client(body)
-        for name in set(self.namespace_labels) - set(namespaces):
-            affected |= self.put_namespace(name, None)
-        for name, labels in namespaces.items():
-            affected |= self.put_namespace(name, labels)
+        for name in set(self.namespace_labels) | set(namespaces):
+            if ("namespace", name) not in moved:
+                affected |= self.put_namespace(name, namespaces.get(name))
         return affected
 
     # --- Secrets and Namespaces
@@ -332,6 +364,7 @@ class Store:
 
     def put_namespace(self, name: str, labels: dict[str, str] | None) -> set[ObjectKey]:
         """Record a namespace's labels (None: deleted); returns the gateways that select by them."""
+        self._touched("namespace", name)
         if self.namespace_labels.get(name) == labels:
             return set()
         if labels is None:

@@ -11,7 +11,7 @@ import base64
 import datetime
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -357,12 +357,17 @@ class GatewaySync:
     async def sync(self, key: ObjectKey) -> None:
         gateway_record = self.store.gateways.get(key)
         records = self.store.endpoints_of(key)
-        secret_keys: dict[ObjectKey, SecretKeys | None] = {}
+        # One read of each Secret per pass: the plan and the credentials Secret it copies
+        # keys into see the same data, even if the Secret changes meanwhile.
+        secret_data: dict[ObjectKey, dict[str, str] | None] = {}
         for record in records:
             for secret in record.secrets:
-                if secret not in secret_keys:
-                    data = await self.secrets.get(secret)
-                    secret_keys[secret] = None if data is None else SecretKeys.from_data(data)
+                if secret not in secret_data:
+                    secret_data[secret] = await self.secrets.get(secret)
+        secret_keys = {
+            secret: None if data is None else SecretKeys.from_data(data)
+            for secret, data in secret_data.items()
+        }
         gateway = gateway_record.source if gateway_record else None
         seen = self._seen.setdefault(key, _Seen())
         held_back = self.health.held_back(key)
@@ -461,7 +466,7 @@ class GatewaySync:
             unwritten += not written
         seen.statuses = statuses
         applied = gateway_record is None or await self._apply_gateway(
-            gateway_record, plan, seen, clients
+            gateway_record, plan, seen, clients, secret_data
         )
         applied = applied and not unwritten
         self.secrets.forget_unreferenced(self.store.referenced_secrets())
@@ -488,7 +493,12 @@ class GatewaySync:
         return digests
 
     async def _apply_gateway(
-        self, record: GatewayRecord, plan: GatewayPlan, seen: _Seen, clients: ClientsPlan
+        self,
+        record: GatewayRecord,
+        plan: GatewayPlan,
+        seen: _Seen,
+        clients: ClientsPlan,
+        secret_data: Mapping[ObjectKey, Mapping[str, str] | None],
     ) -> bool:
         """Apply the gateway's objects and write its status; False if the API refused."""
         body = record.body
@@ -504,7 +514,9 @@ class GatewaySync:
             programmed = programmed_condition(record.source.spec.data_plane.type, envoys)
             programmed = self._settling(plan, programmed, body.get("status") or {}, seen)
             accepted, programmed, ready = gateway_conditions(plan, programmed, clients)
-            problems = await self._apply_objects(record.source.spec, body["metadata"]["uid"], plan)
+            problems = await self._apply_objects(
+                record.source.spec, body["metadata"]["uid"], plan, secret_data
+            )
             if problems:
                 # Refused by the API server (too large, quota, admission, RBAC) or held by
                 # someone else: say so on the gateway; the other objects were applied.
@@ -544,16 +556,20 @@ class GatewaySync:
         return DesiredCondition.true("Programmed", shown["reason"], shown.get("message", ""))
 
     async def _apply_objects(
-        self, spec: ModelGatewaySpec, uid: str, plan: GatewayPlan
+        self,
+        spec: ModelGatewaySpec,
+        uid: str,
+        plan: GatewayPlan,
+        secret_data: Mapping[ObjectKey, Mapping[str, str] | None],
     ) -> list[tuple[str, str]]:
         """Apply each owned object on its own, so one the API server refuses (a Secret over
         1 MiB, say) does not hold back the others. Returns (reason, message) for each one
         that was not applied."""
         if not self.may_write():
             return []
-        sources = {c.source for c in plan.credentials}
-        secret_data = {source: await self._secret_data(source) for source in sources}
-        credentials = credentials_secret(plan, uid, secret_data)
+        credentials = credentials_secret(
+            plan, uid, {c.source: secret_data.get(c.source) or {} for c in plan.credentials}
+        )
         manifests = [plan_configmap(plan, uid), credentials]
         if spec.data_plane.type == DataPlaneType.ENVOY:
             bootstrap = deployment.bootstrap_configmap(plan, uid, self.envoy_pods)
@@ -627,9 +643,6 @@ class GatewaySync:
             )  # fmt: skip
             return
         metrics.API_WRITES.labels("pods").inc(patched)
-
-    async def _secret_data(self, key: ObjectKey) -> dict[str, str]:
-        return await self.secrets.get(key) or {}
 
     async def _write_status(
         self,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import datetime
 import json
@@ -97,10 +98,34 @@ async def credentials(configuration: client.Configuration) -> Credentials:
     )
 
 
+# A 429 (API Priority and Fairness shedding load, or a new CRD's storage still starting)
+# means "not done, ask again after Retry-After": as client-go does, wait and ask again a
+# few times before reporting it, so a busy API server is not an error in the log.
+TOO_MANY_REQUESTS_RETRIES = 5
+MAX_RETRY_AFTER_SECONDS = 5.0
+
+
 async def _json(call: Any, *args: Any, **kwargs: Any) -> Any:
     """Call an API method and return the raw JSON, skipping the slow model classes."""
-    metrics.API_REQUESTS.labels(getattr(call, "__name__", "other")).inc()
-    return await _body(await call(*args, _preload_content=False, **kwargs))
+    name = getattr(call, "__name__", "other")
+    for retries_left in range(TOO_MANY_REQUESTS_RETRIES, -1, -1):
+        metrics.API_REQUESTS.labels(name).inc()
+        try:
+            return await _body(await call(*args, _preload_content=False, **kwargs))
+        except ApiException as error:
+            if error.status != 429 or not retries_left:
+                raise
+            await asyncio.sleep(_retry_after(error))
+    raise AssertionError("unreachable")
+
+
+def _retry_after(error: ApiException) -> float:
+    try:
+        headers: Mapping[str, str] = error.headers or {}
+        seconds = float(headers.get("Retry-After", 1))
+    except ValueError:
+        seconds = 1.0
+    return min(max(seconds, 0.0), MAX_RETRY_AFTER_SECONDS)
 
 
 async def _body(response: Any) -> Any:
@@ -110,6 +135,7 @@ async def _body(response: Any) -> Any:
     if response.status >= 400:
         error = ApiException(status=response.status, reason=response.reason)
         error.body = body
+        error.headers = response.headers
         raise error
     return json.loads(body)
 
