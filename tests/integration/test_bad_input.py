@@ -165,7 +165,26 @@ REFUSED: list[tuple[str, dict[str, Any], list[str]]] = [
     (
         "a provider named by the API but not served yet",
         {"backends": [_backend(provider="AWSBedrock", url="https://bedrock.example")]},
-        ["spec.backends[0].provider", "AWSBedrock and GCPVertexAI are not served yet"],
+        ["spec.backends[0].provider", "AWSBedrock is not served yet"],
+    ),
+    (
+        "a Vertex AI backend without its region and project",
+        {"backends": [_backend(provider="GCPVertexAI", model="claude-sonnet-4@20250514")]},
+        ["spec.backends[0].region", "region and project are required"],
+    ),
+    (
+        "a Vertex AI model that names no publisher",
+        {
+            "backends": [
+                _backend(
+                    provider="GCPVertexAI",
+                    model="gemini-2.5-flash",
+                    region="us-east5",
+                    project="proj-1",
+                )
+            ]
+        },
+        ["spec.backends[0].model", "publisher/model"],
     ),
 ]
 

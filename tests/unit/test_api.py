@@ -79,6 +79,29 @@ def test_malformed_durations(text: str) -> None:
         parse_duration(text)
 
 
+VERTEX = {
+    "provider": "GCPVertexAI",
+    "url": None,
+    "region": "us-east5",
+    "project": "proj-1",
+    "model": "claude-sonnet-4@20250514",
+    "credentialsRef": {"name": "gcp", "key": "service-account.json"},
+}
+
+
+def test_a_vertex_backend_takes_its_url_from_its_region() -> None:
+    for region, url in (
+        ("us-east5", "https://us-east5-aiplatform.googleapis.com"),
+        ("global", "https://aiplatform.googleapis.com"),
+    ):
+        spec = base_spec(**VERTEX | {"region": region})
+        del spec["backends"][0]["url"]
+        [backend] = ModelEndpointSpec.model_validate(spec).backends
+        assert backend.base_url == url
+    spec = base_spec(**VERTEX | {"model": "google/gemini-2.5-flash", "url": "https://psc.example"})
+    assert ModelEndpointSpec.model_validate(spec).backends[0].base_url == "https://psc.example"
+
+
 def base_spec(**backend: Any) -> dict[str, Any]:
     entry = {"name": "a", "provider": "OpenAICompatible", "model": "m", "url": "http://a:8000"}
     entry.update(backend)
@@ -100,8 +123,12 @@ def base_spec(**backend: Any) -> dict[str, Any]:
         ({"provider": "Anthropic", "url": None}, "credentialsRef is required"),
         ({"url": "http://a:99999"}, "port must be between 1 and 65535"),
         ({"url": "http://a:0"}, "port must be between 1 and 65535"),
-        ({"provider": "AWSBedrock"}, "AWSBedrock and GCPVertexAI are not served yet"),
-        ({"provider": "GCPVertexAI"}, "AWSBedrock and GCPVertexAI are not served yet"),
+        ({"provider": "AWSBedrock"}, "AWSBedrock is not served yet"),
+        ({"provider": "GCPVertexAI"}, "region and project are required for provider GCPVertexAI"),
+        ({"region": "us-east5", "project": "proj-1"}, "only valid there"),
+        (VERTEX | {"model": "gemini-2.5-flash"}, "publisher/model"),
+        (VERTEX | {"credentialsRef": None}, "credentialsRef is required"),
+        (VERTEX | {"project": "Proj_1"}, "should match pattern"),
     ],
 )
 def test_offline_validation_matches_the_schema(change: dict[str, Any], message: str) -> None:

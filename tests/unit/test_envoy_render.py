@@ -19,7 +19,6 @@ from gatewaylab import envoy_refusal
 from switchyard.api.models import BackendTLS
 from switchyard.plan.clients import TokenIssuer
 from switchyard.plan.gateway import plan_gateway
-from switchyard.providers import ANTHROPIC_VERSION
 from switchyard.render.envoy import (
     CLUSTER_TYPE,
     CREDENTIALS_DIR_ENV,
@@ -332,7 +331,7 @@ def test_lua_comes_from_the_packages_files_with_its_config_in_front() -> None:
         f'local config = {{["metadata_namespace"] = "{METADATA_NAMESPACE}"}}; '
     )
     shaper_config = sources["backend_shaper"].partition("; ")[0]
-    for value in (CREDENTIALS_DIR_ENV, ANTHROPIC_VERSION, METADATA_NAMESPACE, *SCRATCH.values()):
+    for value in (CREDENTIALS_DIR_ENV, METADATA_NAMESPACE, *SCRATCH.values()):
         assert f'"{value}"' in shaper_config
     for field in SCRATCH:
         assert f'["{field}"] = ' in shaper_config

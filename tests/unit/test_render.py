@@ -23,7 +23,7 @@ def test_configmap_holds_the_plan_and_no_key_material() -> None:
     assert [e["model"] for e in document["endpoints"]] == ["chat"]
     assert document["endpoints"][0]["split"] == "oai=75% claude=25%"
     assert configmap["metadata"]["ownerReferences"][0]["uid"] == "uid-1"
-    secret = credentials_secret(plan, "uid-1", {("team-a", "keys"): _encoded()})
+    secret = credentials_secret(plan, "uid-1", {("team-a", "keys"): _encoded()}, {})
     assert KEY not in json.dumps(configmap)
     assert base64.b64decode(secret["data"]["team-a_keys_openai"]).decode() == KEY
     assert set(secret["data"]) == {"team-a_keys_openai", "team-a_keys_anthropic"}
@@ -63,5 +63,5 @@ def test_key_material_is_copied_without_the_white_space_around_it() -> None:
     with_newline = {
         k: base64.b64encode(base64.b64decode(v) + b"\n").decode() for k, v in _encoded().items()
     }
-    secret = credentials_secret(plan, "uid-1", {("team-a", "keys"): with_newline})
+    secret = credentials_secret(plan, "uid-1", {("team-a", "keys"): with_newline}, {})
     assert base64.b64decode(secret["data"]["team-a_keys_openai"]).decode() == KEY

@@ -241,20 +241,42 @@ DEFAULT_URLS: dict[str, str] = {
     Provider.OPENAI: "https://api.openai.com",
     Provider.ANTHROPIC: "https://api.anthropic.com",
 }
-PROVIDERS_NEEDING_URL = [p.value for p in Provider if p.value not in DEFAULT_URLS]
-# A self-hosted OpenAI-compatible server may need no key; Bedrock and Vertex AI may use
-# workload identity. The hosted APIs always authenticate with a key.
+# Vertex AI's URL follows from its region (`regional_url`).
+PROVIDERS_NEEDING_URL = [
+    p.value for p in Provider if p.value not in DEFAULT_URLS and p != Provider.GCP_VERTEX_AI
+]
+# A self-hosted OpenAI-compatible server may need no key. The hosted APIs always
+# authenticate with a key, and Vertex AI with a service-account key, until the data plane's
+# workload identity is served.
 PROVIDERS_NEEDING_KEY = [
     Provider.OPENAI.value,
     Provider.AZURE_OPENAI.value,
     Provider.ANTHROPIC.value,
+    Provider.GCP_VERTEX_AI.value,
 ]
 # Named by the API, not served yet: refused at admission rather than accepted and ignored.
-NOT_YET_SERVED = [Provider.AWS_BEDROCK.value, Provider.GCP_VERTEX_AI.value]
+NOT_YET_SERVED = [Provider.AWS_BEDROCK.value]
 NOT_YET_SERVED_MESSAGE = (
-    "providers AWSBedrock and GCPVertexAI are not served yet: Bedrock needs SigV4-signed "
-    "requests and Vertex AI OAuth tokens, which Switchyard does not send yet"
+    "provider AWSBedrock is not served yet: Bedrock needs SigV4-signed requests, which "
+    "Switchyard does not send yet"
 )
+# Where a backend's region and project apply.
+REGIONAL = [Provider.GCP_VERTEX_AI.value]
+# A Vertex AI model: Claude as Vertex names it, or publisher/model for the rest.
+VERTEX_MODEL = r"^(claude-[^/]+|[a-z0-9-]+/[^/]+)$"
+VERTEX_MODEL_MESSAGE = (
+    "model of a GCPVertexAI backend is a Claude model as Vertex AI names it "
+    "(claude-sonnet-4@20250514) or publisher/model (google/gemini-2.5-flash)"
+)
+
+
+def regional_url(region: str) -> str:
+    """Vertex AI's endpoint for a region (`global`: the global endpoint)."""
+    if region == "global":
+        return "https://aiplatform.googleapis.com"
+    return f"https://{region}-aiplatform.googleapis.com"
+
+
 LITELLM_MESSAGE = "dataPlane.type LiteLLM is not served yet: gateways run Envoy"
 
 
@@ -297,6 +319,20 @@ class Backend(_Model):
                     reason="FieldValueForbidden",
                 ),
                 cel(
+                    f"self.provider in {REGIONAL} ? has(self.region) && has(self.project)"
+                    " : !has(self.region) && !has(self.project)",
+                    "region and project are required for provider GCPVertexAI, and only valid "
+                    "there",
+                    fieldPath=".region",
+                    reason="FieldValueInvalid",
+                ),
+                cel(
+                    f"self.provider != 'GCPVertexAI' || self.model.matches('{VERTEX_MODEL}')",
+                    VERTEX_MODEL_MESSAGE,
+                    fieldPath=".model",
+                    reason="FieldValueInvalid",
+                ),
+                cel(
                     "!has(self.apiVersion) || self.provider == 'AzureOpenAI'",
                     "apiVersion is only valid for provider AzureOpenAI",
                     fieldPath=".apiVersion",
@@ -326,8 +362,8 @@ class Backend(_Model):
         pattern=DNS_LABEL,
     )
     provider: Provider = Field(
-        description="Provider type: OpenAI, AzureOpenAI, Anthropic or OpenAICompatible "
-        "(self-hosted servers such as vLLM). AWSBedrock and GCPVertexAI are named by the API "
+        description="Provider type: OpenAI, AzureOpenAI, Anthropic, GCPVertexAI or "
+        "OpenAICompatible (self-hosted servers such as vLLM). AWSBedrock is named by the API "
         "but not served yet, and refused."
     )
     model: str = Field(
@@ -338,8 +374,8 @@ class Backend(_Model):
     url: str | None = Field(
         default=None,
         description="Base URL of the provider, http or https. Required for AzureOpenAI, "
-        "AWSBedrock, GCPVertexAI and OpenAICompatible; OpenAI and Anthropic default to their "
-        "public APIs.",
+        "AWSBedrock and OpenAICompatible; OpenAI and Anthropic default to their public APIs, "
+        "GCPVertexAI to its region's endpoint.",
         max_length=2048,
         json_schema_extra={
             "x-kubernetes-validations": [
@@ -361,6 +397,19 @@ class Backend(_Model):
             ]
         },
     )
+    region: str | None = Field(
+        default=None,
+        description="GCPVertexAI: the region (us-east5, europe-west1, global) whose endpoint "
+        "serves the model; the URL follows from it unless url is given.",
+        pattern=r"^[a-z][a-z0-9-]*[a-z0-9]$",
+        max_length=63,
+    )
+    project: str | None = Field(
+        default=None,
+        description="GCPVertexAI: the Google Cloud project id the requests are billed to.",
+        pattern=r"^[a-z][a-z0-9-]{4,28}[a-z0-9]$",
+        max_length=30,
+    )
     api_version: str | None = Field(
         default=None,
         description="Azure OpenAI api-version query parameter, such as 2024-10-21. "
@@ -370,8 +419,10 @@ class Backend(_Model):
     )
     credentials_ref: SecretKeyRef | None = Field(
         default=None,
-        description="The Secret key holding this backend's API key. Required for OpenAI, "
-        "AzureOpenAI and Anthropic.",
+        description="The Secret key holding this backend's API key; for GCPVertexAI, a "
+        "service-account key JSON, which the operator exchanges for short-lived access "
+        "tokens (only those reach the data plane). Required for OpenAI, AzureOpenAI, "
+        "Anthropic and GCPVertexAI.",
     )
     weight: int = Field(
         default=1,
@@ -392,6 +443,13 @@ class Backend(_Model):
     def _provider_fields(self) -> Backend:
         if self.provider in NOT_YET_SERVED:
             raise ValueError(NOT_YET_SERVED_MESSAGE)
+        placed = (self.region, self.project)
+        if (None in placed) if self.provider in REGIONAL else placed != (None, None):
+            raise ValueError(
+                "region and project are required for provider GCPVertexAI, and only valid there"
+            )
+        if self.provider == Provider.GCP_VERTEX_AI and not re.match(VERTEX_MODEL, self.model):
+            raise ValueError(VERTEX_MODEL_MESSAGE)
         if self.api_version is not None and self.provider != Provider.AZURE_OPENAI:
             raise ValueError("apiVersion is only valid for provider AzureOpenAI")
         if self.url is None and self.provider in PROVIDERS_NEEDING_URL:
@@ -416,6 +474,8 @@ class Backend(_Model):
 
     @property
     def base_url(self) -> str:
+        if self.url is None and self.region is not None:
+            return regional_url(self.region)
         return (self.url or DEFAULT_URLS[self.provider]).rstrip("/")
 
 

@@ -17,10 +17,12 @@ import aiohttp
 
 from switchyard import metrics
 from switchyard.api.models import parse_duration
-from switchyard.health.probes import Target, probe
+from switchyard.health.probes import Outcome, ProbeResult, Target, probe
 from switchyard.health.state import BackendHealth
 from switchyard.kube.secrets import SecretCache
 from switchyard.plan.gateway import ObjectKey, key_material
+from switchyard.providers import Exchange
+from switchyard.tokens import MintingFailed, TokenMinter
 
 logger = logging.getLogger(__name__)
 
@@ -35,12 +37,21 @@ EXPEDITE_SECONDS = 1.0
 IN_DOUBT_SECONDS = 30.0
 
 
+@dataclass(frozen=True)
+class Credentials:
+    """Where a backend's key is: a Secret's key, sent as it is or exchanged for a token."""
+
+    secret: ObjectKey
+    key: str
+    exchange: Exchange | None = None
+
+
 @dataclass
 class Watched:
     gateway: ObjectKey
     labels: tuple[str, str, str, str, str]  # namespace, endpoint, backend, provider, gateway
     target: Target
-    credentials: tuple[ObjectKey, str] | None  # (Secret, key) of the backend's API key
+    credentials: Credentials | None
     interval: float
     health: BackendHealth
     next_due: float
@@ -50,8 +61,14 @@ class Watched:
 
 
 class HealthMonitor:
-    def __init__(self, secrets: SecretCache, on_change: Callable[[ObjectKey], None]) -> None:
+    def __init__(
+        self,
+        secrets: SecretCache,
+        on_change: Callable[[ObjectKey], None],
+        tokens: TokenMinter | None = None,
+    ) -> None:
         self._secrets = secrets
+        self._tokens = tokens or TokenMinter()
         self._on_change = on_change
         self._watched: dict[BackendKey, Watched] = {}
         self._limit = asyncio.Semaphore(MAX_CONCURRENT_PROBES)
@@ -60,7 +77,7 @@ class HealthMonitor:
     def watch(
         self,
         gateway: ObjectKey,
-        backends: Mapping[BackendKey, tuple[Target, tuple[ObjectKey, str] | None, Any]],
+        backends: Mapping[BackendKey, tuple[Target, Credentials | None, Any]],
         shown: Mapping[BackendKey, dict[str, Any]],
     ) -> None:
         """Set the backends probed for a gateway: (target, credentials, healthCheck spec).
@@ -185,8 +202,7 @@ class HealthMonitor:
     ) -> None:
         try:
             async with self._limit:
-                api_key = await self._key(watched.credentials)
-                result = await probe(session, watched.target, api_key)
+                result = await self._probed(session, watched)
             now = time.monotonic()
             before = watched.health.held_back(now)
             if watched.health.observe(
@@ -207,13 +223,31 @@ class HealthMonitor:
             doubtful = now < watched.in_doubt_until and watched.health.consecutive_failures > 0
             watched.next_due = now + (EXPEDITE_SECONDS if doubtful else watched.interval)
 
-    async def _key(self, credentials: tuple[ObjectKey, str] | None) -> str | None:
+    async def _probed(self, session: aiohttp.ClientSession, watched: Watched) -> ProbeResult:
+        """The probe, with the key the data plane sends: a minted token for a key that is
+        exchanged. A key the token endpoint refuses is invalid credentials, as a refused
+        key is; a token the provider refuses is minted anew for the next pass and probe."""
+        credentials = watched.credentials
+        material = await self._material(credentials)
+        if credentials is None or credentials.exchange is None or material is None:
+            key = material.decode() if material is not None else None
+            return await probe(session, watched.target, key)
+        try:
+            minted = await self._tokens.token(credentials.exchange, material)
+        except MintingFailed as failure:
+            return ProbeResult(Outcome.CREDENTIALS_INVALID, 0, failure.reason)
+        result = await probe(session, watched.target, minted.token)
+        if result.outcome == Outcome.CREDENTIALS_INVALID:
+            self._tokens.invalidate(credentials.exchange, material)
+            self._on_change(watched.gateway)
+        return result
+
+    async def _material(self, credentials: Credentials | None) -> bytes | None:
         if credentials is None:
             return None
-        secret, key = credentials
-        data = await self._secrets.get(secret) or {}
-        value = data.get(key)
-        return base64.b64decode(key_material(value)).decode() if value else None
+        data = await self._secrets.get(credentials.secret) or {}
+        value = data.get(credentials.key)
+        return base64.b64decode(key_material(value)) if value else None
 
 
 def _wall_time(later: float = 0.0) -> str:

@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 from switchyard import metrics
 from switchyard.api.models import BackendTLS, DataPlaneType, ModelGatewaySpec, parse_duration
 from switchyard.handlers.control_channel import ControlChannel
-from switchyard.handlers.health_monitor import BackendKey, HealthMonitor
+from switchyard.handlers.health_monitor import BackendKey, Credentials, HealthMonitor
 from switchyard.handlers.state import ClientRecord, EndpointRecord, GatewayRecord, Store
 from switchyard.health.probes import Target
 from switchyard.kube.client import (
@@ -33,7 +33,7 @@ from switchyard.kube.secrets import SecretCache
 from switchyard.plan.clients import ClientsPlan, KeyDigests, TokenIssuer, key_digest, plan_clients
 from switchyard.plan.conditions import DesiredCondition, transitions
 from switchyard.plan.egress import ANY_CLUSTER, NOT_ALLOWED, ApiServer
-from switchyard.plan.gateway import GatewayPlan, ObjectKey, SecretKeys, plan_gateway
+from switchyard.plan.gateway import GatewayPlan, ObjectKey, SecretKeys, key_material, plan_gateway
 from switchyard.plan.routing import EndpointPlan, PlanCache
 from switchyard.render import deployment, envoy
 from switchyard.render.objects import (
@@ -50,6 +50,7 @@ from switchyard.render.status import (
     programmed_condition,
     status_differs,
 )
+from switchyard.tokens import MintingFailed, TokenMinter
 from switchyard.xds.server import FailedAttempt, XdsServer, gateway_of_node, node_of_gateway
 
 logger = logging.getLogger(__name__)
@@ -143,12 +144,16 @@ def _endpoint_targets(
             continue  # a host the gateway may not reach, the operator does not reach either
         key = (endpoint.namespace, endpoint.name, backend.name)
         ref = refs[backend.name]
-        credentials = ((endpoint.namespace, ref.name), ref.key) if ref else None
+        credentials = (
+            Credentials((endpoint.namespace, ref.name), ref.key, backend.terms.exchange)
+            if ref
+            else None
+        )
         host = urlsplit(backend.url).hostname or ""
         trusted = backend_tls.ca_bundle if backend_tls and backend_tls.covers(host) else None
         target = Target(
             backend.provider, backend.url, backend.upstream_model, backend.api_version,
-            timeout, trusted,
+            timeout, trusted, backend.project, backend.region,
         )  # fmt: skip
         targets[key] = (target, credentials, spec.health_check)
     return targets
@@ -218,6 +223,7 @@ class GatewaySync:
         health: HealthMonitor,
         api_server: ApiServer = ANY_CLUSTER,
         control: ControlChannel | None = None,
+        tokens: TokenMinter | None = None,
     ) -> None:
         self.store = store
         self.kube = kube
@@ -231,6 +237,9 @@ class GatewaySync:
         self.issuer: TokenIssuer | None = None
         # Issues each Envoy gateway's control-channel certificate (its Secret).
         self.control = control
+        # Access tokens minted from the service-account keys the endpoints reference.
+        self.tokens = tokens or TokenMinter()
+        self._token_refresh: dict[ObjectKey, asyncio.TimerHandle] = {}
         self._dirty: set[ObjectKey] = set()
         self._passing: set[ObjectKey] = set()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -568,7 +577,10 @@ class GatewaySync:
         if not self.may_write():
             return []
         credentials = credentials_secret(
-            plan, uid, {c.source: secret_data.get(c.source) or {} for c in plan.credentials}
+            plan,
+            uid,
+            {c.source: secret_data.get(c.source) or {} for c in plan.credentials},
+            await self._minted(plan, secret_data),
         )
         manifests = [plan_configmap(plan, uid), credentials]
         if spec.data_plane.type == DataPlaneType.ENVOY:
@@ -643,6 +655,36 @@ class GatewaySync:
             )  # fmt: skip
             return
         metrics.API_WRITES.labels("pods").inc(patched)
+
+    async def _minted(
+        self, plan: GatewayPlan, secret_data: Mapping[ObjectKey, Mapping[str, str] | None]
+    ) -> dict[str, str]:
+        """The access token (base64) of each credential that is exchanged, by its key in the
+        credentials Secret, minted when due. The gateway passes again when the first of
+        them is due. A key that cannot be exchanged gets no token: its backend's probe
+        reports why."""
+        minted: dict[str, str] = {}
+        due = float("inf")
+        for copy in plan.credentials:
+            value = (secret_data.get(copy.source) or {}).get(copy.source_key)
+            if copy.exchange is None or not value:
+                continue
+            material = base64.b64decode(key_material(value))
+            try:
+                token = await self.tokens.token(copy.exchange, material)
+            except MintingFailed:
+                continue
+            minted[copy.target_key] = base64.b64encode(token.token.encode()).decode()
+            due = min(due, token.refresh_at)
+        key = (plan.namespace, plan.name)
+        if (previous := self._token_refresh.pop(key, None)) is not None:
+            previous.cancel()
+        if due != float("inf"):
+            delay = max(due - time.time(), 0.0) + 0.1
+            self._token_refresh[key] = asyncio.get_running_loop().call_later(
+                delay, self.mark, {key}
+            )
+        return minted
 
     async def _write_status(
         self,

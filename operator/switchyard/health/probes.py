@@ -8,11 +8,12 @@ import ssl
 import time
 from dataclasses import dataclass
 from enum import StrEnum
+from urllib.parse import urlsplit
 
 import aiohttp
 
 from switchyard.plan.backoff import retry_after_seconds
-from switchyard.providers import provider
+from switchyard.providers import Placement, provider
 
 
 class Outcome(StrEnum):
@@ -34,6 +35,8 @@ class Target:
     api_version: str | None
     timeout: float
     ca_bundle: str | None = None
+    project: str | None = None
+    region: str | None = None
 
 
 @functools.lru_cache(maxsize=64)
@@ -52,7 +55,14 @@ class ProbeResult:
 
 def request_for(target: Target, key: str | None) -> tuple[str, dict[str, str]]:
     """The URL and headers of the listing the backend's provider serves cheaply."""
-    return provider(target.provider).probe(target.url, target.api_version, key)
+    placement = Placement(
+        urlsplit(target.url).path.rstrip("/"),
+        target.model,
+        target.api_version,
+        target.project,
+        target.region,
+    )
+    return provider(target.provider, target.model).probe(target.url, placement, key)
 
 
 async def probe(session: aiohttp.ClientSession, target: Target, key: str | None) -> ProbeResult:

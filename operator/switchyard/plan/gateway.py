@@ -15,6 +15,7 @@ from switchyard.plan.conditions import DesiredCondition
 from switchyard.plan.egress import ANY_CLUSTER, NOT_ALLOWED, ApiServer, refusal
 from switchyard.plan.routing import EndpointPlan, PlanCache, zero_weight_tiers
 from switchyard.plan.selectors import namespace_admitted
+from switchyard.providers import Exchange
 
 ObjectKey = tuple[str, str]  # (namespace, name)
 
@@ -64,11 +65,13 @@ def key_material(value: str) -> str:
 
 @dataclass(frozen=True)
 class CredentialCopy:
-    """One key the gateway's credentials Secret takes from an endpoint's Secret."""
+    """One key the gateway's credentials Secret takes from an endpoint's Secret: as it is,
+    or the token it is exchanged for (`exchange`)."""
 
     target_key: str
     source: ObjectKey
     source_key: str
+    exchange: Exchange | None = None
 
 
 @dataclass(frozen=True)
@@ -339,6 +342,11 @@ def _credential_copies(
         if secret is None or ref.key not in secret.keys:
             continue
         copies.append(
-            CredentialCopy(backend.credentials_key, (endpoint.namespace, ref.name), ref.key)
+            CredentialCopy(
+                backend.credentials_key,
+                (endpoint.namespace, ref.name),
+                ref.key,
+                backend.terms.exchange,
+            )
         )
     return copies

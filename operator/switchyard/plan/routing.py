@@ -5,8 +5,10 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 from switchyard.api.models import Backend, ModelEndpointSpec, parse_duration
+from switchyard.providers import Placement, Provider, provider
 
 
 @dataclass(frozen=True)
@@ -18,7 +20,8 @@ class BackendRoute:
     upstream_model: str
     url: str
     api_version: str | None
-    # Key in the gateway's credentials Secret that holds this backend's API key.
+    # Key in the gateway's credentials Secret that holds this backend's API key (or the
+    # access token minted from its service-account key).
     credentials_key: str | None
     weight: int
     priority: int
@@ -26,6 +29,22 @@ class BackendRoute:
     share: float
     # Why the backend carries no weight although its spec gives it some.
     unavailable_reason: str | None
+    project: str | None = None
+    region: str | None = None
+
+    @property
+    def terms(self) -> Provider:
+        return provider(self.provider, self.upstream_model)
+
+    @property
+    def placement(self) -> Placement:
+        return Placement(
+            urlsplit(self.url).path.rstrip("/"),
+            self.upstream_model,
+            self.api_version,
+            self.project,
+            self.region,
+        )
 
 
 @dataclass(frozen=True)
@@ -53,11 +72,12 @@ class EndpointPlan:
 MAX_SECRET_KEY = 253
 
 
-def credentials_key(namespace: str, secret: str, key: str) -> str:
-    """The gateway Secret key that holds one referenced Secret key: copied once, however many
-    backends use it. `_` is in no namespace or Secret name, so keys never clash; one that
-    would pass the length limit of a Secret key is named by its hash instead."""
-    name = f"{namespace}_{secret}_{key}"
+def credentials_key(namespace: str, secret: str, key: str, exchange: str | None = None) -> str:
+    """The gateway Secret key that holds one referenced Secret key (or the token it is
+    exchanged for): copied once, however many backends use it. `_` is in no namespace or
+    Secret name, so keys never clash; one that would pass the length limit of a Secret key
+    is named by its hash instead."""
+    name = f"{namespace}_{secret}_{key}" + (f"_{exchange}" if exchange else "")
     if len(name) <= MAX_SECRET_KEY:
         return name
     return "sha256_" + hashlib.sha256(name.encode()).hexdigest()
@@ -106,7 +126,12 @@ def plan_endpoint(
             url=b.base_url,
             api_version=b.api_version,
             credentials_key=(
-                credentials_key(namespace, b.credentials_ref.name, b.credentials_ref.key)
+                credentials_key(
+                    namespace,
+                    b.credentials_ref.name,
+                    b.credentials_ref.key,
+                    provider(b.provider, b.model).exchange,
+                )
                 if b.credentials_ref is not None
                 else None
             ),
@@ -115,6 +140,8 @@ def plan_endpoint(
             effective_weight=effective[b.name],
             share=share(b),
             unavailable_reason=unavailable.get(b.name),
+            project=b.project,
+            region=b.region,
         )
         for b in ordered
     )

@@ -3,22 +3,60 @@
 
 The renderer and the probes ask a `Provider`; they do not know providers by name. A provider
 says which client API it speaks natively (the data plane translates the other one), where
-its API lives under the backend's URL, how it takes a key, and what cheap listing proves it
-is up. Envoy's Lua gets these facts as endpoint metadata, never a provider's name.
+its API lives under the backend's URL, how it takes a key, and what cheap read proves it
+is up. Envoy's Lua gets these facts as endpoint metadata, never a provider's name. A provider
+name that serves several APIs (Vertex AI) is a `Family`, resolved by the backend's model.
 """
 
-from switchyard.providers import anthropic, azure_openai, openai, openai_compatible
-from switchyard.providers.base import ANTHROPIC_VERSION, API_HEADERS, ClientApi, Provider
+from switchyard.providers import anthropic, azure_openai, openai, openai_compatible, vertex_ai
+from switchyard.providers.base import (
+    ANTHROPIC_VERSION,
+    API_HEADERS,
+    API_PATHS,
+    ClientApi,
+    Exchange,
+    Family,
+    Placement,
+    Provider,
+)
 
-__all__ = ["ANTHROPIC_VERSION", "API_HEADERS", "PROVIDERS", "ClientApi", "Provider", "provider"]
+__all__ = [
+    "ANTHROPIC_VERSION",
+    "API_HEADERS",
+    "API_PATHS",
+    "PROVIDERS",
+    "ClientApi",
+    "Exchange",
+    "Placement",
+    "Provider",
+    "provider",
+]
 
-PROVIDERS = (openai.PROVIDER, azure_openai.PROVIDER, anthropic.PROVIDER, openai_compatible.PROVIDER)
-_KNOWN = {p.name: p for p in PROVIDERS}
+# Every set of terms a backend can get.
+PROVIDERS = (
+    openai.PROVIDER,
+    azure_openai.PROVIDER,
+    anthropic.PROVIDER,
+    openai_compatible.PROVIDER,
+    vertex_ai.CLAUDE,
+    vertex_ai.OPENAI_COMPATIBLE,
+)
+_KNOWN: dict[str, Provider | Family] = {
+    p.name: p
+    for p in (
+        openai.PROVIDER,
+        azure_openai.PROVIDER,
+        anthropic.PROVIDER,
+        openai_compatible.PROVIDER,
+        vertex_ai.FAMILY,
+    )
+}
 
 
-def provider(name: str) -> Provider:
-    """The provider a backend's `provider` field names."""
+def provider(name: str, model: str = "") -> Provider:
+    """The terms of a backend whose `provider` field is `name` and `model` field `model`."""
     try:
-        return _KNOWN[name]
+        known = _KNOWN[name]
     except KeyError:
         raise ValueError(f"unknown provider {name!r}") from None
+    return known.variant(model) if isinstance(known, Family) else known

@@ -7,8 +7,8 @@ PROVIDER = Provider(
     name="Anthropic",
     api=ClientApi.ANTHROPIC,
     auth=Auth("x-api-key"),
-    path_base=lambda url_path, model, api_version: f"{url_path}/v1",
-    probe_path=lambda api_version: "/v1/models",
+    path_base=lambda placement: f"{placement.url_path}/v1",
+    probe_path=lambda placement: "/v1/models",
     # Embeddings, legacy completions and the rest are OpenAI's alone.
     other_apis=False,
 )

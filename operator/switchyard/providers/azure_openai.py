@@ -2,13 +2,19 @@
 (`/openai/deployments/<deployment>/...?api-version=`); without, the v1 API (`/openai/v1`).
 The key goes in `api-key`."""
 
-from switchyard.providers.base import Auth, ClientApi, Provider
+from switchyard.providers.base import Auth, ClientApi, Placement, Provider
 
 
-def _path_base(url_path: str, model: str, api_version: str | None) -> str:
-    if api_version:
-        return f"{url_path}/openai/deployments/{model}"
-    return f"{url_path}/openai/v1"
+def _path_base(placement: Placement) -> str:
+    if placement.api_version:
+        return f"{placement.url_path}/openai/deployments/{placement.model}"
+    return f"{placement.url_path}/openai/v1"
+
+
+def _probe_path(placement: Placement) -> str:
+    if placement.api_version:
+        return f"/openai/deployments?api-version={placement.api_version}"
+    return "/openai/v1/models"
 
 
 PROVIDER = Provider(
@@ -16,8 +22,6 @@ PROVIDER = Provider(
     api=ClientApi.OPENAI,
     auth=Auth("api-key"),
     path_base=_path_base,
-    probe_path=lambda api_version: (
-        f"/openai/deployments?api-version={api_version}" if api_version else "/openai/v1/models"
-    ),
-    query=lambda api_version: f"api-version={api_version}" if api_version else "",
+    probe_path=_probe_path,
+    query=lambda placement: f"api-version={placement.api_version}" if placement.api_version else "",
 )

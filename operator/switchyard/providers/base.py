@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -16,11 +16,22 @@ class ClientApi(StrEnum):
 
 # The Messages API's version, sent with every request to a provider that speaks it.
 ANTHROPIC_VERSION = "2023-06-01"
-# Headers every request in an API carries, whoever serves it.
+# Headers every request in an API carries, whoever serves it (unless the provider says
+# otherwise: `Provider.headers`).
 API_HEADERS: dict[ClientApi, dict[str, str]] = {
     ClientApi.OPENAI: {},
     ClientApi.ANTHROPIC: {"anthropic-version": ANTHROPIC_VERSION},
 }
+# Each client API's chat call, after the `/v1` a provider's path base replaces.
+API_PATHS = {ClientApi.OPENAI: "/chat/completions", ClientApi.ANTHROPIC: "/messages"}
+
+
+class Exchange(StrEnum):
+    """How a backend's Secret value becomes what it sends, when it is not sent as it is."""
+
+    # A service-account key JSON, exchanged for a short-lived OAuth access token (JWT
+    # bearer grant at the key's token_uri); only the token reaches the data plane.
+    GOOGLE_SERVICE_ACCOUNT = "GoogleServiceAccount"
 
 
 @dataclass(frozen=True)
@@ -38,31 +49,68 @@ BEARER = Auth("authorization", "Bearer ")
 
 
 @dataclass(frozen=True)
+class Placement:
+    """Where one backend's model lives, as its spec says: what a provider names its paths by.
+
+    url_path: the backend URL's path, without a trailing slash."""
+
+    url_path: str
+    model: str
+    api_version: str | None = None
+    project: str | None = None
+    region: str | None = None
+
+
+@dataclass(frozen=True)
+class ChatCall:
+    """A chat call whose path names the model and whether it streams (`path_base` + one of
+    these), its body naming no model."""
+
+    whole: str
+    streamed: str
+
+
+@dataclass(frozen=True)
 class Provider:
     """One provider's terms.
 
     api: the chat API it serves natively.
     auth: how it takes the key.
-    path_base: what replaces a client path's leading `/v1`, given the backend URL's path
-      (without a trailing slash), the provider's model name and the API version.
-    query: the query string every request carries, given the API version.
-    probe_path: the listing a probe reads, under the backend URL, given the API version.
+    path_base: what replaces a client path's leading `/v1`.
+    probe_path: the cheap, token-free read a probe makes, under the backend URL.
+    query: the query string every request carries.
     other_apis: whether it serves OpenAI's other endpoints (embeddings, completions, ...).
+    headers: what every request to it carries besides the key; None: its API's headers.
+    chat_call: when the chat call's path names the model instead of the body.
+    body_fields: top-level fields every chat request body to it carries.
+    exchange: how the Secret's value becomes the key it takes; None: sent as it is.
     """
 
     name: str
     api: ClientApi
     auth: Auth
-    path_base: Callable[[str, str, str | None], str]
-    probe_path: Callable[[str | None], str]
-    query: Callable[[str | None], str] = field(default=lambda api_version: "")
+    path_base: Callable[[Placement], str]
+    probe_path: Callable[[Placement], str]
+    query: Callable[[Placement], str] = field(default=lambda placement: "")
     other_apis: bool = True
+    headers: Mapping[str, str] | None = None
+    chat_call: ChatCall | None = None
+    body_fields: Mapping[str, str] = field(default_factory=dict)
+    exchange: Exchange | None = None
 
-    def probe(
-        self, url: str, api_version: str | None, key: str | None
-    ) -> tuple[str, dict[str, str]]:
-        """The URL and headers of the cheap listing that proves the provider answers."""
-        return url + self.probe_path(api_version), {
-            **API_HEADERS[self.api],
-            **self.auth.headers(key),
-        }
+    @property
+    def request_headers(self) -> Mapping[str, str]:
+        return API_HEADERS[self.api] if self.headers is None else self.headers
+
+    def probe(self, url: str, placement: Placement, key: str | None) -> tuple[str, dict[str, str]]:
+        """The URL and headers of the cheap read that proves the provider answers."""
+        return url + self.probe_path(placement), {**self.request_headers, **self.auth.headers(key)}
+
+
+@dataclass(frozen=True)
+class Family:
+    """A provider name that serves several APIs, told apart by the model a backend names
+    (Vertex AI: Claude on Anthropic's Messages API, the rest on OpenAI's)."""
+
+    name: str
+    variant: Callable[[str], Provider]

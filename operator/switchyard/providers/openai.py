@@ -6,6 +6,6 @@ PROVIDER = Provider(
     name="OpenAI",
     api=ClientApi.OPENAI,
     auth=BEARER,
-    path_base=lambda url_path, model, api_version: f"{url_path}/v1",
-    probe_path=lambda api_version: "/v1/models",
+    path_base=lambda placement: f"{placement.url_path}/v1",
+    probe_path=lambda placement: "/v1/models",
 )

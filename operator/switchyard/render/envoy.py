@@ -44,7 +44,7 @@ from switchyard.api.models import BackendTLS
 from switchyard.plan.clients import ClientsPlan, TokenIssuer
 from switchyard.plan.gateway import GatewayPlan
 from switchyard.plan.routing import BackendRoute, EndpointPlan
-from switchyard.providers import API_HEADERS, PROVIDERS, ClientApi, Provider, provider
+from switchyard.providers import API_PATHS, PROVIDERS, ClientApi, Provider
 
 TYPE = "type.googleapis.com/"
 CLUSTER_TYPE = TYPE + "envoy.config.cluster.v3.Cluster"
@@ -81,16 +81,17 @@ SCRATCH = {
     "path_base": "x-sy-path-base",
     "query": "x-sy-query",
     "model": "x-sy-model",
+    "headers": "x-sy-headers",
+    "chat_call": "x-sy-chat-call",
+    "body": "x-sy-body",
 }
 # Set on a provider's 401 or 403 by the backend shaper, so the listener's filter can turn it
 # into a gateway error once retries are done; never reaches the client.
 REFUSAL_MARKER = "x-sy-provider-refused"
 # Every header that carries a provider's key or an API's version: cleared before each attempt.
 AUTH_HEADERS = tuple(
-    sorted({p.auth.header for p in PROVIDERS} | {h for hs in API_HEADERS.values() for h in hs})
+    sorted({p.auth.header for p in PROVIDERS} | {h for p in PROVIDERS for h in p.request_headers})
 )
-# Each client API's path after `/v1`.
-API_PATHS = {ClientApi.OPENAI: "/chat/completions", ClientApi.ANTHROPIC: "/messages"}
 # What an OpenAI request that sets no max_tokens gets when Anthropic serves it (Anthropic
 # requires one): every Claude model can write this many.
 DEFAULT_MAX_TOKENS = 4096
@@ -150,7 +151,6 @@ def _backend_shaper_lua() -> str:
             "metadata_namespace": METADATA_NAMESPACE,
             "credentials_env": CREDENTIALS_DIR_ENV,
             "api_paths": {str(api): path for api, path in API_PATHS.items()},
-            "api_headers": {str(api): headers for api, headers in API_HEADERS.items()},
             "default_max_tokens": DEFAULT_MAX_TOKENS,
             "scratch": SCRATCH,
             "refusal_marker": REFUSAL_MARKER,
@@ -361,11 +361,12 @@ def _endpoint(
     clusters = [_cluster(endpoint.backends, everyone, backend_tls)]
     routes = [_route(endpoint, {"path": f"/v1{path}"}, everyone) for path in API_PATHS.values()]
     subsets: list[tuple[str, str, Callable[[Provider], bool]]] = [
-        ("anthropic", "/v1/messages/", lambda p: p.api == ClientApi.ANTHROPIC),
+        # Messages API paths as Anthropic lays them out, not a chat call of its own.
+        ("anthropic", "/v1/messages/", lambda p: p.api == ClientApi.ANTHROPIC and not p.chat_call),
         ("openai", "/v1/", lambda p: p.other_apis),
     ]
     for subset, prefix, serves in subsets:
-        backends = tuple(b for b in endpoint.backends if serves(provider(b.provider)))
+        backends = tuple(b for b in endpoint.backends if serves(b.terms))
         if not backends:
             routes.append(_unserved(endpoint, prefix))
             continue
@@ -611,7 +612,12 @@ def _model_to_metadata() -> dict[str, Any]:
                             "key": "model",
                             "type": "STRING",
                         },
-                    }
+                    },
+                    # Whether the client streams: a provider whose path says so needs it.
+                    {
+                        "selectors": [{"key": "stream"}],
+                        "on_present": {"metadata_namespace": METADATA_NAMESPACE, "key": "stream"},
+                    },
                 ],
                 # curl -d sends a form content type; read JSON whatever the label says.
                 "allow_content_types": [
@@ -944,7 +950,8 @@ def _tls_match(backend: BackendRoute, backend_tls: BackendTLS | None) -> dict[st
 
 def _lb_endpoint(backend: BackendRoute) -> dict[str, Any]:
     url = urlsplit(backend.url)
-    terms = provider(backend.provider)
+    terms, placement = backend.terms, backend.placement
+    chat_call = terms.chat_call
     tls = url.scheme == "https"
     port = url.port or (443 if tls else 80)
     return {
@@ -960,11 +967,12 @@ def _lb_endpoint(backend: BackendRoute) -> dict[str, Any]:
                     "api": str(terms.api),
                     "auth": f"{terms.auth.header}:{terms.auth.prefix}",
                     "credentials": backend.credentials_key or "",
-                    "path_base": terms.path_base(
-                        url.path.rstrip("/"), backend.upstream_model, backend.api_version
-                    ),
-                    "query": terms.query(backend.api_version),
+                    "path_base": terms.path_base(placement),
+                    "query": terms.query(placement),
                     "model": backend.upstream_model,
+                    "headers": ",".join(f"{k}:{v}" for k, v in terms.request_headers.items()),
+                    "chat_call": f"{chat_call.whole}|{chat_call.streamed}" if chat_call else "",
+                    "body": json.dumps(terms.body_fields) if terms.body_fields else "",
                 },
             }
         },

@@ -153,14 +153,24 @@ def plan_configmap(plan: GatewayPlan, owner_uid: str) -> dict[str, Any]:
 
 
 def credentials_secret(
-    plan: GatewayPlan, owner_uid: str, secret_data: Mapping[ObjectKey, Mapping[str, str]]
+    plan: GatewayPlan,
+    owner_uid: str,
+    secret_data: Mapping[ObjectKey, Mapping[str, str]],
+    minted: Mapping[str, str],
 ) -> dict[str, Any]:
     """The gateway's credentials: each key its endpoints reference, copied once from their
     Secrets (`secret_data` holds their base64 `data`, as the API server returns it) and
-    normalised as `key_material` says."""
+    normalised as `key_material` says; for a key that is exchanged, the access token minted
+    from it (`minted`, by target key, base64), and nothing while there is none."""
     data = {
         copy.target_key: key_material(secret_data[copy.source][copy.source_key])
         for copy in plan.credentials
+        if copy.exchange is None
+    }
+    data |= {
+        copy.target_key: minted[copy.target_key]
+        for copy in plan.credentials
+        if copy.exchange is not None and copy.target_key in minted
     }
     return owned_secret(plan, credentials_secret_name(plan.name), owner_uid, data)
 

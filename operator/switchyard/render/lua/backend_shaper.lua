@@ -12,11 +12,14 @@
 --                               this filter keeps the attempt's translation there
 --   config.credentials_env      environment variable naming the credentials directory
 --   config.api_paths            client API -> its path after `/v1`
---   config.api_headers          client API -> headers every request in it carries
 --   config.default_max_tokens   max_tokens for an OpenAI request that sets none (Anthropic
 --                               requires it)
 --   config.scratch              scratch header names by field: api, auth, credentials,
---                               path_base, query, model
+--                               path_base, query, model, headers (`name:value,...` every
+--                               request carries), chat_call (`whole|streamed`: the chat
+--                               call's path after path_base, when it names the model
+--                               instead of the body), body (a JSON object of fields every
+--                               chat request body carries)
 --   config.refusal_marker       set on a provider's 401 or 403 (provider_refusal.lua)
 -- json.lua and translate.lua follow this file in the same chunk.
 
@@ -201,13 +204,23 @@ local function client_api(path)
   return nil
 end
 
-local function translated_body(handle, from, to, model)
+-- The body decoded, translated from the client's API to the backend's when they differ,
+-- given the backend's model (none when its path names it) and fields, and encoded again.
+local function rewritten_body(handle, from, to, model, model_in_path, fields)
   local body = handle:body()
   local request = json.decode(body:getBytes(0, body:length()))
   if type(request) ~= "table" or json.is_array(request) then error("the request body is not a JSON object", 0) end
-  local translated, context = translate.request(from, to, request, config.default_max_tokens)
-  translated.model = (model ~= nil and model ~= "") and model or request.model
-  body:setBytes(json.encode(translated))
+  local rewritten, context = request, {}
+  if from ~= to then
+    rewritten, context = translate.request(from, to, request, config.default_max_tokens)
+  end
+  if model_in_path then
+    rewritten.model = nil
+  else
+    rewritten.model = (model ~= nil and model ~= "") and model or request.model
+  end
+  for name, value in pairs(fields) do rewritten[name] = value end
+  body:setBytes(json.encode(rewritten))
   return context
 end
 
@@ -220,6 +233,9 @@ local function shape(handle)
   local base = headers:get(scratch.path_base)
   local query = headers:get(scratch.query)
   local model = headers:get(scratch.model)
+  local extra_headers = headers:get(scratch.headers) or ""
+  local chat_call = headers:get(scratch.chat_call) or ""
+  local fields = headers:get(scratch.body) or ""
   for _, name in pairs(scratch) do
     headers:remove(name)
   end
@@ -230,7 +246,10 @@ local function shape(handle)
   local translating = spoken ~= nil and api ~= nil and spoken ~= api
   if base ~= nil and client["path"] ~= nil then
     local path
-    if translating then
+    if chat_call ~= "" then
+      local whole, streamed = string.match(chat_call, "^([^|]*)|(.*)$")
+      path = base .. (client["stream"] == true and streamed or whole)
+    elseif translating then
       path = base .. config.api_paths[api]
     else
       path = base .. string.gsub(client["path"], "^/v1", "", 1)
@@ -249,14 +268,15 @@ local function shape(handle)
       headers:replace(header or "authorization", (prefix or "Bearer ") .. value)
     end
   end
-  for name, value in pairs(config.api_headers[api] or {}) do
+  for name, value in string.gmatch(extra_headers, "([^,:]+):([^,]*)") do
     headers:replace(name, value)
   end
   -- What the answer needs: the API it comes back in, for this attempt only.
   metadata:set(config.metadata_namespace, "answer_api", translating and api or "")
-  if translating then
+  if translating or chat_call ~= "" or fields ~= "" then
     headers:replace("content-type", "application/json")
-    local context = translated_body(handle, spoken, api, model)
+    local context = rewritten_body(handle, spoken or api, api, model, chat_call ~= "",
+                                   fields ~= "" and json.decode(fields) or {})
     -- Fetched again: what was fetched before the body was read is out of scope now.
     handle:streamInfo():dynamicMetadata():set(config.metadata_namespace, "stream_usage",
                                               context.usage and "1" or "")

@@ -1,0 +1,146 @@
+"""Access tokens minted from the keys in Secrets, for providers that take a short-lived token
+rather than the key itself (`providers.Exchange`).
+
+A Vertex AI backend's Secret holds a service-account key JSON. The operator exchanges it
+with google-auth (a JWT bearer grant at the key's `token_uri`) for an access token that
+lives about an hour, and writes only that token into the gateway's credentials Secret; the
+private key never leaves the operator. A token is minted again once two thirds of its life
+has passed, which leaves the kubelet ample time to bring the new one into the Pods while
+the old one still works. A failed exchange is remembered for a while, so that a bad key
+costs the token endpoint one request per `RETRY_SECONDS`, not one per pass and probe.
+
+Reasons given for a failure name the token endpoint's error code, never the key or the
+endpoint's whole answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from google.auth import exceptions as google_exceptions
+from google.auth.transport.requests import Request
+from google.oauth2 import service_account
+
+from switchyard.providers import Exchange
+
+GOOGLE_SCOPES = ("https://www.googleapis.com/auth/cloud-platform",)
+MINT_TIMEOUT_SECONDS = 10.0
+# The share of a token's life after which it is minted again.
+REFRESH_AFTER = 2 / 3
+# How long a failed exchange is believed before the token endpoint is asked again.
+RETRY_SECONDS = 30.0
+
+
+@dataclass(frozen=True)
+class Minted:
+    token: str
+    expires_at: float  # seconds since the epoch
+    refresh_at: float
+
+
+class MintingFailed(Exception):
+    """The key could not be exchanged; `reason` is fit for a status and a log line."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class _TimedRequest(Request):
+    """google-auth's requests transport, with a timeout (its default is two minutes)."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        kwargs.setdefault("timeout", MINT_TIMEOUT_SECONDS)
+        return super().__call__(*args, **kwargs)  # type: ignore[no-untyped-call]
+
+
+def _google_service_account(material: bytes, now: float) -> Minted:
+    try:
+        info = json.loads(material)
+        credentials = service_account.Credentials.from_service_account_info(  # type: ignore[no-untyped-call]
+            info, scopes=GOOGLE_SCOPES
+        )
+    except (ValueError, TypeError, KeyError):
+        raise MintingFailed(
+            "the Secret's value is not a service-account key JSON (type service_account, with "
+            "client_email, private_key and token_uri)"
+        ) from None
+    try:
+        credentials.refresh(_TimedRequest())
+    except google_exceptions.RefreshError as error:
+        raise MintingFailed(
+            f"the token endpoint refused the service-account key ({_oauth_error(error)})"
+        ) from None
+    except google_exceptions.TransportError:
+        raise MintingFailed("the service-account key's token_uri did not answer") from None
+    expiry: datetime.datetime | None = credentials.expiry
+    expires_at = (
+        expiry.replace(tzinfo=datetime.UTC).timestamp() if expiry is not None else now + 3600
+    )
+    return Minted(str(credentials.token), expires_at, now + (expires_at - now) * REFRESH_AFTER)
+
+
+def _oauth_error(error: google_exceptions.RefreshError) -> str:
+    """The OAuth error code of a refused grant (`invalid_grant`), or that there was none."""
+    details = error.args[1] if len(error.args) > 1 else None
+    code = details.get("error") if isinstance(details, dict) else None
+    return code if isinstance(code, str) and code.replace("_", "").isalnum() else "refused"
+
+
+_MINTERS: dict[Exchange, Callable[[bytes, float], Minted]] = {
+    Exchange.GOOGLE_SERVICE_ACCOUNT: _google_service_account,
+}
+
+_Key = tuple[Exchange, str]
+
+
+class TokenMinter:
+    """Tokens by the key they are minted from, each minted once at a time, in a thread
+    (google-auth blocks)."""
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self._clock = clock
+        self._minted: dict[_Key, Minted] = {}
+        self._failed: dict[_Key, tuple[str, float]] = {}
+        self._locks: dict[_Key, asyncio.Lock] = {}
+
+    @staticmethod
+    def key(exchange: Exchange, material: bytes) -> _Key:
+        return exchange, hashlib.sha256(material).hexdigest()
+
+    async def token(self, exchange: Exchange, material: bytes) -> Minted:
+        """A token for `material` with time left, minting one when it is due. Raises
+        MintingFailed; a token that still works is kept while the endpoint refuses."""
+        key = self.key(exchange, material)
+        async with self._locks.setdefault(key, asyncio.Lock()):
+            now = self._clock()
+            held = self._minted.get(key)
+            if held is not None and now < held.refresh_at:
+                return held
+            failed = self._failed.get(key)
+            if failed is None or now >= failed[1]:
+                try:
+                    minted = await asyncio.to_thread(_MINTERS[exchange], material, now)
+                except MintingFailed as error:
+                    failed = (error.reason, now + RETRY_SECONDS)
+                    self._failed[key] = failed
+                else:
+                    self._failed.pop(key, None)
+                    self._minted[key] = minted
+                    return minted
+            if held is not None and now < held.expires_at:
+                return held
+            raise MintingFailed(failed[0])
+
+    def invalidate(self, exchange: Exchange, material: bytes) -> None:
+        """The provider refused a token minted from `material`: mint anew next time."""
+        key = self.key(exchange, material)
+        self._minted.pop(key, None)
+        self._failed.pop(key, None)
