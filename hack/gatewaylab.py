@@ -7,18 +7,23 @@ import asyncio
 import json
 import os
 import re
+import secrets
 import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 SWITCHYARD = shutil.which("switchyard", path=str(Path(sys.executable).parent)) or "switchyard"
 REPLY_PORT = re.compile(r"on port (\d+)\.")
@@ -132,6 +137,124 @@ class FakeProcess:
 
     def stop(self) -> None:
         _stop(self.process)
+
+
+def service_account_key_json(
+    key: rsa.RSAPrivateKey, email: str, project: str, token_uri: str, key_id: str
+) -> dict[str, str]:
+    """A service account's key JSON, as `gcloud iam service-accounts keys create` writes it."""
+    pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    ).decode()
+    return {
+        "type": "service_account",
+        "project_id": project,
+        "private_key_id": key_id,
+        "private_key": pem,
+        "client_email": email,
+        "client_id": str(int.from_bytes(secrets.token_bytes(8), "big")),
+        "token_uri": token_uri,
+    }
+
+
+class VertexProcess(FakeProcess):
+    """`switchyard fake-provider --provider GCPVertexAI`: Vertex AI and the Google token
+    endpoint its tokens come from, in one process, for a service account whose key this
+    makes. FakeProcess's control helpers steer it through its one control port (fault, heal,
+    requests, traffic, forget_requests, stop), with the token controls besides; it has no API
+    key to rotate."""
+
+    def __init__(
+        self,
+        models: Sequence[str] = ("claude-x@20250101", "google/gemini-x"),
+        project: str = "switchyard-lab",
+        locations: Sequence[str] = ("us-east5",),
+        chunk_delay: float = 0.0,
+        keep_requests: int | None = None,
+        host: str = "127.0.0.1",
+        token_lifetime: int | None = None,
+    ) -> None:
+        """`models`: Claude ids as in the URL (claude-x@20250101) and `google/<id>` for
+        Gemini; `.model` is the first. `locations`: those it serves; `.region` is the first.
+        `token_lifetime`: seconds an issued token lives (default: the fake's, 3599)."""
+        # Not FakeProcess.__init__, which starts a keyed provider; the helpers need only
+        # provider, model, host, scheme, port, control_port and process.
+        self.provider, self.models, self.model = "GCPVertexAI", list(models), models[0]
+        self.project, self.locations, self.region = project, list(locations), locations[0]
+        self.host, self.scheme = host, "http"
+        # The token endpoint's port goes in the key's token_uri, so it is chosen first.
+        self.port, self.control_port, self.auth_port = free_port(), free_port(), free_port()
+        self.email = f"switchyard-lab@{project}.iam.gserviceaccount.com"
+        self.key_id = secrets.token_hex(20)
+        self.private_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        self.service_account_key = json.dumps(
+            service_account_key_json(
+                self.private_key, self.email, project, self.token_uri, self.key_id
+            ),
+            indent=2,
+        )
+        self._workdir = tempfile.TemporaryDirectory(prefix="switchyard-vertex-")
+        self.key_file = Path(self._workdir.name) / "service-account-key.json"
+        self.key_file.write_text(self.service_account_key)
+        command = [
+            SWITCHYARD, "fake-provider", "--provider", "GCPVertexAI", "--port", str(self.port),
+            "--control-port", str(self.control_port), "--auth-port", str(self.auth_port),
+            "--project", project, "--service-account-key", str(self.key_file),
+            "--stream-chunk-delay", str(chunk_delay), "--host", host,
+        ]  # fmt: skip
+        for location in self.locations:
+            command += ["--location", location]
+        for model in self.models:
+            command += ["--model", model]
+        if keep_requests is not None:
+            command += ["--keep-requests", str(keep_requests)]
+        if token_lifetime is not None:
+            command += ["--token-lifetime", str(token_lifetime)]
+        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL)
+        try:
+            # The control port opens last: once it answers, the token endpoint does too.
+            wait_for_port(self.control_port, self.process, host=host)
+        except BaseException:
+            self.stop()
+            raise
+
+    @property
+    def token_uri(self) -> str:
+        return f"http://{self.host}:{self.auth_port}/token"
+
+    @property
+    def service_account_info(self) -> dict[str, Any]:
+        """The key JSON, parsed: what google-auth's from_service_account_info takes."""
+        info: dict[str, Any] = json.loads(self.service_account_key)
+        return info
+
+    def tokens(self) -> list[dict[str, Any]]:
+        """The tokens issued: token, subject, scopes, expiresIn (seconds, <= 0 once expired)."""
+        listed: list[dict[str, Any]] = self._control("GET", "/tokens")
+        return listed
+
+    def expire_tokens(self, token: str | None = None) -> int:
+        """Expire `token`, or every token issued; how many."""
+        body = None if token is None else {"token": token}
+        return int(self._control("POST", "/tokens/expire", body)["expired"])
+
+    def revoke_tokens(self, token: str | None = None) -> int:
+        """Revoke `token`, or every token issued; how many."""
+        body = None if token is None else {"token": token}
+        return int(self._control("POST", "/tokens/revoke", body)["revoked"])
+
+    def set_token_lifetime(self, seconds: int) -> None:
+        """How long tokens issued from now on live."""
+        self._control("PUT", "/token-lifetime", {"seconds": seconds})
+
+    def rotate_key(self, api_key: str) -> None:
+        raise TypeError("Vertex takes tokens, not an API key: expire or revoke them instead")
+
+    def stop(self) -> None:
+        super().stop()
+        self._workdir.cleanup()
 
 
 def discovered_filters(listeners: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -8,7 +8,7 @@ import json
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 from pydantic import ValidationError
@@ -16,6 +16,9 @@ from pydantic import ValidationError
 from switchyard.api.crd import custom_resource_definitions
 from switchyard.api.models import API_VERSION, ModelEndpointSpec
 from switchyard.plan.routing import EndpointPlan, plan_endpoint, zero_weight_tiers
+
+if TYPE_CHECKING:
+    import ssl
 
 CRD_HEADER = "# Generated from the pydantic models by `switchyard crds`. Do not edit.\n"
 
@@ -154,6 +157,38 @@ def run_command(
     return 0
 
 
+# The fake-provider flags that only GCPVertexAI takes, as argparse names them.
+VERTEX_ONLY_FLAGS = {
+    "project": "--project",
+    "location": "--location",
+    "service_account_key": "--service-account-key",
+    "token_lifetime": "--token-lifetime",
+    "auth_port": "--auth-port",
+    "auth_control_port": "--auth-control-port",
+}
+
+
+def fake_provider_problem(args: argparse.Namespace) -> str | None:
+    """What is wrong with the fake-provider flags for the chosen provider, if anything: the
+    flags each provider needs differ, which argparse's `required` cannot say."""
+    if args.provider == "GCPVertexAI":
+        if args.api_key is not None:
+            return "--api-key: GCPVertexAI takes tokens from its token endpoint, not a key"
+        if not args.project:
+            return "--project is required for GCPVertexAI"
+        if not args.service_account_key:
+            return "--service-account-key is required for GCPVertexAI"
+        return None
+    if args.api_key is None:
+        return f"--api-key is required for {args.provider}"
+    given = [
+        flag for name, flag in VERTEX_ONLY_FLAGS.items() if getattr(args, name) not in (None, [])
+    ]
+    if given:
+        return f"{', '.join(given)}: only for GCPVertexAI"
+    return None
+
+
 def fake_provider_command(args: argparse.Namespace) -> int:
     import asyncio
     import ssl
@@ -164,6 +199,8 @@ def fake_provider_command(args: argparse.Namespace) -> int:
     if args.tls_cert:
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         context.load_cert_chain(args.tls_cert, args.tls_key)
+    if args.provider == "GCPVertexAI":
+        return _fake_vertex(args, context)
     provider = FakeProvider(
         args.provider,
         args.api_key,
@@ -176,6 +213,48 @@ def fake_provider_command(args: argparse.Namespace) -> int:
     )
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(serve_forever(provider, args.control_port))
+    return 0
+
+
+def _fake_vertex(args: argparse.Namespace, context: ssl.SSLContext | None) -> int:
+    """FakeGoogleAuth and a FakeVertex that takes its tokens, in one loop."""
+    import asyncio
+
+    from switchyard.fakes.vertex import FakeGoogleAuth, FakeVertex, serve_vertex_forever
+
+    try:
+        keys = [json.loads(Path(path).read_text()) for path in args.service_account_key]
+        auth = FakeGoogleAuth(
+            keys,
+            token_lifetime=args.token_lifetime if args.token_lifetime is not None else 3599,
+            host=args.host,
+            port=args.auth_port or 0,
+            keep_requests=args.keep_requests,
+        )
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        # A key that cannot be read or is not a service account's: say so, not a traceback.
+        print(f"error: --service-account-key: {error!r}", file=sys.stderr)
+        return 2
+    models: dict[str, Any] = {}
+    if args.model:  # else FakeVertex's own defaults
+        models["claude_models"] = [m for m in args.model if not m.startswith("google/")]
+        models["gemini_models"] = [
+            m.removeprefix("google/") for m in args.model if m.startswith("google/")
+        ]
+
+    vertex = FakeVertex(
+        auth,
+        args.project,
+        args.location or ["us-east5"],
+        **models,
+        host=args.host,
+        port=args.port,
+        stream_chunk_delay=args.stream_chunk_delay,
+        ssl_context=context,
+        keep_requests=args.keep_requests,
+    )
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(serve_vertex_forever(auth, vertex, args.control_port, args.auth_control_port))
     return 0
 
 
@@ -299,26 +378,37 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
 
     fake = commands.add_parser(
-        "fake-provider", help="serve a fake LLM provider API on loopback, for tests and demos"
+        "fake-provider",
+        help="serve a fake LLM provider API on loopback, for tests and demos",
+        description="Serve a fake LLM provider API. GCPVertexAI runs Vertex AI and the Google "
+        "OAuth token endpoint its tokens come from (on --auth-port), in one process; clients "
+        "get tokens there with a --service-account-key whose token_uri is "
+        "http://HOST:AUTH_PORT/token.",
     )
     fake.add_argument(
         "--provider",
         required=True,
-        choices=["OpenAI", "AzureOpenAI", "Anthropic", "OpenAICompatible"],
+        choices=["OpenAI", "AzureOpenAI", "Anthropic", "OpenAICompatible", "GCPVertexAI"],
     )
     fake.add_argument("--port", type=int, required=True)
-    fake.add_argument("--api-key", required=True, help="the key clients must send")
+    fake.add_argument(
+        "--api-key", help="the key clients must send (required, except for GCPVertexAI)"
+    )
     fake.add_argument("--host", default="127.0.0.1")
     fake.add_argument(
         "--model",
         action="append",
         default=[],
-        help="a model (Azure: deployment) it serves; repeatable",
+        help="a model (Azure: deployment) it serves; repeatable. GCPVertexAI: a Claude id as "
+        "in the URL (claude-x@20250101) or google/<id> for Gemini (default: claude-x@20250101 "
+        "and google/gemini-x)",
     )
     fake.add_argument(
         "--control-port",
         type=int,
-        help="port of the control API: GET/DELETE /requests, PUT/DELETE /fault",
+        help="port of the control API: GET/DELETE /requests, PUT/DELETE /fault; GCPVertexAI's "
+        "also has the token controls: GET /tokens, POST /tokens/expire and /tokens/revoke "
+        '(JSON {"token": ...} for one, no body for all), PUT /token-lifetime {"seconds": n}',
     )
     fake.add_argument(
         "--stream-chunk-delay", type=float, default=0.0, help="seconds between streamed chunks"
@@ -329,8 +419,45 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=None,
         help="remember only the newest N requests for GET /requests (default: all)",
     )
-    fake.add_argument("--tls-cert", help="serve https with this PEM certificate chain")
+    fake.add_argument(
+        "--tls-cert",
+        help="serve https with this PEM certificate chain (GCPVertexAI: Vertex only, the "
+        "token endpoint stays http)",
+    )
     fake.add_argument("--tls-key", help="the certificate's PEM private key")
+    vertex = fake.add_argument_group("GCPVertexAI only")
+    vertex.add_argument("--project", help="the Google Cloud project it serves (required)")
+    vertex.add_argument(
+        "--location",
+        action="append",
+        default=[],
+        help="a location it serves (us-east5, global...); repeatable (default: us-east5)",
+    )
+    vertex.add_argument(
+        "--service-account-key",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="a service account's key JSON; the token endpoint issues tokens to the accounts "
+        "of these keys; repeatable (at least one)",
+    )
+    vertex.add_argument(
+        "--token-lifetime",
+        type=int,
+        metavar="SECONDS",
+        help="how long an issued token lives (default 3599)",
+    )
+    vertex.add_argument(
+        "--auth-port",
+        type=int,
+        help="port of the token endpoint, POST /token (default: any free port, printed)",
+    )
+    vertex.add_argument(
+        "--auth-control-port",
+        type=int,
+        help="port of the token endpoint's own control API, for its faults and requests "
+        "(default: none; its tokens are steered through --control-port)",
+    )
 
     crds = commands.add_parser("crds", help="write the CRDs generated from the models")
     crds.add_argument("--output", type=Path, default=Path("crds"), help="directory (default: crds)")
@@ -372,6 +499,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "plan":
         return plan_command(args.filename, args.output)
     if args.command == "fake-provider":
+        problem = fake_provider_problem(args)
+        if problem is not None:
+            fake.error(problem)
         return fake_provider_command(args)
     for path in write_crds(args.output):
         print(path)

@@ -40,6 +40,7 @@ from switchyard.fakes.vertex import (
     CLOUD_PLATFORM,
     GOOGLE_TOKEN_AUDIENCE,
     JWT_BEARER,
+    UNAUTHENTICATED,
     FakeGoogleAuth,
     FakeVertex,
     Jwt,
@@ -480,6 +481,37 @@ async def test_vertex_refuses_what_vertex_refuses() -> None:
         error = cast(dict[str, Any], caught.value.body)["error"]
         assert (error["code"], error["status"]) == (429, "RESOURCE_EXHAUSTED")
         assert caught.value.response.headers["Retry-After"] == "3"
+
+
+@run
+async def test_vertex_probe_and_its_control_port_steering_the_tokens() -> None:
+    """The publisher model GET takes the predictions' token and costs none; Vertex's control
+    port steers its auth's tokens, as one port does for `fake-provider --provider GCPVertexAI`."""
+    async with google() as (auth, _):
+        vertex = FakeVertex(auth, PROJECT, [REGION], [CLAUDE], [GEMINI])
+        async with running(vertex, control_port=0), aiohttp.ClientSession() as http:
+            token = auth.issue(EMAIL)
+            other = auth.issue(EMAIL, ["https://www.googleapis.com/auth/other"])
+            url = f"{vertex.url}/v1beta1/publishers/anthropic/models/{CLAUDE}"
+            described = {
+                "name": f"publishers/anthropic/models/{CLAUDE}",
+                "versionId": "001",
+                "launchStage": "GA",
+            }
+            refused = {"code": 401, "message": UNAUTHENTICATED, "status": "UNAUTHENTICATED"}
+            for sent, expected in [
+                (token, (200, described)),
+                (other, (401, {"error": refused})),
+                ("ya29.unknown", (401, {"error": refused})),
+            ]:
+                headers = {"Authorization": f"Bearer {sent}"}
+                async with http.get(url, headers=headers) as reply:
+                    assert (reply.status, await reply.json()) == expected
+            assert [r.method for r in vertex.requests] == ["GET"] * 3
+            revoke = f"{control_url(vertex)}/tokens/revoke"
+            async with http.post(revoke, json={"token": token}) as reply:
+                assert await reply.json() == {"revoked": 1}
+            assert not auth.valid(token), "Vertex's control port revokes its auth's tokens"
 
 
 # --- Vertex AI: Gemini through the OpenAI-compatible API

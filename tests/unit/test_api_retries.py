@@ -62,7 +62,7 @@ def test_an_api_server_busy_for_good_is_an_error_in_the_end() -> None:
             with pytest.raises(ApiException) as raised:
                 await kube.list_custom("modelendpoints")
             assert raised.value.status == 429
-            assert json.loads(raised.value.body)["reason"] == "TooManyRequests"
+            assert json.loads(raised.value.body or b"")["reason"] == "TooManyRequests"
             return asked()
 
     assert asyncio.run(scenario()) == TOO_MANY_REQUESTS_RETRIES + 1

@@ -31,15 +31,24 @@ format (`{"error": {"code": 401, "message": ..., "status": "UNAUTHENTICATED"}}`)
 - Gemini through the OpenAI-compatible API: `POST /v1/projects/{project}/locations/{location}/
   endpoints/openapi/chat/completions`, model `google/<model>`, checked and answered as the
   OpenAI fake does (reply `Hello from GCPVertexAI google/<model> on port <port>.`).
+- A probe that costs no tokens: `GET /v1beta1/publishers/{publisher}/models/{model}` (publisher
+  `anthropic` with a Claude id as in the URL, `google` with a Gemini id without `google/`),
+  `{"name": "publishers/<publisher>/models/<model>", "versionId": "001", "launchStage": "GA"}`
+  for a model it serves, else 404; the token is checked as for the predict routes.
 
 `vertex-2023-10-16` behaves as API version 2023-06-01 (sampling parameters allowed),
 `2026-10-21` as that version. Everything but Claude's own refusals is answered in Google's
 format: faults, 404 for a wrong project or location or a model it does not serve, and 400
 `INVALID_ARGUMENT` with the OpenAI fake's message for a Gemini request it refuses.
+
+FakeVertex's control port is FakeProvider's plus its FakeGoogleAuth's token controls
+(/tokens, /tokens/expire, /tokens/revoke, /token-lifetime), so that one port steers both when
+they run as `switchyard fake-provider --provider GCPVertexAI` (see serve_vertex_forever).
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import json
@@ -68,6 +77,7 @@ from switchyard.fakes.provider import (
     _tool_use_id,
     decide,
     read_messages_request,
+    running,
 )
 
 GOOGLE_TOKEN_AUDIENCE = "https://oauth2.googleapis.com/token"
@@ -455,9 +465,14 @@ class FakeGoogleAuth(FakeProvider):
     def _set_lifetime(self, seconds: int) -> None:
         self.token_lifetime = seconds
 
+    def token_control_routes(self, app: web.Application) -> None:
+        """Add the token controls (TokenStore.control_routes) to a control app: this one's,
+        or a FakeVertex's that serves for both."""
+        self.store.control_routes(app, self._set_lifetime)
+
     def _control_app(self) -> web.Application:
         app = super()._control_app()
-        self.store.control_routes(app, self._set_lifetime)
+        self.token_control_routes(app)
         return app
 
 
@@ -470,7 +485,8 @@ class FakeVertex(FakeProvider):
 
     claude_models: publisher model ids, as in the URL (`claude-sonnet-4@20250514`).
     gemini_models: model ids without the `google/` the requests carry. Faults, records and the
-    control port are FakeProvider's (its /api-key does nothing here: tokens are `auth`'s)."""
+    control port are FakeProvider's (its /api-key does nothing here: tokens are `auth`'s); the
+    control port also serves `auth`'s token controls."""
 
     def __init__(
         self,
@@ -517,6 +533,13 @@ class FakeVertex(FakeProvider):
         location = "/v1/projects/{project}/locations/{location}"
         app.router.add_post(f"{location}/publishers/anthropic/models/{{target}}", self._claude)
         app.router.add_post(f"{location}/endpoints/openapi/chat/completions", self._gemini)
+        app.router.add_get("/v1beta1/publishers/{publisher}/models/{model}", self._publisher_model)
+        return app
+
+    def _control_app(self) -> web.Application:
+        app = super()._control_app()
+        # One control port for the pair: a subprocess running both need not expose two.
+        self.auth.token_control_routes(app)
         return app
 
     def _authenticate(self, request: web.Request) -> None:
@@ -543,6 +566,16 @@ class FakeVertex(FakeProvider):
                 404, "NOT_FOUND", f"Project `{project}` has no location `{location}` here."
             )
         return f"projects/{project}/locations/{location}"
+
+    async def _publisher_model(self, request: web.Request) -> web.Response:
+        """The publisher model's description: what an operator's probe reads, as it costs no
+        tokens and takes the same bearer token as a prediction (the middleware checked it)."""
+        publisher, model = request.match_info["publisher"], request.match_info["model"]
+        served = {"anthropic": self.claude_models, "google": self.gemini_models}.get(publisher, [])
+        name = f"publishers/{publisher}/models/{model}"
+        if model not in served:
+            raise ProviderError(404, "NOT_FOUND", f"Publisher Model `{name}` not found.")
+        return web.json_response({"name": name, "versionId": "001", "launchStage": "GA"})
 
     # --- Claude
 
@@ -632,6 +665,28 @@ class FakeVertex(FakeProvider):
                 f"{str(model).removeprefix('google/')}` not found.",
             )
         return await self._complete(request, "chat/completions", None)
+
+
+async def serve_vertex_forever(
+    auth: FakeGoogleAuth,
+    vertex: FakeVertex,
+    control_port: int | None,
+    auth_control_port: int | None = None,
+) -> None:
+    """Serve `auth` and `vertex` (which uses it) in this loop until cancelled; `control_port`
+    steers Vertex and the tokens, `auth_control_port` (optional) the token endpoint's own
+    faults and records. The auth starts first: Vertex's control port answering means both
+    are up."""
+    async with running(auth, auth_control_port), running(vertex, control_port):
+        print(f"{vertex.provider} fake provider on {vertex.url}", flush=True)
+        print(f"Google OAuth token endpoint on {auth.token_uri}", flush=True)
+        if control_port is not None:
+            print(f"control API on http://{vertex.host}:{control_port}", flush=True)
+        if auth_control_port is not None:
+            print(
+                f"token endpoint control API on http://{auth.host}:{auth_control_port}", flush=True
+            )
+        await asyncio.Event().wait()
 
 
 def _vertex_body(body: dict[str, Any]) -> tuple[dict[str, Any], str]:
