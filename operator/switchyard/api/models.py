@@ -662,6 +662,12 @@ class BackendStatus(_Model):
     reason: str | None = Field(
         default=None, description="Why the effective weight is 0, when it is."
     )
+    message: str | None = Field(
+        default=None,
+        description="What the last probe found, when it failed (HTTP 401: the key was "
+        "refused; the token endpoint refused the service-account key (invalid_grant)).",
+        max_length=1024,
+    )
     rate_limited_until: str | None = Field(
         default=None,
         description="While the provider has asked to back off (HTTP 429): when its Retry-After "

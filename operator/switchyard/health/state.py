@@ -26,7 +26,6 @@ class BackendHealth:
     # starts and not moved by later 429s (status would be rewritten on each), so that a
     # restarted operator resumes the back-off instead of routing to the backend again.
     rate_limit_ends: str | None = None
-    last_reason: str = field(default="")
     # What status shows: moved on a transition, or when older than the refresh period, so a
     # steady backend's status is not rewritten on every probe.
     published: dict[str, int | str | bool | None] = field(default_factory=dict)
@@ -43,7 +42,6 @@ class BackendHealth:
         """Record a probe; returns whether status or the data plane should hear of it.
         `rate_limit_ends`: wall-clock time of `now + result.retry_after`, for a 429."""
         before = self.routing_state(now)
-        self.last_reason = result.reason
         if result.outcome == Outcome.CREDENTIALS_INVALID:
             self.credentials_valid = False
         elif result.outcome == Outcome.RATE_LIMITED:
@@ -67,6 +65,7 @@ class BackendHealth:
                 "consecutiveFailures": self.consecutive_failures,
                 "lastProbeTime": wall_time,
                 "lastProbeLatencyMs": result.latency_ms,
+                "message": None if result.outcome == Outcome.HEALTHY else result.reason,
             }
             self.published_at = now
             return True
@@ -109,7 +108,13 @@ class BackendHealth:
                     self.rate_limit_ends = ends
         self.published = {
             key: shown.get(key)
-            for key in ("healthy", "consecutiveFailures", "lastProbeTime", "lastProbeLatencyMs")
+            for key in (
+                "healthy",
+                "consecutiveFailures",
+                "lastProbeTime",
+                "lastProbeLatencyMs",
+                "message",
+            )
         }
         self.published_at = now
 

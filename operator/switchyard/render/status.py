@@ -42,7 +42,7 @@ def endpoint_status(
             "effectiveWeight": route.effective_weight if route else 0,
             "consecutiveFailures": probed.get("consecutiveFailures") or 0,
         }
-        for field in ("lastProbeTime", "lastProbeLatencyMs", "rateLimitedUntil"):
+        for field in ("lastProbeTime", "lastProbeLatencyMs", "rateLimitedUntil", "message"):
             if probed.get(field) is not None:
                 entry[field] = probed[field]
         if route and route.unavailable_reason:

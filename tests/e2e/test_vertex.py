@@ -1,0 +1,296 @@
+"""Vertex AI through the gateway: Claude and Gemini for both SDKs, the access tokens the
+operator mints from a service-account key (and only those) reaching the data plane, their
+rotation under load, a refused key reported as CredentialsInvalid, and Claude failing over
+between Anthropic and Vertex AI.
+
+The fake Vertex AI's tokens live TOKEN_LIFETIME seconds here, so every test runs across
+token rotations."""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import anthropic
+import openai
+import pytest
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from gatewaylab import (
+    CLIENT_KEY,
+    FakeProcess,
+    LocalEnvoy,
+    VertexProcess,
+    chat,
+    free_port,
+    lab_client,
+    send_sync,
+    service_account_key_json,
+)
+from tests_support.cluster import Cluster, condition, eventually
+from tests_support.scenario import API_VERSION, Operator
+
+pytestmark = pytest.mark.e2e
+
+CLAUDE, GEMINI = "claude-x@20250101", "google/gemini-x"
+TOKEN_LIFETIME = 24
+KUBELET_DELAY = 2.0
+SECRET, SA_KEY = "gcp", "service-account.json"
+
+
+@dataclass
+class CloudLab:
+    cluster: Cluster
+    operator: Operator
+    namespace: str
+    envoy: LocalEnvoy
+    vertex: VertexProcess
+    claude: FakeProcess
+
+    def vertex_backend(self, model: str, name: str = "vertex", **fields: Any) -> dict[str, Any]:
+        return {
+            "name": name,
+            "provider": "GCPVertexAI",
+            "model": model,
+            "region": self.vertex.region,
+            "project": self.vertex.project,
+            # The fake's address in place of the region's endpoint, as a private endpoint.
+            "url": self.vertex.url,
+            "credentialsRef": {"name": SECRET, "key": SA_KEY},
+            **fields,
+        }
+
+    def anthropic_backend(self, **fields: Any) -> dict[str, Any]:
+        return {
+            "name": "anthropic",
+            "provider": "Anthropic",
+            "model": self.claude.model,
+            "url": self.claude.url,
+            "credentialsRef": {"name": SECRET, "key": "anthropic"},
+            **fields,
+        }
+
+    def serve(self, model: str, backends: list[dict[str, Any]]) -> None:
+        self.cluster.apply(
+            {
+                "apiVersion": API_VERSION,
+                "kind": "ModelEndpoint",
+                "metadata": {"name": model, "namespace": self.namespace},
+                "spec": {"gatewayRef": {"name": "gw"}, "model": model, "backends": backends},
+            }
+        )
+        eventually(lambda: condition(self.endpoint(model), "Ready"))
+        eventually(lambda: send_sync(self.chat_url, chat(model), 10, 2).statuses[200] == 10)
+
+    def endpoint(self, model: str) -> dict[str, Any] | None:
+        return self.cluster.get("modelendpoints", model, self.namespace)
+
+    @property
+    def chat_url(self) -> str:
+        return f"{self.envoy.url}/v1/chat/completions"
+
+    def openai(self) -> openai.OpenAI:
+        return openai.OpenAI(base_url=f"{self.envoy.url}/v1", api_key=CLIENT_KEY, max_retries=0)
+
+    def anthropic_sdk(self) -> anthropic.Anthropic:
+        return anthropic.Anthropic(base_url=self.envoy.url, api_key=CLIENT_KEY, max_retries=0)
+
+
+@pytest.fixture(scope="module")
+def cloud(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[CloudLab]:
+    namespace = f"sy-vertex-{uuid.uuid4().hex[:6]}"
+    vertex = VertexProcess(models=(CLAUDE, GEMINI), token_lifetime=TOKEN_LIFETIME)
+    claude = FakeProcess("Anthropic", f"sk-ant-{uuid.uuid4().hex[:8]}", "claude-x")
+    operator = Operator(
+        xds_address=f"127.0.0.1:{free_port()}", metrics_address=f"127.0.0.1:{free_port()}"
+    )
+    envoy: LocalEnvoy | None = None
+    try:
+        cluster.apply(
+            {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}},
+            {
+                "apiVersion": "v1",
+                "kind": "Secret",
+                "metadata": {"name": SECRET, "namespace": namespace},
+                "stringData": {SA_KEY: vertex.service_account_key, "anthropic": claude.api_key},
+            },
+            {
+                "apiVersion": API_VERSION,
+                "kind": "ModelGateway",
+                "metadata": {"name": "gw", "namespace": namespace},
+                "spec": {"listener": {"port": 8080}},
+            },
+            *lab_client(namespace, "gw"),
+        )
+        operator.start()
+        log: Path = tmp_path_factory.mktemp("envoy") / "envoy.log"
+        envoy = LocalEnvoy(
+            f"{namespace}/gw", free_port(), operator.xds_address, log, secret_delay=KUBELET_DELAY
+        )
+        envoy.wait_listening()
+        yield CloudLab(cluster, operator, namespace, envoy, vertex, claude)
+    finally:
+        if envoy is not None:
+            envoy.stop()
+        operator.stop()
+        vertex.stop()
+        claude.stop()
+        cluster.kubectl("delete", "namespace", namespace, "--wait=false", "--ignore-not-found")
+
+
+def _bearer(record: dict[str, Any]) -> str:
+    return str(record["headers"].get("authorization", "")).removeprefix("Bearer ")
+
+
+def test_both_sdks_reach_claude_on_vertex_whole_and_streamed(cloud: CloudLab) -> None:
+    cloud.serve("vertex-claude", [cloud.vertex_backend(CLAUDE)])
+    cloud.vertex.forget_requests()
+    answer = cloud.openai().chat.completions.create(
+        model="vertex-claude", messages=[{"role": "user", "content": "hello"}]
+    )
+    assert f"GCPVertexAI {CLAUDE}" in (answer.choices[0].message.content or "")
+    chunks = cloud.openai().chat.completions.create(
+        model="vertex-claude", messages=[{"role": "user", "content": "hello"}], stream=True
+    )
+    streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert f"GCPVertexAI {CLAUDE}" in streamed
+    message = cloud.anthropic_sdk().messages.create(
+        model="vertex-claude", max_tokens=64, messages=[{"role": "user", "content": "hello"}]
+    )
+    assert message.content[0].type == "text"
+    assert f"GCPVertexAI {CLAUDE}" in message.content[0].text
+    with cloud.anthropic_sdk().messages.stream(
+        model="vertex-claude", max_tokens=64, messages=[{"role": "user", "content": "hello"}]
+    ) as stream:
+        assert f"GCPVertexAI {CLAUDE}" in stream.get_final_text()
+
+    requests = cloud.vertex.traffic()
+    paths = [r["path"].rsplit("/", 1)[-1] for r in requests]
+    assert paths == [f"{CLAUDE}:rawPredict", f"{CLAUDE}:streamRawPredict"] * 2
+    prefix = f"/v1/projects/{cloud.vertex.project}/locations/{cloud.vertex.region}/"
+    assert all(r["path"].startswith(prefix + "publishers/anthropic/models/") for r in requests)
+    for record in requests:
+        body = record["body"]
+        assert "model" not in body
+        assert body["anthropic_version"] == "vertex-2023-10-16"
+        assert "anthropic-version" not in record["headers"]
+        # A minted access token, never the service-account key or the client's key.
+        assert _bearer(record).startswith("ya29.")
+
+
+def test_both_sdks_reach_gemini_on_vertex(cloud: CloudLab) -> None:
+    cloud.serve("vertex-gemini", [cloud.vertex_backend(GEMINI)])
+    cloud.vertex.forget_requests()
+    answer = cloud.openai().chat.completions.create(
+        model="vertex-gemini", messages=[{"role": "user", "content": "hello"}]
+    )
+    assert f"GCPVertexAI {GEMINI}" in (answer.choices[0].message.content or "")
+    chunks = cloud.openai().chat.completions.create(
+        model="vertex-gemini", messages=[{"role": "user", "content": "hello"}], stream=True
+    )
+    assert GEMINI in "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    message = cloud.anthropic_sdk().messages.create(
+        model="vertex-gemini", max_tokens=64, messages=[{"role": "user", "content": "hello"}]
+    )
+    assert message.content[0].type == "text"
+    assert GEMINI in message.content[0].text
+    requests = cloud.vertex.traffic()
+    endpoint = (
+        f"/v1/projects/{cloud.vertex.project}/locations/{cloud.vertex.region}"
+        "/endpoints/openapi/chat/completions"
+    )
+    assert [r["path"] for r in requests] == [endpoint] * 3
+    assert {r["body"]["model"] for r in requests} == {GEMINI}
+    assert all(_bearer(r).startswith("ya29.") for r in requests)
+
+
+def test_tokens_rotate_under_load_without_a_failed_request(cloud: CloudLab) -> None:
+    """Tokens live TOKEN_LIFETIME seconds: over two and a half lifetimes of steady load, the
+    operator mints new ones and the data plane takes them up before the old ones expire."""
+    cloud.serve("rotating", [cloud.vertex_backend(CLAUDE)])
+    cloud.vertex.forget_requests()
+    ends = time.monotonic() + 2.5 * TOKEN_LIFETIME
+    statuses: dict[int, int] = {}
+    while time.monotonic() < ends:
+        outcome = send_sync(cloud.chat_url, chat("rotating"), 20, 4)
+        for status, count in outcome.statuses.items():
+            statuses[status] = statuses.get(status, 0) + count
+        assert not outcome.errors, outcome.errors[:3]
+    assert set(statuses) == {200}, statuses
+    tokens = {_bearer(r) for r in cloud.vertex.traffic()}
+    assert len(tokens) >= 3, "the tokens did not rotate"
+    # Only access tokens reached the data plane: the credentials Secret holds no key.
+    credentials = cloud.cluster.get("secrets", "gw-switchyard-credentials", cloud.namespace)
+    assert credentials is not None
+    values = [base64.b64decode(v).decode() for v in credentials["data"].values()]
+    assert not any("PRIVATE KEY" in value for value in values)
+    assert any(value.startswith("ya29.") for value in values)
+
+
+def test_a_key_the_token_endpoint_refuses_is_credentials_invalid_and_traffic_moves(
+    cloud: CloudLab,
+) -> None:
+    stranger = service_account_key_json(
+        rsa.generate_private_key(public_exponent=65537, key_size=2048),
+        cloud.vertex.email,
+        cloud.vertex.project,
+        cloud.vertex.token_uri,
+        "not-a-known-key",
+    )
+    cloud.cluster.apply(
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": "stranger", "namespace": cloud.namespace},
+            "stringData": {SA_KEY: json.dumps(stranger)},
+        }
+    )
+    refused = cloud.vertex_backend(
+        CLAUDE, name="refused", credentialsRef={"name": "stranger", "key": SA_KEY}
+    )
+    cloud.cluster.apply(
+        {
+            "apiVersion": API_VERSION,
+            "kind": "ModelEndpoint",
+            "metadata": {"name": "refused-key", "namespace": cloud.namespace},
+            "spec": {
+                "gatewayRef": {"name": "gw"},
+                "model": "refused-key",
+                "backends": [refused, cloud.anthropic_backend()],
+            },
+        }
+    )
+
+    def reported() -> dict[str, Any] | None:
+        endpoint = cloud.endpoint("refused-key") or {}
+        for backend in (endpoint.get("status") or {}).get("backends") or []:
+            if backend.get("name") == "refused" and backend.get("reason") == "CredentialsInvalid":
+                return dict(backend)
+        return None
+
+    backend = eventually(reported, timeout=30)
+    assert backend["message"] == (
+        "the token endpoint refused the service-account key (invalid_grant)"
+    )
+    assert "PRIVATE KEY" not in json.dumps(cloud.endpoint("refused-key"))
+    outcome = send_sync(cloud.chat_url, chat("refused-key"), 40, 4)
+    assert outcome.statuses == {200: 40}
+    assert set(outcome.ports) == {cloud.claude.port}
+
+
+def test_claude_fails_over_between_anthropic_and_vertex(cloud: CloudLab) -> None:
+    cloud.serve("claude", [cloud.anthropic_backend(), cloud.vertex_backend(CLAUDE)])
+    for down, up in ((cloud.claude, cloud.vertex), (cloud.vertex, cloud.claude)):
+        down.fault(status=500)
+        try:
+            outcome = send_sync(cloud.chat_url, chat("claude"), 100, 8)
+            assert outcome.statuses == {200: 100}, outcome.statuses
+            assert set(outcome.ports) == {up.port}
+        finally:
+            down.heal()
