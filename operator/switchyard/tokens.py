@@ -61,17 +61,25 @@ class _TimedRequest(Request):
         return super().__call__(*args, **kwargs)  # type: ignore[no-untyped-call]
 
 
-def _google_service_account(material: bytes, now: float) -> Minted:
+# Why the operator may not connect to a URL (a metadata service, the API server), or None.
+Forbidden = Callable[[str], str | None]
+
+
+def _google_service_account(material: bytes, now: float, forbidden: Forbidden) -> Minted:
     try:
         info = json.loads(material)
         credentials = service_account.Credentials.from_service_account_info(  # type: ignore[no-untyped-call]
             info, scopes=GOOGLE_SCOPES
         )
-    except (ValueError, TypeError, KeyError):
+    except (ValueError, TypeError, KeyError, AttributeError):
         raise MintingFailed(
             "the Secret's value is not a service-account key JSON (type service_account, with "
             "client_email, private_key and token_uri)"
         ) from None
+    # The key JSON names where it is exchanged: whoever writes the Secret chooses where the
+    # operator connects, so the places no backend may be are no token endpoint either.
+    if why := forbidden(str(info["token_uri"])):
+        raise MintingFailed(f"the service-account key's token_uri is refused: {why}")
     try:
         credentials.refresh(_TimedRequest())
     except google_exceptions.RefreshError as error:
@@ -80,11 +88,10 @@ def _google_service_account(material: bytes, now: float) -> Minted:
         ) from None
     except google_exceptions.TransportError:
         raise MintingFailed("the service-account key's token_uri did not answer") from None
+    # google-auth gives the expiry by the wall clock; the minter's clock may be another.
     expiry: datetime.datetime | None = credentials.expiry
-    expires_at = (
-        expiry.replace(tzinfo=datetime.UTC).timestamp() if expiry is not None else now + 3600
-    )
-    return Minted(str(credentials.token), expires_at, now + (expires_at - now) * REFRESH_AFTER)
+    lifetime = expiry.replace(tzinfo=datetime.UTC).timestamp() - time.time() if expiry else 3600
+    return Minted(str(credentials.token), now + lifetime, now + lifetime * REFRESH_AFTER)
 
 
 def _oauth_error(error: google_exceptions.RefreshError) -> str:
@@ -94,7 +101,7 @@ def _oauth_error(error: google_exceptions.RefreshError) -> str:
     return code if isinstance(code, str) and code.replace("_", "").isalnum() else "refused"
 
 
-_MINTERS: dict[Exchange, Callable[[bytes, float], Minted]] = {
+_MINTERS: dict[Exchange, Callable[[bytes, float, Forbidden], Minted]] = {
     Exchange.GOOGLE_SERVICE_ACCOUNT: _google_service_account,
 }
 
@@ -105,7 +112,10 @@ class TokenMinter:
     """Tokens by the key they are minted from, each minted once at a time, in a thread
     (google-auth blocks)."""
 
-    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, forbidden: Forbidden = lambda url: None, clock: Callable[[], float] = time.time
+    ) -> None:
+        self._forbidden = forbidden
         self._clock = clock
         self._minted: dict[_Key, Minted] = {}
         self._failed: dict[_Key, tuple[str, float]] = {}
@@ -127,7 +137,9 @@ class TokenMinter:
             failed = self._failed.get(key)
             if failed is None or now >= failed[1]:
                 try:
-                    minted = await asyncio.to_thread(_MINTERS[exchange], material, now)
+                    minted = await asyncio.to_thread(
+                        _MINTERS[exchange], material, now, self._forbidden
+                    )
                 except MintingFailed as error:
                     failed = (error.reason, now + RETRY_SECONDS)
                     self._failed[key] = failed

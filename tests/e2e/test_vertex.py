@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import json
 import time
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ from gatewaylab import (
     send_sync,
     service_account_key_json,
 )
+from tests_support import hygiene
 from tests_support.cluster import Cluster, condition, eventually
 from tests_support.scenario import API_VERSION, Operator
 
@@ -294,3 +296,23 @@ def test_claude_fails_over_between_anthropic_and_vertex(cloud: CloudLab) -> None
             assert set(outcome.ports) == {up.port}
         finally:
             down.heal()
+
+
+def test_no_key_or_token_anywhere_a_person_or_program_can_read(cloud: CloudLab) -> None:
+    """After the module's tests: the service-account key and the tokens minted from it are in
+    no log, metric, status, Event, ConfigMap or Envoy config."""
+    with urllib.request.urlopen(
+        f"http://{cloud.operator.metrics_address}/metrics", timeout=5
+    ) as reply:
+        metrics = reply.read().decode()
+    places = {
+        "operator log": cloud.operator.log,
+        "operator metrics": metrics,
+        "Envoy's config dump": cloud.envoy.config_dump(),
+        "Envoy's log": cloud.envoy.log.read_text(errors="replace"),
+        **hygiene.cluster_places(cloud.cluster, [cloud.namespace]),
+    }
+    tokens = [str(t["token"]) for t in cloud.vertex.tokens()]
+    assert tokens, "no token was minted"
+    private_key = json.loads(cloud.vertex.service_account_key)["private_key"]
+    hygiene.assert_clean(places, [CLIENT_KEY, cloud.claude.api_key, private_key, *tokens])

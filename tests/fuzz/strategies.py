@@ -264,8 +264,10 @@ def urls() -> st.SearchStrategy[str]:
 # --- backends
 
 PROVIDERS_WITH_DEFAULT_URL = ("OpenAI", "Anthropic")
-PROVIDERS_NEEDING_KEY = ("OpenAI", "AzureOpenAI", "Anthropic")
-SERVED_PROVIDERS = ("OpenAI", "AzureOpenAI", "Anthropic", "OpenAICompatible")
+PROVIDERS_NEEDING_KEY = ("OpenAI", "AzureOpenAI", "Anthropic", "GCPVertexAI")
+SERVED_PROVIDERS = ("OpenAI", "AzureOpenAI", "Anthropic", "OpenAICompatible", "GCPVertexAI")
+# Vertex AI's models are Claude as Vertex names them or publisher/model; the rest refused.
+VERTEX_MODELS = ("claude-sonnet-4@20250514", "claude-x", "google/gemini-2.5-flash", "meta/l@1")
 
 
 @functools.cache
@@ -291,9 +293,14 @@ def backends(draw: st.DrawFn, name: str) -> Spec:
     default one), apiVersion on Azure only, a key where the provider needs one."""
     provider = draw(st.sampled_from(SERVED_PROVIDERS))
     backend: Spec = {"name": name, "provider": provider, "model": draw(model_names())}
+    if provider == "GCPVertexAI":
+        if not draw(one_in(10)):
+            backend["model"] = draw(st.sampled_from(VERTEX_MODELS))
+        backend["region"] = draw(_values("us-east5", "global", "europe-west1"))
+        backend["project"] = draw(_values("proj-1", "acme-llm-prod"))
     # Without a url, OpenAI and Anthropic backends are probed at the public APIs (with a
-    # fake key): kept rare.
-    if provider not in PROVIDERS_WITH_DEFAULT_URL or not draw(one_in(25)):
+    # fake key), and Vertex AI's derived from its region: kept rare.
+    if provider not in (*PROVIDERS_WITH_DEFAULT_URL, "GCPVertexAI") or not draw(one_in(25)):
         backend["url"] = draw(urls())
     if provider == "AzureOpenAI" and draw(st.booleans()):
         backend["apiVersion"] = draw(_values("2024-10-21", "2025-04-01-preview", "0000-00-00"))

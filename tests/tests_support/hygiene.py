@@ -20,6 +20,7 @@ from tests_support.cluster import Cluster
 SHAPES = {
     "a PEM private key": re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----"),
     "a JSON Web Token": re.compile(r"eyJ[\w-]{10,}\.eyJ[\w-]{10,}\.[\w-]{10,}"),
+    "a Google access token": re.compile(r"ya29\.[\w-]{10,}"),
     "an Authorization header's credential": re.compile(
         r"""["']?authorization["']?\s*[:=]\s*["']?(Bearer|Basic)\s+[\w.~+/-]{8,}""",
         re.IGNORECASE,

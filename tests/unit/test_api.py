@@ -175,6 +175,15 @@ def test_plan_command_prints_shares_of_the_examples(capsys: pytest.CaptureFixtur
     assert "standby" in out
 
 
+def test_the_cross_cloud_example_splits_claude_between_anthropic_and_vertex(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["plan", "-f", str(ROOT / "examples" / "cross-cloud" / "claude.yaml")]) == 0
+    out = capsys.readouterr().out
+    assert "split: anthropic=50% vertex-us-east5=50%" in out
+    assert "vertex-europe-west1  GCPVertexAI" in out
+
+
 def test_plan_command_json(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["plan", "-o", "json", "-f", str(ROOT / "examples" / "30-embeddings.yaml")]) == 0
     [plan] = json.loads(capsys.readouterr().out)

@@ -30,10 +30,11 @@ from switchyard.handlers.state import Store, object_key
 from switchyard.handlers.sync import GatewaySync
 from switchyard.kube.client import Kube, credentials, load_configuration
 from switchyard.kube.secrets import SecretCache
-from switchyard.plan.egress import ApiServer
+from switchyard.plan.egress import ApiServer, refusal
 from switchyard.plan.gateway import ObjectKey
 from switchyard.render.deployment import ENVOY_IMAGE, EnvoyPods
 from switchyard.render.objects import GATEWAY_LABEL, MANAGED_BY, XdsPeer
+from switchyard.tokens import TokenMinter
 from switchyard.xds.server import XdsServer, gateway_of_node
 
 logger = logging.getLogger(__name__)
@@ -242,8 +243,10 @@ async def start(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
     )
     xds = XdsServer(control)
     secrets = SecretCache(kube, store.referenced_keys)
-    health = HealthMonitor(secrets, lambda gateway: sync.mark({gateway}))
-    sync = GatewaySync(store, kube, secrets, xds, pods, health, await api_server_of(kube), control)
+    api_server = await api_server_of(kube)
+    tokens = TokenMinter(forbidden=lambda url: refusal(url, None, api_server))
+    health = HealthMonitor(secrets, lambda gateway: sync.mark({gateway}), tokens)
+    sync = GatewaySync(store, kube, secrets, xds, pods, health, api_server, control, tokens)
     sync.network_policy = network_policy_peer(memo, pods)
     # An Envoy that connects, ACKs or NACKs changes its gateway's Programmed condition.
     xds.on_change = lambda node: sync.mark({gateway_of_node(node)})

@@ -1,0 +1,152 @@
+"""The operator's token minter against the fake Google token endpoint: what it mints, when it
+mints again, what it keeps while the endpoint refuses, and where it never connects."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from gatewaylab import service_account_key_json
+from switchyard.fakes.provider import Fault, running
+from switchyard.fakes.vertex import FakeGoogleAuth
+from switchyard.plan.egress import ANY_CLUSTER, refusal
+from switchyard.providers import Exchange
+from switchyard.tokens import RETRY_SECONDS, MintingFailed, TokenMinter
+
+pytestmark = pytest.mark.e2e
+
+GOOGLE = Exchange.GOOGLE_SERVICE_ACCOUNT
+EMAIL = "minter@switchyard-lab.iam.gserviceaccount.com"
+LIFETIME = 600
+
+
+def key_json(token_uri: str, key: rsa.RSAPrivateKey | None = None) -> dict[str, str]:
+    key = key or rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    return service_account_key_json(key, EMAIL, "switchyard-lab", token_uri, secrets.token_hex(20))
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_000_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@asynccontextmanager
+async def token_endpoint() -> AsyncIterator[FakeGoogleAuth]:
+    auth = FakeGoogleAuth(token_lifetime=LIFETIME)
+    async with running(auth):
+        yield auth
+
+
+def minted_by(auth: FakeGoogleAuth) -> Callable[[], int]:
+    return lambda: sum(1 for r in auth.requests if r.path == "/token")
+
+
+def test_a_token_is_minted_once_and_again_after_two_thirds_of_its_life() -> None:
+    async def scenario() -> None:
+        async with token_endpoint() as auth:
+            info = key_json(auth.token_uri)
+            auth.add_service_account(info)
+            material = json.dumps(info).encode()
+            clock = Clock()
+            minter = TokenMinter(clock=clock)
+            first = await minter.token(GOOGLE, material)
+            assert auth.valid(first.token)
+            assert first.expires_at == pytest.approx(clock.now + LIFETIME, abs=5)
+            assert first.refresh_at == pytest.approx(clock.now + LIFETIME * 2 / 3, abs=5)
+            clock.now = first.refresh_at - 1
+            assert await minter.token(GOOGLE, material) == first
+            assert minted_by(auth)() == 1
+            clock.now = first.refresh_at
+            second = await minter.token(GOOGLE, material)
+            assert second.token != first.token
+            assert auth.valid(second.token)
+            assert minted_by(auth)() == 2
+
+    asyncio.run(scenario())
+
+
+def test_a_refused_key_is_reported_and_asked_again_only_after_a_while() -> None:
+    async def scenario() -> None:
+        async with token_endpoint() as auth:
+            auth.add_service_account(key_json(auth.token_uri))
+            # The same account's email, another key: the endpoint refuses the signature.
+            material = json.dumps(key_json(auth.token_uri)).encode()
+            clock = Clock()
+            minter = TokenMinter(clock=clock)
+            for _ in range(3):
+                with pytest.raises(MintingFailed) as failed:
+                    await minter.token(GOOGLE, material)
+                assert failed.value.reason == (
+                    "the token endpoint refused the service-account key (invalid_grant)"
+                )
+            assert minted_by(auth)() == 1
+            clock.now += RETRY_SECONDS
+            with pytest.raises(MintingFailed):
+                await minter.token(GOOGLE, material)
+            assert minted_by(auth)() == 2
+
+    asyncio.run(scenario())
+
+
+def test_a_token_that_still_works_is_kept_while_the_endpoint_fails() -> None:
+    async def scenario() -> None:
+        async with token_endpoint() as auth:
+            info = key_json(auth.token_uri)
+            auth.add_service_account(info)
+            material = json.dumps(info).encode()
+            clock = Clock()
+            minter = TokenMinter(clock=clock)
+            held = await minter.token(GOOGLE, material)
+            await auth.set_fault(Fault(status=503))
+            clock.now = held.refresh_at + 1
+            assert await minter.token(GOOGLE, material) == held
+            clock.now = held.expires_at
+            with pytest.raises(MintingFailed):
+                await minter.token(GOOGLE, material)
+
+    asyncio.run(scenario())
+
+
+def test_a_token_the_provider_refused_is_minted_anew() -> None:
+    async def scenario() -> None:
+        async with token_endpoint() as auth:
+            info = key_json(auth.token_uri)
+            auth.add_service_account(info)
+            material = json.dumps(info).encode()
+            minter = TokenMinter()
+            first = await minter.token(GOOGLE, material)
+            minter.invalidate(GOOGLE, material)
+            assert (await minter.token(GOOGLE, material)).token != first.token
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize(
+    ("token_uri", "why"),
+    [
+        ("http://169.254.169.254/token", "cloud metadata"),
+        ("https://kubernetes.default.svc/token", "Kubernetes API server"),
+    ],
+)
+def test_a_token_uri_where_no_backend_may_be_is_never_asked(token_uri: str, why: str) -> None:
+    minter = TokenMinter(forbidden=lambda url: refusal(url, None, ANY_CLUSTER))
+    with pytest.raises(MintingFailed, match=f"token_uri is refused: .*{why}"):
+        asyncio.run(minter.token(GOOGLE, json.dumps(key_json(token_uri)).encode()))
+
+
+def test_what_is_not_a_key_is_named_without_quoting_it() -> None:
+    minter = TokenMinter()
+    for material in (b"sk-not-a-key-json", json.dumps({"private_key": "sk-secret"}).encode()):
+        with pytest.raises(MintingFailed) as failed:
+            asyncio.run(minter.token(GOOGLE, material))
+        assert "not a service-account key JSON" in failed.value.reason
+        assert "sk-" not in failed.value.reason
