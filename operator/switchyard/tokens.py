@@ -1,13 +1,18 @@
 """Access tokens minted from the keys in Secrets, for providers that take a short-lived token
-rather than the key itself (`providers.Exchange`).
+rather than the key itself (`providers.Exchange`), with the vendors' own libraries.
 
 A Vertex AI backend's Secret holds a service-account key JSON. The operator exchanges it
 with google-auth (a JWT bearer grant at the key's `token_uri`) for an access token that
 lives about an hour, and writes only that token into the gateway's credentials Secret; the
-private key never leaves the operator. A token is minted again once two thirds of its life
-has passed, which leaves the kubelet ample time to bring the new one into the Pods while
-the old one still works. A failed exchange is remembered for a while, so that a bad key
-costs the token endpoint one request per `RETRY_SECONDS`, not one per pass and probe.
+private key never leaves the operator. An Azure OpenAI backend with Entra ID holds an app's
+tenant, client id and secret, exchanged with azure-identity (client credentials grant) the
+same way; without a secret, the operator's own workload identity (the federated token file
+AZURE_FEDERATED_TOKEN_FILE names) stands in for it.
+
+A token is minted again once two thirds of its life has passed, which leaves the kubelet
+ample time to bring the new one into the Pods while the old one still works. A failed
+exchange is remembered for a while, so that a bad key costs the token endpoint one request
+per `RETRY_SECONDS`, not one per pass and probe.
 
 Reasons given for a failure name the token endpoint's error code, never the key or the
 endpoint's whole answer.
@@ -19,11 +24,15 @@ import asyncio
 import datetime
 import hashlib
 import json
+import os
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from azure.core.exceptions import AzureError, ClientAuthenticationError
+from azure.identity import ClientSecretCredential, WorkloadIdentityCredential
 from google.auth import exceptions as google_exceptions
 from google.auth.transport.requests import Request
 from google.oauth2 import service_account
@@ -101,8 +110,56 @@ def _oauth_error(error: google_exceptions.RefreshError) -> str:
     return code if isinstance(code, str) and code.replace("_", "").isalnum() else "refused"
 
 
+AZURE_OPENAI_SCOPE = "https://cognitiveservices.azure.com/.default"
+AZURE_AUTHORITY = "https://login.microsoftonline.com"
+ENTRA_FORMAT = (
+    'the Secret\'s value is not an Entra ID app as JSON ({"tenantId", "clientId", and '
+    '"clientSecret" unless the operator\'s workload identity stands in for it})'
+)
+
+
+def _entra_id(material: bytes, now: float, forbidden: Forbidden) -> Minted:
+    try:
+        app = json.loads(material)
+        tenant, client = str(app["tenantId"]), str(app["clientId"])
+        secret = app.get("clientSecret")
+        authority = str(app.get("authorityHost") or AZURE_AUTHORITY)
+    except (ValueError, TypeError, KeyError, AttributeError):
+        raise MintingFailed(ENTRA_FORMAT) from None
+    if why := forbidden(authority):
+        raise MintingFailed(f"the Entra ID app's authorityHost is refused: {why}")
+    # The authority is the one the Secret names: no discovery through the public cloud.
+    options: dict[str, Any] = {"authority": authority, "disable_instance_discovery": True}
+    credential: ClientSecretCredential | WorkloadIdentityCredential
+    if secret:
+        credential = ClientSecretCredential(tenant, client, str(secret), **options)
+    elif token_file := os.environ.get("AZURE_FEDERATED_TOKEN_FILE"):
+        credential = WorkloadIdentityCredential(
+            tenant_id=tenant, client_id=client, token_file_path=token_file, **options
+        )
+    else:
+        raise MintingFailed(
+            "the Entra ID app has no clientSecret, and the operator has no workload identity "
+            "(AZURE_FEDERATED_TOKEN_FILE) to stand in for it"
+        )
+    try:
+        with credential:
+            token = credential.get_token(AZURE_OPENAI_SCOPE)
+    except ClientAuthenticationError as error:
+        # Only the AADSTS code: Entra's description may quote the app's identifiers.
+        code = re.search(r"AADSTS\d+", str(error))
+        raise MintingFailed(
+            f"Entra ID refused the app's credentials ({code.group() if code else 'refused'})"
+        ) from None
+    except AzureError:
+        raise MintingFailed("the Entra ID authority did not answer") from None
+    lifetime = token.expires_on - time.time()
+    return Minted(token.token, now + lifetime, now + lifetime * REFRESH_AFTER)
+
+
 _MINTERS: dict[Exchange, Callable[[bytes, float, Forbidden], Minted]] = {
     Exchange.GOOGLE_SERVICE_ACCOUNT: _google_service_account,
+    Exchange.ENTRA_ID: _entra_id,
 }
 
 _Key = tuple[Exchange, str]

@@ -1,5 +1,6 @@
-"""The operator's token minter against the fake Google token endpoint: what it mints, when it
-mints again, what it keeps while the endpoint refuses, and where it never connects."""
+"""The operator's token minter against the fake Google token endpoint and Entra ID: what it
+mints, when it mints again, what it keeps while the endpoint refuses, and where it never
+connects."""
 
 from __future__ import annotations
 
@@ -8,11 +9,14 @@ import json
 import secrets
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from e2e.test_fake_vertex_entra import CLIENT_ID, SECRET, TENANT, entra, service_account_token
 from gatewaylab import service_account_key_json
+from switchyard.fakes.entra import FakeEntra
 from switchyard.fakes.provider import Fault, running
 from switchyard.fakes.vertex import FakeGoogleAuth
 from switchyard.plan.egress import ANY_CLUSTER, refusal
@@ -22,6 +26,7 @@ from switchyard.tokens import RETRY_SECONDS, MintingFailed, TokenMinter
 pytestmark = pytest.mark.e2e
 
 GOOGLE = Exchange.GOOGLE_SERVICE_ACCOUNT
+ENTRA = Exchange.ENTRA_ID
 EMAIL = "minter@switchyard-lab.iam.gserviceaccount.com"
 LIFETIME = 600
 
@@ -150,3 +155,60 @@ def test_what_is_not_a_key_is_named_without_quoting_it() -> None:
             asyncio.run(minter.token(GOOGLE, material))
         assert "not a service-account key JSON" in failed.value.reason
         assert "sk-" not in failed.value.reason
+
+
+# --- Entra ID, for Azure OpenAI
+
+
+def entra_app(fake: FakeEntra, secret: str | None = SECRET) -> bytes:
+    app = {"tenantId": TENANT, "clientId": CLIENT_ID, "authorityHost": fake.authority()}
+    return json.dumps(app | ({"clientSecret": secret} if secret else {})).encode()
+
+
+def test_an_entra_app_gets_azure_openai_tokens_and_a_wrong_secret_is_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def scenario() -> None:
+        async with entra(tmp_path) as (fake, ca):
+            # How the operator's Pod trusts a private authority's CA.
+            monkeypatch.setenv("REQUESTS_CA_BUNDLE", ca)
+            minter = TokenMinter()
+            minted = await minter.token(ENTRA, entra_app(fake))
+            assert fake.valid(minted.token)
+            with pytest.raises(MintingFailed) as failed:
+                await minter.token(ENTRA, entra_app(fake, "not-the-secret"))
+            assert failed.value.reason == "Entra ID refused the app's credentials (AADSTS7000215)"
+
+    asyncio.run(scenario())
+
+
+def test_without_a_secret_the_operators_workload_identity_stands_in(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def scenario() -> None:
+        async with entra(tmp_path) as (fake, ca):
+            monkeypatch.setenv("REQUESTS_CA_BUNDLE", ca)
+            minter = TokenMinter()
+            monkeypatch.delenv("AZURE_FEDERATED_TOKEN_FILE", raising=False)
+            with pytest.raises(MintingFailed, match="no workload identity"):
+                await minter.token(ENTRA, entra_app(fake, None))
+            # As Azure's workload identity webhook mounts it into the operator's Pod.
+            token_file = tmp_path / "azure-identity-token"
+            token_file.write_text(service_account_token())
+            monkeypatch.setenv("AZURE_FEDERATED_TOKEN_FILE", str(token_file))
+            # A new operator (the failure above is believed for RETRY_SECONDS).
+            minted = await TokenMinter().token(ENTRA, entra_app(fake, None))
+            assert fake.valid(minted.token)
+            assert "client_assertion=" in fake.requests[-1].body
+
+    asyncio.run(scenario())
+
+
+def test_an_authority_where_no_backend_may_be_is_never_asked() -> None:
+    minter = TokenMinter(forbidden=lambda url: refusal(url, None, ANY_CLUSTER))
+    app = {"tenantId": TENANT, "clientId": CLIENT_ID, "clientSecret": SECRET,
+           "authorityHost": "https://169.254.169.254"}  # fmt: skip
+    with pytest.raises(MintingFailed, match=r"authorityHost is refused: .*metadata"):
+        asyncio.run(minter.token(ENTRA, json.dumps(app).encode()))
+    with pytest.raises(MintingFailed, match="not an Entra ID app"):
+        asyncio.run(minter.token(ENTRA, SECRET.encode()))

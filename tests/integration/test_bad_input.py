@@ -168,6 +168,11 @@ REFUSED: list[tuple[str, dict[str, Any], list[str]]] = [
         ["spec.backends[0].provider", "AWSBedrock is not served yet"],
     ),
     (
+        "Entra ID on a provider other than Azure OpenAI",
+        {"backends": [_backend(authentication="EntraID")]},
+        ["spec.backends[0].authentication", "EntraID is only valid for provider AzureOpenAI"],
+    ),
+    (
         "a Vertex AI backend without its region and project",
         {"backends": [_backend(provider="GCPVertexAI", model="claude-sonnet-4@20250514")]},
         ["spec.backends[0].region", "region and project are required"],

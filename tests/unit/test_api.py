@@ -124,6 +124,8 @@ def base_spec(**backend: Any) -> dict[str, Any]:
         ({"url": "http://a:99999"}, "port must be between 1 and 65535"),
         ({"url": "http://a:0"}, "port must be between 1 and 65535"),
         ({"provider": "AWSBedrock"}, "AWSBedrock is not served yet"),
+        ({"authentication": "EntraID"}, "EntraID is only valid for provider AzureOpenAI"),
+        ({"authentication": "Kerberos"}, "Input should be 'APIKey' or 'EntraID'"),
         ({"provider": "GCPVertexAI"}, "region and project are required for provider GCPVertexAI"),
         ({"region": "us-east5", "project": "proj-1"}, "only valid there"),
         (VERTEX | {"model": "gemini-2.5-flash"}, "publisher/model"),

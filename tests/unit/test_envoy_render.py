@@ -127,6 +127,41 @@ def test_each_backend_carries_its_shape_in_metadata() -> None:
     assert shape["path_base"] == "/openai/deployments/az-model"
     assert shape["query"] == "api-version=2024-10-21"
     assert shape["auth"] == "api-key:"
+    # With Entra ID: the token minted from the app's credentials, as a bearer token.
+    [cluster] = rendered(endpoint("m", backends=[azure | {"authentication": "EntraID"}]))[
+        CLUSTER_TYPE
+    ]
+    [locality] = cluster["load_assignment"]["endpoints"]
+    shape = locality["lb_endpoints"][0]["metadata"]["filter_metadata"]["switchyard"]
+    assert shape["auth"] == "authorization:Bearer "
+    assert shape["credentials"] == "team-a_keys_openai_EntraID"
+    assert shape["path_base"] == "/openai/deployments/az-model"
+    # Vertex AI: Claude by its path, with anthropic_version in the body and no header.
+    vertex = {
+        **local("vx"),
+        "provider": "GCPVertexAI",
+        "url": None,
+        "region": "us-east5",
+        "project": "proj-1",
+        "model": "claude-x@20250101",
+        "credentialsRef": {"name": "keys", "key": "openai"},
+    }
+    [cluster, *_] = rendered(endpoint("m", backends=[vertex]))[CLUSTER_TYPE]
+    [locality] = cluster["load_assignment"]["endpoints"]
+    endpoint_address = locality["lb_endpoints"][0]["endpoint"]["address"]["socket_address"]
+    assert endpoint_address == {"address": "us-east5-aiplatform.googleapis.com", "port_value": 443}
+    shape = locality["lb_endpoints"][0]["metadata"]["filter_metadata"]["switchyard"]
+    assert shape["path_base"] == (
+        "/v1/projects/proj-1/locations/us-east5/publishers/anthropic/models/claude-x@20250101"
+    )
+    assert shape["chat_call"] == ":rawPredict|:streamRawPredict"
+    assert json.loads(shape["body"]) == {"anthropic_version": "vertex-2023-10-16"}
+    assert (shape["api"], shape["auth"], shape["headers"]) == (
+        "anthropic",
+        "authorization:Bearer ",
+        "",
+    )
+    assert shape["credentials"] == "team-a_keys_openai_GoogleServiceAccount"
     # Claude on Azure AI Foundry: Anthropic's API under the resource's /anthropic.
     foundry = {
         **local("foundry"),

@@ -280,6 +280,16 @@ def regional_url(region: str) -> str:
 LITELLM_MESSAGE = "dataPlane.type LiteLLM is not served yet: gateways run Envoy"
 
 
+class Authentication(StrEnum):
+    """How a backend proves who it is: what its credentialsRef holds."""
+
+    API_KEY = "APIKey"  # the provider's key (for GCPVertexAI: a service-account key JSON)
+    ENTRA_ID = "EntraID"  # AzureOpenAI: an Entra ID app, exchanged for access tokens
+
+
+ENTRA_ID_MESSAGE = "authentication EntraID is only valid for provider AzureOpenAI"
+
+
 class RetryOn(StrEnum):
     """A failure class that makes the data plane retry on another backend."""
 
@@ -331,6 +341,13 @@ class Backend(_Model):
                     VERTEX_MODEL_MESSAGE,
                     fieldPath=".model",
                     reason="FieldValueInvalid",
+                ),
+                cel(
+                    "!has(self.authentication) || self.authentication == 'APIKey'"
+                    " || self.provider == 'AzureOpenAI'",
+                    ENTRA_ID_MESSAGE,
+                    fieldPath=".authentication",
+                    reason="FieldValueForbidden",
                 ),
                 cel(
                     "!has(self.apiVersion) || self.provider == 'AzureOpenAI'",
@@ -417,6 +434,15 @@ class Backend(_Model):
         pattern=r"^[0-9]{4}-[0-9]{2}-[0-9]{2}(-preview)?$",
         max_length=32,
     )
+    authentication: Authentication = Field(
+        default=Authentication.API_KEY,
+        description="What credentialsRef holds: APIKey (the default), the provider's key; "
+        'EntraID (AzureOpenAI only), an Entra ID app as JSON, {"tenantId", "clientId", '
+        '"clientSecret"} (without clientSecret: the operator\'s own workload identity, '
+        'its AZURE_FEDERATED_TOKEN_FILE), with an optional "authorityHost" for national '
+        "clouds; the operator exchanges it for access tokens, and only those reach the data "
+        "plane.",
+    )
     credentials_ref: SecretKeyRef | None = Field(
         default=None,
         description="The Secret key holding this backend's API key; for GCPVertexAI, a "
@@ -452,6 +478,8 @@ class Backend(_Model):
             raise ValueError(VERTEX_MODEL_MESSAGE)
         if self.api_version is not None and self.provider != Provider.AZURE_OPENAI:
             raise ValueError("apiVersion is only valid for provider AzureOpenAI")
+        if self.authentication != Authentication.API_KEY and self.provider != Provider.AZURE_OPENAI:
+            raise ValueError(ENTRA_ID_MESSAGE)
         if self.url is None and self.provider in PROVIDERS_NEEDING_URL:
             raise ValueError(f"url is required for provider {self.provider}")
         if self.credentials_ref is None and self.provider in PROVIDERS_NEEDING_KEY:

@@ -153,7 +153,7 @@ def _endpoint_targets(
         trusted = backend_tls.ca_bundle if backend_tls and backend_tls.covers(host) else None
         target = Target(
             backend.provider, backend.url, backend.upstream_model, backend.api_version,
-            timeout, trusted, backend.project, backend.region,
+            timeout, trusted, backend.project, backend.region, backend.authentication,
         )  # fmt: skip
         targets[key] = (target, credentials, spec.health_check)
     return targets

@@ -37,6 +37,7 @@ class Target:
     ca_bundle: str | None = None
     project: str | None = None
     region: str | None = None
+    authentication: str = "APIKey"
 
 
 @functools.lru_cache(maxsize=64)
@@ -62,7 +63,8 @@ def request_for(target: Target, key: str | None) -> tuple[str, dict[str, str]]:
         target.project,
         target.region,
     )
-    return provider(target.provider, target.model).probe(target.url, placement, key)
+    terms = provider(target.provider, target.model, target.authentication)
+    return terms.probe(target.url, placement, key)
 
 
 async def probe(session: aiohttp.ClientSession, target: Target, key: str | None) -> ProbeResult:

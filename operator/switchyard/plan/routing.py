@@ -31,10 +31,11 @@ class BackendRoute:
     unavailable_reason: str | None
     project: str | None = None
     region: str | None = None
+    authentication: str = "APIKey"
 
     @property
     def terms(self) -> Provider:
-        return provider(self.provider, self.upstream_model)
+        return provider(self.provider, self.upstream_model, self.authentication)
 
     @property
     def placement(self) -> Placement:
@@ -130,7 +131,7 @@ def plan_endpoint(
                     namespace,
                     b.credentials_ref.name,
                     b.credentials_ref.key,
-                    provider(b.provider, b.model).exchange,
+                    provider(b.provider, b.model, b.authentication).exchange,
                 )
                 if b.credentials_ref is not None
                 else None
@@ -142,6 +143,7 @@ def plan_endpoint(
             unavailable_reason=unavailable.get(b.name),
             project=b.project,
             region=b.region,
+            authentication=str(b.authentication),
         )
         for b in ordered
     )

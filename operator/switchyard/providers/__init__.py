@@ -5,7 +5,8 @@ The renderer and the probes ask a `Provider`; they do not know providers by name
 says which client API it speaks natively (the data plane translates the other one), where
 its API lives under the backend's URL, how it takes a key, and what cheap read proves it
 is up. Envoy's Lua gets these facts as endpoint metadata, never a provider's name. A provider
-name that serves several APIs (Vertex AI) is a `Family`, resolved by the backend's model.
+name whose terms depend on the backend (Vertex AI's on its model, Azure OpenAI's on its
+authentication) is a `Family`.
 """
 
 from switchyard.providers import anthropic, azure_openai, openai, openai_compatible, vertex_ai
@@ -38,6 +39,7 @@ PROVIDERS = (
     azure_openai.PROVIDER,
     anthropic.PROVIDER,
     openai_compatible.PROVIDER,
+    azure_openai.ENTRA_ID,
     vertex_ai.CLAUDE,
     vertex_ai.OPENAI_COMPATIBLE,
 )
@@ -45,7 +47,7 @@ _KNOWN: dict[str, Provider | Family] = {
     p.name: p
     for p in (
         openai.PROVIDER,
-        azure_openai.PROVIDER,
+        azure_openai.FAMILY,
         anthropic.PROVIDER,
         openai_compatible.PROVIDER,
         vertex_ai.FAMILY,
@@ -53,10 +55,10 @@ _KNOWN: dict[str, Provider | Family] = {
 }
 
 
-def provider(name: str, model: str = "") -> Provider:
-    """The terms of a backend whose `provider` field is `name` and `model` field `model`."""
+def provider(name: str, model: str = "", authentication: str = "APIKey") -> Provider:
+    """The terms of a backend whose `provider`, `model` and `authentication` fields say so."""
     try:
         known = _KNOWN[name]
     except KeyError:
         raise ValueError(f"unknown provider {name!r}") from None
-    return known.variant(model) if isinstance(known, Family) else known
+    return known.variant(model, authentication) if isinstance(known, Family) else known

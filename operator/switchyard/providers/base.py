@@ -32,6 +32,9 @@ class Exchange(StrEnum):
     # A service-account key JSON, exchanged for a short-lived OAuth access token (JWT
     # bearer grant at the key's token_uri); only the token reaches the data plane.
     GOOGLE_SERVICE_ACCOUNT = "GoogleServiceAccount"
+    # An Entra ID app's credentials (tenant, client, secret or the operator's federated
+    # token), exchanged for an Azure OpenAI access token (client credentials grant).
+    ENTRA_ID = "EntraID"
 
 
 @dataclass(frozen=True)
@@ -109,8 +112,9 @@ class Provider:
 
 @dataclass(frozen=True)
 class Family:
-    """A provider name that serves several APIs, told apart by the model a backend names
-    (Vertex AI: Claude on Anthropic's Messages API, the rest on OpenAI's)."""
+    """A provider name whose terms depend on the backend: on the model it names (Vertex AI:
+    Claude on Anthropic's Messages API, the rest on OpenAI's) or on its `authentication`
+    (Azure OpenAI: a key, or Entra ID tokens)."""
 
     name: str
-    variant: Callable[[str], Provider]
+    variant: Callable[[str, str], Provider]  # (model, authentication) -> terms

@@ -67,4 +67,4 @@ OPENAI_COMPATIBLE = Provider(
     exchange=Exchange.GOOGLE_SERVICE_ACCOUNT,
 )
 
-FAMILY = Family(NAME, lambda model: CLAUDE if is_claude(model) else OPENAI_COMPATIBLE)
+FAMILY = Family(NAME, lambda model, _: CLAUDE if is_claude(model) else OPENAI_COMPATIBLE)
