@@ -4,6 +4,8 @@ both started with the `switchyard` command users run, and a small HTTP load clie
 from __future__ import annotations
 
 import asyncio
+import datetime
+import ipaddress
 import json
 import os
 import re
@@ -15,6 +17,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+import uuid
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -22,8 +25,10 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.x509.oid import NameOID
 
 SWITCHYARD = shutil.which("switchyard", path=str(Path(sys.executable).parent)) or "switchyard"
 REPLY_PORT = re.compile(r"on port (\d+)\.")
@@ -251,6 +256,175 @@ class VertexProcess(FakeProcess):
 
     def rotate_key(self, api_key: str) -> None:
         raise TypeError("Vertex takes tokens, not an API key: expire or revoke them instead")
+
+    def stop(self) -> None:
+        super().stop()
+        self._workdir.cleanup()
+
+
+def lab_ca_and_server(
+    directory: Path, hostname: str, addresses: Sequence[str] = ()
+) -> tuple[Path, Path, Path]:
+    """A fresh private CA and a server certificate it signs for `hostname` and the IP
+    `addresses`: (CA certificate, server certificate, server key) PEM files in `directory`.
+    (tests_support has its like, but the demo runs this module without the tests.)"""
+    now = datetime.datetime.now(datetime.UTC)
+    lifetime = datetime.timedelta(days=1)
+
+    def name(common_name: str) -> x509.Name:
+        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(name("switchyard-lab-ca"))
+        .issuer_name(name("switchyard-lab-ca"))
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + lifetime)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = ec.generate_private_key(ec.SECP256R1())
+    names: list[x509.GeneralName] = [x509.DNSName(hostname)]
+    names += [x509.IPAddress(ipaddress.ip_address(address)) for address in addresses]
+    server = (
+        x509.CertificateBuilder()
+        .subject_name(name(hostname))
+        .issuer_name(ca.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + lifetime)
+        .add_extension(x509.SubjectAlternativeName(names), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    paths = (directory / "ca.crt", directory / "server.crt", directory / "server.key")
+    paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    paths[1].write_bytes(server.public_bytes(serialization.Encoding.PEM))
+    paths[2].write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return paths
+
+
+class AzureEntraProcess(FakeProcess):
+    """`switchyard fake-provider --provider AzureOpenAI --entra-...`: Azure OpenAI taking only
+    Entra ID tokens (an `api-key` is refused 403, as with local auth disabled) and the Entra
+    ID token endpoint they come from, in one process, for an app (tenant, client id, client
+    secret) and a TLS certificate this makes. FakeProcess's control helpers steer it through
+    its one control port (fault, heal, requests, traffic, forget_requests, stop), with the
+    token and client-secret controls besides; it has no API key to rotate.
+
+    Clients get tokens as azure-identity's ClientSecretCredential(tenant, client_id,
+    client_secret, authority=.authority, disable_instance_discovery=True,
+    connection_verify=.ca_bundle)."""
+
+    def __init__(
+        self,
+        model: str = "gpt-x",
+        chunk_delay: float = 0.0,
+        keep_requests: int | None = None,
+        host: str = "127.0.0.1",
+        token_lifetime: int | None = None,
+        tenant: str | None = None,
+        client_id: str | None = None,
+        client_secret: str | None = None,
+    ) -> None:
+        """`model`: the deployment it serves. `tenant`, `client_id`, `client_secret`: the
+        app's (default: made up). `token_lifetime`: seconds an issued token lives (default:
+        the fake's, 3599)."""
+        # Not FakeProcess.__init__, which starts a keyed provider; the helpers need only
+        # provider, model, host, scheme, port, control_port and process.
+        self.provider, self.model = "AzureOpenAI", model
+        self.host, self.scheme = host, "http"
+        self.port, self.control_port, self.entra_port = free_port(), free_port(), free_port()
+        self.tenant = tenant or str(uuid.uuid4())
+        self.client_id = client_id or str(uuid.uuid4())
+        self.client_secret = client_secret or secrets.token_urlsafe(30)
+        self._workdir = tempfile.TemporaryDirectory(prefix="switchyard-entra-")
+        # The authority's name must be one the certificate carries: localhost on loopback,
+        # else the address the token endpoint serves on.
+        addresses = [] if host == "127.0.0.1" else [host]
+        ca, certificate, key = lab_ca_and_server(
+            Path(self._workdir.name), "localhost", ["127.0.0.1", *addresses]
+        )
+        self.ca_bundle = str(ca)
+        command = [
+            SWITCHYARD, "fake-provider", "--provider", "AzureOpenAI", "--port", str(self.port),
+            "--control-port", str(self.control_port), "--model", model,
+            "--entra-tenant", self.tenant, "--entra-client-id", self.client_id,
+            "--entra-client-secret", self.client_secret, "--entra-port", str(self.entra_port),
+            "--entra-tls-cert", str(certificate), "--entra-tls-key", str(key),
+            "--stream-chunk-delay", str(chunk_delay), "--host", host,
+        ]  # fmt: skip
+        if keep_requests is not None:
+            command += ["--keep-requests", str(keep_requests)]
+        if token_lifetime is not None:
+            command += ["--token-lifetime", str(token_lifetime)]
+        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL)
+        try:
+            # The control port opens last: once it answers, the token endpoint does too.
+            wait_for_port(self.control_port, self.process, host=host)
+        except BaseException:
+            self.stop()
+            raise
+
+    @property
+    def authority(self) -> str:
+        """azure-identity's `authority` (and AZURE_AUTHORITY_HOST): the token endpoint."""
+        name = "localhost" if self.host == "127.0.0.1" else self.host
+        return f"https://{name}:{self.entra_port}"
+
+    @property
+    def credentials_json(self) -> str:
+        """The app's credentials as a Kubernetes Secret holds them for the operator."""
+        return json.dumps(
+            {
+                "tenantId": self.tenant,
+                "clientId": self.client_id,
+                "clientSecret": self.client_secret,
+                "authorityHost": self.authority,
+            }
+        )
+
+    # The token controls are VertexProcess's, whose helpers this cannot share without a
+    # common base class for the two.
+    def tokens(self) -> list[dict[str, Any]]:
+        """The tokens issued: token, subject, scopes, expiresIn (seconds, <= 0 once expired)."""
+        listed: list[dict[str, Any]] = self._control("GET", "/tokens")
+        return listed
+
+    def expire_tokens(self, token: str | None = None) -> int:
+        """Expire `token`, or every token issued; how many."""
+        body = None if token is None else {"token": token}
+        return int(self._control("POST", "/tokens/expire", body)["expired"])
+
+    def revoke_tokens(self, token: str | None = None) -> int:
+        """Revoke `token`, or every token issued; how many."""
+        body = None if token is None else {"token": token}
+        return int(self._control("POST", "/tokens/revoke", body)["revoked"])
+
+    def set_token_lifetime(self, seconds: int) -> None:
+        """How long tokens issued from now on live."""
+        self._control("PUT", "/token-lifetime", {"seconds": seconds})
+
+    def rotate_client_secret(self, secret: str) -> None:
+        """Give the app a new secret at Entra: the old one is refused from now on (tokens
+        already issued still work, as at Entra)."""
+        self._control("PUT", "/client-secret", {"clientSecret": secret})
+        self.client_secret = secret
+
+    def rotate_key(self, api_key: str) -> None:
+        raise TypeError(
+            "Azure OpenAI with Entra ID takes tokens, not an API key: rotate the client "
+            "secret, or expire or revoke tokens, instead"
+        )
 
     def stop(self) -> None:
         super().stop()

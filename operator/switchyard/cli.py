@@ -157,7 +157,8 @@ def run_command(
     return 0
 
 
-# The fake-provider flags that only GCPVertexAI takes, as argparse names them.
+# The fake-provider flags that only GCPVertexAI takes, as argparse names them (but
+# --token-lifetime, which AzureOpenAI with Entra ID takes too).
 VERTEX_ONLY_FLAGS = {
     "project": "--project",
     "location": "--location",
@@ -166,11 +167,35 @@ VERTEX_ONLY_FLAGS = {
     "auth_port": "--auth-port",
     "auth_control_port": "--auth-control-port",
 }
+# The flags that run AzureOpenAI with Entra ID, and those of them it cannot do without.
+ENTRA_FLAGS = {
+    "entra_tenant": "--entra-tenant",
+    "entra_client_id": "--entra-client-id",
+    "entra_client_secret": "--entra-client-secret",
+    "entra_port": "--entra-port",
+    "entra_tls_cert": "--entra-tls-cert",
+    "entra_tls_key": "--entra-tls-key",
+    "entra_control_port": "--entra-control-port",
+}
+ENTRA_REQUIRED = (
+    "entra_tenant",
+    "entra_client_id",
+    "entra_client_secret",
+    "entra_tls_cert",
+    "entra_tls_key",
+)
+
+
+def _given(args: argparse.Namespace, flags: dict[str, str]) -> list[str]:
+    return [flag for name, flag in flags.items() if getattr(args, name) not in (None, [])]
 
 
 def fake_provider_problem(args: argparse.Namespace) -> str | None:
     """What is wrong with the fake-provider flags for the chosen provider, if anything: the
     flags each provider needs differ, which argparse's `required` cannot say."""
+    entra = _given(args, ENTRA_FLAGS)
+    if entra and args.provider != "AzureOpenAI":
+        return f"{', '.join(entra)}: only for AzureOpenAI"
     if args.provider == "GCPVertexAI":
         if args.api_key is not None:
             return "--api-key: GCPVertexAI takes tokens from its token endpoint, not a key"
@@ -179,11 +204,18 @@ def fake_provider_problem(args: argparse.Namespace) -> str | None:
         if not args.service_account_key:
             return "--service-account-key is required for GCPVertexAI"
         return None
-    if args.api_key is None:
-        return f"--api-key is required for {args.provider}"
-    given = [
-        flag for name, flag in VERTEX_ONLY_FLAGS.items() if getattr(args, name) not in (None, [])
-    ]
+    if entra:
+        if args.api_key is not None:
+            return "--api-key: AzureOpenAI with Entra ID takes tokens from its Entra, not a key"
+        missing = [ENTRA_FLAGS[name] for name in ENTRA_REQUIRED if getattr(args, name) is None]
+        if missing:
+            return f"{', '.join(missing)}: required for AzureOpenAI with Entra ID"
+        # --token-lifetime is Entra's too.
+        given = [flag for flag in _given(args, VERTEX_ONLY_FLAGS) if flag != "--token-lifetime"]
+    else:
+        if args.api_key is None:
+            return f"--api-key is required for {args.provider}"
+        given = _given(args, VERTEX_ONLY_FLAGS)
     if given:
         return f"{', '.join(given)}: only for GCPVertexAI"
     return None
@@ -201,6 +233,8 @@ def fake_provider_command(args: argparse.Namespace) -> int:
         context.load_cert_chain(args.tls_cert, args.tls_key)
     if args.provider == "GCPVertexAI":
         return _fake_vertex(args, context)
+    if args.entra_tenant is not None:
+        return _fake_azure_entra(args, context)
     provider = FakeProvider(
         args.provider,
         args.api_key,
@@ -255,6 +289,50 @@ def _fake_vertex(args: argparse.Namespace, context: ssl.SSLContext | None) -> in
     )
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(serve_vertex_forever(auth, vertex, args.control_port, args.auth_control_port))
+    return 0
+
+
+def _fake_azure_entra(args: argparse.Namespace, context: ssl.SSLContext | None) -> int:
+    """FakeEntra and an Azure OpenAI fake that takes its tokens, in one loop."""
+    import asyncio
+    import ssl
+
+    from switchyard.fakes.entra import FakeEntra, serve_azure_entra_forever
+    from switchyard.fakes.provider import FakeProvider
+
+    # https only: azure-identity refuses an http authority.
+    entra_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        entra_context.load_cert_chain(args.entra_tls_cert, args.entra_tls_key)
+    except (OSError, ssl.SSLError) as error:
+        # A certificate that cannot be read: say so, not a traceback.
+        print(f"error: --entra-tls-cert/--entra-tls-key: {error!r}", file=sys.stderr)
+        return 2
+    entra = FakeEntra(
+        args.entra_tenant,
+        args.entra_client_id,
+        args.entra_client_secret,
+        ssl_context=entra_context,
+        token_lifetime=args.token_lifetime if args.token_lifetime is not None else 3599,
+        host=args.host,
+        port=args.entra_port or 0,
+        keep_requests=args.keep_requests,
+    )
+    azure = FakeProvider(
+        "AzureOpenAI",
+        "",  # no key: it takes only the Entra's tokens
+        models=args.model or None,
+        host=args.host,
+        port=args.port,
+        stream_chunk_delay=args.stream_chunk_delay,
+        ssl_context=context,
+        keep_requests=args.keep_requests,
+        entra=entra,
+    )
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(
+            serve_azure_entra_forever(entra, azure, args.control_port, args.entra_control_port)
+        )
     return 0
 
 
@@ -383,7 +461,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         description="Serve a fake LLM provider API. GCPVertexAI runs Vertex AI and the Google "
         "OAuth token endpoint its tokens come from (on --auth-port), in one process; clients "
         "get tokens there with a --service-account-key whose token_uri is "
-        "http://HOST:AUTH_PORT/token.",
+        "http://HOST:AUTH_PORT/token. AzureOpenAI with --entra-tenant runs Azure OpenAI taking "
+        "only Entra ID tokens (an api-key header is refused 403, as with local auth disabled) "
+        "and the Entra ID token endpoint they come from (https on --entra-port), in one "
+        "process; clients get tokens with the client secret at the authority "
+        "https://NAME:ENTRA_PORT, NAME one the --entra-tls-cert carries.",
     )
     fake.add_argument(
         "--provider",
@@ -407,8 +489,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--control-port",
         type=int,
         help="port of the control API: GET/DELETE /requests, PUT/DELETE /fault; GCPVertexAI's "
-        "also has the token controls: GET /tokens, POST /tokens/expire and /tokens/revoke "
-        '(JSON {"token": ...} for one, no body for all), PUT /token-lifetime {"seconds": n}',
+        "and AzureOpenAI's with Entra ID also have the token controls: GET /tokens, POST "
+        '/tokens/expire and /tokens/revoke (JSON {"token": ...} for one, no body for all), PUT '
+        '/token-lifetime {"seconds": n}; with Entra ID, PUT /client-secret {"clientSecret": ...} '
+        "too",
     )
     fake.add_argument(
         "--stream-chunk-delay", type=float, default=0.0, help="seconds between streamed chunks"
@@ -445,7 +529,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--token-lifetime",
         type=int,
         metavar="SECONDS",
-        help="how long an issued token lives (default 3599)",
+        help="how long an issued token lives (default 3599); also AzureOpenAI with Entra ID",
     )
     vertex.add_argument(
         "--auth-port",
@@ -457,6 +541,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         type=int,
         help="port of the token endpoint's own control API, for its faults and requests "
         "(default: none; its tokens are steered through --control-port)",
+    )
+    entra = fake.add_argument_group("AzureOpenAI with Entra ID only")
+    entra.add_argument("--entra-tenant", help="the tenant (directory) id (required)")
+    entra.add_argument("--entra-client-id", help="the app's client id (required)")
+    entra.add_argument("--entra-client-secret", help="the app's client secret (required)")
+    entra.add_argument(
+        "--entra-port",
+        type=int,
+        help="port of the Entra ID token endpoint, https (default: any free port, printed)",
+    )
+    entra.add_argument(
+        "--entra-tls-cert",
+        help="the token endpoint's PEM certificate chain (required; clients must trust it)",
+    )
+    entra.add_argument("--entra-tls-key", help="its PEM private key (required)")
+    entra.add_argument(
+        "--entra-control-port",
+        type=int,
+        help="port of the token endpoint's own control API, for its faults and requests "
+        "(default: none; its tokens and secret are steered through --control-port)",
     )
 
     crds = commands.add_parser("crds", help="write the CRDs generated from the models")

@@ -23,12 +23,17 @@ AADSTS700016; another scope 400 `invalid_scope` AADSTS1002012 (not `/.default`) 
 `invalid_resource` AADSTS500011; an unknown tenant 400 `invalid_request` AADSTS90002.
 
 Tokens expire after `token_lifetime` seconds; `valid(token)` says whether one works, for an
-Azure OpenAI fake to take it as a bearer token. The control port (FakeProvider's, whose
-PUT /api-key `{"apiKey": ...}` rotates the client secret) also expires and revokes tokens.
+Azure OpenAI fake to take it as a bearer token (FakeProvider("AzureOpenAI", entra=...)). The
+control port (FakeProvider's, whose PUT /api-key `{"apiKey": ...}` rotates the client secret)
+also has the token controls (TokenStore.control_routes) and PUT /client-secret
+`{"clientSecret": ...}`; an Azure OpenAI fake that takes the tokens serves them on its own
+control port too, so that `switchyard fake-provider --provider AzureOpenAI --entra-...` runs
+the pair with one (see serve_azure_entra_forever).
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import datetime
 import json
@@ -43,7 +48,7 @@ from typing import Any
 from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from switchyard.fakes.provider import FakeProvider, ProviderError
+from switchyard.fakes.provider import FakeProvider, ProviderError, running
 from switchyard.fakes.vertex import Jwt, TokenStore, unbase64url
 
 CLIENT_CREDENTIALS = "client_credentials"
@@ -351,7 +356,43 @@ class FakeEntra(FakeProvider):
     def _set_lifetime(self, seconds: int) -> None:
         self.token_lifetime = seconds
 
+    async def _put_client_secret(self, request: web.Request) -> web.Response:
+        """Rotate the app's secret, as the Azure portal does: the old one is refused."""
+        self.api_key = str((await request.json())["clientSecret"])
+        return web.Response(status=204)
+
+    def token_control_routes(self, app: web.Application) -> None:
+        """Add the token controls (TokenStore.control_routes) and PUT /client-secret to a
+        control app: this one's, or that of an Azure OpenAI fake taking these tokens."""
+        self.store.control_routes(app, self._set_lifetime)
+        app.router.add_put("/client-secret", self._put_client_secret)
+
     def _control_app(self) -> web.Application:
         app = super()._control_app()
-        self.store.control_routes(app, self._set_lifetime)
+        self.token_control_routes(app)
         return app
+
+
+async def serve_azure_entra_forever(
+    entra: FakeEntra,
+    azure: FakeProvider,
+    control_port: int | None,
+    entra_control_port: int | None = None,
+) -> None:
+    """Serve `entra` and `azure` (which takes its tokens) in this loop until cancelled;
+    `control_port` steers Azure OpenAI and the tokens, `entra_control_port` (optional) the
+    token endpoint's own faults and records. Entra starts first: Azure's control port
+    answering means both are up."""
+    async with running(entra, entra_control_port), running(azure, control_port):
+        print(f"{azure.provider} fake provider on {azure.url}", flush=True)
+        print(
+            f"Entra ID token endpoint on {entra.url}/{entra.tenant}/oauth2/v2.0/token", flush=True
+        )
+        if control_port is not None:
+            print(f"control API on http://{azure.host}:{control_port}", flush=True)
+        if entra_control_port is not None:
+            print(
+                f"token endpoint control API on http://{entra.host}:{entra_control_port}",
+                flush=True,
+            )
+        await asyncio.Event().wait()

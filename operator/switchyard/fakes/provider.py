@@ -23,6 +23,12 @@ since API version 2026-10-21), and requires `anthropic-version` 2023-06-01 or 20
 messages and citations on user text blocks; on 2023-06-01 it takes the sampling parameters
 within their bounds. `max_tokens` 0 answers nothing (it only fills the prompt cache).
 
+Azure OpenAI takes its key as `api-key` (or a bearer token, as on its v1 API); or, given an
+`entra` (a FakeEntra), only that Entra's tokens as `Authorization: Bearer`, as a resource with
+local auth disabled does: an `api-key` header is refused 403 `AuthenticationTypeDisabled`, a
+token it did not issue, or that expired or was revoked, 401. Its control port then also
+steers the Entra's tokens and client secret.
+
 What they answer is deterministic, and the same on both APIs, so that a request translated
 from one API to the other gets the answer the original would have got:
 
@@ -85,7 +91,7 @@ import uuid
 from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from aiohttp import web
 
@@ -99,6 +105,22 @@ EMBEDDING_DIMENSIONS = 8
 TOOL_CALL_TOKENS = 10
 # OpenAI caches prompts of at least this many tokens, in steps of CACHE_STEP.
 CACHE_MINIMUM, CACHE_STEP = 1024, 128
+# Azure OpenAI's refusals of an Entra-only resource: a bad bearer token, and any key.
+ENTRA_UNAUTHORIZED = (
+    "Unauthorized. Access token is missing, invalid, audience is incorrect "
+    "(https://cognitiveservices.azure.com), or have expired."
+)
+KEY_AUTH_DISABLED_CODE = "AuthenticationTypeDisabled"
+KEY_AUTH_DISABLED = "Key based authentication is disabled for this resource."
+
+
+class TokenIssuer(Protocol):
+    """Where an Azure OpenAI fake's tokens come from (FakeEntra; a protocol, as the Entra fake
+    is built on this module)."""
+
+    def valid(self, token: str) -> bool: ...
+
+    def token_control_routes(self, app: web.Application) -> None: ...
 
 
 @dataclass
@@ -211,11 +233,16 @@ class FakeProvider:
         stream_chunk_delay: float = 0.0,
         ssl_context: ssl.SSLContext | None = None,
         keep_requests: int | None = None,
+        entra: TokenIssuer | None = None,
     ) -> None:
+        """`entra`: AzureOpenAI only; take this issuer's tokens instead of `api_key`."""
         if provider not in PROVIDERS:
             raise ValueError(f"provider must be one of {', '.join(PROVIDERS)}, not {provider!r}")
+        if entra is not None and provider != "AzureOpenAI":
+            raise ValueError(f"only AzureOpenAI takes Entra ID tokens, not {provider}")
         self.provider = provider
         self.api_key = api_key
+        self.entra = entra
         self.models = models or ["fake-model"]
         self.host = host
         self.port = port
@@ -348,6 +375,9 @@ class FakeProvider:
                 offered = request.headers["Authorization"].removeprefix("Bearer ")
             if not request.path.startswith("/openai/v1/") and "api-version" not in request.query:
                 raise ProviderError(404, "NotFound", "Resource not found: api-version is missing")
+            if self.entra is not None:
+                self._authenticate_entra(request, self.entra)
+                return
         elif self.provider == "Anthropic":
             offered = request.headers.get("x-api-key")
             authorization = request.headers.get("Authorization", "")
@@ -374,6 +404,18 @@ class FakeProvider:
         if offered != self.api_key:
             raise ProviderError(401, _error_kind(401), "Incorrect API key provided")
 
+    def _authenticate_entra(self, request: web.Request, entra: TokenIssuer) -> None:
+        # Local auth disabled: a key is refused whether or not it is right, and before any
+        # token the request also carries.
+        if "api-key" in request.headers:
+            raise ProviderError(
+                403, KEY_AUTH_DISABLED_CODE, KEY_AUTH_DISABLED, code=KEY_AUTH_DISABLED_CODE
+            )
+        authorization = request.headers.get("Authorization", "")
+        token = authorization.removeprefix("Bearer ")
+        if not authorization.startswith("Bearer ") or not entra.valid(token):
+            raise ProviderError(401, _error_kind(401), ENTRA_UNAUTHORIZED)
+
     def _error(self, error: ProviderError) -> web.Response:
         if self.provider == "Anthropic":
             ident = _request_id()
@@ -385,6 +427,8 @@ class FakeProvider:
             return web.json_response(payload, status=error.status, headers={"request-id": ident})
         if self.provider == "AzureOpenAI" and error.status in (401, 404):
             payload = {"error": {"code": str(error.status), "message": error.message}}
+        elif self.provider == "AzureOpenAI" and error.code == KEY_AUTH_DISABLED_CODE:
+            payload = {"error": {"code": error.code, "message": error.message}}
         else:
             payload = {
                 "error": {
@@ -727,6 +771,9 @@ class FakeProvider:
         app.router.add_put("/fault", self._put_fault)
         app.router.add_delete("/fault", self._clear_fault)
         app.router.add_put("/api-key", self._put_api_key)
+        if self.entra is not None:
+            # One control port for both: a subprocess running them need not expose two.
+            self.entra.token_control_routes(app)
         return app
 
     async def _put_api_key(self, request: web.Request) -> web.Response:
