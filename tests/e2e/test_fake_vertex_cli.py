@@ -183,7 +183,7 @@ def test_faults_and_token_lifetime(vertex: VertexProcess) -> None:
     # google-auth keeps expiry naive UTC.
     left = creds.expiry.replace(tzinfo=datetime.UTC).timestamp() - time.time()
     assert 100 < left <= 120, left
-    vertex.fault(status=429, retry_after=2)
+    vertex.fault(status=429, retryAfter=2)
     status, answer = probe(vertex, "anthropic", CLAUDE, cast(str, creds.token))
     assert (status, answer["error"]["status"]) == (429, "RESOURCE_EXHAUSTED")
     vertex.heal()
