@@ -164,7 +164,31 @@ def service_account_key_json(
     }
 
 
-class VertexProcess(FakeProcess):
+class TokenIssuingProcess(FakeProcess):
+    """A fake provider whose clients bring tokens from a token endpoint it runs too: the
+    token controls of its control port besides FakeProcess's."""
+
+    def tokens(self) -> list[dict[str, Any]]:
+        """The tokens issued: token, subject, scopes, expiresIn (seconds, <= 0 once expired)."""
+        listed: list[dict[str, Any]] = self._control("GET", "/tokens")
+        return listed
+
+    def expire_tokens(self, token: str | None = None) -> int:
+        """Expire `token`, or every token issued; how many."""
+        body = None if token is None else {"token": token}
+        return int(self._control("POST", "/tokens/expire", body)["expired"])
+
+    def revoke_tokens(self, token: str | None = None) -> int:
+        """Revoke `token`, or every token issued; how many."""
+        body = None if token is None else {"token": token}
+        return int(self._control("POST", "/tokens/revoke", body)["revoked"])
+
+    def set_token_lifetime(self, seconds: int) -> None:
+        """How long tokens issued from now on live."""
+        self._control("PUT", "/token-lifetime", {"seconds": seconds})
+
+
+class VertexProcess(TokenIssuingProcess):
     """`switchyard fake-provider --provider GCPVertexAI`: Vertex AI and the Google token
     endpoint its tokens come from, in one process, for a service account whose key this
     makes. FakeProcess's control helpers steer it through its one control port (fault, heal,
@@ -235,25 +259,6 @@ class VertexProcess(FakeProcess):
         info: dict[str, Any] = json.loads(self.service_account_key)
         return info
 
-    def tokens(self) -> list[dict[str, Any]]:
-        """The tokens issued: token, subject, scopes, expiresIn (seconds, <= 0 once expired)."""
-        listed: list[dict[str, Any]] = self._control("GET", "/tokens")
-        return listed
-
-    def expire_tokens(self, token: str | None = None) -> int:
-        """Expire `token`, or every token issued; how many."""
-        body = None if token is None else {"token": token}
-        return int(self._control("POST", "/tokens/expire", body)["expired"])
-
-    def revoke_tokens(self, token: str | None = None) -> int:
-        """Revoke `token`, or every token issued; how many."""
-        body = None if token is None else {"token": token}
-        return int(self._control("POST", "/tokens/revoke", body)["revoked"])
-
-    def set_token_lifetime(self, seconds: int) -> None:
-        """How long tokens issued from now on live."""
-        self._control("PUT", "/token-lifetime", {"seconds": seconds})
-
     def rotate_key(self, api_key: str) -> None:
         raise TypeError("Vertex takes tokens, not an API key: expire or revoke them instead")
 
@@ -266,8 +271,7 @@ def lab_ca_and_server(
     directory: Path, hostname: str, addresses: Sequence[str] = ()
 ) -> tuple[Path, Path, Path]:
     """A fresh private CA and a server certificate it signs for `hostname` and the IP
-    `addresses`: (CA certificate, server certificate, server key) PEM files in `directory`.
-    (tests_support has its like, but the demo runs this module without the tests.)"""
+    `addresses`: (CA certificate, server certificate, server key) PEM files in `directory`."""
     now = datetime.datetime.now(datetime.UTC)
     lifetime = datetime.timedelta(days=1)
 
@@ -313,7 +317,7 @@ def lab_ca_and_server(
     return paths
 
 
-class AzureEntraProcess(FakeProcess):
+class AzureEntraProcess(TokenIssuingProcess):
     """`switchyard fake-provider --provider AzureOpenAI --entra-...`: Azure OpenAI taking only
     Entra ID tokens (an `api-key` is refused 403, as with local auth disabled) and the Entra
     ID token endpoint they come from, in one process, for an app (tenant, client id, client
@@ -392,27 +396,6 @@ class AzureEntraProcess(FakeProcess):
                 "authorityHost": self.authority,
             }
         )
-
-    # The token controls are VertexProcess's, whose helpers this cannot share without a
-    # common base class for the two.
-    def tokens(self) -> list[dict[str, Any]]:
-        """The tokens issued: token, subject, scopes, expiresIn (seconds, <= 0 once expired)."""
-        listed: list[dict[str, Any]] = self._control("GET", "/tokens")
-        return listed
-
-    def expire_tokens(self, token: str | None = None) -> int:
-        """Expire `token`, or every token issued; how many."""
-        body = None if token is None else {"token": token}
-        return int(self._control("POST", "/tokens/expire", body)["expired"])
-
-    def revoke_tokens(self, token: str | None = None) -> int:
-        """Revoke `token`, or every token issued; how many."""
-        body = None if token is None else {"token": token}
-        return int(self._control("POST", "/tokens/revoke", body)["revoked"])
-
-    def set_token_lifetime(self, seconds: int) -> None:
-        """How long tokens issued from now on live."""
-        self._control("PUT", "/token-lifetime", {"seconds": seconds})
 
     def rotate_client_secret(self, secret: str) -> None:
         """Give the app a new secret at Entra: the old one is refused from now on (tokens

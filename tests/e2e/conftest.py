@@ -7,15 +7,15 @@ import json
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
 
+from e2e.cloudlab import SECRET, GatewayLab, gateway_lab
 from fuzz.envoy_check import fetch_snapshot
-from gatewaylab import FakeProcess, LocalEnvoy, chat, free_port, lab_client, send_sync
+from gatewaylab import FakeProcess, chat, send_sync
 from tests_support.cluster import Cluster, condition, eventually
-from tests_support.scenario import API_VERSION, Operator
+from tests_support.scenario import API_VERSION
 from tests_support.tls import make_ca_and_server
 from tests_support.xds_tls import gateway_credentials
 
@@ -30,18 +30,12 @@ FAKES = {
     "local-c": ("OpenAICompatible", "llama", 0.0),
     "slow": ("OpenAICompatible", "llama", 0.2),
 }
-# Seconds between a credentials change and the Envoy seeing it.
-KUBELET_DELAY = 2.0
 # An https backend whose certificate a CA made by the test signs.
 SECURE = "secure"
 
 
 @dataclass
-class Lab:
-    cluster: Cluster
-    operator: Operator
-    namespace: str
-    envoy: LocalEnvoy
+class Lab(GatewayLab):
     fakes: dict[str, FakeProcess]
 
     def backend(self, fake: str, weight: int = 1, priority: int = 0) -> dict[str, Any]:
@@ -53,7 +47,7 @@ class Lab:
             "url": process.url,
             "weight": weight,
             "priority": priority,
-            "credentialsRef": {"name": "keys", "key": fake},
+            "credentialsRef": {"name": SECRET, "key": fake},
         }
         if process.provider == "AzureOpenAI":
             backend["apiVersion"] = "2024-10-21"
@@ -110,7 +104,6 @@ class Lab:
 
 @pytest.fixture(scope="module")
 def lab(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
-    namespace = f"sy-e2e-{uuid.uuid4().hex[:6]}"
     fakes = {
         name: FakeProcess(provider, f"sk-test-{name}-{uuid.uuid4().hex[:8]}", model, delay)
         for name, (provider, model, delay) in FAKES.items()
@@ -120,43 +113,11 @@ def lab(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         "OpenAICompatible", f"sk-test-secure-{uuid.uuid4().hex[:8]}", "llama",
         tls=(certificate, key),
     )  # fmt: skip
-    operator = Operator(
-        xds_address=f"127.0.0.1:{free_port()}", metrics_address=f"127.0.0.1:{free_port()}"
-    )
-    envoy: LocalEnvoy | None = None
+    keys = {name: fake.api_key for name, fake in fakes.items()}
+    spec = {"backendTLS": {"caBundle": ca.read_text(), "hostnames": ["localhost"]}}
     try:
-        cluster.apply(
-            {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}},
-            {
-                "apiVersion": "v1",
-                "kind": "Secret",
-                "metadata": {"name": "keys", "namespace": namespace},
-                "stringData": {name: fake.api_key for name, fake in fakes.items()},
-            },
-            {
-                "apiVersion": API_VERSION,
-                "kind": "ModelGateway",
-                "metadata": {"name": "gw", "namespace": namespace},
-                "spec": {
-                    "listener": {"port": 8080},
-                    "backendTLS": {"caBundle": ca.read_text(), "hostnames": ["localhost"]},
-                },
-            },
-            *lab_client(namespace, "gw"),
-        )
-        operator.start()
-        log: Path = tmp_path_factory.mktemp("envoy") / "envoy.log"
-        # Credentials reach this Envoy late, as through a kubelet that has just synced
-        # (the operator asks for that sync at once; a kubelet's own period is 60 to 90 s).
-        envoy = LocalEnvoy(
-            f"{namespace}/gw", free_port(), operator.xds_address, log, secret_delay=KUBELET_DELAY
-        )
-        envoy.wait_listening()
-        yield Lab(cluster, operator, namespace, envoy, fakes)
+        with gateway_lab(cluster, tmp_path_factory, "sy-e2e", keys, spec) as gateway:
+            yield Lab(gateway.cluster, gateway.operator, gateway.namespace, gateway.envoy, fakes)
     finally:
-        if envoy is not None:
-            envoy.stop()
-        operator.stop()
         for fake in fakes.values():
             fake.stop()
-        cluster.kubectl("delete", "namespace", namespace, "--wait=false", "--ignore-not-found")

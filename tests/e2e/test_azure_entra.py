@@ -12,45 +12,25 @@ from __future__ import annotations
 import base64
 import json
 import os
-import time
-import urllib.request
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import anthropic
 import openai
 import pytest
 
-from gatewaylab import (
-    CLIENT_KEY,
-    AzureEntraProcess,
-    FakeProcess,
-    LocalEnvoy,
-    chat,
-    free_port,
-    lab_client,
-    send_sync,
-)
-from tests_support import hygiene
-from tests_support.cluster import Cluster, condition, eventually
-from tests_support.scenario import API_VERSION, Operator
+from e2e.cloudlab import SECRET, GatewayLab, bearer, gateway_lab
+from gatewaylab import CLIENT_KEY, AzureEntraProcess, FakeProcess
+from tests_support.cluster import Cluster
 
 pytestmark = pytest.mark.e2e
 
 TOKEN_LIFETIME = 24
-KUBELET_DELAY = 2.0
-SECRET = "azure"
 
 
 @dataclass
-class EntraLab:
-    cluster: Cluster
-    operator: Operator
-    namespace: str
-    envoy: LocalEnvoy
+class EntraLab(GatewayLab):
     azure: AzureEntraProcess
     openai_fake: FakeProcess
 
@@ -75,84 +55,32 @@ class EntraLab:
             "credentialsRef": {"name": SECRET, "key": "openai"},
         }
 
-    def apply_endpoint(self, model: str, backends: list[dict[str, Any]]) -> None:
-        self.cluster.apply(
-            {
-                "apiVersion": API_VERSION,
-                "kind": "ModelEndpoint",
-                "metadata": {"name": model, "namespace": self.namespace},
-                "spec": {"gatewayRef": {"name": "gw"}, "model": model, "backends": backends},
-            }
-        )
-
-    def serve(self, model: str, backends: list[dict[str, Any]]) -> None:
-        self.apply_endpoint(model, backends)
-        eventually(lambda: condition(self.endpoint(model), "Ready"))
-        eventually(lambda: send_sync(self.chat_url, chat(model), 10, 2).statuses[200] == 10)
-
-    def endpoint(self, model: str) -> dict[str, Any] | None:
-        return self.cluster.get("modelendpoints", model, self.namespace)
-
-    @property
-    def chat_url(self) -> str:
-        return f"{self.envoy.url}/v1/chat/completions"
-
 
 @pytest.fixture(scope="module")
 def lab(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[EntraLab]:
-    namespace = f"sy-entra-{uuid.uuid4().hex[:6]}"
     azure = AzureEntraProcess(model="gpt-deploy", token_lifetime=TOKEN_LIFETIME)
-    fallback = FakeProcess("OpenAI", f"sk-test-{uuid.uuid4().hex[:8]}", "gpt-4o")
+    fallback = FakeProcess("OpenAI", "sk-test-entra-fallback", "gpt-4o")
     wrong = json.loads(azure.credentials_json) | {"clientSecret": "not-the-apps-secret"}
+    credentials = {
+        "app.json": azure.credentials_json,
+        "wrong-app.json": json.dumps(wrong),
+        "openai": fallback.api_key,
+    }
     trusted = os.environ.get("REQUESTS_CA_BUNDLE")
     os.environ["REQUESTS_CA_BUNDLE"] = str(azure.ca_bundle)
-    operator = Operator(
-        xds_address=f"127.0.0.1:{free_port()}", metrics_address=f"127.0.0.1:{free_port()}"
-    )
-    envoy: LocalEnvoy | None = None
     try:
-        cluster.apply(
-            {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}},
-            {
-                "apiVersion": "v1",
-                "kind": "Secret",
-                "metadata": {"name": SECRET, "namespace": namespace},
-                "stringData": {
-                    "app.json": azure.credentials_json,
-                    "wrong-app.json": json.dumps(wrong),
-                    "openai": fallback.api_key,
-                },
-            },
-            {
-                "apiVersion": API_VERSION,
-                "kind": "ModelGateway",
-                "metadata": {"name": "gw", "namespace": namespace},
-                "spec": {"listener": {"port": 8080}},
-            },
-            *lab_client(namespace, "gw"),
-        )
-        operator.start()
-        log: Path = tmp_path_factory.mktemp("envoy") / "envoy.log"
-        envoy = LocalEnvoy(
-            f"{namespace}/gw", free_port(), operator.xds_address, log, secret_delay=KUBELET_DELAY
-        )
-        envoy.wait_listening()
-        yield EntraLab(cluster, operator, namespace, envoy, azure, fallback)
+        with gateway_lab(cluster, tmp_path_factory, "sy-entra", credentials) as gateway:
+            yield EntraLab(
+                gateway.cluster, gateway.operator, gateway.namespace, gateway.envoy, azure,
+                fallback,
+            )  # fmt: skip
     finally:
-        if envoy is not None:
-            envoy.stop()
-        operator.stop()
         azure.stop()
         fallback.stop()
         if trusted is None:
             os.environ.pop("REQUESTS_CA_BUNDLE", None)
         else:
             os.environ["REQUESTS_CA_BUNDLE"] = trusted
-        cluster.kubectl("delete", "namespace", namespace, "--wait=false", "--ignore-not-found")
-
-
-def _bearer(record: dict[str, Any]) -> str:
-    return str(record["headers"].get("authorization", "")).removeprefix("Bearer ")
 
 
 def test_both_sdks_reach_azure_openai_with_entra_tokens(lab: EntraLab) -> None:
@@ -173,22 +101,16 @@ def test_both_sdks_reach_azure_openai_with_entra_tokens(lab: EntraLab) -> None:
     issued = {str(t["token"]) for t in lab.azure.tokens()}
     for record in requests:
         assert record["path"] == "/openai/deployments/gpt-deploy/chat/completions"
-        assert _bearer(record) in issued
+        assert bearer(record) in issued
         assert "api-key" not in record["headers"]
 
 
 def test_entra_tokens_rotate_under_load_without_a_failed_request(lab: EntraLab) -> None:
     lab.serve("entra-rotating", [lab.azure_backend()])
     lab.azure.forget_requests()
-    ends = time.monotonic() + 2.5 * TOKEN_LIFETIME
-    statuses: dict[int, int] = {}
-    while time.monotonic() < ends:
-        outcome = send_sync(lab.chat_url, chat("entra-rotating"), 20, 4)
-        for status, count in outcome.statuses.items():
-            statuses[status] = statuses.get(status, 0) + count
-        assert not outcome.errors, outcome.errors[:3]
+    statuses = lab.statuses_under_load("entra-rotating", 2.5 * TOKEN_LIFETIME)
     assert set(statuses) == {200}, statuses
-    assert len({_bearer(r) for r in lab.azure.traffic()}) >= 3, "the tokens did not rotate"
+    assert len({bearer(r) for r in lab.azure.traffic()}) >= 3, "the tokens did not rotate"
     credentials = lab.cluster.get("secrets", "gw-switchyard-credentials", lab.namespace)
     assert credentials is not None
     values = [base64.b64decode(v).decode() for v in credentials["data"].values()]
@@ -197,36 +119,12 @@ def test_entra_tokens_rotate_under_load_without_a_failed_request(lab: EntraLab) 
 
 def test_an_app_entra_refuses_is_credentials_invalid_and_traffic_moves(lab: EntraLab) -> None:
     lab.apply_endpoint("entra-refused", [lab.azure_backend("wrong-app.json"), lab.openai_backend()])
-
-    def reported() -> dict[str, Any] | None:
-        endpoint = lab.endpoint("entra-refused") or {}
-        for backend in (endpoint.get("status") or {}).get("backends") or []:
-            if backend.get("name") == "azure" and backend.get("reason") == "CredentialsInvalid":
-                return dict(backend)
-        return None
-
-    backend = eventually(reported, timeout=30)
+    backend = lab.backend_reported("entra-refused", "azure", "CredentialsInvalid")
     assert backend["message"] == "Entra ID refused the app's credentials (AADSTS7000215)"
-    # Once the other backend's key has reached Envoy (KUBELET_DELAY), it serves everything.
-    eventually(lambda: send_sync(lab.chat_url, chat("entra-refused"), 10, 2).statuses[200] == 10)
-    outcome = send_sync(lab.chat_url, chat("entra-refused"), 40, 4)
-    assert outcome.statuses == {200: 40}
-    assert set(outcome.ports) == {lab.openai_fake.port}
+    lab.assert_served_only_by("entra-refused", lab.openai_fake.port)
 
 
 def test_no_app_secret_or_token_anywhere_a_person_or_program_can_read(lab: EntraLab) -> None:
-    with urllib.request.urlopen(
-        f"http://{lab.operator.metrics_address}/metrics", timeout=5
-    ) as reply:
-        metrics = reply.read().decode()
-    places = {
-        "operator log": lab.operator.log,
-        "operator metrics": metrics,
-        "Envoy's config dump": lab.envoy.config_dump(),
-        "Envoy's log": lab.envoy.log.read_text(errors="replace"),
-        **hygiene.cluster_places(lab.cluster, [lab.namespace]),
-    }
     tokens = [str(t["token"]) for t in lab.azure.tokens()]
     assert tokens, "no token was minted"
-    known = [CLIENT_KEY, lab.openai_fake.api_key, lab.azure.client_secret, *tokens]
-    hygiene.assert_clean(places, known)
+    lab.assert_no_secret_readable([lab.openai_fake.api_key, lab.azure.client_secret, *tokens])

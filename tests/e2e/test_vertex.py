@@ -10,12 +10,9 @@ from __future__ import annotations
 
 import base64
 import json
-import time
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import anthropic
@@ -23,35 +20,26 @@ import openai
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from e2e.cloudlab import SECRET, GatewayLab, bearer, gateway_lab
 from gatewaylab import (
     CLIENT_KEY,
     FakeProcess,
-    LocalEnvoy,
     VertexProcess,
     chat,
-    free_port,
-    lab_client,
     send_sync,
     service_account_key_json,
 )
-from tests_support import hygiene
-from tests_support.cluster import Cluster, condition, eventually
-from tests_support.scenario import API_VERSION, Operator
+from tests_support.cluster import Cluster
 
 pytestmark = pytest.mark.e2e
 
 CLAUDE, GEMINI = "claude-x@20250101", "google/gemini-x"
 TOKEN_LIFETIME = 24
-KUBELET_DELAY = 2.0
-SECRET, SA_KEY = "gcp", "service-account.json"
+SA_KEY, STRANGER_KEY = "service-account.json", "stranger.json"
 
 
 @dataclass
-class CloudLab:
-    cluster: Cluster
-    operator: Operator
-    namespace: str
-    envoy: LocalEnvoy
+class CloudLab(GatewayLab):
     vertex: VertexProcess
     claude: FakeProcess
 
@@ -78,25 +66,6 @@ class CloudLab:
             **fields,
         }
 
-    def serve(self, model: str, backends: list[dict[str, Any]]) -> None:
-        self.cluster.apply(
-            {
-                "apiVersion": API_VERSION,
-                "kind": "ModelEndpoint",
-                "metadata": {"name": model, "namespace": self.namespace},
-                "spec": {"gatewayRef": {"name": "gw"}, "model": model, "backends": backends},
-            }
-        )
-        eventually(lambda: condition(self.endpoint(model), "Ready"))
-        eventually(lambda: send_sync(self.chat_url, chat(model), 10, 2).statuses[200] == 10)
-
-    def endpoint(self, model: str) -> dict[str, Any] | None:
-        return self.cluster.get("modelendpoints", model, self.namespace)
-
-    @property
-    def chat_url(self) -> str:
-        return f"{self.envoy.url}/v1/chat/completions"
-
     def openai(self) -> openai.OpenAI:
         return openai.OpenAI(base_url=f"{self.envoy.url}/v1", api_key=CLIENT_KEY, max_retries=0)
 
@@ -106,48 +75,24 @@ class CloudLab:
 
 @pytest.fixture(scope="module")
 def cloud(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[CloudLab]:
-    namespace = f"sy-vertex-{uuid.uuid4().hex[:6]}"
     vertex = VertexProcess(models=(CLAUDE, GEMINI), token_lifetime=TOKEN_LIFETIME)
     claude = FakeProcess("Anthropic", f"sk-ant-{uuid.uuid4().hex[:8]}", "claude-x")
-    operator = Operator(
-        xds_address=f"127.0.0.1:{free_port()}", metrics_address=f"127.0.0.1:{free_port()}"
-    )
-    envoy: LocalEnvoy | None = None
+    # Another key of the same account, which the token endpoint does not know.
+    stranger = service_account_key_json(
+        rsa.generate_private_key(public_exponent=65537, key_size=2048),
+        vertex.email, vertex.project, vertex.token_uri, "not-a-known-key",
+    )  # fmt: skip
+    credentials = {
+        SA_KEY: vertex.service_account_key,
+        STRANGER_KEY: json.dumps(stranger),
+        "anthropic": claude.api_key,
+    }
     try:
-        cluster.apply(
-            {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}},
-            {
-                "apiVersion": "v1",
-                "kind": "Secret",
-                "metadata": {"name": SECRET, "namespace": namespace},
-                "stringData": {SA_KEY: vertex.service_account_key, "anthropic": claude.api_key},
-            },
-            {
-                "apiVersion": API_VERSION,
-                "kind": "ModelGateway",
-                "metadata": {"name": "gw", "namespace": namespace},
-                "spec": {"listener": {"port": 8080}},
-            },
-            *lab_client(namespace, "gw"),
-        )
-        operator.start()
-        log: Path = tmp_path_factory.mktemp("envoy") / "envoy.log"
-        envoy = LocalEnvoy(
-            f"{namespace}/gw", free_port(), operator.xds_address, log, secret_delay=KUBELET_DELAY
-        )
-        envoy.wait_listening()
-        yield CloudLab(cluster, operator, namespace, envoy, vertex, claude)
+        with gateway_lab(cluster, tmp_path_factory, "sy-vertex", credentials) as lab:
+            yield CloudLab(lab.cluster, lab.operator, lab.namespace, lab.envoy, vertex, claude)
     finally:
-        if envoy is not None:
-            envoy.stop()
-        operator.stop()
         vertex.stop()
         claude.stop()
-        cluster.kubectl("delete", "namespace", namespace, "--wait=false", "--ignore-not-found")
-
-
-def _bearer(record: dict[str, Any]) -> str:
-    return str(record["headers"].get("authorization", "")).removeprefix("Bearer ")
 
 
 def test_both_sdks_reach_claude_on_vertex_whole_and_streamed(cloud: CloudLab) -> None:
@@ -183,7 +128,7 @@ def test_both_sdks_reach_claude_on_vertex_whole_and_streamed(cloud: CloudLab) ->
         assert body["anthropic_version"] == "vertex-2023-10-16"
         assert "anthropic-version" not in record["headers"]
         # A minted access token, never the service-account key or the client's key.
-        assert _bearer(record).startswith("ya29.")
+        assert bearer(record).startswith("ya29.")
 
 
 def test_both_sdks_reach_gemini_on_vertex(cloud: CloudLab) -> None:
@@ -209,7 +154,7 @@ def test_both_sdks_reach_gemini_on_vertex(cloud: CloudLab) -> None:
     )
     assert [r["path"] for r in requests] == [endpoint] * 3
     assert {r["body"]["model"] for r in requests} == {GEMINI}
-    assert all(_bearer(r).startswith("ya29.") for r in requests)
+    assert all(bearer(r).startswith("ya29.") for r in requests)
 
 
 def test_tokens_rotate_under_load_without_a_failed_request(cloud: CloudLab) -> None:
@@ -217,15 +162,9 @@ def test_tokens_rotate_under_load_without_a_failed_request(cloud: CloudLab) -> N
     operator mints new ones and the data plane takes them up before the old ones expire."""
     cloud.serve("rotating", [cloud.vertex_backend(CLAUDE)])
     cloud.vertex.forget_requests()
-    ends = time.monotonic() + 2.5 * TOKEN_LIFETIME
-    statuses: dict[int, int] = {}
-    while time.monotonic() < ends:
-        outcome = send_sync(cloud.chat_url, chat("rotating"), 20, 4)
-        for status, count in outcome.statuses.items():
-            statuses[status] = statuses.get(status, 0) + count
-        assert not outcome.errors, outcome.errors[:3]
+    statuses = cloud.statuses_under_load("rotating", 2.5 * TOKEN_LIFETIME)
     assert set(statuses) == {200}, statuses
-    tokens = {_bearer(r) for r in cloud.vertex.traffic()}
+    tokens = {bearer(r) for r in cloud.vertex.traffic()}
     assert len(tokens) >= 3, "the tokens did not rotate"
     # Only access tokens reached the data plane: the credentials Secret holds no key.
     credentials = cloud.cluster.get("secrets", "gw-switchyard-credentials", cloud.namespace)
@@ -238,52 +177,15 @@ def test_tokens_rotate_under_load_without_a_failed_request(cloud: CloudLab) -> N
 def test_a_key_the_token_endpoint_refuses_is_credentials_invalid_and_traffic_moves(
     cloud: CloudLab,
 ) -> None:
-    stranger = service_account_key_json(
-        rsa.generate_private_key(public_exponent=65537, key_size=2048),
-        cloud.vertex.email,
-        cloud.vertex.project,
-        cloud.vertex.token_uri,
-        "not-a-known-key",
-    )
-    cloud.cluster.apply(
-        {
-            "apiVersion": "v1",
-            "kind": "Secret",
-            "metadata": {"name": "stranger", "namespace": cloud.namespace},
-            "stringData": {SA_KEY: json.dumps(stranger)},
-        }
-    )
     refused = cloud.vertex_backend(
-        CLAUDE, name="refused", credentialsRef={"name": "stranger", "key": SA_KEY}
+        CLAUDE, name="refused", credentialsRef={"name": SECRET, "key": STRANGER_KEY}
     )
-    cloud.cluster.apply(
-        {
-            "apiVersion": API_VERSION,
-            "kind": "ModelEndpoint",
-            "metadata": {"name": "refused-key", "namespace": cloud.namespace},
-            "spec": {
-                "gatewayRef": {"name": "gw"},
-                "model": "refused-key",
-                "backends": [refused, cloud.anthropic_backend()],
-            },
-        }
-    )
-
-    def reported() -> dict[str, Any] | None:
-        endpoint = cloud.endpoint("refused-key") or {}
-        for backend in (endpoint.get("status") or {}).get("backends") or []:
-            if backend.get("name") == "refused" and backend.get("reason") == "CredentialsInvalid":
-                return dict(backend)
-        return None
-
-    backend = eventually(reported, timeout=30)
+    cloud.apply_endpoint("refused-key", [refused, cloud.anthropic_backend()])
+    backend = cloud.backend_reported("refused-key", "refused", "CredentialsInvalid")
     assert backend["message"] == (
         "the token endpoint refused the service-account key (invalid_grant)"
     )
-    assert "PRIVATE KEY" not in json.dumps(cloud.endpoint("refused-key"))
-    outcome = send_sync(cloud.chat_url, chat("refused-key"), 40, 4)
-    assert outcome.statuses == {200: 40}
-    assert set(outcome.ports) == {cloud.claude.port}
+    cloud.assert_served_only_by("refused-key", cloud.claude.port)
 
 
 def test_claude_fails_over_between_anthropic_and_vertex(cloud: CloudLab) -> None:
@@ -301,18 +203,7 @@ def test_claude_fails_over_between_anthropic_and_vertex(cloud: CloudLab) -> None
 def test_no_key_or_token_anywhere_a_person_or_program_can_read(cloud: CloudLab) -> None:
     """After the module's tests: the service-account key and the tokens minted from it are in
     no log, metric, status, Event, ConfigMap or Envoy config."""
-    with urllib.request.urlopen(
-        f"http://{cloud.operator.metrics_address}/metrics", timeout=5
-    ) as reply:
-        metrics = reply.read().decode()
-    places = {
-        "operator log": cloud.operator.log,
-        "operator metrics": metrics,
-        "Envoy's config dump": cloud.envoy.config_dump(),
-        "Envoy's log": cloud.envoy.log.read_text(errors="replace"),
-        **hygiene.cluster_places(cloud.cluster, [cloud.namespace]),
-    }
     tokens = [str(t["token"]) for t in cloud.vertex.tokens()]
     assert tokens, "no token was minted"
     private_key = json.loads(cloud.vertex.service_account_key)["private_key"]
-    hygiene.assert_clean(places, [CLIENT_KEY, cloud.claude.api_key, private_key, *tokens])
+    cloud.assert_no_secret_readable([cloud.claude.api_key, private_key, *tokens])
