@@ -1,6 +1,11 @@
 -- SHA-256 (FIPS 180-4) in plain Lua, as Envoy's Lua API has no digest function: the gateway
 -- compares digests of client keys, so that the keys themselves never travel in its config.
 -- Defines the one global `sha256_hex(message)`; needs LuaJIT's `bit` (Envoy's Lua is LuaJIT 2.1).
+-- Also `sha256_digest(message)`, the same digest as 32 raw bytes (for HMAC, sigv4.lua): a local
+-- of the chunk rather than a global, so files appended after this one in the same chunk see it
+-- while the filters that only compare key digests get no global they do not use.
+
+local sha256_digest
 
 do
   local band, bor, bxor, ror = bit.band, bit.bor, bit.bxor, bit.ror
@@ -60,7 +65,8 @@ do
       band(x, 255))
   end
 
-  function sha256_hex(message)
+  -- The eight words of the digest of `message`.
+  local function digest_words(message)
     local H = { H0[1], H0[2], H0[3], H0[4], H0[5], H0[6], H0[7], H0[8] }
     local length = #message
     local whole = length - length % 64
@@ -71,7 +77,18 @@ do
     local rest = sub(message, whole + 1) .. "\128" .. rep("\0", (55 - length % 64) % 64)
       .. be32(floor(bits / 2 ^ 32)) .. be32(bits % 2 ^ 32)
     for i = 1, #rest, 64 do compress(H, rest, i) end
+    return H
+  end
+
+  function sha256_hex(message)
+    local H = digest_words(message)
     for i = 1, 8 do H[i] = tohex(H[i]) end
+    return concat(H)
+  end
+
+  sha256_digest = function(message)
+    local H = digest_words(message)
+    for i = 1, 8 do H[i] = be32(H[i]) end
     return concat(H)
   end
 end
