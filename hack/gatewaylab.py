@@ -4,6 +4,7 @@ both started with the `switchyard` command users run, and a small HTTP load clie
 from __future__ import annotations
 
 import asyncio
+import base64
 import datetime
 import ipaddress
 import json
@@ -12,6 +13,7 @@ import re
 import secrets
 import shutil
 import socket
+import string
 import subprocess
 import sys
 import tempfile
@@ -407,6 +409,73 @@ class AzureEntraProcess(TokenIssuingProcess):
         raise TypeError(
             "Azure OpenAI with Entra ID takes tokens, not an API key: rotate the client "
             "secret, or expire or revoke tokens, instead"
+        )
+
+    def stop(self) -> None:
+        super().stop()
+        self._workdir.cleanup()
+
+
+class BedrockProcess(FakeProcess):
+    """`switchyard fake-provider --provider AWSBedrock`: the Bedrock runtime, taking SigV4
+    signatures by an AWS key pair this makes (given as a shared-credentials file) and a
+    Bedrock API key this makes too (`Authorization: Bearer`). FakeProcess's control helpers
+    steer it through its control port (fault, heal, requests, traffic, forget_requests,
+    stop); it has no single API key to rotate.
+
+    Clients sign as boto3.client("bedrock-runtime", endpoint_url=.url, region_name=.region,
+    aws_access_key_id=.access_key_id, aws_secret_access_key=.secret_access_key)."""
+
+    def __init__(
+        self,
+        models: Sequence[str] = ("anthropic.claude-x-v1:0", "us.anthropic.claude-y-v1:0"),
+        region: str = "us-east-1",
+        chunk_delay: float = 0.0,
+        keep_requests: int | None = None,
+        host: str = "127.0.0.1",
+    ) -> None:
+        """`models`: the model ids it serves; `.model` is the first."""
+        # Not FakeProcess.__init__, which starts a keyed provider; the helpers need only
+        # provider, model, host, scheme, port, control_port and process.
+        self.provider, self.models, self.model = "AWSBedrock", list(models), models[0]
+        self.region = region
+        self.host, self.scheme = host, "http"
+        self.port, self.control_port = free_port(), free_port()
+        upper = string.ascii_uppercase + string.digits
+        self.access_key_id = "AKIA" + "".join(secrets.choice(upper) for _ in range(16))
+        secret = string.ascii_letters + string.digits + "+/"
+        self.secret_access_key = "".join(secrets.choice(secret) for _ in range(40))
+        self.credentials_file_text = (
+            f"[default]\naws_access_key_id = {self.access_key_id}\n"
+            f"aws_secret_access_key = {self.secret_access_key}\n"
+        )
+        # The Bedrock API key (`Authorization: Bearer`).
+        self.api_key = "ABSK" + base64.b64encode(secrets.token_bytes(48)).decode()
+        self._workdir = tempfile.TemporaryDirectory(prefix="switchyard-bedrock-")
+        self.credentials_file = Path(self._workdir.name) / "credentials"
+        self.credentials_file.write_text(self.credentials_file_text)
+        command = [
+            SWITCHYARD, "fake-provider", "--provider", "AWSBedrock", "--port", str(self.port),
+            "--control-port", str(self.control_port), "--region", region,
+            "--aws-credentials", str(self.credentials_file),
+            "--bedrock-api-key", self.api_key,
+            "--stream-chunk-delay", str(chunk_delay), "--host", host,
+        ]  # fmt: skip
+        for model in self.models:
+            command += ["--model", model]
+        if keep_requests is not None:
+            command += ["--keep-requests", str(keep_requests)]
+        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL)
+        try:
+            wait_for_port(self.control_port, self.process, host=host)
+        except BaseException:
+            self.stop()
+            raise
+
+    def rotate_key(self, api_key: str) -> None:
+        raise TypeError(
+            "Bedrock takes SigV4 signatures and Bedrock API keys: change them through "
+            "/credentials or /api-key on the control port instead"
         )
 
     def stop(self) -> None:

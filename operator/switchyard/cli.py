@@ -20,6 +20,8 @@ from switchyard.plan.routing import EndpointPlan, plan_endpoint, zero_weight_tie
 if TYPE_CHECKING:
     import ssl
 
+    from switchyard.fakes.bedrock import AwsCredentials
+
 CRD_HEADER = "# Generated from the pydantic models by `switchyard crds`. Do not edit.\n"
 
 
@@ -177,6 +179,12 @@ ENTRA_FLAGS = {
     "entra_tls_key": "--entra-tls-key",
     "entra_control_port": "--entra-control-port",
 }
+# The flags only AWSBedrock takes.
+BEDROCK_ONLY_FLAGS = {
+    "region": "--region",
+    "aws_credentials": "--aws-credentials",
+    "bedrock_api_key": "--bedrock-api-key",
+}
 ENTRA_REQUIRED = (
     "entra_tenant",
     "entra_client_id",
@@ -196,6 +204,21 @@ def fake_provider_problem(args: argparse.Namespace) -> str | None:
     entra = _given(args, ENTRA_FLAGS)
     if entra and args.provider != "AzureOpenAI":
         return f"{', '.join(entra)}: only for AzureOpenAI"
+    bedrock = _given(args, BEDROCK_ONLY_FLAGS)
+    if bedrock and args.provider != "AWSBedrock":
+        return f"{', '.join(bedrock)}: only for AWSBedrock"
+    if args.provider == "AWSBedrock":
+        if args.api_key is not None:
+            return (
+                "--api-key: AWSBedrock takes SigV4 signatures (--aws-credentials) or Bedrock "
+                "API keys (--bedrock-api-key)"
+            )
+        if not args.region:
+            return "--region is required for AWSBedrock"
+        if not args.aws_credentials and not args.bedrock_api_key:
+            return "--aws-credentials or --bedrock-api-key is required for AWSBedrock"
+        given = _given(args, VERTEX_ONLY_FLAGS)
+        return f"{', '.join(given)}: only for GCPVertexAI" if given else None
     if args.provider == "GCPVertexAI":
         if args.api_key is not None:
             return "--api-key: GCPVertexAI takes tokens from its token endpoint, not a key"
@@ -235,6 +258,8 @@ def fake_provider_command(args: argparse.Namespace) -> int:
         return _fake_vertex(args, context)
     if args.entra_tenant is not None:
         return _fake_azure_entra(args, context)
+    if args.provider == "AWSBedrock":
+        return _fake_bedrock(args, context)
     provider = FakeProvider(
         args.provider,
         args.api_key,
@@ -289,6 +314,53 @@ def _fake_vertex(args: argparse.Namespace, context: ssl.SSLContext | None) -> in
     )
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(serve_vertex_forever(auth, vertex, args.control_port, args.auth_control_port))
+    return 0
+
+
+def _aws_credentials(path: str) -> AwsCredentials:
+    """The `[default]` profile of an AWS shared-credentials file."""
+    import configparser
+
+    from switchyard.fakes.bedrock import AwsCredentials
+
+    parser = configparser.ConfigParser(interpolation=None)
+    with Path(path).open() as file:
+        parser.read_file(file)
+    profile = parser["default"]
+    return AwsCredentials(
+        profile["aws_access_key_id"].strip(),
+        profile["aws_secret_access_key"].strip(),
+        (profile.get("aws_session_token") or "").strip() or None,
+    )
+
+
+def _fake_bedrock(args: argparse.Namespace, context: ssl.SSLContext | None) -> int:
+    """A FakeBedrock taking the keys of the credentials files and the Bedrock API keys."""
+    import asyncio
+    import configparser
+
+    from switchyard.fakes.bedrock import FakeBedrock
+    from switchyard.fakes.provider import serve_forever
+
+    try:
+        credentials = [_aws_credentials(path) for path in args.aws_credentials]
+    except (OSError, KeyError, configparser.Error) as error:
+        # A file that cannot be read or has no [default] keys: say so, not a traceback.
+        print(f"error: --aws-credentials: {error!r}", file=sys.stderr)
+        return 2
+    bedrock = FakeBedrock(
+        credentials,
+        api_keys=args.bedrock_api_key,
+        models=args.model or None,
+        region=args.region,
+        host=args.host,
+        port=args.port,
+        stream_chunk_delay=args.stream_chunk_delay,
+        ssl_context=context,
+        keep_requests=args.keep_requests,
+    )
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(serve_forever(bedrock, args.control_port))
     return 0
 
 
@@ -465,16 +537,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         "only Entra ID tokens (an api-key header is refused 403, as with local auth disabled) "
         "and the Entra ID token endpoint they come from (https on --entra-port), in one "
         "process; clients get tokens with the client secret at the authority "
-        "https://NAME:ENTRA_PORT, NAME one the --entra-tls-cert carries.",
+        "https://NAME:ENTRA_PORT, NAME one the --entra-tls-cert carries. AWSBedrock runs the "
+        "Bedrock runtime in --region, taking SigV4 signatures by the [default] keys of "
+        "--aws-credentials files and the --bedrock-api-key keys (Authorization: Bearer).",
     )
     fake.add_argument(
         "--provider",
         required=True,
-        choices=["OpenAI", "AzureOpenAI", "Anthropic", "OpenAICompatible", "GCPVertexAI"],
+        choices=[
+            "OpenAI",
+            "AzureOpenAI",
+            "Anthropic",
+            "OpenAICompatible",
+            "GCPVertexAI",
+            "AWSBedrock",
+        ],
     )
     fake.add_argument("--port", type=int, required=True)
     fake.add_argument(
-        "--api-key", help="the key clients must send (required, except for GCPVertexAI)"
+        "--api-key",
+        help="the key clients must send (required, except for GCPVertexAI and AWSBedrock)",
     )
     fake.add_argument("--host", default="127.0.0.1")
     fake.add_argument(
@@ -483,7 +565,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=[],
         help="a model (Azure: deployment) it serves; repeatable. GCPVertexAI: a Claude id as "
         "in the URL (claude-x@20250101) or google/<id> for Gemini (default: claude-x@20250101 "
-        "and google/gemini-x)",
+        "and google/gemini-x). AWSBedrock: a model id (default: "
+        "anthropic.claude-3-5-sonnet-20240620-v1:0)",
     )
     fake.add_argument(
         "--control-port",
@@ -492,7 +575,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "and AzureOpenAI's with Entra ID also have the token controls: GET /tokens, POST "
         '/tokens/expire and /tokens/revoke (JSON {"token": ...} for one, no body for all), PUT '
         '/token-lifetime {"seconds": n}; with Entra ID, PUT /client-secret {"clientSecret": ...} '
-        "too",
+        "too. AWSBedrock's also has PUT /credentials "
+        '{"accessKeyId", "secretAccessKey", "sessionToken"?}, DELETE /credentials/KEY_ID, and '
+        'PUT /api-key {"apiKey": ...} replacing its Bedrock API keys',
     )
     fake.add_argument(
         "--stream-chunk-delay", type=float, default=0.0, help="seconds between streamed chunks"
@@ -561,6 +646,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         type=int,
         help="port of the token endpoint's own control API, for its faults and requests "
         "(default: none; its tokens and secret are steered through --control-port)",
+    )
+
+    bedrock = fake.add_argument_group("AWSBedrock only")
+    bedrock.add_argument("--region", help="the AWS region it serves (required)")
+    bedrock.add_argument(
+        "--aws-credentials",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="an AWS shared-credentials file whose [default] keys (aws_access_key_id, "
+        "aws_secret_access_key, aws_session_token if any) may sign requests; repeatable",
+    )
+    bedrock.add_argument(
+        "--bedrock-api-key",
+        action="append",
+        default=[],
+        metavar="KEY",
+        help="a Bedrock API key clients may send as Authorization: Bearer; repeatable (at "
+        "least one of these or --aws-credentials)",
     )
 
     crds = commands.add_parser("crds", help="write the CRDs generated from the models")

@@ -21,10 +21,11 @@ Authentication is checked as AWS checks it, and refused with 403 in AWS's error 
 A Bedrock API key goes as `Authorization: Bearer <key>`; a key it does not know gets 403
 UnrecognizedClientException.
 
-It serves POST /model/{modelId}/converse, /converse-stream, /invoke and
-/invoke-with-response-stream. The model id is percent-decoded (`:` raw or as %3A, an ARN's `/`
-as %2F); one not in `models` gets 400 ValidationException "The provided model identifier is
-invalid." Invoke serves Anthropic Claude models only (ids containing `anthropic.`).
+It serves POST /model/{modelId}/converse, /converse-stream, /invoke,
+/invoke-with-response-stream and /count-tokens. The model id is percent-decoded (`:` raw or
+as %3A, an ARN's `/` as %2F); one not in `models` gets 400 ValidationException "The provided
+model identifier is invalid." Invoke serves Anthropic Claude models only (ids containing
+`anthropic.`).
 
 Converse requests are validated against the service model's shapes: an unknown field is 400
 ValidationException `Unknown parameter in <path>: "<field>", must be one of: ...`; a shape
@@ -37,6 +38,12 @@ Invoke takes Anthropic's Messages body without `model` and `stream` (`#: extrane
 [model] is not permitted`) and with `anthropic_version`: "bedrock-2023-05-31" (checked as API
 version 2023-06-01) or "2026-10-21", which the anthropic SDK sends (checked as that version);
 `anthropic_beta` a list of strings. The rest is checked as the Anthropic fake checks it.
+
+CountTokens takes `{"input": {"invokeModel": {"body": "<base64 of an InvokeModel body>"}}}`
+(Claude models only) or `{"input": {"converse": {"messages", "system"?, "toolConfig"?}}}`,
+checks what it wraps as InvokeModel or Converse would, and answers `{"inputTokens": N}`, N the
+words counted as for usage (the prompt cache aside); it uses no tokens and caches nothing. An
+input that is not one of those is 400 ValidationException.
 
 What it answers follows the rules of `switchyard.fakes.provider` (tool calls with sample
 arguments, `Tool results: ...`, `I see an image: image/png <N> bytes`, stop sequences,
@@ -117,7 +124,9 @@ INVOKE_VERSIONS = {
     LATEST_ANTHROPIC_VERSION: LATEST_ANTHROPIC_VERSION,
 }
 MAX_SKEW = 300  # seconds between X-Amz-Date and the fake's clock
-OPERATIONS = ("converse", "converse-stream", "invoke", "invoke-with-response-stream")
+OPERATIONS = (
+    "converse", "converse-stream", "invoke", "invoke-with-response-stream", "count-tokens",
+)  # fmt: skip
 EVENT_STREAM = "application/vnd.amazon.eventstream"
 SIGNATURE_MISMATCH = (
     "The request signature we calculated does not match the signature you provided. Check your "
@@ -387,6 +396,8 @@ class FakeBedrock(FakeProvider):
                 "input and try again."
             )
         started = time.monotonic()
+        if operation == "count-tokens":
+            return web.json_response({"inputTokens": read_count_tokens_request(body, model).words})
         if operation.startswith("converse"):
             return await self._converse(
                 request, model, body, operation == "converse-stream", started
@@ -973,6 +984,30 @@ def read_invoke_request(body: dict[str, Any], model: str) -> Ask:
         raise _malformed("#/anthropic_beta: expected type: JSONArray of strings")
     rest = {k: v for k, v in body.items() if k not in ("anthropic_version", "anthropic_beta")}
     return read_messages_request({**rest, "model": model}, INVOKE_VERSIONS[version])
+
+
+def read_count_tokens_request(body: dict[str, Any], model: str) -> Ask:
+    """Checks a CountTokens body: the InvokeModel body (base64) or the Converse request it
+    wraps, checked as that operation checks it."""
+    _fields(body, ("input",), "", required=("input",))
+    kind, value = _union(body["input"], ("invokeModel", "converse"), "input")
+    if kind == "converse":
+        _fields(value, ("messages", "system", "toolConfig", "additionalModelRequestFields"),
+                "input.converse", required=("messages",))  # fmt: skip
+        return read_converse_request(value)
+    _fields(value, ("body",), "input.invokeModel", required=("body",))
+    raw = _base64(_text(value["body"], "input.invokeModel.body"))
+    try:
+        inner = json.loads(raw) if raw is not None else None
+    except ValueError:
+        inner = None
+    if not isinstance(inner, dict):
+        raise _malformed("#: expected type: JSONObject")
+    if "anthropic." not in model:
+        raise _invalid_input(
+            "The fake counts InvokeModel bodies only for Anthropic Claude models; use converse."
+        )
+    return read_invoke_request(inner, model)
 
 
 def _anthropic_message(model: str, answer: Answer, usage: dict[str, int]) -> dict[str, Any]:
