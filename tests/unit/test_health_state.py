@@ -56,7 +56,9 @@ def test_state_resumes_from_status() -> None:
 
 def test_each_provider_is_probed_on_its_cheapest_listing() -> None:
     def probe_of(provider: str, api_version: str | None = None) -> tuple[str, dict[str, str]]:
-        return request_for(Target(provider, "https://h", "m", api_version, 5.0), "k")
+        request = request_for(Target(provider, "https://h", "m", api_version, 5.0), "k")
+        assert (request.method, request.body) == ("GET", None)
+        return request.url, request.headers
 
     assert probe_of("OpenAI") == ("https://h/v1/models", {"authorization": "Bearer k"})
     assert probe_of("AzureOpenAI", "2024-10-21") == (

@@ -241,27 +241,28 @@ DEFAULT_URLS: dict[str, str] = {
     Provider.OPENAI: "https://api.openai.com",
     Provider.ANTHROPIC: "https://api.anthropic.com",
 }
-# Vertex AI's URL follows from its region (`regional_url`).
-PROVIDERS_NEEDING_URL = [
-    p.value for p in Provider if p.value not in DEFAULT_URLS and p != Provider.GCP_VERTEX_AI
-]
+# Where a backend's region applies; its URL follows from it (`regional_url`).
+REGIONAL = [Provider.GCP_VERTEX_AI.value, Provider.AWS_BEDROCK.value]
+PROVIDERS_NEEDING_URL = [p.value for p in Provider if p not in DEFAULT_URLS and p not in REGIONAL]
 # A self-hosted OpenAI-compatible server may need no key. The hosted APIs always
-# authenticate with a key, and Vertex AI with a service-account key, until the data plane's
-# workload identity is served.
+# authenticate with a key, and Vertex AI and Bedrock with their clouds' credentials, until
+# the data plane's workload identity is served.
 PROVIDERS_NEEDING_KEY = [
     Provider.OPENAI.value,
     Provider.AZURE_OPENAI.value,
     Provider.ANTHROPIC.value,
     Provider.GCP_VERTEX_AI.value,
+    Provider.AWS_BEDROCK.value,
 ]
-# Named by the API, not served yet: refused at admission rather than accepted and ignored.
-NOT_YET_SERVED = [Provider.AWS_BEDROCK.value]
-NOT_YET_SERVED_MESSAGE = (
-    "provider AWSBedrock is not served yet: Bedrock needs SigV4-signed requests, which "
-    "Switchyard does not send yet"
+REGION_MESSAGE = "region is required for providers GCPVertexAI and AWSBedrock, and only valid there"
+PROJECT_MESSAGE = "project is required for provider GCPVertexAI, and only valid there"
+# Claude on Bedrock: a model id, or a cross-region inference profile's (us., eu., apac., ...).
+BEDROCK_MODEL = r"^([a-z]{2,6}\.)?anthropic\.claude-[A-Za-z0-9.:@_-]+$"
+BEDROCK_MODEL_MESSAGE = (
+    "model of an AWSBedrock backend is a Claude model id (anthropic.claude-sonnet-4-20250514-"
+    "v1:0) or inference profile (us.anthropic.claude-...): other Bedrock models need its "
+    "Converse API, which Switchyard does not speak yet"
 )
-# Where a backend's region and project apply.
-REGIONAL = [Provider.GCP_VERTEX_AI.value]
 # A Vertex AI model: Claude as Vertex names it, or publisher/model for the rest.
 VERTEX_MODEL = r"^(claude-[^/]+|[a-z0-9-]+/[^/]+)$"
 VERTEX_MODEL_MESSAGE = (
@@ -270,8 +271,10 @@ VERTEX_MODEL_MESSAGE = (
 )
 
 
-def regional_url(region: str) -> str:
-    """Vertex AI's endpoint for a region (`global`: the global endpoint)."""
+def regional_url(provider: str, region: str) -> str:
+    """The endpoint of Vertex AI (`global`: the global endpoint) or Bedrock in a region."""
+    if provider == Provider.AWS_BEDROCK:
+        return f"https://bedrock-runtime.{region}.amazonaws.com"
     if region == "global":
         return "https://aiplatform.googleapis.com"
     return f"https://{region}-aiplatform.googleapis.com"
@@ -285,9 +288,17 @@ class Authentication(StrEnum):
 
     API_KEY = "APIKey"  # the provider's key (for GCPVertexAI: a service-account key JSON)
     ENTRA_ID = "EntraID"  # AzureOpenAI: an Entra ID app, exchanged for access tokens
+    SIG_V4 = "SigV4"  # AWSBedrock: an AWS shared-credentials file; requests signed with it
 
 
-ENTRA_ID_MESSAGE = "authentication EntraID is only valid for provider AzureOpenAI"
+# Which provider takes each authentication other than APIKey.
+AUTHENTICATED_BY = {
+    Authentication.ENTRA_ID: Provider.AZURE_OPENAI,
+    Authentication.SIG_V4: Provider.AWS_BEDROCK,
+}
+AUTHENTICATION_MESSAGE = (
+    "authentication EntraID is only valid for provider AzureOpenAI, and SigV4 only for AWSBedrock"
+)
 
 
 class RetryOn(StrEnum):
@@ -323,17 +334,21 @@ class Backend(_Model):
         json_schema_extra={
             "x-kubernetes-validations": [
                 cel(
-                    f"!(self.provider in {NOT_YET_SERVED})",
-                    NOT_YET_SERVED_MESSAGE,
-                    fieldPath=".provider",
-                    reason="FieldValueForbidden",
+                    f"has(self.region) == (self.provider in {REGIONAL})",
+                    REGION_MESSAGE,
+                    fieldPath=".region",
+                    reason="FieldValueInvalid",
                 ),
                 cel(
-                    f"self.provider in {REGIONAL} ? has(self.region) && has(self.project)"
-                    " : !has(self.region) && !has(self.project)",
-                    "region and project are required for provider GCPVertexAI, and only valid "
-                    "there",
-                    fieldPath=".region",
+                    "has(self.project) == (self.provider == 'GCPVertexAI')",
+                    PROJECT_MESSAGE,
+                    fieldPath=".project",
+                    reason="FieldValueInvalid",
+                ),
+                cel(
+                    f"self.provider != 'AWSBedrock' || self.model.matches('{BEDROCK_MODEL}')",
+                    BEDROCK_MODEL_MESSAGE,
+                    fieldPath=".model",
                     reason="FieldValueInvalid",
                 ),
                 cel(
@@ -344,8 +359,9 @@ class Backend(_Model):
                 ),
                 cel(
                     "!has(self.authentication) || self.authentication == 'APIKey'"
-                    " || self.provider == 'AzureOpenAI'",
-                    ENTRA_ID_MESSAGE,
+                    " || (self.authentication == 'EntraID' && self.provider == 'AzureOpenAI')"
+                    " || (self.authentication == 'SigV4' && self.provider == 'AWSBedrock')",
+                    AUTHENTICATION_MESSAGE,
                     fieldPath=".authentication",
                     reason="FieldValueForbidden",
                 ),
@@ -379,9 +395,8 @@ class Backend(_Model):
         pattern=DNS_LABEL,
     )
     provider: Provider = Field(
-        description="Provider type: OpenAI, AzureOpenAI, Anthropic, GCPVertexAI or "
-        "OpenAICompatible (self-hosted servers such as vLLM). AWSBedrock is named by the API "
-        "but not served yet, and refused."
+        description="Provider type: OpenAI, AzureOpenAI, Anthropic, GCPVertexAI, AWSBedrock or "
+        "OpenAICompatible (self-hosted servers such as vLLM)."
     )
     model: str = Field(
         description="Upstream model id sent to the provider. For AzureOpenAI, the deployment name.",
@@ -391,8 +406,8 @@ class Backend(_Model):
     url: str | None = Field(
         default=None,
         description="Base URL of the provider, http or https. Required for AzureOpenAI, "
-        "AWSBedrock and OpenAICompatible; OpenAI and Anthropic default to their public APIs, "
-        "GCPVertexAI to its region's endpoint.",
+        "OpenAICompatible; OpenAI and Anthropic default to their public APIs, GCPVertexAI "
+        "and AWSBedrock to their region's endpoint.",
         max_length=2048,
         json_schema_extra={
             "x-kubernetes-validations": [
@@ -416,8 +431,9 @@ class Backend(_Model):
     )
     region: str | None = Field(
         default=None,
-        description="GCPVertexAI: the region (us-east5, europe-west1, global) whose endpoint "
-        "serves the model; the URL follows from it unless url is given.",
+        description="GCPVertexAI and AWSBedrock: the region (us-east5, europe-west1, global; "
+        "us-east-1) whose endpoint serves the model; the URL follows from it unless url is "
+        "given.",
         pattern=r"^[a-z][a-z0-9-]*[a-z0-9]$",
         max_length=63,
     )
@@ -441,14 +457,16 @@ class Backend(_Model):
         '"clientSecret"} (without clientSecret: the operator\'s own workload identity, '
         'its AZURE_FEDERATED_TOKEN_FILE), with an optional "authorityHost" for national '
         "clouds; the operator exchanges it for access tokens, and only those reach the data "
-        "plane.",
+        "plane. SigV4 (AWSBedrock only), an AWS shared-credentials file ([default] with "
+        "aws_access_key_id, aws_secret_access_key, optional aws_session_token) that signs "
+        "each attempt; AWSBedrock with APIKey takes a Bedrock API key.",
     )
     credentials_ref: SecretKeyRef | None = Field(
         default=None,
         description="The Secret key holding this backend's API key; for GCPVertexAI, a "
         "service-account key JSON, which the operator exchanges for short-lived access "
         "tokens (only those reach the data plane). Required for OpenAI, AzureOpenAI, "
-        "Anthropic and GCPVertexAI.",
+        "Anthropic, GCPVertexAI and AWSBedrock.",
     )
     weight: int = Field(
         default=1,
@@ -467,19 +485,20 @@ class Backend(_Model):
     # The same rules as the CEL above, for files checked offline by `switchyard plan`.
     @model_validator(mode="after")
     def _provider_fields(self) -> Backend:
-        if self.provider in NOT_YET_SERVED:
-            raise ValueError(NOT_YET_SERVED_MESSAGE)
-        placed = (self.region, self.project)
-        if (None in placed) if self.provider in REGIONAL else placed != (None, None):
-            raise ValueError(
-                "region and project are required for provider GCPVertexAI, and only valid there"
-            )
+        if (self.region is not None) != (self.provider in REGIONAL):
+            raise ValueError(REGION_MESSAGE)
+        if (self.project is not None) != (self.provider == Provider.GCP_VERTEX_AI):
+            raise ValueError(PROJECT_MESSAGE)
+        if self.provider == Provider.AWS_BEDROCK and not re.match(BEDROCK_MODEL, self.model):
+            raise ValueError(BEDROCK_MODEL_MESSAGE)
         if self.provider == Provider.GCP_VERTEX_AI and not re.match(VERTEX_MODEL, self.model):
             raise ValueError(VERTEX_MODEL_MESSAGE)
         if self.api_version is not None and self.provider != Provider.AZURE_OPENAI:
             raise ValueError("apiVersion is only valid for provider AzureOpenAI")
-        if self.authentication != Authentication.API_KEY and self.provider != Provider.AZURE_OPENAI:
-            raise ValueError(ENTRA_ID_MESSAGE)
+        if self.authentication != Authentication.API_KEY and (
+            AUTHENTICATED_BY[self.authentication] != self.provider
+        ):
+            raise ValueError(AUTHENTICATION_MESSAGE)
         if self.url is None and self.provider in PROVIDERS_NEEDING_URL:
             raise ValueError(f"url is required for provider {self.provider}")
         if self.credentials_ref is None and self.provider in PROVIDERS_NEEDING_KEY:
@@ -503,7 +522,7 @@ class Backend(_Model):
     @property
     def base_url(self) -> str:
         if self.url is None and self.region is not None:
-            return regional_url(self.region)
+            return regional_url(self.provider, self.region)
         return (self.url or DEFAULT_URLS[self.provider]).rstrip("/")
 
 

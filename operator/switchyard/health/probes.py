@@ -14,6 +14,7 @@ import aiohttp
 
 from switchyard.plan.backoff import retry_after_seconds
 from switchyard.providers import Placement, provider
+from switchyard.providers.base import ProbeRequest
 
 
 class Outcome(StrEnum):
@@ -54,8 +55,8 @@ class ProbeResult:
     retry_after: float = 0.0
 
 
-def request_for(target: Target, key: str | None) -> tuple[str, dict[str, str]]:
-    """The URL and headers of the listing the backend's provider serves cheaply."""
+def request_for(target: Target, key: str | None) -> ProbeRequest:
+    """The cheap, token-free request the backend's provider serves, authenticated."""
     placement = Placement(
         urlsplit(target.url).path.rstrip("/"),
         target.model,
@@ -68,7 +69,6 @@ def request_for(target: Target, key: str | None) -> tuple[str, dict[str, str]]:
 
 
 async def probe(session: aiohttp.ClientSession, target: Target, key: str | None) -> ProbeResult:
-    url, headers = request_for(target, key)
     started = time.monotonic()
 
     def result(outcome: Outcome, reason: str, retry_after: float = 0.0) -> ProbeResult:
@@ -80,8 +80,19 @@ async def probe(session: aiohttp.ClientSession, target: Target, key: str | None)
     except ssl.SSLError:
         return result(Outcome.FAILED, "the gateway's backendTLS caBundle is not valid PEM")
     try:
+        request = request_for(target, key)
+    except ValueError as error:  # a key that cannot sign: its message quotes no key
+        return result(Outcome.CREDENTIALS_INVALID, str(error))
+    try:
         async with asyncio.timeout(target.timeout):
-            async with session.get(url, headers=headers, allow_redirects=False, ssl=trust) as reply:
+            async with session.request(
+                request.method,
+                request.url,
+                headers=request.headers,
+                data=request.body,
+                allow_redirects=False,
+                ssl=trust,
+            ) as reply:
                 body = await reply.read()
                 status = reply.status
                 retry_after = reply.headers.get("Retry-After", "")

@@ -9,7 +9,14 @@ name whose terms depend on the backend (Vertex AI's on its model, Azure OpenAI's
 authentication) is a `Family`.
 """
 
-from switchyard.providers import anthropic, azure_openai, openai, openai_compatible, vertex_ai
+from switchyard.providers import (
+    anthropic,
+    azure_openai,
+    bedrock,
+    openai,
+    openai_compatible,
+    vertex_ai,
+)
 from switchyard.providers.base import (
     ANTHROPIC_VERSION,
     API_HEADERS,
@@ -42,6 +49,8 @@ PROVIDERS = (
     azure_openai.ENTRA_ID,
     vertex_ai.CLAUDE,
     vertex_ai.OPENAI_COMPATIBLE,
+    bedrock.API_KEY,
+    bedrock.SIGNED,
 )
 _KNOWN: dict[str, Provider | Family] = {
     p.name: p
@@ -51,6 +60,7 @@ _KNOWN: dict[str, Provider | Family] = {
         anthropic.PROVIDER,
         openai_compatible.PROVIDER,
         vertex_ai.FAMILY,
+        bedrock.FAMILY,
     )
 }
 

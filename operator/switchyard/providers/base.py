@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
+
+from switchyard.providers import sigv4
 
 
 class ClientApi(StrEnum):
@@ -85,8 +87,11 @@ class Provider:
     other_apis: whether it serves OpenAI's other endpoints (embeddings, completions, ...).
     headers: what every request to it carries besides the key; None: its API's headers.
     chat_call: when the chat call's path names the model instead of the body.
-    body_fields: top-level fields every chat request body to it carries.
+    body_fields: top-level fields every chat request body to it carries (None: never).
     exchange: how the Secret's value becomes the key it takes; None: sent as it is.
+    signing: the AWS service whose SigV4 signature each request carries, its key an AWS
+      shared-credentials file; None: the key goes in `auth`'s header.
+    probe_body: the probe's JSON body (a POST), when a read needs one; None: a GET.
     """
 
     name: str
@@ -98,16 +103,37 @@ class Provider:
     other_apis: bool = True
     headers: Mapping[str, str] | None = None
     chat_call: ChatCall | None = None
-    body_fields: Mapping[str, str] = field(default_factory=dict)
+    body_fields: Mapping[str, str | None] = field(default_factory=dict)
     exchange: Exchange | None = None
+    signing: str | None = None
+    probe_body: bytes | None = None
 
     @property
     def request_headers(self) -> Mapping[str, str]:
         return API_HEADERS[self.api] if self.headers is None else self.headers
 
-    def probe(self, url: str, placement: Placement, key: str | None) -> tuple[str, dict[str, str]]:
-        """The URL and headers of the cheap read that proves the provider answers."""
-        return url + self.probe_path(placement), {**self.request_headers, **self.auth.headers(key)}
+    def probe(self, url: str, placement: Placement, key: str | None) -> ProbeRequest:
+        """The cheap, token-free request that proves the provider answers and takes the key,
+        authenticated as the data plane authenticates."""
+        headers = dict(self.request_headers)
+        method = "GET" if self.probe_body is None else "POST"
+        if self.probe_body is not None:
+            headers["content-type"] = "application/json"
+        request = ProbeRequest(method, url + self.probe_path(placement), headers, self.probe_body)
+        if self.signing is None:
+            return replace(request, headers={**headers, **self.auth.headers(key)})
+        if key is None:
+            return request
+        signature = sigv4.sign(request, key, placement.region or "", self.signing)
+        return replace(request, headers={**headers, **signature})
+
+
+@dataclass(frozen=True)
+class ProbeRequest:
+    method: str
+    url: str
+    headers: dict[str, str]
+    body: bytes | None = None
 
 
 @dataclass(frozen=True)

@@ -84,13 +84,20 @@ SCRATCH = {
     "headers": "x-sy-headers",
     "chat_call": "x-sy-chat-call",
     "body": "x-sy-body",
+    "signing": "x-sy-signing",
 }
 # Set on a provider's 401 or 403 by the backend shaper, so the listener's filter can turn it
 # into a gateway error once retries are done; never reaches the client.
 REFUSAL_MARKER = "x-sy-provider-refused"
 # Every header that carries a provider's key or an API's version: cleared before each attempt.
+# SigV4's headers: a client's own would otherwise reach the provider beside the signature.
+SIGNATURE_HEADERS = ("x-amz-content-sha256", "x-amz-date", "x-amz-security-token")
 AUTH_HEADERS = tuple(
-    sorted({p.auth.header for p in PROVIDERS} | {h for p in PROVIDERS for h in p.request_headers})
+    sorted(
+        {p.auth.header for p in PROVIDERS}
+        | {h for p in PROVIDERS for h in p.request_headers}
+        | set(SIGNATURE_HEADERS)
+    )
 )
 # What an OpenAI request that sets no max_tokens gets when Anthropic serves it (Anthropic
 # requires one): every Claude model can write this many.
@@ -157,7 +164,8 @@ def _backend_shaper_lua() -> str:
         },
     )
     # The libraries after the program, so that line numbers in errors match its file.
-    return "\n".join((program, _lua_file("json.lua"), _lua_file("translate.lua")))
+    libraries = ("json.lua", "translate.lua", "sha256.lua", "sigv4.lua", "event_stream.lua")
+    return "\n".join((program, *(_lua_file(name) for name in libraries)))
 
 
 def _clients_lua(clients: ClientsPlan, served: list[str]) -> str:
@@ -973,6 +981,7 @@ def _lb_endpoint(backend: BackendRoute) -> dict[str, Any]:
                     "headers": ",".join(f"{k}:{v}" for k, v in terms.request_headers.items()),
                     "chat_call": f"{chat_call.whole}|{chat_call.streamed}" if chat_call else "",
                     "body": json.dumps(terms.body_fields) if terms.body_fields else "",
+                    "signing": f"{terms.signing}:{backend.region}" if terms.signing else "",
                 },
             }
         },

@@ -21,7 +21,8 @@
 --                               instead of the body), body (a JSON object of fields every
 --                               chat request body carries)
 --   config.refusal_marker       set on a provider's 401 or 403 (provider_refusal.lua)
--- json.lua and translate.lua follow this file in the same chunk.
+-- json.lua, translate.lua, sha256.lua, sigv4.lua and event_stream.lua follow this file in the
+-- same chunk.
 
 local directory = os.getenv(config.credentials_env) or "/etc/switchyard/credentials"
 local keys, read_at = {}, {}
@@ -219,9 +220,32 @@ local function rewritten_body(handle, from, to, model, model_in_path, fields)
   else
     rewritten.model = (model ~= nil and model ~= "") and model or request.model
   end
-  for name, value in pairs(fields) do rewritten[name] = value end
+  for name, value in pairs(fields) do
+    if value == json.null then rewritten[name] = nil else rewritten[name] = value end
+  end
   body:setBytes(json.encode(rewritten))
   return context
+end
+
+-- Sign the attempt as it now stands (path, host, body) with SigV4: `signing` is
+-- "<service>:<region>", `text` the AWS shared-credentials file. Without credentials the
+-- attempt goes unsigned, and the provider's 403 takes the backend out as a refused key would.
+local function sign(handle, signing, text)
+  if text == nil then return end
+  local credentials, problem = sigv4_credentials(text)
+  if credentials == nil then error("the backend's AWS credentials: " .. problem, 0) end
+  local service, region = string.match(signing, "^([^:]+):(.*)$")
+  local headers = handle:headers() -- fetched again: the body may have been read since
+  local path, query = string.match(headers:get(":path"), "^([^?]*)%??(.*)$")
+  local body = handle:body()
+  local signed = sigv4_sign({
+    method = headers:get(":method"),
+    path = path,
+    query = query,
+    headers = {host = headers:get(":authority"), ["content-type"] = headers:get("content-type")},
+    body = body ~= nil and body:getBytes(0, body:length()) or "",
+  }, credentials, region, service, os.time())
+  for name, value in pairs(signed) do headers:replace(name, value) end
 end
 
 local function shape(handle)
@@ -236,6 +260,7 @@ local function shape(handle)
   local extra_headers = headers:get(scratch.headers) or ""
   local chat_call = headers:get(scratch.chat_call) or ""
   local fields = headers:get(scratch.body) or ""
+  local signing = headers:get(scratch.signing) or ""
   for _, name in pairs(scratch) do
     headers:remove(name)
   end
@@ -261,12 +286,11 @@ local function shape(handle)
     end
     headers:replace(":path", path)
   end
-  if credentials ~= nil and credentials ~= "" then
-    local value = key(credentials)
-    if value ~= nil then
-      local header, prefix = string.match(auth or "", "^([^:]+):(.*)$")
-      headers:replace(header or "authorization", (prefix or "Bearer ") .. value)
-    end
+  local secret = nil
+  if credentials ~= nil and credentials ~= "" then secret = key(credentials) end
+  if secret ~= nil and signing == "" then
+    local header, prefix = string.match(auth or "", "^([^:]+):(.*)$")
+    headers:replace(header or "authorization", (prefix or "Bearer ") .. secret)
   end
   for name, value in string.gmatch(extra_headers, "([^,:]+):([^,]*)") do
     headers:replace(name, value)
@@ -280,15 +304,16 @@ local function shape(handle)
     -- Fetched again: what was fetched before the body was read is out of scope now.
     handle:streamInfo():dynamicMetadata():set(config.metadata_namespace, "stream_usage",
                                               context.usage and "1" or "")
-    return
-  end
-  local asked = client["model"]
-  if model ~= nil and model ~= "" and asked ~= nil and model ~= asked then
-    local body = handle:body()
-    if body ~= nil and body:length() > 0 then
-      body:setBytes(with_model(body:getBytes(0, body:length()), model))
+  else
+    local asked = client["model"]
+    if model ~= nil and model ~= "" and asked ~= nil and model ~= asked then
+      local body = handle:body()
+      if body ~= nil and body:length() > 0 then
+        body:setBytes(with_model(body:getBytes(0, body:length()), model))
+      end
     end
   end
+  if signing ~= "" then sign(handle, signing, secret) end
 end
 
 function envoy_on_request(handle)
@@ -343,6 +368,26 @@ local function translate_answer(handle, headers, status, from, to, stream_usage)
   if body ~= nil then body:setBytes(text) end
 end
 
+-- An AWS event stream (Bedrock's InvokeModelWithResponseStream) as the Anthropic SSE it
+-- carries, frame by frame as they arrive; through `feed` (a translation) when given.
+local function event_stream_answer(handle, headers, feed)
+  headers:replace("content-type", "text/event-stream")
+  headers:remove("content-length")
+  local decode = event_stream_decoder()
+  for chunk in handle:bodyChunks() do
+    local ok, text = pcall(function()
+      local sse = bedrock_chunks_to_sse(decode(chunk:getBytes(0, chunk:length())))
+      if feed ~= nil then return feed(sse) end
+      return sse
+    end)
+    if not ok then
+      handle:logErr("switchyard: the provider's event stream could not be read: " .. tostring(text))
+      text = ""
+    end
+    chunk:setBytes(text)
+  end
+end
+
 function envoy_on_response(handle)
   local headers = handle:headers()
   local status = headers:get(":status")
@@ -352,6 +397,15 @@ function envoy_on_response(handle)
   end
   local attempt = handle:streamInfo():dynamicMetadata():get(config.metadata_namespace) or {}
   local from = attempt["answer_api"]
+  local content_type = headers:get("content-type") or ""
+  if status == "200" and string.find(content_type, "application/vnd.amazon.eventstream", 1, true) then
+    local feed = nil
+    if from ~= nil and from ~= "" then
+      feed = translate.stream(from, client_api(attempt["path"]), {usage = attempt["stream_usage"] == "1"})
+    end
+    event_stream_answer(handle, headers, feed)
+    return
+  end
   if from == nil or from == "" then return end
   translate_answer(handle, headers, status, from, client_api(attempt["path"]), attempt["stream_usage"] == "1")
 end

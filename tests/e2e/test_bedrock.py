@@ -1,0 +1,176 @@
+"""Claude on Amazon Bedrock through the gateway: both SDKs, whole and streamed, each attempt
+signed with SigV4 by the data plane (or sent with a Bedrock API key), Bedrock's event
+streams turned back into each client's stream; a wrong AWS secret reported as
+CredentialsInvalid with its traffic moved; and one endpoint with Claude on Anthropic,
+Bedrock and Vertex AI failing over cloud to cloud without a failed request."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote
+
+import anthropic
+import openai
+import pytest
+
+from e2e.cloudlab import SECRET, GatewayLab, gateway_lab
+from gatewaylab import (
+    CLIENT_KEY,
+    BedrockProcess,
+    FakeProcess,
+    VertexProcess,
+    chat,
+    send_sync,
+)
+from tests_support.cluster import Cluster
+
+pytestmark = pytest.mark.e2e
+
+CLAUDE_VERTEX = "claude-x@20250101"
+WRONG_CREDENTIALS = "[default]\naws_access_key_id = {}\naws_secret_access_key = not-it\n"
+
+
+@dataclass
+class AwsLab(GatewayLab):
+    bedrock: BedrockProcess
+    vertex: VertexProcess
+    claude: FakeProcess
+
+    def bedrock_backend(self, key: str = "aws", **fields: Any) -> dict[str, Any]:
+        return {
+            "name": "bedrock",
+            "provider": "AWSBedrock",
+            "model": self.bedrock.model,
+            "region": self.bedrock.region,
+            # The fake's address in place of the region's endpoint, as a VPC endpoint.
+            "url": self.bedrock.url,
+            "authentication": "SigV4",
+            "credentialsRef": {"name": SECRET, "key": key},
+            **fields,
+        }
+
+    def vertex_backend(self) -> dict[str, Any]:
+        return {
+            "name": "vertex",
+            "provider": "GCPVertexAI",
+            "model": CLAUDE_VERTEX,
+            "region": self.vertex.region,
+            "project": self.vertex.project,
+            "url": self.vertex.url,
+            "credentialsRef": {"name": SECRET, "key": "gcp"},
+        }
+
+    def anthropic_backend(self) -> dict[str, Any]:
+        return {
+            "name": "anthropic",
+            "provider": "Anthropic",
+            "model": self.claude.model,
+            "url": self.claude.url,
+            "credentialsRef": {"name": SECRET, "key": "anthropic"},
+        }
+
+
+@pytest.fixture(scope="module")
+def lab(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[AwsLab]:
+    bedrock = BedrockProcess()
+    vertex = VertexProcess(models=(CLAUDE_VERTEX,))
+    claude = FakeProcess("Anthropic", f"sk-ant-{uuid.uuid4().hex[:8]}", "claude-x")
+    credentials = {
+        "aws": bedrock.credentials_file_text,
+        "aws-wrong": WRONG_CREDENTIALS.format(bedrock.access_key_id),
+        "bedrock-api-key": bedrock.api_key,
+        "gcp": vertex.service_account_key,
+        "anthropic": claude.api_key,
+    }
+    try:
+        with gateway_lab(cluster, tmp_path_factory, "sy-bedrock", credentials) as gateway:
+            yield AwsLab(
+                gateway.cluster, gateway.operator, gateway.namespace, gateway.envoy, bedrock,
+                vertex, claude,
+            )  # fmt: skip
+    finally:
+        for fake in (bedrock, vertex, claude):
+            fake.stop()
+
+
+def _ask_both_sdks(lab: AwsLab, model: str) -> None:
+    """Both SDKs, whole and streamed: each answer names the Bedrock fake."""
+    expected = f"AWSBedrock {lab.bedrock.model}"
+    messages: Any = [{"role": "user", "content": "hello"}]
+    gpt = openai.OpenAI(base_url=f"{lab.envoy.url}/v1", api_key=CLIENT_KEY, max_retries=0)
+    answer = gpt.chat.completions.create(model=model, messages=messages)
+    assert expected in (answer.choices[0].message.content or "")
+    chunks = gpt.chat.completions.create(model=model, messages=messages, stream=True)
+    assert expected in "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    claude = anthropic.Anthropic(base_url=lab.envoy.url, api_key=CLIENT_KEY, max_retries=0)
+    message = claude.messages.create(model=model, max_tokens=64, messages=messages)
+    assert message.content[0].type == "text"
+    assert expected in message.content[0].text
+    with claude.messages.stream(model=model, max_tokens=64, messages=messages) as stream:
+        texts = list(stream.text_stream)
+    # Event by event, as Bedrock's frames came: the reply's words, not one block.
+    assert len(texts) > 3
+    assert expected in "".join(texts)
+
+
+def test_both_sdks_reach_claude_on_bedrock_signed_with_sigv4(lab: AwsLab) -> None:
+    lab.serve("bedrock-claude", [lab.bedrock_backend()])
+    lab.bedrock.forget_requests()
+    _ask_both_sdks(lab, "bedrock-claude")
+    requests = lab.bedrock.traffic()
+    model = quote(lab.bedrock.model, safe="")
+    assert [r["path"] for r in requests] == [
+        f"/model/{model}/invoke",
+        f"/model/{model}/invoke-with-response-stream",
+    ] * 2
+    for record in requests:
+        body = record["body"]
+        assert "model" not in body
+        assert "stream" not in body
+        assert body["anthropic_version"] == "bedrock-2023-05-31"
+        authorization = record["headers"]["authorization"]
+        assert authorization.startswith(f"AWS4-HMAC-SHA256 Credential={lab.bedrock.access_key_id}/")
+        assert f"/{lab.bedrock.region}/bedrock/aws4_request" in authorization
+        assert "anthropic-version" not in record["headers"]
+
+
+def test_a_bedrock_api_key_is_sent_as_a_bearer_token(lab: AwsLab) -> None:
+    backend = lab.bedrock_backend("bedrock-api-key", authentication="APIKey", name="bedrock-key")
+    lab.serve("bedrock-key", [backend])
+    lab.bedrock.forget_requests()
+    outcome = send_sync(lab.chat_url, chat("bedrock-key"), 10, 2)
+    assert outcome.statuses == {200: 10}
+    headers = [r["headers"] for r in lab.bedrock.traffic()]
+    assert {h["authorization"] for h in headers} == {f"Bearer {lab.bedrock.api_key}"}
+
+
+def test_a_wrong_aws_secret_is_credentials_invalid_and_traffic_moves(lab: AwsLab) -> None:
+    lab.apply_endpoint("bedrock-wrong", [lab.bedrock_backend("aws-wrong"), lab.anthropic_backend()])
+    backend = lab.backend_reported("bedrock-wrong", "bedrock", "CredentialsInvalid")
+    assert backend["message"] == "HTTP 403: the key was refused"
+    lab.assert_served_only_by("bedrock-wrong", lab.claude.port)
+
+
+def test_claude_fails_over_cloud_to_cloud_without_a_failed_request(lab: AwsLab) -> None:
+    lab.serve("claude", [lab.anthropic_backend(), lab.bedrock_backend(), lab.vertex_backend()])
+    fakes = {"anthropic": lab.claude, "bedrock": lab.bedrock, "vertex": lab.vertex}
+    for up in fakes:
+        down = [fake for name, fake in fakes.items() if name != up]
+        for fake in down:
+            fake.fault(status=500)
+        try:
+            outcome = send_sync(lab.chat_url, chat("claude"), 100, 8)
+            assert outcome.statuses == {200: 100}, (up, outcome.statuses)
+            assert set(outcome.ports) == {fakes[up].port}
+        finally:
+            for fake in down:
+                fake.heal()
+
+
+def test_no_aws_secret_anywhere_a_person_or_program_can_read(lab: AwsLab) -> None:
+    lab.assert_no_secret_readable(
+        [lab.bedrock.secret_access_key, lab.bedrock.api_key, lab.claude.api_key]
+    )
