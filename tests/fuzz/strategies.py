@@ -264,8 +264,13 @@ def urls() -> st.SearchStrategy[str]:
 # --- backends
 
 PROVIDERS_WITH_DEFAULT_URL = ("OpenAI", "Anthropic")
-PROVIDERS_NEEDING_KEY = ("OpenAI", "AzureOpenAI", "Anthropic", "GCPVertexAI")
-SERVED_PROVIDERS = ("OpenAI", "AzureOpenAI", "Anthropic", "OpenAICompatible", "GCPVertexAI")
+PROVIDERS_NEEDING_KEY = ("OpenAI", "AzureOpenAI", "Anthropic", "GCPVertexAI", "AWSBedrock")
+SERVED_PROVIDERS = (
+    "OpenAI", "AzureOpenAI", "Anthropic", "OpenAICompatible", "GCPVertexAI", "AWSBedrock",
+)  # fmt: skip
+REGIONAL = ("GCPVertexAI", "AWSBedrock")
+# Bedrock serves Claude (model ids and inference profiles); the rest is refused.
+BEDROCK_MODELS = ("anthropic.claude-x-v1:0", "us.anthropic.claude-y-v1:0", "amazon.nova-pro-v1:0")
 # Vertex AI's models are Claude as Vertex names them or publisher/model; the rest refused.
 VERTEX_MODELS = ("claude-sonnet-4@20250514", "claude-x", "google/gemini-2.5-flash", "meta/l@1")
 
@@ -298,9 +303,15 @@ def backends(draw: st.DrawFn, name: str) -> Spec:
             backend["model"] = draw(st.sampled_from(VERTEX_MODELS))
         backend["region"] = draw(_values("us-east5", "global", "europe-west1"))
         backend["project"] = draw(_values("proj-1", "acme-llm-prod"))
+    if provider == "AWSBedrock":
+        if not draw(one_in(10)):
+            backend["model"] = draw(st.sampled_from(BEDROCK_MODELS))
+        backend["region"] = draw(_values("us-east-1", "eu-west-3"))
+        if draw(st.booleans()):
+            backend["authentication"] = "SigV4"
     # Without a url, OpenAI and Anthropic backends are probed at the public APIs (with a
     # fake key), and Vertex AI's derived from its region: kept rare.
-    if provider not in (*PROVIDERS_WITH_DEFAULT_URL, "GCPVertexAI") or not draw(one_in(25)):
+    if provider not in (*PROVIDERS_WITH_DEFAULT_URL, *REGIONAL) or not draw(one_in(25)):
         backend["url"] = draw(urls())
     if provider == "AzureOpenAI" and draw(st.booleans()):
         backend["apiVersion"] = draw(_values("2024-10-21", "2025-04-01-preview", "0000-00-00"))

@@ -163,9 +163,13 @@ REFUSED: list[tuple[str, dict[str, Any], list[str]]] = [
         ["spec.backends[0].url", "port must be between 1 and 65535"],
     ),
     (
-        "a provider named by the API but not served yet",
-        {"backends": [_backend(provider="AWSBedrock", url="https://bedrock.example")]},
-        ["spec.backends[0].provider", "AWSBedrock is not served yet"],
+        "a Bedrock model that is not Claude (Converse is not served yet)",
+        {
+            "backends": [
+                _backend(provider="AWSBedrock", region="us-east-1", model="amazon.nova-pro-v1:0")
+            ]
+        },
+        ["spec.backends[0].model", "Converse API"],
     ),
     (
         "Entra ID on a provider other than Azure OpenAI",
@@ -175,7 +179,7 @@ REFUSED: list[tuple[str, dict[str, Any], list[str]]] = [
     (
         "a Vertex AI backend without its region and project",
         {"backends": [_backend(provider="GCPVertexAI", model="claude-sonnet-4@20250514")]},
-        ["spec.backends[0].region", "region and project are required"],
+        ["spec.backends[0].region", "region is required for providers GCPVertexAI"],
     ),
     (
         "a Vertex AI model that names no publisher",

@@ -89,6 +89,23 @@ VERTEX = {
 }
 
 
+BEDROCK = {
+    "provider": "AWSBedrock",
+    "url": None,
+    "region": "us-east-1",
+    "model": "us.anthropic.claude-sonnet-4-20250514-v1:0",
+    "authentication": "SigV4",
+    "credentialsRef": {"name": "aws", "key": "credentials"},
+}
+
+
+def test_a_bedrock_backend_takes_its_url_from_its_region() -> None:
+    spec = base_spec(**BEDROCK)
+    del spec["backends"][0]["url"]
+    [backend] = ModelEndpointSpec.model_validate(spec).backends
+    assert backend.base_url == "https://bedrock-runtime.us-east-1.amazonaws.com"
+
+
 def test_a_vertex_backend_takes_its_url_from_its_region() -> None:
     for region, url in (
         ("us-east5", "https://us-east5-aiplatform.googleapis.com"),
@@ -123,11 +140,16 @@ def base_spec(**backend: Any) -> dict[str, Any]:
         ({"provider": "Anthropic", "url": None}, "credentialsRef is required"),
         ({"url": "http://a:99999"}, "port must be between 1 and 65535"),
         ({"url": "http://a:0"}, "port must be between 1 and 65535"),
-        ({"provider": "AWSBedrock"}, "AWSBedrock is not served yet"),
+        ({"provider": "AWSBedrock"}, "region is required for providers GCPVertexAI and AWSBedrock"),
+        (BEDROCK | {"model": "meta.llama3-70b-instruct-v1:0"}, "Converse API"),
+        (BEDROCK | {"project": "proj-1"}, "project is required for provider GCPVertexAI"),
+        (BEDROCK | {"credentialsRef": None}, "credentialsRef is required"),
+        ({"authentication": "SigV4"}, "SigV4 only for AWSBedrock"),
         ({"authentication": "EntraID"}, "EntraID is only valid for provider AzureOpenAI"),
-        ({"authentication": "Kerberos"}, "Input should be 'APIKey' or 'EntraID'"),
-        ({"provider": "GCPVertexAI"}, "region and project are required for provider GCPVertexAI"),
-        ({"region": "us-east5", "project": "proj-1"}, "only valid there"),
+        ({"authentication": "Kerberos"}, "Input should be 'APIKey', 'EntraID' or 'SigV4'"),
+        ({"provider": "GCPVertexAI"}, "region is required for providers GCPVertexAI"),
+        (VERTEX | {"project": None}, "project is required for provider GCPVertexAI"),
+        ({"region": "us-east5"}, "region is required .* and only valid there"),
         (VERTEX | {"model": "gemini-2.5-flash"}, "publisher/model"),
         (VERTEX | {"credentialsRef": None}, "credentialsRef is required"),
         (VERTEX | {"project": "Proj_1"}, "should match pattern"),
@@ -177,12 +199,12 @@ def test_plan_command_prints_shares_of_the_examples(capsys: pytest.CaptureFixtur
     assert "standby" in out
 
 
-def test_the_cross_cloud_example_splits_claude_between_anthropic_and_vertex(
+def test_the_cross_cloud_example_splits_claude_between_anthropic_bedrock_and_vertex(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     assert main(["plan", "-f", str(ROOT / "examples" / "cross-cloud" / "claude.yaml")]) == 0
     out = capsys.readouterr().out
-    assert "split: anthropic=50% vertex-us-east5=50%" in out
+    assert "split: anthropic=40% bedrock-us-east-1=30% vertex-us-east5=30%" in out
     assert "vertex-europe-west1  GCPVertexAI" in out
 
 

@@ -489,9 +489,9 @@ class Backend(_Model):
             raise ValueError(REGION_MESSAGE)
         if (self.project is not None) != (self.provider == Provider.GCP_VERTEX_AI):
             raise ValueError(PROJECT_MESSAGE)
-        if self.provider == Provider.AWS_BEDROCK and not re.match(BEDROCK_MODEL, self.model):
+        if self.provider == Provider.AWS_BEDROCK and not re.fullmatch(BEDROCK_MODEL, self.model):
             raise ValueError(BEDROCK_MODEL_MESSAGE)
-        if self.provider == Provider.GCP_VERTEX_AI and not re.match(VERTEX_MODEL, self.model):
+        if self.provider == Provider.GCP_VERTEX_AI and not re.fullmatch(VERTEX_MODEL, self.model):
             raise ValueError(VERTEX_MODEL_MESSAGE)
         if self.api_version is not None and self.provider != Provider.AZURE_OPENAI:
             raise ValueError("apiVersion is only valid for provider AzureOpenAI")
