@@ -10,7 +10,6 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote
 
 import anthropic
 import openai
@@ -120,8 +119,9 @@ def test_both_sdks_reach_claude_on_bedrock_signed_with_sigv4(lab: AwsLab) -> Non
     lab.serve("bedrock-claude", [lab.bedrock_backend()])
     lab.bedrock.forget_requests()
     _ask_both_sdks(lab, "bedrock-claude")
+    # One attempt each: the first is signed for the host it goes to, not the gateway's.
     requests = lab.bedrock.traffic()
-    model = quote(lab.bedrock.model, safe="")
+    model = lab.bedrock.model
     assert [r["path"] for r in requests] == [
         f"/model/{model}/invoke",
         f"/model/{model}/invoke-with-response-stream",

@@ -85,6 +85,7 @@ SCRATCH = {
     "chat_call": "x-sy-chat-call",
     "body": "x-sy-body",
     "signing": "x-sy-signing",
+    "host": "x-sy-host",
 }
 # Set on a provider's 401 or 403 by the backend shaper, so the listener's filter can turn it
 # into a gateway error once retries are done; never reaches the client.
@@ -962,10 +963,11 @@ def _lb_endpoint(backend: BackendRoute) -> dict[str, Any]:
     chat_call = terms.chat_call
     tls = url.scheme == "https"
     port = url.port or (443 if tls else 80)
+    hostname = url.hostname if url.port is None else f"{url.hostname}:{port}"
     return {
         "endpoint": {
             "address": {"socket_address": {"address": url.hostname, "port_value": port}},
-            "hostname": url.hostname if url.port is None else f"{url.hostname}:{port}",
+            "hostname": hostname,
         },
         "metadata": {
             "filter_metadata": {
@@ -982,6 +984,9 @@ def _lb_endpoint(backend: BackendRoute) -> dict[str, Any]:
                     "chat_call": f"{chat_call.whole}|{chat_call.streamed}" if chat_call else "",
                     "body": json.dumps(terms.body_fields) if terms.body_fields else "",
                     "signing": f"{terms.signing}:{backend.region}" if terms.signing else "",
+                    # What the host header becomes (auto_host_rewrite), which the signature
+                    # covers: the rewrite itself comes only after the upstream filters.
+                    "host": hostname if terms.signing else "",
                 },
             }
         },

@@ -19,7 +19,9 @@
 --                               request carries), chat_call (`whole|streamed`: the chat
 --                               call's path after path_base, when it names the model
 --                               instead of the body), body (a JSON object of fields every
---                               chat request body carries)
+--                               chat request body carries; null: never), signing
+--                               (`service:region`: sign with SigV4), host (the backend's,
+--                               for the signature)
 --   config.refusal_marker       set on a provider's 401 or 403 (provider_refusal.lua)
 -- json.lua, translate.lua, sha256.lua, sigv4.lua and event_stream.lua follow this file in the
 -- same chunk.
@@ -228,14 +230,16 @@ local function rewritten_body(handle, from, to, model, model_in_path, fields)
 end
 
 -- Sign the attempt as it now stands (path, host, body) with SigV4: `signing` is
--- "<service>:<region>", `text` the AWS shared-credentials file. Without credentials the
+-- "<service>:<region>", `host` the backend's (set here: Envoy's own rewrite of the host
+-- header comes after this filter), `text` the AWS shared-credentials file. Without credentials the
 -- attempt goes unsigned, and the provider's 403 takes the backend out as a refused key would.
-local function sign(handle, signing, text)
+local function sign(handle, signing, host, text)
   if text == nil then return end
   local credentials, problem = sigv4_credentials(text)
   if credentials == nil then error("the backend's AWS credentials: " .. problem, 0) end
   local service, region = string.match(signing, "^([^:]+):(.*)$")
   local headers = handle:headers() -- fetched again: the body may have been read since
+  headers:replace(":authority", host)
   local path, query = string.match(headers:get(":path"), "^([^?]*)%??(.*)$")
   local body = handle:body()
   local signed = sigv4_sign({
@@ -261,6 +265,7 @@ local function shape(handle)
   local chat_call = headers:get(scratch.chat_call) or ""
   local fields = headers:get(scratch.body) or ""
   local signing = headers:get(scratch.signing) or ""
+  local host = headers:get(scratch.host) or ""
   for _, name in pairs(scratch) do
     headers:remove(name)
   end
@@ -313,7 +318,7 @@ local function shape(handle)
       end
     end
   end
-  if signing ~= "" then sign(handle, signing, secret) end
+  if signing ~= "" then sign(handle, signing, host, secret) end
 end
 
 function envoy_on_request(handle)
