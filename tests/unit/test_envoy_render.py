@@ -162,6 +162,35 @@ def test_each_backend_carries_its_shape_in_metadata() -> None:
         "",
     )
     assert shape["credentials"] == "team-a_keys_openai_GoogleServiceAccount"
+    # Bedrock: Claude by its path, no stream field, each attempt signed for its host.
+    bedrock = {
+        **local("br"),
+        "provider": "AWSBedrock",
+        "url": None,
+        "region": "eu-west-3",
+        "model": "eu.anthropic.claude-x-v1:0",
+        "authentication": "SigV4",
+        "credentialsRef": {"name": "keys", "key": "openai"},
+    }
+    [cluster, *_] = rendered(endpoint("m", backends=[bedrock]))[CLUSTER_TYPE]
+    [locality] = cluster["load_assignment"]["endpoints"]
+    shape = locality["lb_endpoints"][0]["metadata"]["filter_metadata"]["switchyard"]
+    assert shape["path_base"] == "/model/eu.anthropic.claude-x-v1%3A0"
+    assert shape["chat_call"] == "/invoke|/invoke-with-response-stream"
+    assert json.loads(shape["body"]) == {"anthropic_version": "bedrock-2023-05-31", "stream": None}
+    assert (shape["signing"], shape["host"]) == (
+        "bedrock:eu-west-3",
+        "bedrock-runtime.eu-west-3.amazonaws.com",
+    )
+    assert shape["headers"] == ""
+    # A Bedrock API key instead: a bearer token, nothing signed.
+    [cluster, *_] = rendered(endpoint("m", backends=[bedrock | {"authentication": "APIKey"}]))[
+        CLUSTER_TYPE
+    ]
+    shape = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["metadata"][
+        "filter_metadata"
+    ]["switchyard"]
+    assert (shape["auth"], shape["signing"], shape["host"]) == ("authorization:Bearer ", "", "")
     # Claude on Azure AI Foundry: Anthropic's API under the resource's /anthropic.
     foundry = {
         **local("foundry"),
