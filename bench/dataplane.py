@@ -34,6 +34,7 @@ import common
 from common import WORK, OperatorProcess, control_plane, spread
 from gatewaylab import (
     CLIENT_HEADERS,
+    BedrockProcess,
     FakeProcess,
     LocalEnvoy,
     free_port,
@@ -53,12 +54,15 @@ SPLIT = {"a": 50, "b": 30, "c": 20}
 MIXED = {"a": 50, "azure": 30, "anthropic": 20}
 UPSTREAM_MODEL = "gpt-4o"
 ANTHROPIC_MODEL = "claude-sonnet-4-5"
+BEDROCK_MODEL = "anthropic.claude-x-v1:0"
 CONNECTIONS = 8
 
 # The two client APIs, by the provider whose API it is (as the fakes name them), and the path
 # a client of each calls.
 OPENAI, ANTHROPIC = "OpenAI", "Anthropic"
 PATHS = {OPENAI: "/v1/chat/completions", ANTHROPIC: "/v1/messages"}
+# What reaches a provider that is not on either client API's own path.
+UPSTREAM_PATHS = {"AWSBedrock": f"/model/{BEDROCK_MODEL}/invoke"}
 ANTHROPIC_VERSION = {"anthropic-version": "2023-06-01"}
 PROMPT = "Say hello in one short sentence."
 
@@ -188,7 +192,9 @@ def check(target: Target, requests: int = 4) -> dict[str, Any]:
         for recorded in fake.traffic():
             path = f"{fake.provider} {recorded['path']}"
             upstream[path] = upstream.get(path, 0) + 1
-            if problem is None and recorded["path"] != PATHS[fake.provider]:
+            if problem is None and recorded["path"] != UPSTREAM_PATHS.get(
+                fake.provider, PATHS.get(fake.provider)
+            ):
                 problem = f"the {fake.provider} fake got {recorded['path']}"
     if problem is None and target.upstream and not upstream:
         problem = "no request reached a fake provider"
@@ -381,6 +387,10 @@ class Stage:
                    anthropic, single=False),
             Target(NATIVE_ANTHROPIC, self.gateway.url, "bench-claude",
                    {**CLIENT_HEADERS, **ANTHROPIC_VERSION}, lambda: [], ANTHROPIC, anthropic),
+            # Claude on Bedrock: the same Messages request, each attempt signed with SigV4.
+            Target(SIGNED, self.gateway.url, "bench-bedrock",
+                   {**CLIENT_HEADERS, **ANTHROPIC_VERSION}, lambda: [], ANTHROPIC,
+                   [self.fakes["bedrock"]]),
         ]  # fmt: skip
         for direction in DIRECTIONS:
             backends = anthropic if direction.backend == ANTHROPIC else split
@@ -425,12 +435,17 @@ class Direction:
 
 NATIVE_ANTHROPIC = "Switchyard (Anthropic)"
 BARE_ANTHROPIC = "bare Envoy (Anthropic)"
+SIGNED = "Switchyard (Bedrock, SigV4)"
 DIRECTIONS = (Direction(OPENAI, ANTHROPIC), Direction(ANTHROPIC, OPENAI))
-# What the translation figures need, in the order the report shows them.
-TRANSLATION_TARGETS = tuple(
-    name
-    for d in DIRECTIONS
-    for name in (d.bare, d.native, d.translated("Switchyard"), d.translated("LiteLLM"))
+# What the translation figures need, in the order the report shows them; then the signed
+# path, measured with them against the same native request.
+TRANSLATION_TARGETS = (
+    *(
+        name
+        for d in DIRECTIONS
+        for name in (d.bare, d.native, d.translated("Switchyard"), d.translated("LiteLLM"))
+    ),
+    SIGNED,
 )
 
 
@@ -452,6 +467,8 @@ def _backend(name: str, fake: FakeProcess, weight: int) -> dict[str, Any]:
     }
     if fake.provider == "AzureOpenAI":
         backend["apiVersion"] = "2024-10-21"
+    if isinstance(fake, BedrockProcess):
+        backend |= {"region": fake.region, "authentication": "SigV4"}
     return backend
 
 
@@ -480,7 +497,12 @@ def deployments(fakes: dict[str, FakeProcess], weights: dict[str, int]) -> list[
 
 
 # The stage's public models, and the API the gateway is first asked each in (its own).
-MODELS = {"bench-chat": OPENAI, "bench-mixed": OPENAI, "bench-claude": ANTHROPIC}
+MODELS = {
+    "bench-chat": OPENAI,
+    "bench-mixed": OPENAI,
+    "bench-claude": ANTHROPIC,
+    "bench-bedrock": ANTHROPIC,
+}
 
 
 def _answers(url: str, api: str, model: str) -> bool:
@@ -501,22 +523,26 @@ def stage(
     api_key = f"sk-bench-{uuid.uuid4().hex}"
     with ExitStack() as stack:
         cluster = stack.enter_context(control_plane(f"{name}/control-plane"))
+        bedrock = BedrockProcess(models=(BEDROCK_MODEL,), keep_requests=1000)
         fakes = {
             "a": FakeProcess("OpenAI", api_key, UPSTREAM_MODEL, keep_requests=1000),
             "b": FakeProcess("OpenAI", api_key, UPSTREAM_MODEL, keep_requests=1000),
             "c": FakeProcess("OpenAI", api_key, UPSTREAM_MODEL, keep_requests=1000),
             "azure": FakeProcess("AzureOpenAI", api_key, "gpt-4o-deployment", keep_requests=1000),
             "anthropic": FakeProcess("Anthropic", api_key, ANTHROPIC_MODEL, keep_requests=1000),
+            "bedrock": bedrock,
         }
         for fake in fakes.values():
             stack.callback(fake.stop)
+        keys = {name: fake.api_key for name, fake in fakes.items()}
+        keys["bedrock"] = bedrock.credentials_file_text
         cluster.apply(
             {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}},
             {
                 "apiVersion": "v1",
                 "kind": "Secret",
                 "metadata": {"name": "keys", "namespace": NAMESPACE},
-                "stringData": {name: fake.api_key for name, fake in fakes.items()},
+                "stringData": keys,
             },
             {
                 "apiVersion": API_VERSION,
@@ -534,6 +560,9 @@ def stage(
             # Anthropic alone: OpenAI's clients reach it only by translation.
             _endpoint(
                 "bench-claude", [_backend("anthropic", fakes["anthropic"], 100)], **(spec or {})
+            ),
+            _endpoint(
+                "bench-bedrock", [_backend("bedrock", fakes["bedrock"], 100)], **(spec or {})
             ),
         )
         operator = OperatorProcess(cluster.kubeconfig, logs / "operator.log")
@@ -673,6 +702,16 @@ def translation(runs: Runs, checks: dict[str, Any], rounds: int, seconds: int) -
             ),
             "checked": all(checks[name]["ok"] for name in (ours, d.native, d.bare)),
         }
+    signed = {
+        "vs_native_rps": spread(_ratios(runs, SIGNED, NATIVE_ANTHROPIC, "loaded_rps")),
+        "added_over_native_ms": {
+            f"{label}_{percentile}": spread(
+                _differences(runs, SIGNED, NATIVE_ANTHROPIC, f"{label}_{percentile}_ms")
+            )
+            for label in ("loaded", "single")
+            for percentile in ("p50", "p99")
+        },
+    }
     return {
         "rounds": rounds,
         "seconds": seconds,
@@ -682,6 +721,7 @@ def translation(runs: Runs, checks: dict[str, Any], rounds: int, seconds: int) -
         "checks": {name: checks[name] for name in TRANSLATION_TARGETS},
         "summary": _summary(runs),
         "directions": directions,
+        "signed": signed,
     }
 
 
@@ -980,7 +1020,33 @@ def _translation_section(translation: dict[str, Any]) -> str:
                 f"| {path} | {label} | {common.fmt(figures['loaded_rps'])} | {latencies} "
                 f"| {failed:,.0f} | {verdict} |"
             )
+    signed = translation.get("signed")
+    if signed is not None:
+        figures = translation["summary"][SIGNED]
+        latencies = " | ".join(
+            common.fmt(figures[f"{load}_{p}_ms"], 2) if f"{load}_{p}_ms" in figures else "–"
+            for load in ("loaded", "single")
+            for p in ("p50", "p99")
+        )
+        failed = sum(sum(v) for k, v in runs[SIGNED].items() if k.endswith("_failed"))
+        checked = checks[SIGNED]
+        verdict = "ok" if checked["ok"] else f"**{_cell(checked['problem'])}**"
+        rows.append(
+            f"| Anthropic → Bedrock | Switchyard, signed (SigV4) "
+            f"| {common.fmt(figures['loaded_rps'])} | {latencies} | {failed:,.0f} | {verdict} |"
+        )
     bullets = []
+    if signed is not None:
+        added = signed["added_over_native_ms"]
+        bullets.append(
+            f"- **Signed, Claude on Bedrock**: each attempt signed with SigV4 in the data plane "
+            f"(the body's SHA-256 and the HMAC chain, in Lua) keeps "
+            f"**{common.fmt(signed['vs_native_rps'], 2, '×')}** of the native Anthropic "
+            f"request's throughput and adds **{common.fmt(added['single_p99'], 2, ' ms')}** at "
+            f"p99 on 1 connection, {common.fmt(added['loaded_p99'], 2, ' ms')} at "
+            f"{CONNECTIONS} (p50: {common.fmt(added['single_p50'], 2, ' ms')}, "
+            f"{common.fmt(added['loaded_p50'], 2, ' ms')})."
+        )
     for name, direction in _directions(translation):
         added = direction["added_over_native_ms"]
         bullets.append(
@@ -1028,6 +1094,9 @@ passed on untranslated, or translated wrong, does not pass.
 - **native**: the same two endpoints in their backends' API, through Switchyard: what a
   translated request costs more is the translation, the fakes doing the same work for both;
 - **bare Envoy**: the same fakes behind the plain route, in their own API;
+- **signed**: `POST /v1/messages` for `bench-bedrock`, Claude on the Bedrock fake, which
+  checks each SigV4 signature with botocore (the Bedrock fake answers as the Anthropic one
+  does, in Bedrock's InvokeModel);
 - **LiteLLM**: the proxy above doing the same translations, `anthropic/{ANTHROPIC_MODEL}`
   behind its `/v1/chat/completions`, the OpenAI deployments behind its `/v1/messages` (through
   Chat Completions, `use_chat_completions_url_for_anthropic_messages`).
