@@ -472,6 +472,11 @@ class BedrockProcess(FakeProcess):
             self.stop()
             raise
 
+    def traffic(self) -> list[dict[str, Any]]:
+        """The requests clients sent through the gateway, without the operator's probes
+        (CountTokens, a POST here)."""
+        return [r for r in super().traffic() if not r["path"].endswith("/count-tokens")]
+
     def rotate_key(self, api_key: str) -> None:
         raise TypeError(
             "Bedrock takes SigV4 signatures and Bedrock API keys: change them through "
