@@ -24,7 +24,7 @@ from gatewaylab import (
     chat,
     send_sync,
 )
-from tests_support.cluster import Cluster
+from tests_support.cluster import Cluster, eventually
 
 pytestmark = pytest.mark.e2e
 
@@ -50,6 +50,13 @@ class AwsLab(GatewayLab):
             "credentialsRef": {"name": SECRET, "key": key},
             **fields,
         }
+
+    def bedrock_status(self, model: str) -> dict[str, Any]:
+        endpoint = self.endpoint(model) or {}
+        for entry in (endpoint.get("status") or {}).get("backends") or []:
+            if entry.get("name") == "bedrock":
+                return dict(entry)
+        return {}
 
     def vertex_backend(self) -> dict[str, Any]:
         return {
@@ -117,6 +124,9 @@ def _ask_both_sdks(lab: AwsLab, model: str) -> None:
 
 def test_both_sdks_reach_claude_on_bedrock_signed_with_sigv4(lab: AwsLab) -> None:
     lab.serve("bedrock-claude", [lab.bedrock_backend()])
+    # The probe, signed in Python, passes as the data plane's signature does.
+    eventually(lambda: (lab.bedrock_status("bedrock-claude") or {}).get("lastProbeTime"))
+    assert "reason" not in lab.bedrock_status("bedrock-claude")
     lab.bedrock.forget_requests()
     _ask_both_sdks(lab, "bedrock-claude")
     # One attempt each: the first is signed for the host it goes to, not the gateway's.
@@ -157,17 +167,21 @@ def test_a_wrong_aws_secret_is_credentials_invalid_and_traffic_moves(lab: AwsLab
 def test_claude_fails_over_cloud_to_cloud_without_a_failed_request(lab: AwsLab) -> None:
     lab.serve("claude", [lab.anthropic_backend(), lab.bedrock_backend(), lab.vertex_backend()])
     fakes = {"anthropic": lab.claude, "bedrock": lab.bedrock, "vertex": lab.vertex}
-    for up in fakes:
-        down = [fake for name, fake in fakes.items() if name != up]
-        for fake in down:
-            fake.fault(status=500)
+    everyone = {fake.port for fake in fakes.values()}
+
+    def all_serve() -> bool:
+        outcome = send_sync(lab.chat_url, chat("claude"), 60, 4)
+        return outcome.statuses[200] == 60 and set(outcome.ports) == everyone
+
+    for name, down in fakes.items():
+        eventually(all_serve, timeout=60, interval=1)
+        down.fault(status=500)
         try:
             outcome = send_sync(lab.chat_url, chat("claude"), 100, 8)
-            assert outcome.statuses == {200: 100}, (up, outcome.statuses)
-            assert set(outcome.ports) == {fakes[up].port}
+            assert outcome.statuses == {200: 100}, (name, outcome.statuses)
+            assert down.port not in outcome.ports
         finally:
-            for fake in down:
-                fake.heal()
+            down.heal()
 
 
 def test_no_aws_secret_anywhere_a_person_or_program_can_read(lab: AwsLab) -> None:

@@ -257,7 +257,8 @@ PROVIDERS_NEEDING_KEY = [
 REGION_MESSAGE = "region is required for providers GCPVertexAI and AWSBedrock, and only valid there"
 PROJECT_MESSAGE = "project is required for provider GCPVertexAI, and only valid there"
 # Claude on Bedrock: a model id, or a cross-region inference profile's (us., eu., apac., ...).
-BEDROCK_MODEL = r"^([a-z]{2,6}\.)?anthropic\.claude-[A-Za-z0-9.:@_-]+$"
+# (`[.]`, not `\.`: the pattern goes into a CEL string, which has no such escape.)
+BEDROCK_MODEL = r"^([a-z]{2,6}[.])?anthropic[.]claude-[A-Za-z0-9.:@_-]+$"
 BEDROCK_MODEL_MESSAGE = (
     "model of an AWSBedrock backend is a Claude model id (anthropic.claude-sonnet-4-20250514-"
     "v1:0) or inference profile (us.anthropic.claude-...): other Bedrock models need its "

@@ -11,6 +11,7 @@ from enum import StrEnum
 from urllib.parse import urlsplit
 
 import aiohttp
+from yarl import URL
 
 from switchyard.plan.backoff import retry_after_seconds
 from switchyard.providers import Placement, provider
@@ -87,7 +88,8 @@ async def probe(session: aiohttp.ClientSession, target: Target, key: str | None)
         async with asyncio.timeout(target.timeout):
             async with session.request(
                 request.method,
-                request.url,
+                # As written: a signed path's escapes (`%3A`) are what the signature covers.
+                URL(request.url, encoded=True),
                 headers=request.headers,
                 data=request.body,
                 allow_redirects=False,
