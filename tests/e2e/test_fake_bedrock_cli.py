@@ -89,7 +89,8 @@ def test_boto3_invokes_streams_and_counts_tokens(bedrock: BedrockProcess) -> Non
         },
     )
     assert counted["inputTokens"] == 4
-    assert [r["path"] for r in bedrock.traffic()][-1] == f"/model/{bedrock.model}/count-tokens"
+    # A probe's call, so requests() (traffic() leaves the probes out).
+    assert [r["path"] for r in bedrock.requests()][-1] == f"/model/{bedrock.model}/count-tokens"
 
     with pytest.raises(ClientError) as caught:
         client.count_tokens(modelId="anthropic.nope-v1:0", input={"converse": {"messages": []}})
