@@ -6,7 +6,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
-from switchyard.providers import sigv4
+from switchyard.providers import aws_signature
 
 
 class ClientApi(StrEnum):
@@ -124,7 +124,7 @@ class Provider:
             return replace(request, headers={**headers, **self.auth.headers(key)})
         if key is None:
             return request
-        signature = sigv4.sign(request, key, placement.region or "", self.signing)
+        signature = aws_signature.sign(request, key, placement.region or "", self.signing)
         return replace(request, headers={**headers, **signature})
 
 

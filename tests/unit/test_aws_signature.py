@@ -11,13 +11,13 @@ from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
-from switchyard.providers import Placement, provider, sigv4
+from switchyard.providers import Placement, aws_signature, provider
 
 FILE = "[default]\naws_access_key_id = AKIDEXAMPLE\naws_secret_access_key = s3cr3t\n"
 NOW = datetime.datetime(2026, 11, 30, 9, 0, 0, tzinfo=datetime.UTC)
 
 
-def botocore_signature(request: sigv4.Signable, payload: str, token: str | None) -> str:
+def botocore_signature(request: aws_signature.Signable, payload: str, token: str | None) -> str:
     """botocore's signature of `request` at NOW, over the same headers ours signs (its
     add_auth would take the clock's time)."""
     signer = SigV4Auth(Credentials("AKIDEXAMPLE", "s3cr3t", token), "bedrock", "us-east-1")
@@ -42,7 +42,7 @@ def test_the_probe_of_a_signed_bedrock_backend_is_signed_as_botocore_signs(
     assert probe.headers["authorization"].startswith("AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/")
     # The same request, unsigned, signed at a known time by both.
     unsigned = replace(probe, headers={"content-type": "application/json"})
-    headers = sigv4.sign(unsigned, text, "us-east-1", "bedrock", NOW)
+    headers = aws_signature.sign(unsigned, text, "us-east-1", "bedrock", NOW)
     expected = botocore_signature(unsigned, headers["x-amz-content-sha256"], token)
     assert headers["authorization"].endswith(f", Signature={expected}")
     assert ("x-amz-security-token" in headers) == (token is not None)
@@ -50,5 +50,5 @@ def test_the_probe_of_a_signed_bedrock_backend_is_signed_as_botocore_signs(
 
 def test_what_is_not_a_credentials_file_is_named_without_quoting_it() -> None:
     with pytest.raises(ValueError, match="not an AWS shared-credentials file") as raised:
-        sigv4.credentials("ABSK-a-bedrock-api-key")
+        aws_signature.credentials("ABSK-a-bedrock-api-key")
     assert "ABSK" not in str(raised.value)
