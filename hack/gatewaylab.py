@@ -170,6 +170,21 @@ class TokenIssuingProcess(FakeProcess):
     """A fake provider whose clients bring tokens from a token endpoint it runs too: the
     token controls of its control port besides FakeProcess's."""
 
+    def _start(
+        self, command: list[str], keep_requests: int | None, token_lifetime: int | None
+    ) -> None:
+        if keep_requests is not None:
+            command += ["--keep-requests", str(keep_requests)]
+        if token_lifetime is not None:
+            command += ["--token-lifetime", str(token_lifetime)]
+        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL)
+        try:
+            # The control port opens last: once it answers, the token endpoint does too.
+            wait_for_port(self.control_port, self.process, host=self.host)
+        except BaseException:
+            self.stop()
+            raise
+
     def tokens(self) -> list[dict[str, Any]]:
         """The tokens issued: token, subject, scopes, expiresIn (seconds, <= 0 once expired)."""
         listed: list[dict[str, Any]] = self._control("GET", "/tokens")
@@ -239,17 +254,7 @@ class VertexProcess(TokenIssuingProcess):
             command += ["--location", location]
         for model in self.models:
             command += ["--model", model]
-        if keep_requests is not None:
-            command += ["--keep-requests", str(keep_requests)]
-        if token_lifetime is not None:
-            command += ["--token-lifetime", str(token_lifetime)]
-        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL)
-        try:
-            # The control port opens last: once it answers, the token endpoint does too.
-            wait_for_port(self.control_port, self.process, host=host)
-        except BaseException:
-            self.stop()
-            raise
+        self._start(command, keep_requests, token_lifetime)
 
     @property
     def token_uri(self) -> str:
@@ -369,17 +374,7 @@ class AzureEntraProcess(TokenIssuingProcess):
             "--entra-tls-cert", str(certificate), "--entra-tls-key", str(key),
             "--stream-chunk-delay", str(chunk_delay), "--host", host,
         ]  # fmt: skip
-        if keep_requests is not None:
-            command += ["--keep-requests", str(keep_requests)]
-        if token_lifetime is not None:
-            command += ["--token-lifetime", str(token_lifetime)]
-        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL)
-        try:
-            # The control port opens last: once it answers, the token endpoint does too.
-            wait_for_port(self.control_port, self.process, host=host)
-        except BaseException:
-            self.stop()
-            raise
+        self._start(command, keep_requests, token_lifetime)
 
     @property
     def authority(self) -> str:
