@@ -997,6 +997,22 @@ def _cell(text: str) -> str:
 def _translation_section(translation: dict[str, Any]) -> str:
     summary, checks = translation["summary"], translation["checks"]
     runs = translation["runs"]
+
+    def row(path: str, label: str, target: str) -> str:
+        figures = summary[target]
+        latencies = " | ".join(
+            common.fmt(figures[f"{load}_{p}_ms"], 2) if f"{load}_{p}_ms" in figures else "–"
+            for load in ("loaded", "single")
+            for p in ("p50", "p99")
+        )
+        failed = sum(sum(v) for k, v in runs[target].items() if k.endswith("_failed"))
+        checked = checks[target]
+        verdict = "ok" if checked["ok"] else f"**{_cell(checked['problem'])}**"
+        return (
+            f"| {path} | {label} | {common.fmt(figures['loaded_rps'])} | {latencies} "
+            f"| {failed:,.0f} | {verdict} |"
+        )
+
     rows = []
     for name, direction in _directions(translation):
         client, backend = name.split("→")
@@ -1006,35 +1022,10 @@ def _translation_section(translation: dict[str, Any]) -> str:
             ("translated", "Switchyard, translated", f"{client} → {backend}"),
             ("litellm", "LiteLLM, translated", f"{client} → {backend}"),
         ):
-            target = direction[role]
-            figures = summary[target]
-            latencies = " | ".join(
-                common.fmt(figures[f"{load}_{p}_ms"], 2) if f"{load}_{p}_ms" in figures else "–"
-                for load in ("loaded", "single")
-                for p in ("p50", "p99")
-            )
-            failed = sum(sum(v) for k, v in runs[target].items() if k.endswith("_failed"))
-            checked = checks[target]
-            verdict = "ok" if checked["ok"] else f"**{_cell(checked['problem'])}**"
-            rows.append(
-                f"| {path} | {label} | {common.fmt(figures['loaded_rps'])} | {latencies} "
-                f"| {failed:,.0f} | {verdict} |"
-            )
+            rows.append(row(path, label, direction[role]))
     signed = translation.get("signed")
     if signed is not None:
-        figures = translation["summary"][SIGNED]
-        latencies = " | ".join(
-            common.fmt(figures[f"{load}_{p}_ms"], 2) if f"{load}_{p}_ms" in figures else "–"
-            for load in ("loaded", "single")
-            for p in ("p50", "p99")
-        )
-        failed = sum(sum(v) for k, v in runs[SIGNED].items() if k.endswith("_failed"))
-        checked = checks[SIGNED]
-        verdict = "ok" if checked["ok"] else f"**{_cell(checked['problem'])}**"
-        rows.append(
-            f"| Anthropic → Bedrock | Switchyard, signed (SigV4) "
-            f"| {common.fmt(figures['loaded_rps'])} | {latencies} | {failed:,.0f} | {verdict} |"
-        )
+        rows.append(row("Anthropic → Bedrock", "Switchyard, signed (SigV4)", SIGNED))
     bullets = []
     if signed is not None:
         added = signed["added_over_native_ms"]
