@@ -1,11 +1,14 @@
-"""Claude on Amazon Bedrock through the gateway: both SDKs, whole and streamed, each attempt
-signed with SigV4 by the data plane (or sent with a Bedrock API key), Bedrock's event
-streams turned back into each client's stream; a wrong AWS secret reported as
-CredentialsInvalid with its traffic moved; and one endpoint with Claude on Anthropic,
-Bedrock and Vertex AI failing over cloud to cloud without a failed request."""
+"""Amazon Bedrock through the gateway: both SDKs, whole and streamed, each attempt signed with
+SigV4 by the data plane (or sent with a Bedrock API key); Claude through InvokeModel for
+Anthropic-format clients and through Converse for OpenAI-format ones, any other model through
+Converse for both; Bedrock's event streams turned back into each client's stream and its
+errors into each client's format; a wrong AWS secret reported as CredentialsInvalid with its
+traffic moved; and one endpoint with Claude on Anthropic, Bedrock and Vertex AI failing over
+cloud to cloud without a failed request."""
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -29,6 +32,19 @@ from tests_support.cluster import Cluster, eventually
 pytestmark = pytest.mark.e2e
 
 CLAUDE_VERTEX = "claude-x@20250101"
+CLAUDE_BEDROCK = "anthropic.claude-x-v1:0"
+LLAMA = "meta.llama3-1-70b-instruct-v1:0"
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string"}},
+            "required": ["city"],
+        },
+    },
+}
 WRONG_CREDENTIALS = "[default]\naws_access_key_id = {}\naws_secret_access_key = not-it\n"
 
 
@@ -81,7 +97,7 @@ class AwsLab(GatewayLab):
 
 @pytest.fixture(scope="module")
 def lab(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[AwsLab]:
-    bedrock = BedrockProcess()
+    bedrock = BedrockProcess(models=(CLAUDE_BEDROCK, LLAMA))
     vertex = VertexProcess(models=(CLAUDE_VERTEX,))
     claude = FakeProcess("Anthropic", f"sk-ant-{uuid.uuid4().hex[:8]}", "claude-x")
     credentials = {
@@ -102,16 +118,32 @@ def lab(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
             fake.stop()
 
 
-def _ask_both_sdks(lab: AwsLab, model: str) -> None:
-    """Both SDKs, whole and streamed: each answer names the Bedrock fake."""
-    expected = f"AWSBedrock {lab.bedrock.model}"
+def _gpt(lab: AwsLab) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{lab.envoy.url}/v1", api_key=CLIENT_KEY, max_retries=0)
+
+
+def _claude(lab: AwsLab) -> anthropic.Anthropic:
+    return anthropic.Anthropic(base_url=lab.envoy.url, api_key=CLIENT_KEY, max_retries=0)
+
+
+def _ask_both_sdks(lab: AwsLab, model: str, bedrock_model: str = CLAUDE_BEDROCK) -> None:
+    """Both SDKs, whole and streamed: each answer names the Bedrock fake's model."""
+    expected = f"AWSBedrock {bedrock_model}"
     messages: Any = [{"role": "user", "content": "hello"}]
-    gpt = openai.OpenAI(base_url=f"{lab.envoy.url}/v1", api_key=CLIENT_KEY, max_retries=0)
+    gpt = _gpt(lab)
     answer = gpt.chat.completions.create(model=model, messages=messages)
     assert expected in (answer.choices[0].message.content or "")
-    chunks = gpt.chat.completions.create(model=model, messages=messages, stream=True)
+    assert answer.usage is not None
+    assert answer.usage.completion_tokens > 0
+    chunks = list(
+        gpt.chat.completions.create(
+            model=model, messages=messages, stream=True, stream_options={"include_usage": True}
+        )
+    )
     assert expected in "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
-    claude = anthropic.Anthropic(base_url=lab.envoy.url, api_key=CLIENT_KEY, max_retries=0)
+    assert chunks[-1].usage is not None
+    assert chunks[-1].usage.prompt_tokens > 0
+    claude = _claude(lab)
     message = claude.messages.create(model=model, max_tokens=64, messages=messages)
     assert message.content[0].type == "text"
     assert expected in message.content[0].text
@@ -130,21 +162,120 @@ def test_both_sdks_reach_claude_on_bedrock_signed_with_sigv4(lab: AwsLab) -> Non
     lab.bedrock.forget_requests()
     _ask_both_sdks(lab, "bedrock-claude")
     # One attempt each: the first is signed for the host it goes to, not the gateway's.
+    # OpenAI's format through Converse, Anthropic's through InvokeModel.
     requests = lab.bedrock.traffic()
     model = lab.bedrock.model
     assert [r["path"] for r in requests] == [
+        f"/model/{model}/converse",
+        f"/model/{model}/converse-stream",
         f"/model/{model}/invoke",
         f"/model/{model}/invoke-with-response-stream",
-    ] * 2
+    ]
     for record in requests:
         body = record["body"]
         assert "model" not in body
         assert "stream" not in body
-        assert body["anthropic_version"] == "bedrock-2023-05-31"
+        if record["path"].endswith("/converse") or record["path"].endswith("/converse-stream"):
+            assert body["messages"] == [{"role": "user", "content": [{"text": "hello"}]}]
+        else:
+            assert body["anthropic_version"] == "bedrock-2023-05-31"
         authorization = record["headers"]["authorization"]
         assert authorization.startswith(f"AWS4-HMAC-SHA256 Credential={lab.bedrock.access_key_id}/")
         assert f"/{lab.bedrock.region}/bedrock/aws4_request" in authorization
         assert "anthropic-version" not in record["headers"]
+
+
+def test_any_bedrock_model_serves_both_sdks_through_converse(lab: AwsLab) -> None:
+    lab.serve("llama", [lab.bedrock_backend(model=LLAMA)])
+    # Its probe (ListAsyncInvokes: CountTokens serves Claude only) passes, signed.
+    eventually(lambda: (lab.bedrock_status("llama") or {}).get("lastProbeTime"))
+    assert "reason" not in lab.bedrock_status("llama")
+    lab.bedrock.forget_requests()
+    _ask_both_sdks(lab, "llama", LLAMA)
+    paths = [r["path"] for r in lab.bedrock.traffic()]
+    assert paths == [f"/model/{LLAMA}/converse", f"/model/{LLAMA}/converse-stream"] * 2
+    # An Anthropic request's fields, as Converse names them.
+    anthropic_request = lab.bedrock.traffic()[-2]["body"]
+    assert anthropic_request["inferenceConfig"] == {"maxTokens": 64}
+
+
+def test_tool_calls_round_trip_through_converse(lab: AwsLab) -> None:
+    lab.serve("llama-tools", [lab.bedrock_backend(model=LLAMA)])
+    gpt = _gpt(lab)
+    question: Any = [{"role": "user", "content": "What is the weather in Paris?"}]
+    first = gpt.chat.completions.create(
+        model="llama-tools", messages=question, tools=[WEATHER], tool_choice="required"
+    )
+    assert first.choices[0].finish_reason == "tool_calls"
+    [call] = first.choices[0].message.tool_calls or []
+    assert call.type == "function"
+    assert (call.function.name, json.loads(call.function.arguments)) == (
+        "get_weather", {"city": "sample"},
+    )  # fmt: skip
+    assert call.id.startswith("tooluse_")
+    answered = [
+        *question,
+        first.choices[0].message.model_dump(exclude_none=True),
+        {"role": "tool", "tool_call_id": call.id, "content": "Sunny"},
+    ]
+    second = gpt.chat.completions.create(model="llama-tools", messages=answered, tools=[WEATHER])
+    assert second.choices[0].message.content == f"Tool results: {call.id}=Sunny"
+    sent = lab.bedrock.traffic()[-1]["body"]
+    assert sent["messages"][2]["content"] == [
+        {"toolResult": {"toolUseId": call.id, "content": [{"text": "Sunny"}]}}
+    ]
+
+    # Streamed: the arguments arrive in fragments, as ConverseStream sent them.
+    stream = gpt.chat.completions.create(
+        model="llama-tools", messages=question, tools=[WEATHER], tool_choice="required",
+        stream=True,
+    )  # fmt: skip
+    fragments = [
+        delta.function.arguments or ""
+        for chunk in stream
+        if chunk.choices
+        for delta in chunk.choices[0].delta.tool_calls or []
+        if delta.function
+    ]
+    assert len([f for f in fragments if f]) > 1
+    assert json.loads("".join(fragments)) == {"city": "sample"}
+
+    # The Anthropic SDK, whole: a tool_use block.
+    message = _claude(lab).messages.create(
+        model="llama-tools", max_tokens=100, messages=question, tool_choice={"type": "any"},
+        tools=[{"name": "get_weather", "input_schema": WEATHER["function"]["parameters"]}],
+    )  # fmt: skip
+    assert message.stop_reason == "tool_use"
+    assert [(b.type, getattr(b, "input", None)) for b in message.content] == [
+        ("tool_use", {"city": "sample"})
+    ]
+
+
+def test_bedrock_errors_reach_each_client_in_its_format(lab: AwsLab) -> None:
+    lab.serve("bedrock-errors", [lab.bedrock_backend()])
+    lab.serve("llama-errors", [lab.bedrock_backend(model=LLAMA)])
+    messages: Any = [{"role": "user", "content": "hello"}]
+    # Bedrock's 400 ({"message": ...}), for the OpenAI SDK through Converse...
+    with pytest.raises(openai.BadRequestError) as refused:
+        _gpt(lab).chat.completions.create(model="llama-errors", messages=messages, top_p=1.5)
+    error = refused.value.response.json()["error"]
+    assert error["type"] == "invalid_request_error"
+    assert "inferenceConfig.topP" in error["message"]
+    # ...and for the Anthropic SDK through InvokeModel, whose answer is not translated.
+    with pytest.raises(anthropic.BadRequestError) as invalid:
+        _claude(lab).messages.create(
+            model="bedrock-errors", max_tokens=64, messages=messages, extra_body={"top_k": -1}
+        )
+    body = invalid.value.response.json()
+    assert body["type"] == "error"
+    assert body["error"]["type"] == "invalid_request_error"
+    assert body["error"]["message"]
+    # What Converse cannot carry is the client's to fix, named by its field.
+    image: Any = {"type": "image", "source": {"type": "url", "url": "https://example.com/a.png"}}
+    with pytest.raises(anthropic.BadRequestError, match=r"messages\[0\]\.content\[0\]"):
+        _claude(lab).messages.create(
+            model="llama-errors", max_tokens=64, messages=[{"role": "user", "content": [image]}]
+        )
 
 
 def test_a_bedrock_api_key_is_sent_as_a_bearer_token(lab: AwsLab) -> None:

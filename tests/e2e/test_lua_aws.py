@@ -187,7 +187,9 @@ function LAB.base64(headers, body)
 end
 
 function LAB.sse(headers, body)
-  local ok, text = pcall(function() return bedrock_chunks_to_sse(event_stream_decoder()(body)) end)
+  local ok, text = pcall(function()
+    return bedrock_stream_to_sse(event_stream_decoder()(body), invoke_chunk_to_sse)
+  end)
   if not ok then return text, "400" end
   return text
 end
@@ -263,7 +265,7 @@ function envoy_on_response(handle)
     local text = ""
     if not failed then
       local ok, result = pcall(function(bytes)
-        return bedrock_chunks_to_sse(feed(bytes))
+        return bedrock_stream_to_sse(feed(bytes), invoke_chunk_to_sse)
       end, chunk:getBytes(0, chunk:length()))
       if ok then
         text = result
@@ -1051,7 +1053,8 @@ def test_only_the_documented_globals_are_added(lab: Lab) -> None:
     added = set(reply.decode().split())
     assert added - {"envoy_on_request", "envoy_on_response", "EnvoyTimestampResolution"} == {
         "sha256_hex", "hmac_sha256", "sigv4_sign", "sigv4_credentials",
-        "event_stream_decoder", "base64_decode", "bedrock_chunks_to_sse", "json",
+        "event_stream_decoder", "base64_decode", "bedrock_stream_to_sse", "invoke_chunk_to_sse",
+        "json",
     }  # fmt: skip
 
 

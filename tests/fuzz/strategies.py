@@ -269,7 +269,8 @@ SERVED_PROVIDERS = (
     "OpenAI", "AzureOpenAI", "Anthropic", "OpenAICompatible", "GCPVertexAI", "AWSBedrock",
 )  # fmt: skip
 REGIONAL = ("GCPVertexAI", "AWSBedrock")
-# Bedrock serves Claude (model ids and inference profiles); the rest is refused.
+# Bedrock serves Claude (InvokeModel, Converse) and every other model (Converse), named as
+# Bedrock names them; other names are refused.
 BEDROCK_MODELS = ("anthropic.claude-x-v1:0", "us.anthropic.claude-y-v1:0", "amazon.nova-pro-v1:0")
 # Vertex AI's models are Claude as Vertex names them or publisher/model; the rest refused.
 VERTEX_MODELS = ("claude-sonnet-4@20250514", "claude-x", "google/gemini-2.5-flash", "meta/l@1")

@@ -163,13 +163,13 @@ REFUSED: list[tuple[str, dict[str, Any], list[str]]] = [
         ["spec.backends[0].url", "port must be between 1 and 65535"],
     ),
     (
-        "a Bedrock model that is not Claude (Converse is not served yet)",
+        "a Bedrock backend's model named as Anthropic names it, not as Bedrock does",
         {
             "backends": [
-                _backend(provider="AWSBedrock", region="us-east-1", model="amazon.nova-pro-v1:0")
+                _backend(provider="AWSBedrock", region="us-east-1", model="claude-sonnet-4-5")
             ]
         },
-        ["spec.backends[0].model", "Converse API"],
+        ["spec.backends[0].model", "is a Bedrock model id"],
     ),
     (
         "Entra ID on a provider other than Azure OpenAI",

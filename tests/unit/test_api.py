@@ -106,6 +106,16 @@ def test_a_bedrock_backend_takes_its_url_from_its_region() -> None:
     assert backend.base_url == "https://bedrock-runtime.us-east-1.amazonaws.com"
 
 
+def test_any_bedrock_model_id_profile_or_arn_is_taken() -> None:
+    for model in (
+        "meta.llama3-1-70b-instruct-v1:0",
+        "amazon.nova-pro-v1:0",
+        "global.anthropic.claude-sonnet-4-5-20250929-v1:0",
+        "arn:aws:bedrock:us-east-1:123456789012:application-inference-profile/a1b2c3",
+    ):
+        ModelEndpointSpec.model_validate(base_spec(**(BEDROCK | {"model": model})))
+
+
 def test_a_vertex_backend_takes_its_url_from_its_region() -> None:
     for region, url in (
         ("us-east5", "https://us-east5-aiplatform.googleapis.com"),
@@ -141,7 +151,7 @@ def base_spec(**backend: Any) -> dict[str, Any]:
         ({"url": "http://a:99999"}, "port must be between 1 and 65535"),
         ({"url": "http://a:0"}, "port must be between 1 and 65535"),
         ({"provider": "AWSBedrock"}, "region is required for providers GCPVertexAI and AWSBedrock"),
-        (BEDROCK | {"model": "meta.llama3-70b-instruct-v1:0"}, "Converse API"),
+        (BEDROCK | {"model": "claude-sonnet-4-5"}, "is a Bedrock model id"),
         (BEDROCK | {"project": "proj-1"}, "project is required for provider GCPVertexAI"),
         (BEDROCK | {"credentialsRef": None}, "credentialsRef is required"),
         ({"authentication": "SigV4"}, "SigV4 only for AWSBedrock"),

@@ -256,13 +256,17 @@ PROVIDERS_NEEDING_KEY = [
 ]
 REGION_MESSAGE = "region is required for providers GCPVertexAI and AWSBedrock, and only valid there"
 PROJECT_MESSAGE = "project is required for provider GCPVertexAI, and only valid there"
-# Claude on Bedrock: a model id, or a cross-region inference profile's (us., eu., apac., ...).
+# A Bedrock model id (provider.model), a cross-region inference profile's (us., eu., apac.,
+# global., ...), or an ARN (an inference profile, a provisioned or imported model).
 # (`[.]`, not `\.`: the pattern goes into a CEL string, which has no such escape.)
-BEDROCK_MODEL = r"^([a-z]{2,6}[.])?anthropic[.]claude-[A-Za-z0-9.:@_-]+$"
+BEDROCK_MODEL = (
+    r"^(arn:aws[a-z-]*:bedrock:[a-z0-9-]+:[0-9]*:[a-z-]+/[A-Za-z0-9.:_/-]+"
+    r"|([a-z]{2,7}[.])?[a-z0-9-]+[.][A-Za-z0-9.:@_-]+)$"
+)
 BEDROCK_MODEL_MESSAGE = (
-    "model of an AWSBedrock backend is a Claude model id (anthropic.claude-sonnet-4-20250514-"
-    "v1:0) or inference profile (us.anthropic.claude-...): other Bedrock models need its "
-    "Converse API, which Switchyard does not speak yet"
+    "model of an AWSBedrock backend is a Bedrock model id (anthropic.claude-sonnet-4-20250514-"
+    "v1:0, meta.llama3-1-70b-instruct-v1:0), an inference profile (us.anthropic.claude-...) "
+    "or an ARN"
 )
 # A Vertex AI model: Claude as Vertex names it, or publisher/model for the rest.
 VERTEX_MODEL = r"^(claude-[^/]+|[a-z0-9-]+/[^/]+)$"

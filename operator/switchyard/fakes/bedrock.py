@@ -22,7 +22,8 @@ A Bedrock API key goes as `Authorization: Bearer <key>`; a key it does not know 
 UnrecognizedClientException.
 
 It serves POST /model/{modelId}/converse, /converse-stream, /invoke,
-/invoke-with-response-stream and /count-tokens. The model id is percent-decoded (`:` raw or
+/invoke-with-response-stream and /count-tokens, and GET /async-invoke (ListAsyncInvokes, an
+empty list: it starts no async invocations). The model id is percent-decoded (`:` raw or
 as %3A, an ARN's `/` as %2F); one not in `models` gets 400 ValidationException "The provided
 model identifier is invalid." Invoke serves Anthropic Claude models only (ids containing
 `anthropic.`).
@@ -232,6 +233,7 @@ class FakeBedrock(FakeProvider):
         app = web.Application(middlewares=[self._gate], client_max_size=64 * 2**20)
         app.on_response_prepare.append(self._stamp)
         app.router.add_post("/model/{tail:.+}", self._model)
+        app.router.add_get("/async-invoke", self._list_async_invokes)
         return app
 
     async def _stamp(self, request: web.Request, response: web.StreamResponse) -> None:
@@ -407,6 +409,10 @@ class FakeBedrock(FakeProvider):
                 "The fake serves InvokeModel only for Anthropic Claude models; use Converse."
             )
         return await self._invoke(request, model, body, operation != "invoke", started)
+
+    async def _list_async_invokes(self, request: web.Request) -> web.Response:
+        """ListAsyncInvokes: the fake starts none, so the list is empty."""
+        return web.json_response({"asyncInvokeSummaries": []})
 
     # --- Converse
 

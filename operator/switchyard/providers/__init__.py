@@ -21,6 +21,7 @@ from switchyard.providers.base import (
     ANTHROPIC_VERSION,
     API_HEADERS,
     API_PATHS,
+    ChatCall,
     ClientApi,
     Exchange,
     Family,
@@ -33,6 +34,7 @@ __all__ = [
     "API_HEADERS",
     "API_PATHS",
     "PROVIDERS",
+    "ChatCall",
     "ClientApi",
     "Exchange",
     "Placement",
@@ -49,8 +51,10 @@ PROVIDERS = (
     azure_openai.ENTRA_ID,
     vertex_ai.CLAUDE,
     vertex_ai.OPENAI_COMPATIBLE,
-    bedrock.API_KEY,
-    bedrock.SIGNED,
+    bedrock.CLAUDE_KEY,
+    bedrock.CLAUDE_SIGNED,
+    bedrock.CONVERSE_KEY,
+    bedrock.CONVERSE_SIGNED,
 )
 _KNOWN: dict[str, Provider | Family] = {
     p.name: p

@@ -79,7 +79,7 @@ class ChatCall:
 class Provider:
     """One provider's terms.
 
-    api: the chat API it serves natively.
+    api: the chat API it serves natively; None: neither (it is reached through `converse`).
     auth: how it takes the key.
     path_base: what replaces a client path's leading `/v1`.
     probe_path: the cheap, token-free read a probe makes, under the backend URL.
@@ -92,10 +92,14 @@ class Provider:
     signing: the AWS service whose SigV4 signature each request carries, its key an AWS
       shared-credentials file; None: the key goes in `auth`'s header.
     probe_body: the probe's JSON body (a POST), when a read needs one; None: a GET.
+    converse: Bedrock's Converse calls (path_base + one of these), through which a client
+      whose API it does not serve natively is served; None: translated to `api`.
+    cloud_errors: it answers errors in its cloud's format ({"message": ...}), not its API's,
+      so the data plane rewrites them into the client's.
     """
 
     name: str
-    api: ClientApi
+    api: ClientApi | None
     auth: Auth
     path_base: Callable[[Placement], str]
     probe_path: Callable[[Placement], str]
@@ -107,10 +111,14 @@ class Provider:
     exchange: Exchange | None = None
     signing: str | None = None
     probe_body: bytes | None = None
+    converse: ChatCall | None = None
+    cloud_errors: bool = False
 
     @property
     def request_headers(self) -> Mapping[str, str]:
-        return API_HEADERS[self.api] if self.headers is None else self.headers
+        if self.headers is not None:
+            return self.headers
+        return API_HEADERS[self.api] if self.api is not None else {}
 
     def probe(self, url: str, placement: Placement, key: str | None) -> ProbeRequest:
         """The cheap, token-free request that proves the provider answers and takes the key,

@@ -8,6 +8,9 @@ operator mints from the service-account key JSON in the Secret (`Exchange`).
   OpenAI's Chat Completions at Vertex's OpenAI-compatible `endpoints/openapi`, the model in
   the body as named.
 
+Errors Vertex answers itself (a token refused, a quota) come in Google's format, rewritten
+into the client's by the data plane.
+
 A probe reads the publisher model (`GET /v1beta1/publishers/<publisher>/models/<model>`):
 it takes the token as a request does, and costs none.
 """
@@ -54,6 +57,7 @@ CLAUDE = Provider(
     chat_call=ChatCall(whole=":rawPredict", streamed=":streamRawPredict"),
     body_fields={"anthropic_version": ANTHROPIC_VERSION},
     exchange=Exchange.GOOGLE_SERVICE_ACCOUNT,
+    cloud_errors=True,
 )
 
 OPENAI_COMPATIBLE = Provider(
@@ -65,6 +69,7 @@ OPENAI_COMPATIBLE = Provider(
     # Only chat completions: Vertex's OpenAI-compatible API has no embeddings or listing.
     other_apis=False,
     exchange=Exchange.GOOGLE_SERVICE_ACCOUNT,
+    cloud_errors=True,
 )
 
 FAMILY = Family(NAME, lambda model, _: CLAUDE if is_claude(model) else OPENAI_COMPATIBLE)

@@ -44,7 +44,7 @@ from switchyard.api.models import BackendTLS
 from switchyard.plan.clients import ClientsPlan, TokenIssuer
 from switchyard.plan.gateway import GatewayPlan
 from switchyard.plan.routing import BackendRoute, EndpointPlan
-from switchyard.providers import API_PATHS, PROVIDERS, ClientApi, Provider
+from switchyard.providers import API_PATHS, PROVIDERS, ChatCall, ClientApi, Provider
 
 TYPE = "type.googleapis.com/"
 CLUSTER_TYPE = TYPE + "envoy.config.cluster.v3.Cluster"
@@ -86,6 +86,8 @@ SCRATCH = {
     "body": "x-sy-body",
     "signing": "x-sy-signing",
     "host": "x-sy-host",
+    "converse": "x-sy-converse",
+    "errors": "x-sy-errors",
 }
 # Set on a provider's 401 or 403 by the backend shaper, so the listener's filter can turn it
 # into a gateway error once retries are done; never reaches the client.
@@ -165,7 +167,9 @@ def _backend_shaper_lua() -> str:
         },
     )
     # The libraries after the program, so that line numbers in errors match its file.
-    libraries = ("json.lua", "translate.lua", "sha256.lua", "sigv4.lua", "event_stream.lua")
+    libraries = (
+        "json.lua", "translate.lua", "converse.lua", "sha256.lua", "sigv4.lua", "event_stream.lua"
+    )  # fmt: skip
     return "\n".join((program, *(_lua_file(name) for name in libraries)))
 
 
@@ -960,7 +964,6 @@ def _tls_match(backend: BackendRoute, backend_tls: BackendTLS | None) -> dict[st
 def _lb_endpoint(backend: BackendRoute) -> dict[str, Any]:
     url = urlsplit(backend.url)
     terms, placement = backend.terms, backend.placement
-    chat_call = terms.chat_call
     tls = url.scheme == "https"
     port = url.port or (443 if tls else 80)
     hostname = url.hostname if url.port is None else f"{url.hostname}:{port}"
@@ -974,23 +977,29 @@ def _lb_endpoint(backend: BackendRoute) -> dict[str, Any]:
                 "envoy.transport_socket_match": {"backend": backend.name},
                 METADATA_NAMESPACE: {
                     "backend": backend.name,
-                    "api": str(terms.api),
+                    "api": str(terms.api or ""),
                     "auth": f"{terms.auth.header}:{terms.auth.prefix}",
                     "credentials": backend.credentials_key or "",
                     "path_base": terms.path_base(placement),
                     "query": terms.query(placement),
                     "model": backend.upstream_model,
                     "headers": ",".join(f"{k}:{v}" for k, v in terms.request_headers.items()),
-                    "chat_call": f"{chat_call.whole}|{chat_call.streamed}" if chat_call else "",
+                    "chat_call": _calls(terms.chat_call),
                     "body": json.dumps(terms.body_fields) if terms.body_fields else "",
                     "signing": f"{terms.signing}:{backend.region}" if terms.signing else "",
                     # What the host header becomes (auto_host_rewrite), which the signature
                     # covers: the rewrite itself comes only after the upstream filters.
                     "host": hostname if terms.signing else "",
+                    "converse": _calls(terms.converse),
+                    "errors": "cloud" if terms.cloud_errors else "",
                 },
             }
         },
     }
+
+
+def _calls(call: ChatCall | None) -> str:
+    return f"{call.whole}|{call.streamed}" if call else ""
 
 
 def _header_mutation() -> dict[str, Any]:

@@ -21,10 +21,13 @@
 --                               instead of the body), body (a JSON object of fields every
 --                               chat request body carries; null: never), signing
 --                               (`service:region`: sign with SigV4), host (the backend's,
---                               for the signature)
+--                               for the signature), converse (`whole|streamed`: Bedrock's
+--                               Converse calls, through which a client whose API the
+--                               backend does not speak is served), errors (`cloud`: the
+--                               backend answers errors in its cloud's format, not its API's)
 --   config.refusal_marker       set on a provider's 401 or 403 (provider_refusal.lua)
--- json.lua, translate.lua, sha256.lua, sigv4.lua and event_stream.lua follow this file in the
--- same chunk.
+-- json.lua, translate.lua, converse.lua, sha256.lua, sigv4.lua and event_stream.lua follow
+-- this file in the same chunk.
 
 local directory = os.getenv(config.credentials_env) or "/etc/switchyard/credentials"
 local keys, read_at = {}, {}
@@ -266,6 +269,8 @@ local function shape(handle)
   local fields = headers:get(scratch.body) or ""
   local signing = headers:get(scratch.signing) or ""
   local host = headers:get(scratch.host) or ""
+  local converse_call = headers:get(scratch.converse) or ""
+  local cloud_errors = headers:get(scratch.errors) == "cloud"
   for _, name in pairs(scratch) do
     headers:remove(name)
   end
@@ -273,6 +278,11 @@ local function shape(handle)
   local metadata = handle:streamInfo():dynamicMetadata()
   local client = metadata:get(config.metadata_namespace) or {}
   local spoken = client_api(client["path"])
+  if api == "" then api = nil end
+  if spoken ~= nil and spoken ~= api and converse_call ~= "" then
+    -- Its native call's path and body fields are not Converse's.
+    api, chat_call, fields = "converse", converse_call, ""
+  end
   local translating = spoken ~= nil and api ~= nil and spoken ~= api
   if base ~= nil and client["path"] ~= nil then
     local path
@@ -302,6 +312,8 @@ local function shape(handle)
   end
   -- What the answer needs: the API it comes back in, for this attempt only.
   metadata:set(config.metadata_namespace, "answer_api", translating and api or "")
+  metadata:set(config.metadata_namespace, "answer_model", model or "")
+  metadata:set(config.metadata_namespace, "cloud_errors", cloud_errors and "1" or "")
   if translating or chat_call ~= "" or fields ~= "" then
     headers:replace("content-type", "application/json")
     local context = rewritten_body(handle, spoken or api, api, model, chat_call ~= "",
@@ -338,7 +350,10 @@ function envoy_on_request(handle)
 end
 
 -- The backend's answer in the client's API: errors whole, answers whole or event by event.
-local function translate_answer(handle, headers, status, from, to, stream_usage)
+local function translate_answer(handle, headers, status, from, to, attempt)
+  local stream_usage = attempt["stream_usage"] == "1"
+  -- What a Converse answer lacks, read before the body (headers go out of scope then).
+  local answer = {model = attempt["answer_model"], id = headers:get("x-amzn-requestid")}
   local content_type = headers:get("content-type") or ""
   if status == "200" and string.find(content_type, "text/event-stream", 1, true) then
     local feed = translate.stream(from, to, {usage = stream_usage})
@@ -358,7 +373,7 @@ local function translate_answer(handle, headers, status, from, to, stream_usage)
   local text = body ~= nil and body:getBytes(0, body:length()) or ""
   if status == "200" then
     local ok, translated = pcall(function()
-      return json.encode(translate.response(from, to, json.decode(text)))
+      return json.encode(translate.response(from, to, json.decode(text), answer))
     end)
     if ok then
       text = translated
@@ -373,15 +388,16 @@ local function translate_answer(handle, headers, status, from, to, stream_usage)
   if body ~= nil then body:setBytes(text) end
 end
 
--- An AWS event stream (Bedrock's InvokeModelWithResponseStream) as the Anthropic SSE it
--- carries, frame by frame as they arrive; through `feed` (a translation) when given.
-local function event_stream_answer(handle, headers, feed)
+-- An AWS event stream (Bedrock's InvokeModelWithResponseStream or ConverseStream) as
+-- Anthropic's SSE, frame by frame as they arrive (`on_event` reads each event); through
+-- `feed` (a translation) when given.
+local function event_stream_answer(handle, headers, on_event, feed)
   headers:replace("content-type", "text/event-stream")
   headers:remove("content-length")
   local decode = event_stream_decoder()
   for chunk in handle:bodyChunks() do
     local ok, text = pcall(function()
-      local sse = bedrock_chunks_to_sse(decode(chunk:getBytes(0, chunk:length())))
+      local sse = bedrock_stream_to_sse(decode(chunk:getBytes(0, chunk:length())), on_event)
       if feed ~= nil then return feed(sse) end
       return sse
     end)
@@ -401,16 +417,30 @@ function envoy_on_response(handle)
     return
   end
   local attempt = handle:streamInfo():dynamicMetadata():get(config.metadata_namespace) or {}
-  local from = attempt["answer_api"]
+  local from = attempt["answer_api"] or ""
+  local to = client_api(attempt["path"])
   local content_type = headers:get("content-type") or ""
   if status == "200" and string.find(content_type, "application/vnd.amazon.eventstream", 1, true) then
-    local feed = nil
-    if from ~= nil and from ~= "" then
-      feed = translate.stream(from, client_api(attempt["path"]), {usage = attempt["stream_usage"] == "1"})
+    -- Either stream becomes Anthropic's SSE first.
+    local on_event = invoke_chunk_to_sse
+    if from == "converse" then
+      on_event = converse.stream({model = attempt["answer_model"], id = headers:get("x-amzn-requestid")})
     end
-    event_stream_answer(handle, headers, feed)
+    local feed = nil
+    if to ~= nil and to ~= "anthropic" then
+      feed = translate.stream("anthropic", to, {usage = attempt["stream_usage"] == "1"})
+    end
+    event_stream_answer(handle, headers, on_event, feed)
     return
   end
-  if from == nil or from == "" then return end
-  translate_answer(handle, headers, status, from, client_api(attempt["path"]), attempt["stream_usage"] == "1")
+  if from ~= "" then
+    translate_answer(handle, headers, status, from, to, attempt)
+  elseif attempt["cloud_errors"] == "1" and to ~= nil and not string.find(status, "^2") then
+    -- The client's own API, but the cloud's error format: rewritten into the API's.
+    headers:remove("content-length")
+    headers:replace("content-type", "application/json")
+    local body = handle:body()
+    local text = body ~= nil and body:getBytes(0, body:length()) or ""
+    if body ~= nil then body:setBytes(translate.error(to, to, tonumber(status) or 502, text)) end
+  end
 end

@@ -1,5 +1,6 @@
 -- AWS event streams (application/vnd.amazon.eventstream) in plain Lua, for Bedrock's streamed
--- answers, and the Anthropic server-sent events InvokeModelWithResponseStream carries in them.
+-- answers: as Anthropic server-sent events, those InvokeModelWithResponseStream carries in
+-- them or (through converse.lua) those ConverseStream's events translate to.
 -- Defines the globals:
 --   event_stream_decoder()   a new decoder: a function feed(bytes) -> list of messages, each
 --                            {headers = {name -> string value}, payload = string}. Takes the
@@ -12,14 +13,18 @@
 --                            decimal, byte arrays as their bytes, UUIDs as 8-4-4-4-12 hex.
 --   base64_decode(text)      the bytes of standard base64 with its padding; raises on a
 --                            length that is not a multiple of 4 or a byte outside the alphabet.
---   bedrock_chunks_to_sse(messages)
---                            Anthropic-format SSE text for decoded messages: a `chunk` event
+--   bedrock_stream_to_sse(messages, on_event)
+--                            Anthropic-format SSE text for decoded messages: each event
+--                            through on_event(its :event-type, its payload) -> SSE text; an
+--                            exception message (or an error message) an Anthropic `error`
+--                            event, of type overloaded_error for throttling and
+--                            unavailability, api_error otherwise.
+--   invoke_chunk_to_sse(name, payload)
+--                            on_event for InvokeModelWithResponseStream: a `chunk` event
 --                            ({"bytes": base64 of a stream event's JSON}) becomes
---                            `event: <its type>\ndata: <the JSON>\n\n`; an exception message
---                            (or an error message) an Anthropic `error` event, of type
---                            overloaded_error for throttling and unavailability, api_error
---                            otherwise; other events are left out. Raises on a chunk that is
---                            not such JSON. Uses json.lua's global `json` when called.
+--                            `event: <its type>\ndata: <the JSON>\n\n`, other events "".
+--                            Raises on a chunk that is not such JSON.
+-- Both use json.lua's global `json` when called.
 -- Needs LuaJIT's `bit`.
 
 do
@@ -229,29 +234,32 @@ do
     return message.headers[":exception-type"] or "The model's stream failed."
   end
 
-  function bedrock_chunks_to_sse(messages)
+  function invoke_chunk_to_sse(name, payload)
+    if name ~= "chunk" then return "" end
+    local chunk = json.decode(payload)
+    if type(chunk) ~= "table" or type(chunk.bytes) ~= "string" then
+      error("event stream: a chunk without bytes", 0)
+    end
+    local data = base64_decode(chunk.bytes)
+    local event = json.decode(data)
+    local kind = type(event) == "table" and event.type or nil
+    if type(kind) ~= "string" or not find(kind, "^[%w_]+$") then
+      error("event stream: a chunk's event has no type", 0)
+    end
+    -- Raw line breaks in JSON are only ever white space (in strings they are escaped), and
+    -- one would end the SSE data line.
+    if find(data, "[\r\n]") then data = gsub(data, "[\r\n]", " ") end
+    return "event: " .. kind .. "\ndata: " .. data .. "\n\n"
+  end
+
+  function bedrock_stream_to_sse(messages, on_event)
     local out = {}
     for i = 1, #messages do
       local message = messages[i]
       local headers = message.headers
       local kind = headers[":message-type"] or "event"
       if kind == "event" then
-        if headers[":event-type"] == "chunk" then
-          local chunk = json.decode(message.payload)
-          if type(chunk) ~= "table" or type(chunk.bytes) ~= "string" then
-            error("event stream: a chunk without bytes", 0)
-          end
-          local data = base64_decode(chunk.bytes)
-          local event = json.decode(data)
-          local name = type(event) == "table" and event.type or nil
-          if type(name) ~= "string" or not find(name, "^[%w_]+$") then
-            error("event stream: a chunk's event has no type", 0)
-          end
-          -- Raw line breaks in JSON are only ever white space (in strings they are escaped),
-          -- and one would end the SSE data line.
-          if find(data, "[\r\n]") then data = gsub(data, "[\r\n]", " ") end
-          out[#out + 1] = "event: " .. name .. "\ndata: " .. data .. "\n\n"
-        end
+        out[#out + 1] = on_event(headers[":event-type"], message.payload)
       elseif kind == "exception" then
         local exception = headers[":exception-type"] or ""
         out[#out + 1] = error_event(OVERLOADED[exception] and "overloaded_error" or "api_error",

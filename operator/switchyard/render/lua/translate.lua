@@ -1,8 +1,10 @@
 -- Between the two chat APIs: OpenAI's Chat Completions ("openai") and Anthropic's Messages
--- ("anthropic"). Defines the global `translate`, used by the backend shaper on each attempt
--- whose backend speaks the other API than the client:
+-- ("anthropic"); and to Bedrock's Converse ("converse") from either, through Anthropic's
+-- (converse.lua). Defines the global `translate`, used by the backend shaper on each attempt
+-- whose backend speaks another API than the client:
 --   translate.request(from, to, body, default_max_tokens)  -> body, context
---   translate.response(from, to, body)                      -> body
+--   translate.response(from, to, body, answer)              -> body (`answer`: the model and
+--                                                              id a Converse answer lacks)
 --   translate.error(from, to, status, text)                 -> text
 --   translate.stream(from, to, context)                     -> function(chunk) -> text
 -- `from` is the API the body is written in, `to` the one wanted; bodies are decoded JSON
@@ -344,6 +346,12 @@ local function openai_request(body)
 end
 
 function translate.request(from, to, body, default_max_tokens)
+  if to == "converse" then
+    -- Converse needs no max_tokens, and a model's own limit may be lower than the default.
+    local messages, context = body, {stream = body.stream == true}
+    if from == "openai" then messages, context = anthropic_request(body, nil) end
+    return converse.request(messages), context
+  end
   if from == "openai" and to == "anthropic" then return anthropic_request(body, default_max_tokens) end
   if from == "anthropic" and to == "openai" then return openai_request(body) end
   error("no translation from " .. tostring(from) .. " to " .. tostring(to), 0)
@@ -411,7 +419,12 @@ local function anthropic_response(body)
   }
 end
 
-function translate.response(from, to, body)
+function translate.response(from, to, body, answer)
+  if from == "converse" then
+    local message = converse.response(body, answer or {})
+    if to == "anthropic" then return message end
+    return openai_response(message)
+  end
   if from == "anthropic" and to == "openai" then return openai_response(body) end
   if from == "openai" and to == "anthropic" then return anthropic_response(body) end
   error("no translation from " .. tostring(from) .. " to " .. tostring(to), 0)
@@ -427,6 +440,8 @@ local ANTHROPIC_ERROR = {
 
 local function error_message(text)
   local ok, body = pcall(decode, text)
+  -- Google's APIs answer some errors as a list of one.
+  if ok and json.is_array(body) then body = body[1] end
   if ok and type(body) == "table" then
     local inner = type(body.error) == "table" and body.error or body
     if is_string(inner.message) then return inner.message, inner.type or inner.code end
