@@ -24,13 +24,16 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
+
+if TYPE_CHECKING:
+    from switchyard.fakes.bedrock import AwsCredentials
 
 SWITCHYARD = shutil.which("switchyard", path=str(Path(sys.executable).parent)) or "switchyard"
 REPLY_PORT = re.compile(r"on port (\d+)\.")
@@ -467,9 +470,22 @@ class BedrockProcess(FakeProcess):
             self.stop()
             raise
 
+    def add_credentials(self, credentials: AwsCredentials) -> None:
+        """Accept requests signed with these too (STS's, say: `FakeSTS(bedrocks=[this])`)."""
+        self._control(
+            "PUT",
+            "/credentials",
+            {
+                "accessKeyId": credentials.access_key_id,
+                "secretAccessKey": credentials.secret_access_key,
+                "sessionToken": credentials.session_token,
+                "expires": credentials.expires,
+            },
+        )
+
     def traffic(self) -> list[dict[str, Any]]:
         """The requests clients sent through the gateway, without the operator's probes
-        (CountTokens, a POST here)."""
+        (CountTokens and ListAsyncInvokes)."""
         return [r for r in super().traffic() if not r["path"].endswith("/count-tokens")]
 
     def rotate_key(self, api_key: str) -> None:

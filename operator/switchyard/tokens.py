@@ -9,6 +9,11 @@ tenant, client id and secret, exchanged with azure-identity (client credentials 
 same way; without a secret, the operator's own workload identity (the federated token file
 AZURE_FEDERATED_TOKEN_FILE names) stands in for it.
 
+A Bedrock backend with no Secret uses the gateway's workload identity: its data-plane
+ServiceAccount's token (which the shell requests, `WebIdentity`) is exchanged with botocore
+at STS (AssumeRoleWithWebIdentity, as IRSA does) for the temporary credentials of the IAM
+role annotated on that ServiceAccount; the data plane gets them as a shared-credentials file.
+
 A token is minted again once two thirds of its life has passed, which leaves the kubelet
 ample time to bring the new one into the Pods while the old one still works. A failed
 exchange is remembered for a while, so that a bad key costs the token endpoint one request
@@ -24,15 +29,20 @@ import asyncio
 import datetime
 import hashlib
 import json
+import logging
 import os
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 from azure.core.exceptions import AzureError, ClientAuthenticationError
 from azure.identity import ClientSecretCredential, WorkloadIdentityCredential
+from botocore import UNSIGNED
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
+from botocore.session import get_session
 from google.auth import exceptions as google_exceptions
 from google.auth.transport.requests import Request
 from google.oauth2 import service_account
@@ -157,6 +167,66 @@ def _entra_id(material: bytes, now: float, forbidden: Forbidden) -> Minted:
     return Minted(token.token, now + lifetime, now + lifetime * REFRESH_AFTER)
 
 
+@dataclass(frozen=True)
+class WebIdentity:
+    """A workload identity, ready to exchange: the IAM role and a token that proves it."""
+
+    role_arn: str
+    token: str
+    session_name: str
+
+
+# Requests a workload identity's role and a fresh token; raises MintingFailed.
+IdentitySource = Callable[[], Awaitable[WebIdentity]]
+# botocore logs whole requests and answers at DEBUG: the web identity token and the
+# credentials STS returns must never reach a log line, whatever the operator's verbosity.
+logging.getLogger("botocore").setLevel(logging.WARNING)
+# STS's own default; a role may allow up to 12 hours, never less than this.
+WEB_IDENTITY_SECONDS = 3600
+
+
+def _aws_web_identity(identity: WebIdentity, now: float) -> Minted:
+    # STS's endpoint is the operator's to configure (AWS_REGION, AWS_ENDPOINT_URL_STS), as
+    # for any AWS SDK: nothing in a Secret or a spec chooses it.
+    client = get_session().create_client(
+        "sts",
+        region_name=os.environ.get("AWS_REGION")
+        or os.environ.get("AWS_DEFAULT_REGION")
+        or "us-east-1",
+        config=Config(
+            signature_version=UNSIGNED,  # the token is the proof: the call is not signed
+            connect_timeout=MINT_TIMEOUT_SECONDS,
+            read_timeout=MINT_TIMEOUT_SECONDS,
+            retries={"max_attempts": 2},
+        ),
+    )
+    try:
+        answer = client.assume_role_with_web_identity(
+            RoleArn=identity.role_arn,
+            RoleSessionName=identity.session_name,
+            WebIdentityToken=identity.token,
+            DurationSeconds=WEB_IDENTITY_SECONDS,
+        )
+    except ClientError as error:
+        code = str(error.response.get("Error", {}).get("Code") or "refused")
+        raise MintingFailed(
+            f"STS refused the workload identity for {identity.role_arn} ({code})"
+        ) from None
+    except BotoCoreError:
+        raise MintingFailed("STS did not answer") from None
+    finally:
+        client.close()
+    credentials = answer["Credentials"]
+    text = (
+        "[default]\n"
+        f"aws_access_key_id = {credentials['AccessKeyId']}\n"
+        f"aws_secret_access_key = {credentials['SecretAccessKey']}\n"
+        f"aws_session_token = {credentials['SessionToken']}\n"
+    )
+    lifetime = credentials["Expiration"].timestamp() - time.time()
+    return Minted(text, now + lifetime, now + lifetime * REFRESH_AFTER)
+
+
 _MINTERS: dict[Exchange, Callable[[bytes, float, Forbidden], Minted]] = {
     Exchange.GOOGLE_SERVICE_ACCOUNT: _google_service_account,
     Exchange.ENTRA_ID: _entra_id,
@@ -182,9 +252,12 @@ class TokenMinter:
     def key(exchange: Exchange, material: bytes) -> _Key:
         return exchange, hashlib.sha256(material).hexdigest()
 
-    async def token(self, exchange: Exchange, material: bytes) -> Minted:
+    async def token(
+        self, exchange: Exchange, material: bytes, identity: IdentitySource | None = None
+    ) -> Minted:
         """A token for `material` with time left, minting one when it is due. Raises
-        MintingFailed; a token that still works is kept while the endpoint refuses."""
+        MintingFailed; a token that still works is kept while the endpoint refuses.
+        For AWS_WEB_IDENTITY, `material` names the identity and `identity` proves it."""
         key = self.key(exchange, material)
         async with self._locks.setdefault(key, asyncio.Lock()):
             now = self._clock()
@@ -194,9 +267,7 @@ class TokenMinter:
             failed = self._failed.get(key)
             if failed is None or now >= failed[1]:
                 try:
-                    minted = await asyncio.to_thread(
-                        _MINTERS[exchange], material, now, self._forbidden
-                    )
+                    minted = await self._mint(exchange, material, identity, now)
                 except MintingFailed as error:
                     failed = (error.reason, now + RETRY_SECONDS)
                     self._failed[key] = failed
@@ -207,6 +278,15 @@ class TokenMinter:
             if held is not None and now < held.expires_at:
                 return held
             raise MintingFailed(failed[0])
+
+    async def _mint(
+        self, exchange: Exchange, material: bytes, identity: IdentitySource | None, now: float
+    ) -> Minted:
+        if exchange == Exchange.AWS_WEB_IDENTITY:
+            if identity is None:
+                raise MintingFailed("no workload identity to exchange")
+            return await asyncio.to_thread(_aws_web_identity, await identity(), now)
+        return await asyncio.to_thread(_MINTERS[exchange], material, now, self._forbidden)
 
     def invalidate(self, exchange: Exchange, material: bytes) -> None:
         """The provider refused a token minted from `material`: mint anew next time."""

@@ -8,9 +8,13 @@ cloud to cloud without a failed request."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
+import threading
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +31,8 @@ from gatewaylab import (
     chat,
     send_sync,
 )
+from switchyard.api.models import API_VERSION
+from switchyard.fakes.sts import FakeSTS
 from tests_support.cluster import Cluster, eventually
 
 pytestmark = pytest.mark.e2e
@@ -34,7 +40,7 @@ pytestmark = pytest.mark.e2e
 CLAUDE_VERTEX = "claude-x@20250101"
 CLAUDE_BEDROCK = "anthropic.claude-x-v1:0"
 LLAMA = "meta.llama3-1-70b-instruct-v1:0"
-WEATHER = {
+WEATHER: Any = {
     "type": "function",
     "function": {
         "name": "get_weather",
@@ -241,10 +247,11 @@ def test_tool_calls_round_trip_through_converse(lab: AwsLab) -> None:
     assert json.loads("".join(fragments)) == {"city": "sample"}
 
     # The Anthropic SDK, whole: a tool_use block.
+    any_tool: Any = {"type": "any"}
+    tools: Any = [{"name": "get_weather", "input_schema": WEATHER["function"]["parameters"]}]
     message = _claude(lab).messages.create(
-        model="llama-tools", max_tokens=100, messages=question, tool_choice={"type": "any"},
-        tools=[{"name": "get_weather", "input_schema": WEATHER["function"]["parameters"]}],
-    )  # fmt: skip
+        model="llama-tools", max_tokens=100, messages=question, tool_choice=any_tool, tools=tools
+    )
     assert message.stop_reason == "tool_use"
     assert [(b.type, getattr(b, "input", None)) for b in message.content] == [
         ("tool_use", {"city": "sample"})
@@ -276,6 +283,93 @@ def test_bedrock_errors_reach_each_client_in_its_format(lab: AwsLab) -> None:
         _claude(lab).messages.create(
             model="llama-errors", max_tokens=64, messages=[{"role": "user", "content": [image]}]
         )
+
+
+@contextmanager
+def running_sts(sts: FakeSTS) -> Iterator[FakeSTS]:
+    """The STS fake on a loop of its own, and the operator's AWS SDK pointed at it."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    asyncio.run_coroutine_threadsafe(sts.start(), loop).result(10)
+    os.environ["AWS_ENDPOINT_URL_STS"] = sts.url
+    try:
+        yield sts
+    finally:
+        del os.environ["AWS_ENDPOINT_URL_STS"]
+        asyncio.run_coroutine_threadsafe(sts.stop(), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+
+
+def _gateway_runs_as(lab: AwsLab, account: str | None) -> None:
+    data_plane = {"serviceAccountName": account} if account else {}
+    lab.cluster.apply(
+        {
+            "apiVersion": API_VERSION,
+            "kind": "ModelGateway",
+            "metadata": {"name": "gw", "namespace": lab.namespace},
+            "spec": {"listener": {"port": 8080}, "dataPlane": data_plane},
+        }
+    )
+
+
+def test_bedrock_signs_as_the_gateways_workload_identity(lab: AwsLab) -> None:
+    """No credentialsRef: the operator requests a token for the gateway's ServiceAccount and
+    exchanges it at STS (AssumeRoleWithWebIdentity, as IRSA) for the IAM role annotated on
+    it; the data plane and the probes sign with those temporary credentials."""
+    discovery = json.loads(lab.cluster.kubectl("get", "--raw", "/.well-known/openid-configuration"))
+    jwks = lab.cluster.kubectl("get", "--raw", "/openid/v1/jwks")
+    role = "arn:aws:iam::123456789012:role/switchyard-bedrock"
+    subject = f"system:serviceaccount:{lab.namespace}:bedrock-caller"
+    sts = FakeSTS(jwks, discovery["issuer"], {role: subject}, bedrocks=[lab.bedrock])
+    accounts = [
+        {"apiVersion": "v1", "kind": "ServiceAccount",
+         "metadata": {"name": name, "namespace": lab.namespace, "annotations": annotations}}
+        for name, annotations in (
+            ("bedrock-caller", {"eks.amazonaws.com/role-arn": role}), ("no-role", {}),
+        )
+    ]  # fmt: skip
+    backend = lab.bedrock_backend(model=LLAMA)
+    del backend["credentialsRef"]
+    with running_sts(sts):
+        lab.cluster.apply(*accounts)
+        try:
+            _gateway_runs_as(lab, "bedrock-caller")
+            lab.serve("bedrock-irsa", [backend])
+            eventually(lambda: (lab.bedrock_status("bedrock-irsa") or {}).get("lastProbeTime"))
+            assert "reason" not in lab.bedrock_status("bedrock-irsa")
+            lab.bedrock.forget_requests()
+            _ask_both_sdks(lab, "bedrock-irsa", LLAMA)
+            issued = {c.access_key_id: c for c in sts.issued}
+            for record in lab.bedrock.traffic():
+                authorization = record["headers"]["authorization"]
+                key = authorization.split("Credential=", 1)[1].split("/", 1)[0]
+                assert key in issued
+                assert record["headers"]["x-amz-security-token"] == issued[key].session_token
+            # Minted once and kept, not per pass or probe.
+            assert len(sts.issued) == 1
+            lab.assert_no_secret_readable(
+                [c.secret_access_key for c in sts.issued]
+                + [c.session_token or "" for c in sts.issued]
+            )
+
+            # A ServiceAccount that names no role: the backend says why, and its traffic moves.
+            _gateway_runs_as(lab, "no-role")
+            lab.apply_endpoint("bedrock-no-role", [backend, lab.anthropic_backend()])
+            reported = lab.backend_reported("bedrock-no-role", "bedrock", "CredentialsInvalid")
+            assert "no eks.amazonaws.com/role-arn annotation" in reported["message"]
+            assert f"{lab.namespace}/no-role" in reported["message"]
+            lab.assert_served_only_by("bedrock-no-role", lab.claude.port)
+        finally:
+            _gateway_runs_as(lab, None)
+    # A gateway without one cannot lend its identity: refused in the endpoint's conditions.
+    eventually(
+        lambda: (
+            "spec.dataPlane.serviceAccountName"
+            in json.dumps((lab.endpoint("bedrock-irsa") or {}).get("status", {}).get("conditions"))
+        )
+    )
 
 
 def test_a_bedrock_api_key_is_sent_as_a_bearer_token(lab: AwsLab) -> None:

@@ -62,6 +62,28 @@ def test_the_values_schema_names_the_wrong_value() -> None:
     assert "/metrics/port" in wrong.stderr
 
 
+def test_workload_identity_grants_service_account_tokens_only_when_asked() -> None:
+    def gateway_rules(*sets: str) -> list[dict[str, Any]]:
+        documents = yaml.safe_load_all(rendered("sy", "switchyard-system", sets=sets))
+        [role] = [
+            d for d in documents
+            if d and d["kind"] == "Role" and d["metadata"]["name"] == "sy-switchyard-gateway"
+        ]  # fmt: skip
+        return list(role["rules"])
+
+    token = {"apiGroups": [""], "resources": ["serviceaccounts/token"], "verbs": ["create"]}
+    read = {"apiGroups": [""], "resources": ["serviceaccounts"], "verbs": ["get"]}
+    assert token not in gateway_rules()
+    assert read not in gateway_rules()
+    granted = gateway_rules("workloadIdentity.aws=true")
+    assert token in granted
+    assert read in granted
+    documents = rendered("sy", "switchyard-system", sets=("workloadIdentity.aws=true",))
+    [deployment] = [d for d in yaml.safe_load_all(documents) if d and d["kind"] == "Deployment"]
+    [container] = deployment["spec"]["template"]["spec"]["containers"]
+    assert {"name": "AWS_REGION", "value": "us-east-1"} in container["env"]
+
+
 def test_the_rbac_has_no_wildcards() -> None:
     for doc in yaml.safe_load_all(rendered("sy", "switchyard-system", ALL_ON)):
         if doc and doc["kind"] == "ClusterRole":

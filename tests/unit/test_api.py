@@ -106,6 +106,13 @@ def test_a_bedrock_backend_takes_its_url_from_its_region() -> None:
     assert backend.base_url == "https://bedrock-runtime.us-east-1.amazonaws.com"
 
 
+def test_a_sigv4_bedrock_backend_without_credentials_uses_workload_identity() -> None:
+    spec = base_spec(**(BEDROCK | {"credentialsRef": None}))
+    spec["backends"][0] = {k: v for k, v in spec["backends"][0].items() if v is not None}
+    [backend] = ModelEndpointSpec.model_validate(spec).backends
+    assert backend.workload_identity
+
+
 def test_any_bedrock_model_id_profile_or_arn_is_taken() -> None:
     for model in (
         "meta.llama3-1-70b-instruct-v1:0",
@@ -153,7 +160,10 @@ def base_spec(**backend: Any) -> dict[str, Any]:
         ({"provider": "AWSBedrock"}, "region is required for providers GCPVertexAI and AWSBedrock"),
         (BEDROCK | {"model": "claude-sonnet-4-5"}, "is a Bedrock model id"),
         (BEDROCK | {"project": "proj-1"}, "project is required for provider GCPVertexAI"),
-        (BEDROCK | {"credentialsRef": None}, "credentialsRef is required"),
+        (
+            BEDROCK | {"credentialsRef": None, "authentication": "APIKey"},
+            "credentialsRef is required",
+        ),
         ({"authentication": "SigV4"}, "SigV4 only for AWSBedrock"),
         ({"authentication": "EntraID"}, "EntraID is only valid for provider AzureOpenAI"),
         ({"authentication": "Kerberos"}, "Input should be 'APIKey', 'EntraID' or 'SigV4'"),

@@ -209,3 +209,10 @@ def test_service_names_stay_readable_and_apart() -> None:
     assert service_name("shared") == "shared-switchyard"
     assert service_name("a.b") != service_name("a-b")
     assert service_name("x" * 60 + "1") != service_name("x" * 60 + "2")
+
+
+def test_the_pods_run_as_the_gateways_service_account_without_its_token() -> None:
+    pod = _rendered(_spec(serviceAccountName="bedrock-caller"))["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == "bedrock-caller"
+    assert pod["automountServiceAccountToken"] is False
+    assert "serviceAccountName" not in _rendered(_spec())["spec"]["template"]["spec"]

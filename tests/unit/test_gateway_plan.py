@@ -157,3 +157,38 @@ def test_a_key_that_several_backends_use_is_copied_once() -> None:
     endpoints = [endpoint("chat", backends=shared), endpoint("embed", backends=shared)]
     plan = plan_gateway(GATEWAY_KEY, gateway(), endpoints, {}, ALL_KEYS)
     assert [c.target_key for c in plan.credentials] == ["team-a_keys_openai"]
+
+
+def _bedrock_without_credentials() -> EndpointSource:
+    bedrock = {
+        "name": "bedrock",
+        "provider": "AWSBedrock",
+        "region": "us-east-1",
+        "model": "meta.llama3-1-70b-instruct-v1:0",
+        "authentication": "SigV4",
+    }
+    return endpoint("llama", backends=[bedrock])
+
+
+def test_a_bedrock_backend_without_credentials_signs_as_the_gateways_service_account() -> None:
+    with_identity = gateway()
+    with_identity.spec.data_plane.service_account_name = "bedrock-caller"
+    plan = plan_gateway(GATEWAY_KEY, with_identity, [_bedrock_without_credentials()], {}, ALL_KEYS)
+    assert conditions(plan, ("team-a", "llama"))["Ready"] == ("True", "Ready")
+    [backend] = plan.attached[0].backends
+    assert backend.workload_identity
+    [copy] = plan.credentials
+    assert (copy.target_key, copy.source, copy.exchange) == (
+        "_AWSWebIdentity", ("infra", "bedrock-caller"), "AWSWebIdentity",
+    )  # fmt: skip
+
+
+def test_a_gateway_without_a_service_account_cannot_lend_its_identity() -> None:
+    plan = plan_gateway(GATEWAY_KEY, gateway(), [_bedrock_without_credentials()], {}, ALL_KEYS)
+    state = conditions(plan, ("team-a", "llama"))
+    assert state["ResolvedRefs"] == ("False", "WorkloadIdentityNotSet")
+    assert state["Ready"] == ("False", "NoRoutableBackend")
+    message = plan.outcomes[("team-a", "llama")].conditions[1].message
+    assert "spec.dataPlane.serviceAccountName" in message
+    assert "infra/shared" in message
+    assert plan.credentials == []

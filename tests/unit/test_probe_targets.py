@@ -33,6 +33,6 @@ def test_an_endpoint_made_again_under_its_name_is_not_probed_as_its_predecessor(
     for uid, url in (("uid-1", "http://old.example"), ("uid-2", "http://new.example")):
         record = _endpoint_record(endpoint_body(uid, url))
         plan = plan_gateway(GATEWAY_KEY, gateway(), [record.source], {}, ALL_KEYS)
-        targets, _ = _probe_targets(plan, [record], memo, None)
+        targets, _ = _probe_targets(plan, [record], memo, None, None)
         [(target, _, _)] = targets.values()
         assert target.url == url

@@ -90,6 +90,16 @@ watches: cluster-wide without watchNamespaces, else in each of them. */}}
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["list", "patch"]
+{{- if .Values.workloadIdentity.aws }}
+# A gateway's AWS workload identity (dataPlane.serviceAccountName): the IAM role annotated on
+# its ServiceAccount, and a token for that ServiceAccount to exchange at STS.
+- apiGroups: [""]
+  resources: ["serviceaccounts"]
+  verbs: ["get"]
+- apiGroups: [""]
+  resources: ["serviceaccounts/token"]
+  verbs: ["create"]
+{{- end }}
 # What the operator owns for a gateway blocks the gateway's deletion until it is gone
 # (blockOwnerDeletion): clusters that enforce owner references ask for this to set it.
 - apiGroups: ["switchyard.dev"]

@@ -245,8 +245,8 @@ DEFAULT_URLS: dict[str, str] = {
 REGIONAL = [Provider.GCP_VERTEX_AI.value, Provider.AWS_BEDROCK.value]
 PROVIDERS_NEEDING_URL = [p.value for p in Provider if p not in DEFAULT_URLS and p not in REGIONAL]
 # A self-hosted OpenAI-compatible server may need no key. The hosted APIs always
-# authenticate with a key, and Vertex AI and Bedrock with their clouds' credentials, until
-# the data plane's workload identity is served.
+# authenticate with a key, and Vertex AI with its service-account key; Bedrock too, except
+# with SigV4, where no credentialsRef means the gateway's workload identity.
 PROVIDERS_NEEDING_KEY = [
     Provider.OPENAI.value,
     Provider.AZURE_OPENAI.value,
@@ -254,6 +254,12 @@ PROVIDERS_NEEDING_KEY = [
     Provider.GCP_VERTEX_AI.value,
     Provider.AWS_BEDROCK.value,
 ]
+CREDENTIALS_REF_MESSAGE = (
+    "credentialsRef is required for providers "
+    + ", ".join(PROVIDERS_NEEDING_KEY)
+    + " (AWSBedrock with authentication SigV4 may leave it out for the gateway's workload "
+    "identity)"
+)
 REGION_MESSAGE = "region is required for providers GCPVertexAI and AWSBedrock, and only valid there"
 PROJECT_MESSAGE = "project is required for provider GCPVertexAI, and only valid there"
 # A Bedrock model id (provider.model), a cross-region inference profile's (us., eu., apac.,
@@ -383,8 +389,9 @@ class Backend(_Model):
                     reason="FieldValueRequired",
                 ),
                 cel(
-                    f"has(self.credentialsRef) || !(self.provider in {PROVIDERS_NEEDING_KEY})",
-                    "credentialsRef is required for providers " + ", ".join(PROVIDERS_NEEDING_KEY),
+                    f"has(self.credentialsRef) || !(self.provider in {PROVIDERS_NEEDING_KEY})"
+                    " || (self.provider == 'AWSBedrock' && self.authentication == 'SigV4')",
+                    CREDENTIALS_REF_MESSAGE,
                     fieldPath=".credentialsRef",
                     reason="FieldValueRequired",
                 ),
@@ -471,7 +478,10 @@ class Backend(_Model):
         description="The Secret key holding this backend's API key; for GCPVertexAI, a "
         "service-account key JSON, which the operator exchanges for short-lived access "
         "tokens (only those reach the data plane). Required for OpenAI, AzureOpenAI, "
-        "Anthropic, GCPVertexAI and AWSBedrock.",
+        "Anthropic, GCPVertexAI and AWSBedrock, except that an AWSBedrock backend with "
+        "authentication SigV4 may leave it out: it then uses the workload identity of each "
+        "gateway it is attached to (the IAM role annotated on the ServiceAccount its "
+        "dataPlane.serviceAccountName names, as IRSA).",
     )
     weight: int = Field(
         default=1,
@@ -486,6 +496,15 @@ class Backend(_Model):
         description="Priority tier. 0 is the primary tier; tier N+1 takes traffic only when "
         "tier N has no healthy backend.",
     )
+
+    @property
+    def workload_identity(self) -> bool:
+        """It signs with the gateway's workload identity, having no credentials of its own."""
+        return (
+            self.credentials_ref is None
+            and self.provider == Provider.AWS_BEDROCK
+            and self.authentication == Authentication.SIG_V4
+        )
 
     # The same rules as the CEL above, for files checked offline by `switchyard plan`.
     @model_validator(mode="after")
@@ -506,8 +525,9 @@ class Backend(_Model):
             raise ValueError(AUTHENTICATION_MESSAGE)
         if self.url is None and self.provider in PROVIDERS_NEEDING_URL:
             raise ValueError(f"url is required for provider {self.provider}")
-        if self.credentials_ref is None and self.provider in PROVIDERS_NEEDING_KEY:
-            raise ValueError(f"credentialsRef is required for provider {self.provider}")
+        needs_key = self.provider in PROVIDERS_NEEDING_KEY and not self.workload_identity
+        if self.credentials_ref is None and needs_key:
+            raise ValueError(CREDENTIALS_REF_MESSAGE)
         if self.url is not None and not (
             re.match(r"^https?://[^\s/]+", self.url, re.IGNORECASE)
             and urllib.parse.urlsplit(self.url).hostname
@@ -943,6 +963,20 @@ class DataPlane(_Model):
         "memory for more endpoints or workers. Set, this replaces the defaults whole: "
         "what it leaves out is not set.",
         json_schema_extra={"default": DEFAULT_RESOURCES},
+    )
+
+    service_account_name: str | None = Field(
+        default=None,
+        max_length=253,
+        pattern=DNS_SUBDOMAIN,
+        description="The ServiceAccount, in the gateway's namespace, the Envoy Pods run as "
+        "(default: the namespace's default one). It is the gateway's workload identity: "
+        "AWSBedrock backends with authentication SigV4 and no credentialsRef sign with the "
+        "temporary credentials of the IAM role its eks.amazonaws.com/role-arn annotation "
+        "names, which the operator obtains for it (a ServiceAccount token for audience "
+        "sts.amazonaws.com, exchanged with STS AssumeRoleWithWebIdentity, as IRSA does) and "
+        "renews before they expire. The ServiceAccount is the platform team's to create "
+        "and annotate; the operator does not create it.",
     )
 
     @model_validator(mode="after")

@@ -65,7 +65,7 @@ message_stop, with `amazon-bedrock-invocationMetrics`. Event payloads carry a pa
 `p`, as AWS's do. Frames go out in many writes, every third split across two.
 
 Faults, records and the control port are FakeProvider's; the control port also takes
-PUT /credentials {"accessKeyId", "secretAccessKey", "sessionToken"?} and
+PUT /credentials {"accessKeyId", "secretAccessKey", "sessionToken"?, "expires"? (epoch s)} and
 DELETE /credentials/{accessKeyId} (key rotation), and PUT /api-key {"apiKey"} replaces the
 Bedrock API keys with that one.
 """
@@ -548,9 +548,13 @@ class FakeBedrock(FakeProvider):
 
     async def _put_credentials(self, request: web.Request) -> web.Response:
         data = await request.json()
-        self.add_credentials(
-            AwsCredentials(data["accessKeyId"], data["secretAccessKey"], data.get("sessionToken"))
+        credentials = AwsCredentials(
+            data["accessKeyId"],
+            data["secretAccessKey"],
+            data.get("sessionToken"),
+            data.get("expires"),
         )
+        self.add_credentials(credentials)
         return web.Response(status=204)
 
     async def _delete_credentials(self, request: web.Request) -> web.Response:

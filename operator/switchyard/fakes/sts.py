@@ -35,7 +35,7 @@ import string
 import time
 import uuid
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import parse_qsl
 from xml.sax.saxutils import escape
 
@@ -60,6 +60,12 @@ class StsError(Exception):
         self.status, self.code, self.message = status, code, message
 
 
+class TakesCredentials(Protocol):
+    """A Bedrock fake, in this process or behind its control port."""
+
+    def add_credentials(self, credentials: AwsCredentials) -> None: ...
+
+
 class FakeSTS:
     """AssumeRoleWithWebIdentity on one port.
 
@@ -73,7 +79,7 @@ class FakeSTS:
         jwks: str | dict[str, Any],
         issuer: str,
         roles: dict[str, str | None],
-        bedrocks: Iterable[FakeBedrock] = (),
+        bedrocks: Iterable[FakeBedrock | TakesCredentials] = (),
         max_session: int = 3600,
         host: str = "127.0.0.1",
         port: int = 0,

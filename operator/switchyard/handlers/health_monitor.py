@@ -17,12 +17,13 @@ import aiohttp
 
 from switchyard import metrics
 from switchyard.api.models import parse_duration
+from switchyard.handlers import identity
 from switchyard.health.probes import Outcome, ProbeResult, Target, probe
 from switchyard.health.state import BackendHealth
 from switchyard.kube.secrets import SecretCache
 from switchyard.plan.gateway import ObjectKey, key_material
 from switchyard.providers import Exchange
-from switchyard.tokens import MintingFailed, TokenMinter
+from switchyard.tokens import IdentitySource, MintingFailed, TokenMinter
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +40,8 @@ IN_DOUBT_SECONDS = 30.0
 
 @dataclass(frozen=True)
 class Credentials:
-    """Where a backend's key is: a Secret's key, sent as it is or exchanged for a token."""
+    """Where a backend's key is: a Secret's key, sent as it is or exchanged for a token; or,
+    for AWS_WEB_IDENTITY, the gateway's ServiceAccount (`secret`), whose identity is."""
 
     secret: ObjectKey
     key: str
@@ -66,9 +68,11 @@ class HealthMonitor:
         secrets: SecretCache,
         on_change: Callable[[ObjectKey], None],
         tokens: TokenMinter | None = None,
+        identities: Callable[[ObjectKey], IdentitySource] | None = None,
     ) -> None:
         self._secrets = secrets
         self._tokens = tokens or TokenMinter()
+        self._identities = identities
         self._on_change = on_change
         self._watched: dict[BackendKey, Watched] = {}
         self._limit = asyncio.Semaphore(MAX_CONCURRENT_PROBES)
@@ -232,8 +236,11 @@ class HealthMonitor:
         if credentials is None or credentials.exchange is None or material is None:
             key = material.decode() if material is not None else None
             return await probe(session, watched.target, key)
+        source = None
+        if credentials.exchange == Exchange.AWS_WEB_IDENTITY and self._identities is not None:
+            source = self._identities(credentials.secret)
         try:
-            minted = await self._tokens.token(credentials.exchange, material)
+            minted = await self._tokens.token(credentials.exchange, material, source)
         except MintingFailed as failure:
             return ProbeResult(Outcome.CREDENTIALS_INVALID, 0, failure.reason)
         result = await probe(session, watched.target, minted.token)
@@ -245,6 +252,8 @@ class HealthMonitor:
     async def _material(self, credentials: Credentials | None) -> bytes | None:
         if credentials is None:
             return None
+        if credentials.exchange == Exchange.AWS_WEB_IDENTITY:
+            return identity.material(credentials.secret)
         data = await self._secrets.get(credentials.secret) or {}
         value = data.get(credentials.key)
         return base64.b64decode(key_material(value)) if value else None

@@ -22,7 +22,7 @@ from aiohttp import web
 
 from switchyard import metrics, pki
 from switchyard.api.models import GROUP, VERSION
-from switchyard.handlers import informer
+from switchyard.handlers import identity, informer
 from switchyard.handlers.control_channel import CA_SECRET_NAME, ControlChannel
 from switchyard.handlers.health_monitor import HealthMonitor
 from switchyard.handlers.leadership import Leadership
@@ -245,7 +245,12 @@ async def start(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
     secrets = SecretCache(kube, store.referenced_keys)
     api_server = await api_server_of(kube)
     tokens = TokenMinter(forbidden=lambda url: refusal(url, None, api_server))
-    health = HealthMonitor(secrets, lambda gateway: sync.mark({gateway}), tokens)
+    health = HealthMonitor(
+        secrets,
+        lambda gateway: sync.mark({gateway}),
+        tokens,
+        lambda account: identity.identity_source(kube, account),
+    )
     sync = GatewaySync(store, kube, secrets, xds, pods, health, api_server, control, tokens)
     sync.network_policy = network_policy_peer(memo, pods)
     # An Envoy that connects, ACKs or NACKs changes its gateway's Programmed condition.

@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 
 from switchyard import metrics
 from switchyard.api.models import BackendTLS, DataPlaneType, ModelGatewaySpec, parse_duration
+from switchyard.handlers import identity
 from switchyard.handlers.control_channel import ControlChannel
 from switchyard.handlers.health_monitor import BackendKey, Credentials, HealthMonitor
 from switchyard.handlers.state import ClientRecord, EndpointRecord, GatewayRecord, Store
@@ -35,6 +36,7 @@ from switchyard.plan.conditions import DesiredCondition, transitions
 from switchyard.plan.egress import ANY_CLUSTER, NOT_ALLOWED, ApiServer
 from switchyard.plan.gateway import GatewayPlan, ObjectKey, SecretKeys, key_material, plan_gateway
 from switchyard.plan.routing import EndpointPlan, PlanCache
+from switchyard.providers import Exchange
 from switchyard.render import deployment, envoy
 from switchyard.render.objects import (
     XdsPeer,
@@ -104,12 +106,14 @@ def _probe_targets(
     records: list[EndpointRecord],
     memo: dict[_Identity, dict[BackendKey, Any]],
     backend_tls: BackendTLS | None,
+    account: ObjectKey | None,
 ) -> tuple[dict[BackendKey, Any], dict[BackendKey, dict[str, Any]]]:
     """Every backend the gateway serves, as the health monitor probes it, and what each
     endpoint's status shows of it now (to resume from after a restart).
 
     `memo` keeps each endpoint's targets by (key, uid, generation) from one pass to the next,
-    for the gateway's current backendTLS; it is left holding only this pass's endpoints."""
+    for the gateway's current backendTLS and workload identity (`account`, its data-plane
+    ServiceAccount); it is left holding only this pass's endpoints."""
     by_key = {r.source.key: r for r in records}
     targets: dict[BackendKey, Any] = {}
     shown: dict[BackendKey, dict[str, Any]] = {}
@@ -123,7 +127,7 @@ def _probe_targets(
         identity = (record.source.key, record.body["metadata"].get("uid"), record.source.generation)
         found = memo.get(identity)
         if found is None:
-            found = _endpoint_targets(endpoint, spec, backend_tls)
+            found = _endpoint_targets(endpoint, spec, backend_tls, account)
         used[identity] = found
         targets.update(found)
         for entry in (record.body.get("status") or {}).get("backends") or []:
@@ -134,7 +138,7 @@ def _probe_targets(
 
 
 def _endpoint_targets(
-    endpoint: EndpointPlan, spec: Any, backend_tls: BackendTLS | None
+    endpoint: EndpointPlan, spec: Any, backend_tls: BackendTLS | None, account: ObjectKey | None
 ) -> dict[BackendKey, Any]:
     refs = {b.name: b.credentials_ref for b in spec.backends}
     timeout = parse_duration(spec.health_check.timeout)
@@ -144,11 +148,12 @@ def _endpoint_targets(
             continue  # a host the gateway may not reach, the operator does not reach either
         key = (endpoint.namespace, endpoint.name, backend.name)
         ref = refs[backend.name]
-        credentials = (
-            Credentials((endpoint.namespace, ref.name), ref.key, backend.terms.exchange)
-            if ref
-            else None
-        )
+        credentials = None
+        if ref:
+            secret = (endpoint.namespace, ref.name)
+            credentials = Credentials(secret, ref.key, backend.terms.exchange)
+        elif backend.workload_identity and account is not None:
+            credentials = Credentials(account, "", Exchange.AWS_WEB_IDENTITY)
         host = urlsplit(backend.url).hostname or ""
         trusted = backend_tls.ca_bundle if backend_tls and backend_tls.covers(host) else None
         target = Target(
@@ -167,7 +172,8 @@ class _Seen:
     render: envoy.RenderCache = field(default_factory=envoy.RenderCache)
     # (endpoint, uid, generation) -> its probe targets, for the backendTLS they were made with
     probes: dict[_Identity, dict[BackendKey, Any]] = field(default_factory=dict)
-    probes_tls: BackendTLS | None = None
+    # What the probes' targets were made for: the backendTLS and the workload identity.
+    probes_for: tuple[BackendTLS | None, str | None] = (None, None)
     exported: dict[ObjectKey, EndpointPlan] = field(default_factory=dict)
     targets: Any = None
     # Endpoint key -> (the inputs of its status, the status object they were checked against)
@@ -398,10 +404,12 @@ class GatewaySync:
             self.health.forget(key)
             self._seen.pop(key, None)
         else:
-            if seen.probes_tls != gateway.spec.backend_tls:
-                seen.probes.clear()  # every https target's trust may have changed
-                seen.probes_tls = gateway.spec.backend_tls
-            targets = _probe_targets(plan, records, seen.probes, gateway.spec.backend_tls)
+            account_name = gateway.spec.data_plane.service_account_name
+            if seen.probes_for != (gateway.spec.backend_tls, account_name):
+                seen.probes.clear()  # every https target's trust may have changed, or whose
+                seen.probes_for = (gateway.spec.backend_tls, account_name)  # identity they use
+            account = (key[0], account_name) if account_name else None
+            targets = _probe_targets(plan, records, seen.probes, gateway.spec.backend_tls, account)
             if targets[0] != seen.targets:
                 self.health.watch(key, *targets)
                 seen.targets = targets[0]
@@ -666,12 +674,18 @@ class GatewaySync:
         minted: dict[str, str] = {}
         due = float("inf")
         for copy in plan.credentials:
-            value = (secret_data.get(copy.source) or {}).get(copy.source_key)
-            if copy.exchange is None or not value:
-                continue
-            material = base64.b64decode(key_material(value))
             try:
-                token = await self.tokens.token(copy.exchange, material)
+                if copy.exchange == Exchange.AWS_WEB_IDENTITY:
+                    source = identity.identity_source(self.kube, copy.source)
+                    token = await self.tokens.token(
+                        copy.exchange, identity.material(copy.source), source
+                    )
+                else:
+                    value = (secret_data.get(copy.source) or {}).get(copy.source_key)
+                    if copy.exchange is None or not value:
+                        continue
+                    material = base64.b64decode(key_material(value))
+                    token = await self.tokens.token(copy.exchange, material)
             except MintingFailed:
                 continue
             minted[copy.target_key] = base64.b64encode(token.token.encode()).decode()

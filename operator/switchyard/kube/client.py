@@ -310,6 +310,24 @@ class Kube:
         found: dict[str, Any] = await _body(response)
         return found
 
+    async def read_service_account(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """A ServiceAccount, or None when it does not exist."""
+        account: dict[str, Any] | None = await _found(
+            self.core.read_namespaced_service_account, name, namespace
+        )
+        return account
+
+    async def service_account_token(
+        self, namespace: str, name: str, audience: str, seconds: int
+    ) -> str:
+        """A token for the ServiceAccount, bound to `audience` and expiring after `seconds`
+        (TokenRequest): the one a projected token volume would give its Pods."""
+        body = {"spec": {"audiences": [audience], "expirationSeconds": seconds}}
+        answer = await _json(
+            self.core.create_namespaced_service_account_token, name, namespace, body
+        )
+        return str(answer["status"]["token"])
+
     async def read_secret_data(self, namespace: str, name: str) -> dict[str, str] | None:
         """A Secret's base64 `data`, or None when the Secret does not exist."""
         secret = await self.read_secret(namespace, name)

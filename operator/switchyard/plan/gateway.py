@@ -13,7 +13,12 @@ from dataclasses import dataclass, field
 from switchyard.api.models import ModelEndpointSpec, ModelGatewaySpec
 from switchyard.plan.conditions import DesiredCondition
 from switchyard.plan.egress import ANY_CLUSTER, NOT_ALLOWED, ApiServer, refusal
-from switchyard.plan.routing import EndpointPlan, PlanCache, zero_weight_tiers
+from switchyard.plan.routing import (
+    WORKLOAD_IDENTITY_KEY,
+    EndpointPlan,
+    PlanCache,
+    zero_weight_tiers,
+)
 from switchyard.plan.selectors import namespace_admitted
 from switchyard.providers import Exchange
 
@@ -66,7 +71,8 @@ def key_material(value: str) -> str:
 @dataclass(frozen=True)
 class CredentialCopy:
     """One key the gateway's credentials Secret takes from an endpoint's Secret: as it is,
-    or the token it is exchanged for (`exchange`)."""
+    or the token it is exchanged for (`exchange`). For AWS_WEB_IDENTITY, `source` is the
+    gateway's ServiceAccount instead, and `source_key` empty."""
 
     target_key: str
     source: ObjectKey
@@ -141,7 +147,7 @@ def plan_gateway(
         result.outcomes[endpoint.key] = outcome
         if outcome.plan is not None:
             result.attached.append(outcome.plan)
-            result.credentials.extend(_credential_copies(endpoint, outcome.plan, secrets))
+            result.credentials.extend(_credential_copies(endpoint, outcome.plan, secrets, gateway))
         elif gateway is not None:
             ready = outcome.conditions[-1]
             result.rejected.append(
@@ -179,6 +185,14 @@ def _decide(
         return EndpointOutcome((accepted, _not_ready(accepted)), None, None)
 
     unresolved = _unresolved_backends(endpoint.namespace, spec, secrets)
+    identity = gateway.spec.data_plane.service_account_name if gateway else None
+    for backend in spec.backends:
+        if backend.workload_identity and identity is None:
+            unresolved[backend.name] = (
+                "WorkloadIdentityNotSet",
+                f"it has no credentialsRef, so it signs with the workload identity of ModelGateway"
+                f" {gateway_name}, which names none: spec.dataPlane.serviceAccountName",
+            )
     allowed = gateway.spec.allowed_backends if gateway else None
     for backend in spec.backends:
         if why := refusal(backend.base_url, allowed, api_server):
@@ -323,20 +337,30 @@ def _not_ready(cause: DesiredCondition) -> DesiredCondition:
 
 
 def _credential_copies(
-    endpoint: EndpointSource, plan: EndpointPlan, secrets: Mapping[ObjectKey, SecretKeys | None]
+    endpoint: EndpointSource,
+    plan: EndpointPlan,
+    secrets: Mapping[ObjectKey, SecretKeys | None],
+    gateway: GatewaySource | None,
 ) -> list[CredentialCopy]:
     """The keys of every backend whose reference resolves, whatever its health: a backend
     held back now (unhealthy, rate limited, refused) finds its key already mounted when it
     comes back, as the kubelet takes a while to bring a changed Secret into the Pods. A
-    backend the gateway may not send to gets no key."""
+    backend the gateway may not send to gets no key. A backend that uses the gateway's
+    workload identity gets its credentials, from its ServiceAccount."""
     assert endpoint.spec is not None
     refs = {b.name: b.credentials_ref for b in endpoint.spec.backends}
+    identity = gateway.spec.data_plane.service_account_name if gateway else None
     copies = []
     for backend in plan.backends:
+        if backend.unavailable_reason == NOT_ALLOWED:
+            continue
+        if backend.workload_identity and gateway is not None and identity is not None:
+            account = (gateway.namespace, identity)
+            copies.append(
+                CredentialCopy(WORKLOAD_IDENTITY_KEY, account, "", Exchange.AWS_WEB_IDENTITY)
+            )
         ref = refs[backend.name]
         if ref is None or backend.credentials_key is None:
-            continue
-        if backend.unavailable_reason == NOT_ALLOWED:
             continue
         secret = secrets.get((endpoint.namespace, ref.name))
         if secret is None or ref.key not in secret.keys:

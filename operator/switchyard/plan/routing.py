@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from switchyard.api.models import Backend, ModelEndpointSpec, parse_duration
-from switchyard.providers import Placement, Provider, provider
+from switchyard.providers import Exchange, Placement, Provider, provider
 
 
 @dataclass(frozen=True)
@@ -32,6 +32,11 @@ class BackendRoute:
     project: str | None = None
     region: str | None = None
     authentication: str = "APIKey"
+
+    @property
+    def workload_identity(self) -> bool:
+        """It signs with the gateway's workload identity (`WORKLOAD_IDENTITY_KEY`)."""
+        return self.credentials_key == WORKLOAD_IDENTITY_KEY
 
     @property
     def terms(self) -> Provider:
@@ -71,6 +76,10 @@ class EndpointPlan:
 
 # A Secret's data keys are at most 253 characters.
 MAX_SECRET_KEY = 253
+# The gateway Secret key that holds the temporary AWS credentials of the gateway's own
+# workload identity, which every backend that uses it shares. No namespace starts with `_`,
+# so it never clashes with a copied key.
+WORKLOAD_IDENTITY_KEY = "_" + Exchange.AWS_WEB_IDENTITY
 
 
 def credentials_key(namespace: str, secret: str, key: str, exchange: str | None = None) -> str:
@@ -134,6 +143,8 @@ def plan_endpoint(
                     provider(b.provider, b.model, b.authentication).exchange,
                 )
                 if b.credentials_ref is not None
+                else WORKLOAD_IDENTITY_KEY
+                if b.workload_identity
                 else None
             ),
             weight=b.weight,

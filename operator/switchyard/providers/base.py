@@ -37,6 +37,10 @@ class Exchange(StrEnum):
     # An Entra ID app's credentials (tenant, client, secret or the operator's federated
     # token), exchanged for an Azure OpenAI access token (client credentials grant).
     ENTRA_ID = "EntraID"
+    # No Secret: the gateway's data-plane ServiceAccount, whose token the operator requests
+    # (audience sts.amazonaws.com) and exchanges with STS AssumeRoleWithWebIdentity for the
+    # temporary credentials of the IAM role annotated on it, as IRSA does.
+    AWS_WEB_IDENTITY = "AWSWebIdentity"
 
 
 @dataclass(frozen=True)

@@ -206,6 +206,9 @@ def envoy_deployment(
     metadata = owned_metadata(plan, name, owner_uid)
     metadata["labels"].update(labels)
     resources = spec.data_plane.resources
+    # The gateway's workload identity; Envoy itself needs no token (automount stays off):
+    # the operator exchanges one for the credentials the Pods read from their Secret.
+    account = {"serviceAccountName": a} if (a := spec.data_plane.service_account_name) else {}
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -225,6 +228,7 @@ def envoy_deployment(
                     "annotations": {"switchyard.dev/bootstrap-hash": bootstrap_hash},
                 },
                 "spec": {
+                    **account,
                     "automountServiceAccountToken": False,
                     "terminationGracePeriodSeconds": TERMINATION_GRACE_SECONDS,
                     "topologySpreadConstraints": topology_spread(labels),
