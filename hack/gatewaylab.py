@@ -224,17 +224,24 @@ class VertexProcess(TokenIssuingProcess):
         keep_requests: int | None = None,
         host: str = "127.0.0.1",
         token_lifetime: int | None = None,
+        metadata_account: str | None = None,
+        token_creators: Sequence[tuple[str, str]] = (),
+        auth_port: int | None = None,
     ) -> None:
         """`models`: Claude ids as in the URL (claude-x@20250101) and `google/<id>` for
         Gemini; `.model` is the first. `locations`: those it serves; `.region` is the first.
-        `token_lifetime`: seconds an issued token lives (default: the fake's, 3599)."""
+        `token_lifetime`: seconds an issued token lives (default: the fake's, 3599).
+        `metadata_account`: the workload's account, which a GKE metadata server on
+        `auth_port` serves (GCE_METADATA_HOST = `.metadata_host`); `token_creators`:
+        (target, caller) pairs for IAM's generateAccessToken there."""
         # Not FakeProcess.__init__, which starts a keyed provider; the helpers need only
         # provider, model, host, scheme, port, control_port and process.
         self.provider, self.models, self.model = "GCPVertexAI", list(models), models[0]
         self.project, self.locations, self.region = project, list(locations), locations[0]
         self.host, self.scheme = host, "http"
         # The token endpoint's port goes in the key's token_uri, so it is chosen first.
-        self.port, self.control_port, self.auth_port = free_port(), free_port(), free_port()
+        self.port, self.control_port = free_port(), free_port()
+        self.auth_port = auth_port or free_port()
         self.email = f"switchyard-lab@{project}.iam.gserviceaccount.com"
         self.key_id = secrets.token_hex(20)
         self.private_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
@@ -257,7 +264,15 @@ class VertexProcess(TokenIssuingProcess):
             command += ["--location", location]
         for model in self.models:
             command += ["--model", model]
+        if metadata_account:
+            command += ["--metadata-account", metadata_account]
+        for target, caller in token_creators:
+            command += ["--token-creator", f"{target}={caller}"]
         self._start(command, keep_requests, token_lifetime)
+
+    @property
+    def metadata_host(self) -> str:
+        return f"{self.host}:{self.auth_port}"
 
     @property
     def token_uri(self) -> str:

@@ -7,6 +7,9 @@ node that runs Pods (hack/localnode.py; it needs root, as `make test` does).
 
 from __future__ import annotations
 
+# Before anything imports google-auth, which reads the metadata server's address once.
+import tests_support.metadata  # noqa: F401  # isort: skip
+
 import os
 from collections.abc import Iterator
 

@@ -168,6 +168,8 @@ VERTEX_ONLY_FLAGS = {
     "token_lifetime": "--token-lifetime",
     "auth_port": "--auth-port",
     "auth_control_port": "--auth-control-port",
+    "metadata_account": "--metadata-account",
+    "token_creator": "--token-creator",
 }
 # The flags that run AzureOpenAI with Entra ID, and those of them it cannot do without.
 ENTRA_FLAGS = {
@@ -283,8 +285,14 @@ def _fake_vertex(args: argparse.Namespace, context: ssl.SSLContext | None) -> in
 
     try:
         keys = [json.loads(Path(path).read_text()) for path in args.service_account_key]
+        creators: dict[str, list[str]] = {}
+        for pair in args.token_creator:
+            target, caller = pair.split("=", 1)
+            creators.setdefault(target, []).append(caller)
         auth = FakeGoogleAuth(
             keys,
+            metadata_account=args.metadata_account,
+            token_creators=creators,
             token_lifetime=args.token_lifetime if args.token_lifetime is not None else 3599,
             host=args.host,
             port=args.auth_port or 0,
@@ -626,6 +634,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         type=int,
         help="port of the token endpoint's own control API, for its faults and requests "
         "(default: none; its tokens are steered through --control-port)",
+    )
+    vertex.add_argument(
+        "--metadata-account",
+        metavar="EMAIL",
+        help="serve a GKE metadata server (on --auth-port) whose workload is this service "
+        "account: GET /computeMetadata/v1/instance/service-accounts/default/token",
+    )
+    vertex.add_argument(
+        "--token-creator",
+        action="append",
+        default=[],
+        metavar="TARGET=CALLER",
+        help="IAM's generateAccessToken (on --auth-port) gives TARGET's tokens to CALLER "
+        "(roles/iam.serviceAccountTokenCreator); repeatable",
     )
     entra = fake.add_argument_group("AzureOpenAI with Entra ID only")
     entra.add_argument("--entra-tenant", help="the tenant (directory) id (required)")

@@ -9,10 +9,13 @@ tenant, client id and secret, exchanged with azure-identity (client credentials 
 same way; without a secret, the operator's own workload identity (the federated token file
 AZURE_FEDERATED_TOKEN_FILE names) stands in for it.
 
-A Bedrock backend with no Secret uses the gateway's workload identity: its data-plane
-ServiceAccount's token (which the shell requests, `WebIdentity`) is exchanged with botocore
-at STS (AssumeRoleWithWebIdentity, as IRSA does) for the temporary credentials of the IAM
-role annotated on that ServiceAccount; the data plane gets them as a shared-credentials file.
+A Bedrock or Vertex AI backend with no Secret uses its gateway's workload identity, which
+the shell reads from the gateway's data-plane ServiceAccount (`WorkloadIdentity`). On AWS,
+a token for that ServiceAccount is exchanged with botocore at STS (AssumeRoleWithWebIdentity,
+as IRSA does) for the temporary credentials of the IAM role annotated on it; the data plane
+gets them as a shared-credentials file. On Google Cloud, the operator's own workload identity
+(the GKE metadata server) asks IAM, with google-auth, for access tokens of the service
+account annotated on it (generateAccessToken).
 
 A token is minted again once two thirds of its life has passed, which leaves the kubelet
 ample time to bring the new one into the Pods while the old one still works. A failed
@@ -43,6 +46,7 @@ from botocore import UNSIGNED
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 from botocore.session import get_session
+from google.auth import compute_engine, impersonated_credentials
 from google.auth import exceptions as google_exceptions
 from google.auth.transport.requests import Request
 from google.oauth2 import service_account
@@ -168,16 +172,17 @@ def _entra_id(material: bytes, now: float, forbidden: Forbidden) -> Minted:
 
 
 @dataclass(frozen=True)
-class WebIdentity:
-    """A workload identity, ready to exchange: the IAM role and a token that proves it."""
+class WorkloadIdentity:
+    """A gateway's workload identity, ready to exchange: whom it acts as (an IAM role's ARN,
+    a Google service account's email) and, where one is needed, a token that proves it."""
 
-    role_arn: str
-    token: str
-    session_name: str
+    principal: str
+    token: str = ""
+    session_name: str = ""
 
 
-# Requests a workload identity's role and a fresh token; raises MintingFailed.
-IdentitySource = Callable[[], Awaitable[WebIdentity]]
+# Reads a workload identity (and requests a fresh token for it); raises MintingFailed.
+IdentitySource = Callable[[], Awaitable[WorkloadIdentity]]
 # botocore logs whole requests and answers at DEBUG: the web identity token and the
 # credentials STS returns must never reach a log line, whatever the operator's verbosity.
 logging.getLogger("botocore").setLevel(logging.WARNING)
@@ -185,7 +190,7 @@ logging.getLogger("botocore").setLevel(logging.WARNING)
 WEB_IDENTITY_SECONDS = 3600
 
 
-def _aws_web_identity(identity: WebIdentity, now: float) -> Minted:
+def _aws_web_identity(identity: WorkloadIdentity, now: float) -> Minted:
     # STS's endpoint is the operator's to configure (AWS_REGION, AWS_ENDPOINT_URL_STS), as
     # for any AWS SDK: nothing in a Secret or a spec chooses it.
     client = get_session().create_client(
@@ -202,7 +207,7 @@ def _aws_web_identity(identity: WebIdentity, now: float) -> Minted:
     )
     try:
         answer = client.assume_role_with_web_identity(
-            RoleArn=identity.role_arn,
+            RoleArn=identity.principal,
             RoleSessionName=identity.session_name,
             WebIdentityToken=identity.token,
             DurationSeconds=WEB_IDENTITY_SECONDS,
@@ -210,7 +215,7 @@ def _aws_web_identity(identity: WebIdentity, now: float) -> Minted:
     except ClientError as error:
         code = str(error.response.get("Error", {}).get("Code") or "refused")
         raise MintingFailed(
-            f"STS refused the workload identity for {identity.role_arn} ({code})"
+            f"STS refused the workload identity for {identity.principal} ({code})"
         ) from None
     except BotoCoreError:
         raise MintingFailed("STS did not answer") from None
@@ -225,6 +230,62 @@ def _aws_web_identity(identity: WebIdentity, now: float) -> Minted:
     )
     lifetime = credentials["Expiration"].timestamp() - time.time()
     return Minted(text, now + lifetime, now + lifetime * REFRESH_AFTER)
+
+
+# Where IAM's generateAccessToken is, when not Google's public endpoint (Private Service
+# Connect): `<base>/v1/projects/-/serviceAccounts/<email>:generateAccessToken`.
+IAM_CREDENTIALS_ENV = "SWITCHYARD_IAM_CREDENTIALS_URL"
+
+
+def _google_workload_identity(identity: WorkloadIdentity, now: float) -> Minted:
+    # The operator's own Google identity: the metadata server of the node it runs on (GKE's,
+    # for its Kubernetes ServiceAccount), which must hold roles/iam.serviceAccountTokenCreator
+    # on the service account the gateway acts as.
+    base = os.environ.get(IAM_CREDENTIALS_ENV)
+    endpoint = (
+        f"{base.rstrip('/')}/v1/projects/-/serviceAccounts/{identity.principal}:generateAccessToken"
+        if base
+        else None
+    )
+    credentials = impersonated_credentials.Credentials(
+        source_credentials=compute_engine.Credentials(),  # type: ignore[no-untyped-call]
+        target_principal=identity.principal,
+        target_scopes=list(GOOGLE_SCOPES),
+        lifetime=3600,
+        iam_endpoint_override=endpoint,
+    )
+    try:
+        credentials.refresh(_TimedRequest())  # type: ignore[no-untyped-call]
+    except google_exceptions.RefreshError as error:
+        raise MintingFailed(
+            f"no access token for {identity.principal}: {_google_refusal(error)}"
+        ) from None
+    except google_exceptions.TransportError:
+        raise MintingFailed("the metadata server or IAM did not answer") from None
+    expiry: datetime.datetime | None = credentials.expiry
+    lifetime = expiry.replace(tzinfo=datetime.UTC).timestamp() - time.time() if expiry else 3600
+    return Minted(str(credentials.token), now + lifetime, now + lifetime * REFRESH_AFTER)
+
+
+def _google_refusal(error: google_exceptions.RefreshError) -> str:
+    """Who refused, and the status it gave (PERMISSION_DENIED), never the answer whole."""
+    text = str(error)
+    status = re.search(r'"status":\s*"([A-Z_]+)"', text)
+    if "metadata" in text.lower() and status is None:
+        return (
+            "the metadata server gave the operator no token (is it on GKE with workload identity?)"
+        )
+    return f"IAM refused ({status.group(1) if status else 'refused'})"
+
+
+_WORKLOAD_MINTERS: dict[Exchange, Callable[[WorkloadIdentity, float], Minted]] = {
+    Exchange.AWS_WEB_IDENTITY: _aws_web_identity,
+    Exchange.GOOGLE_WORKLOAD_IDENTITY: _google_workload_identity,
+}
+
+
+def is_workload_identity(exchange: Exchange | None) -> bool:
+    return exchange in _WORKLOAD_MINTERS
 
 
 _MINTERS: dict[Exchange, Callable[[bytes, float, Forbidden], Minted]] = {
@@ -257,7 +318,7 @@ class TokenMinter:
     ) -> Minted:
         """A token for `material` with time left, minting one when it is due. Raises
         MintingFailed; a token that still works is kept while the endpoint refuses.
-        For AWS_WEB_IDENTITY, `material` names the identity and `identity` proves it."""
+        For a workload identity, `material` names it and `identity` reads it."""
         key = self.key(exchange, material)
         async with self._locks.setdefault(key, asyncio.Lock()):
             now = self._clock()
@@ -282,10 +343,10 @@ class TokenMinter:
     async def _mint(
         self, exchange: Exchange, material: bytes, identity: IdentitySource | None, now: float
     ) -> Minted:
-        if exchange == Exchange.AWS_WEB_IDENTITY:
+        if exchange in _WORKLOAD_MINTERS:
             if identity is None:
                 raise MintingFailed("no workload identity to exchange")
-            return await asyncio.to_thread(_aws_web_identity, await identity(), now)
+            return await asyncio.to_thread(_WORKLOAD_MINTERS[exchange], await identity(), now)
         return await asyncio.to_thread(_MINTERS[exchange], material, now, self._forbidden)
 
     def invalidate(self, exchange: Exchange, material: bytes) -> None:

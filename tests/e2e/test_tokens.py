@@ -1,6 +1,6 @@
-"""The operator's token minter against the fake Google token endpoint and Entra ID: what it
-mints, when it mints again, what it keeps while the endpoint refuses, and where it never
-connects."""
+"""The operator's token minter against the fake Google token endpoint, Entra ID, STS and
+IAM: what it mints, when it mints again, what it keeps while the endpoint refuses, and where
+it never connects."""
 
 from __future__ import annotations
 
@@ -18,15 +18,27 @@ from e2e.test_fake_vertex_entra import CLIENT_ID, SECRET, TENANT, entra, service
 from gatewaylab import service_account_key_json
 from switchyard.fakes.entra import FakeEntra
 from switchyard.fakes.provider import Fault, running
+from switchyard.fakes.sts import FakeSTS
 from switchyard.fakes.vertex import FakeGoogleAuth
 from switchyard.plan.egress import ANY_CLUSTER, refusal
 from switchyard.providers import Exchange
-from switchyard.tokens import RETRY_SECONDS, MintingFailed, TokenMinter
+from switchyard.tokens import (
+    IAM_CREDENTIALS_ENV,
+    RETRY_SECONDS,
+    IdentitySource,
+    MintingFailed,
+    TokenMinter,
+    WorkloadIdentity,
+)
+from tests_support.metadata import METADATA_PORT
+from tests_support.tokens import Issuer
 
 pytestmark = pytest.mark.e2e
 
 GOOGLE = Exchange.GOOGLE_SERVICE_ACCOUNT
 ENTRA = Exchange.ENTRA_ID
+IRSA = Exchange.AWS_WEB_IDENTITY
+GKE = Exchange.GOOGLE_WORKLOAD_IDENTITY
 EMAIL = "minter@switchyard-lab.iam.gserviceaccount.com"
 LIFETIME = 600
 
@@ -212,3 +224,79 @@ def test_an_authority_where_no_backend_may_be_is_never_asked() -> None:
         asyncio.run(minter.token(ENTRA, json.dumps(app).encode()))
     with pytest.raises(MintingFailed, match="not an Entra ID app"):
         asyncio.run(minter.token(ENTRA, SECRET.encode()))
+
+
+def test_aws_workload_identity_is_exchanged_at_sts_and_refusals_named(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    issuer = Issuer()
+    role = "arn:aws:iam::123456789012:role/switchyard-bedrock"
+    subject = "system:serviceaccount:ai:bedrock-caller"
+
+    async def scenario() -> None:
+        async with FakeSTS(issuer.jwks(), issuer.issuer, {role: subject}) as sts:
+            monkeypatch.setenv("AWS_ENDPOINT_URL_STS", sts.url)
+            tokens = TokenMinter()
+            calls: list[str] = []
+
+            def source(account: str, audience: str = "sts.amazonaws.com") -> IdentitySource:
+                async def read() -> WorkloadIdentity:
+                    calls.append(account)
+                    token = issuer.token("ai", account, audience=audience)
+                    return WorkloadIdentity(role, token, "switchyard-ai-" + account)
+
+                return read
+
+            minted = await tokens.token(IRSA, b"ai/bedrock-caller", source("bedrock-caller"))
+            [issued] = sts.issued
+            assert minted.token.splitlines() == [
+                "[default]",
+                f"aws_access_key_id = {issued.access_key_id}",
+                f"aws_secret_access_key = {issued.secret_access_key}",
+                f"aws_session_token = {issued.session_token}",
+            ]
+            # Kept, and its ServiceAccount's token not asked for again, until it is due.
+            assert (
+                await tokens.token(IRSA, b"ai/bedrock-caller", source("bedrock-caller")) == minted
+            )
+            assert calls == ["bedrock-caller"]
+            # Another ServiceAccount than the role trusts; a token for another audience.
+            with pytest.raises(MintingFailed, match=r"STS refused .* \(AccessDenied\)$"):
+                await tokens.token(IRSA, b"ai/other", source("other"))
+            with pytest.raises(MintingFailed, match=r"\(InvalidIdentityToken\)$"):
+                await tokens.token(IRSA, b"ai/aud", source("bedrock-caller", "switchyard"))
+            assert len(sts.issued) == 1
+
+    asyncio.run(scenario())
+
+
+def test_google_workload_identity_acts_as_the_annotated_account(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The operator's metadata server identity gets the gateway's account's tokens from IAM,
+    where it holds roles/iam.serviceAccountTokenCreator, and is refused elsewhere."""
+    operator, gateway = "op@lab.iam.gserviceaccount.com", "gw@lab.iam.gserviceaccount.com"
+
+    async def scenario() -> None:
+        auth = FakeGoogleAuth(
+            metadata_account=operator, token_creators={gateway: [operator]}, port=METADATA_PORT
+        )
+        async with running(auth):
+            monkeypatch.setenv(IAM_CREDENTIALS_ENV, auth.url)
+            tokens = TokenMinter()
+
+            def source(account: str) -> IdentitySource:
+                async def read() -> WorkloadIdentity:
+                    return WorkloadIdentity(account)
+
+                return read
+
+            minted = await tokens.token(GKE, b"ai/vertex-caller", source(gateway))
+            [issued] = [t for t, i in auth.store.tokens.items() if i.subject == gateway]
+            assert minted.token == issued
+            with pytest.raises(MintingFailed, match=r"IAM refused \(PERMISSION_DENIED\)$"):
+                await tokens.token(
+                    GKE, b"ai/stranger", source("stranger@lab.iam.gserviceaccount.com")
+                )
+
+    asyncio.run(scenario())

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -29,13 +30,20 @@ from gatewaylab import (
     send_sync,
     service_account_key_json,
 )
-from tests_support.cluster import Cluster
+from switchyard.api.models import API_VERSION
+from switchyard.tokens import IAM_CREDENTIALS_ENV
+from tests_support.cluster import Cluster, eventually
+from tests_support.metadata import METADATA_PORT
 
 pytestmark = pytest.mark.e2e
 
 CLAUDE, GEMINI = "claude-x@20250101", "google/gemini-x"
 TOKEN_LIFETIME = 24
 SA_KEY, STRANGER_KEY = "service-account.json", "stranger.json"
+# The operator's own Google identity (what the GKE metadata server gives it), and the one a
+# gateway acts as, which the operator may get tokens of (roles/iam.serviceAccountTokenCreator).
+OPERATOR_ACCOUNT = "switchyard-operator@switchyard-lab.iam.gserviceaccount.com"
+GATEWAY_ACCOUNT = "gateway-vertex@switchyard-lab.iam.gserviceaccount.com"
 
 
 @dataclass
@@ -75,7 +83,13 @@ class CloudLab(GatewayLab):
 
 @pytest.fixture(scope="module")
 def cloud(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[CloudLab]:
-    vertex = VertexProcess(models=(CLAUDE, GEMINI), token_lifetime=TOKEN_LIFETIME)
+    vertex = VertexProcess(
+        models=(CLAUDE, GEMINI),
+        token_lifetime=TOKEN_LIFETIME,
+        metadata_account=OPERATOR_ACCOUNT,
+        token_creators=[(GATEWAY_ACCOUNT, OPERATOR_ACCOUNT)],
+        auth_port=METADATA_PORT,
+    )
     claude = FakeProcess("Anthropic", f"sk-ant-{uuid.uuid4().hex[:8]}", "claude-x")
     # Another key of the same account, which the token endpoint does not know.
     stranger = service_account_key_json(
@@ -207,3 +221,66 @@ def test_no_key_or_token_anywhere_a_person_or_program_can_read(cloud: CloudLab) 
     assert tokens, "no token was minted"
     private_key = json.loads(cloud.vertex.service_account_key)["private_key"]
     cloud.assert_no_secret_readable([cloud.claude.api_key, private_key, *tokens])
+
+
+def _gateway_runs_as(cloud: CloudLab, account: str | None) -> None:
+    data_plane = {"serviceAccountName": account} if account else {}
+    cloud.cluster.apply(
+        {
+            "apiVersion": API_VERSION,
+            "kind": "ModelGateway",
+            "metadata": {"name": "gw", "namespace": cloud.namespace},
+            "spec": {"listener": {"port": 8080}, "dataPlane": data_plane},
+        }
+    )
+
+
+def test_vertex_takes_the_gateways_workload_identity(cloud: CloudLab) -> None:
+    """No credentialsRef: the gateway's ServiceAccount names the Google service account it
+    acts as; the operator, as its own workload identity (the metadata server), gets that
+    account's tokens from IAM, and the data plane and the probes send them."""
+    annotation = "iam.gke.io/gcp-service-account"
+    cloud.cluster.apply(
+        *(
+            {"apiVersion": "v1", "kind": "ServiceAccount",
+             "metadata": {"name": name, "namespace": cloud.namespace, "annotations": notes}}
+            for name, notes in (
+                ("vertex-caller", {annotation: GATEWAY_ACCOUNT}),
+                ("stranger", {annotation: "stranger@switchyard-lab.iam.gserviceaccount.com"}),
+            )
+        )
+    )  # fmt: skip
+    backend = cloud.vertex_backend(CLAUDE)
+    del backend["credentialsRef"]
+    os.environ[IAM_CREDENTIALS_ENV] = f"http://{cloud.vertex.metadata_host}"
+    try:
+        _gateway_runs_as(cloud, "vertex-caller")
+        cloud.serve("vertex-wi", [backend])
+        cloud.vertex.forget_requests()
+        answer = cloud.openai().chat.completions.create(
+            model="vertex-wi", messages=[{"role": "user", "content": "hello"}]
+        )
+        assert f"GCPVertexAI {CLAUDE}" in (answer.choices[0].message.content or "")
+        message = cloud.anthropic_sdk().messages.create(
+            model="vertex-wi", max_tokens=64, messages=[{"role": "user", "content": "hello"}]
+        )
+        assert message.content[0].type == "text"
+        subjects = {t["token"]: t["subject"] for t in cloud.vertex.tokens()}
+        sent = {subjects.get(bearer(r)) for r in cloud.vertex.traffic()}
+        assert sent == {GATEWAY_ACCOUNT}
+
+        # An account the operator may not act as: the backend says why, and its traffic moves.
+        _gateway_runs_as(cloud, "stranger")
+        cloud.apply_endpoint("vertex-stranger", [backend, cloud.anthropic_backend()])
+        reported = cloud.backend_reported("vertex-stranger", "vertex", "CredentialsInvalid")
+        assert "IAM refused (PERMISSION_DENIED)" in reported["message"]
+        cloud.assert_served_only_by("vertex-stranger", cloud.claude.port)
+    finally:
+        del os.environ[IAM_CREDENTIALS_ENV]
+        _gateway_runs_as(cloud, None)
+    eventually(
+        lambda: (
+            "spec.dataPlane.serviceAccountName"
+            in json.dumps((cloud.endpoint("vertex-wi") or {}).get("status", {}).get("conditions"))
+        )
+    )

@@ -62,7 +62,7 @@ def test_the_values_schema_names_the_wrong_value() -> None:
     assert "/metrics/port" in wrong.stderr
 
 
-def test_workload_identity_grants_service_account_tokens_only_when_asked() -> None:
+def test_workload_identity_grants_service_account_reads_and_tokens_only_when_asked() -> None:
     def gateway_rules(*sets: str) -> list[dict[str, Any]]:
         documents = yaml.safe_load_all(rendered("sy", "switchyard-system", sets=sets))
         [role] = [
@@ -78,6 +78,9 @@ def test_workload_identity_grants_service_account_tokens_only_when_asked() -> No
     granted = gateway_rules("workloadIdentity.aws=true")
     assert token in granted
     assert read in granted
+    google = gateway_rules("workloadIdentity.gcp=true")  # the annotation only, no tokens
+    assert read in google
+    assert token not in google
     documents = rendered("sy", "switchyard-system", sets=("workloadIdentity.aws=true",))
     [deployment] = [d for d in yaml.safe_load_all(documents) if d and d["kind"] == "Deployment"]
     [container] = deployment["spec"]["template"]["spec"]["containers"]

@@ -21,6 +21,10 @@ SHAPES = {
     "a PEM private key": re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----"),
     "a JSON Web Token": re.compile(r"eyJ[\w-]{10,}\.eyJ[\w-]{10,}\.[\w-]{10,}"),
     "a Google access token": re.compile(r"ya29\.[\w-]{10,}"),
+    # An AWS shared-credentials file's secret, as the operator writes temporary ones.
+    "an AWS secret access key": re.compile(
+        r"aws_(secret_access_key|session_token)\s*=\s*[A-Za-z0-9/+=]{30,}"
+    ),
     "an Authorization header's credential": re.compile(
         r"""["']?authorization["']?\s*[:=]\s*["']?(Bearer|Basic)\s+[\w.~+/-]{8,}""",
         re.IGNORECASE,

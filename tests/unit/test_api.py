@@ -106,11 +106,12 @@ def test_a_bedrock_backend_takes_its_url_from_its_region() -> None:
     assert backend.base_url == "https://bedrock-runtime.us-east-1.amazonaws.com"
 
 
-def test_a_sigv4_bedrock_backend_without_credentials_uses_workload_identity() -> None:
-    spec = base_spec(**(BEDROCK | {"credentialsRef": None}))
-    spec["backends"][0] = {k: v for k, v in spec["backends"][0].items() if v is not None}
-    [backend] = ModelEndpointSpec.model_validate(spec).backends
-    assert backend.workload_identity
+def test_vertex_and_sigv4_bedrock_backends_without_credentials_use_workload_identity() -> None:
+    for fields in (BEDROCK, VERTEX):
+        spec = base_spec(**(fields | {"credentialsRef": None}))
+        spec["backends"][0] = {k: v for k, v in spec["backends"][0].items() if v is not None}
+        [backend] = ModelEndpointSpec.model_validate(spec).backends
+        assert backend.workload_identity
 
 
 def test_any_bedrock_model_id_profile_or_arn_is_taken() -> None:
@@ -171,7 +172,6 @@ def base_spec(**backend: Any) -> dict[str, Any]:
         (VERTEX | {"project": None}, "project is required for provider GCPVertexAI"),
         ({"region": "us-east5"}, "region is required .* and only valid there"),
         (VERTEX | {"model": "gemini-2.5-flash"}, "publisher/model"),
-        (VERTEX | {"credentialsRef": None}, "credentialsRef is required"),
         (VERTEX | {"project": "Proj_1"}, "should match pattern"),
     ],
 )

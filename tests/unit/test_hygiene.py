@@ -23,10 +23,12 @@ def test_it_finds_secrets_by_their_shape() -> None:
         "event": "-----BEGIN EC PRIVATE KEY-----\nMHcC...",
         "status": f'{{"token": "{JWT}"}}',
         "log": "headers: {'Authorization': 'Bearer abcdefgh12345'}",
+        "configmap": "[default]\naws_secret_access_key = wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY",
     }
     assert sorted(leaks(places, [KEY])) == [
         "a JSON Web Token in status",
         "a PEM private key in event",
+        "an AWS secret access key in configmap",
         "an Authorization header's credential in log",
     ]
 
@@ -35,6 +37,7 @@ def test_certificates_and_the_code_that_sets_headers_are_not_secrets() -> None:
     places = {
         "gateway": "-----BEGIN CERTIFICATE-----\nMIIB...\n-----END CERTIFICATE-----",
         "config dump": 'headers:replace("authorization", "Bearer " .. value)',
+        "lua": 'aws_secret_access_key = "secret_access_key",',
         "metrics": 'switchyard_backend_up{backend="a"} 1',
     }
     assert leaks(places, [KEY]) == []

@@ -90,12 +90,15 @@ watches: cluster-wide without watchNamespaces, else in each of them. */}}
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["list", "patch"]
-{{- if .Values.workloadIdentity.aws }}
-# A gateway's AWS workload identity (dataPlane.serviceAccountName): the IAM role annotated on
-# its ServiceAccount, and a token for that ServiceAccount to exchange at STS.
+{{- if or .Values.workloadIdentity.aws .Values.workloadIdentity.gcp }}
+# A gateway's workload identity (dataPlane.serviceAccountName): the IAM role or Google
+# service account annotated on its ServiceAccount.
 - apiGroups: [""]
   resources: ["serviceaccounts"]
   verbs: ["get"]
+{{- end }}
+{{- if .Values.workloadIdentity.aws }}
+# On AWS, a token for that ServiceAccount, to exchange at STS.
 - apiGroups: [""]
   resources: ["serviceaccounts/token"]
   verbs: ["create"]

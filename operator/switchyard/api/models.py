@@ -245,8 +245,8 @@ DEFAULT_URLS: dict[str, str] = {
 REGIONAL = [Provider.GCP_VERTEX_AI.value, Provider.AWS_BEDROCK.value]
 PROVIDERS_NEEDING_URL = [p.value for p in Provider if p not in DEFAULT_URLS and p not in REGIONAL]
 # A self-hosted OpenAI-compatible server may need no key. The hosted APIs always
-# authenticate with a key, and Vertex AI with its service-account key; Bedrock too, except
-# with SigV4, where no credentialsRef means the gateway's workload identity.
+# authenticate with a key; Vertex AI and Bedrock (with SigV4) with no credentialsRef use the
+# gateway's workload identity.
 PROVIDERS_NEEDING_KEY = [
     Provider.OPENAI.value,
     Provider.AZURE_OPENAI.value,
@@ -257,8 +257,8 @@ PROVIDERS_NEEDING_KEY = [
 CREDENTIALS_REF_MESSAGE = (
     "credentialsRef is required for providers "
     + ", ".join(PROVIDERS_NEEDING_KEY)
-    + " (AWSBedrock with authentication SigV4 may leave it out for the gateway's workload "
-    "identity)"
+    + " (GCPVertexAI, and AWSBedrock with authentication SigV4, may leave it out for the "
+    "gateway's workload identity)"
 )
 REGION_MESSAGE = "region is required for providers GCPVertexAI and AWSBedrock, and only valid there"
 PROJECT_MESSAGE = "project is required for provider GCPVertexAI, and only valid there"
@@ -390,7 +390,8 @@ class Backend(_Model):
                 ),
                 cel(
                     f"has(self.credentialsRef) || !(self.provider in {PROVIDERS_NEEDING_KEY})"
-                    " || (self.provider == 'AWSBedrock' && self.authentication == 'SigV4')",
+                    " || (self.provider == 'AWSBedrock' && self.authentication == 'SigV4')"
+                    " || self.provider == 'GCPVertexAI'",
                     CREDENTIALS_REF_MESSAGE,
                     fieldPath=".credentialsRef",
                     reason="FieldValueRequired",
@@ -478,10 +479,11 @@ class Backend(_Model):
         description="The Secret key holding this backend's API key; for GCPVertexAI, a "
         "service-account key JSON, which the operator exchanges for short-lived access "
         "tokens (only those reach the data plane). Required for OpenAI, AzureOpenAI, "
-        "Anthropic, GCPVertexAI and AWSBedrock, except that an AWSBedrock backend with "
-        "authentication SigV4 may leave it out: it then uses the workload identity of each "
-        "gateway it is attached to (the IAM role annotated on the ServiceAccount its "
-        "dataPlane.serviceAccountName names, as IRSA).",
+        "Anthropic, GCPVertexAI and AWSBedrock, except that a GCPVertexAI backend, and an "
+        "AWSBedrock one with authentication SigV4, may leave it out: it then uses the "
+        "workload identity of each gateway it is attached to, from the ServiceAccount its "
+        "dataPlane.serviceAccountName names (AWS: the IAM role annotated on it, as IRSA; "
+        "Google: the service account annotated on it, as GKE workload identity).",
     )
     weight: int = Field(
         default=1,
@@ -499,11 +501,13 @@ class Backend(_Model):
 
     @property
     def workload_identity(self) -> bool:
-        """It signs with the gateway's workload identity, having no credentials of its own."""
-        return (
-            self.credentials_ref is None
-            and self.provider == Provider.AWS_BEDROCK
-            and self.authentication == Authentication.SIG_V4
+        """It uses the gateway's workload identity, having no credentials of its own."""
+        return self.credentials_ref is None and (
+            self.provider == Provider.GCP_VERTEX_AI
+            or (
+                self.provider == Provider.AWS_BEDROCK
+                and self.authentication == Authentication.SIG_V4
+            )
         )
 
     # The same rules as the CEL above, for files checked offline by `switchyard plan`.
@@ -970,13 +974,16 @@ class DataPlane(_Model):
         max_length=253,
         pattern=DNS_SUBDOMAIN,
         description="The ServiceAccount, in the gateway's namespace, the Envoy Pods run as "
-        "(default: the namespace's default one). It is the gateway's workload identity: "
-        "AWSBedrock backends with authentication SigV4 and no credentialsRef sign with the "
+        "(default: the namespace's default one). It is the gateway's workload identity, for "
+        "backends with no credentialsRef. AWSBedrock (authentication SigV4) signs with the "
         "temporary credentials of the IAM role its eks.amazonaws.com/role-arn annotation "
         "names, which the operator obtains for it (a ServiceAccount token for audience "
-        "sts.amazonaws.com, exchanged with STS AssumeRoleWithWebIdentity, as IRSA does) and "
-        "renews before they expire. The ServiceAccount is the platform team's to create "
-        "and annotate; the operator does not create it.",
+        "sts.amazonaws.com, exchanged with STS AssumeRoleWithWebIdentity, as IRSA does). "
+        "GCPVertexAI sends access tokens of the Google service account its "
+        "iam.gke.io/gcp-service-account annotation names, which the operator asks IAM for "
+        "(generateAccessToken) as its own workload identity (the GKE metadata server). Both "
+        "are renewed before they expire. The ServiceAccount is the platform team's to "
+        "create and annotate; the operator does not create it.",
     )
 
     @model_validator(mode="after")

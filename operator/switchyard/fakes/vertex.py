@@ -15,8 +15,13 @@ URI, `iat` and `exp` at most an hour apart and not expired, and `scope` includin
 `invalid_scope`, `unsupported_grant_type`, `invalid_request`, 401 `unauthorized_client` for a
 `sub` other than the account). `GET /computeMetadata/v1/instance/service-accounts/default/token`
 (`Metadata-Flavor: Google` required, `X-Forwarded-For` refused, as on GKE) issues a token to
-the workload's account. Tokens expire after `token_lifetime` seconds; the control port expires
-or revokes them at once.
+the workload's account. IAM's `POST /v1/projects/-/serviceAccounts/{email}:generateAccessToken`
+(`{"scope": [...], "lifetime": "3600s"}`, a bearer token this issued) gives a token of
+`email` to a caller allowed to (roles/iam.serviceAccountTokenCreator: `token_creators`), as
+`{"accessToken", "expireTime"}`; else 401 UNAUTHENTICATED, or 403 PERMISSION_DENIED
+"Permission 'iam.serviceAccounts.getAccessToken' denied on resource (or it may not exist)."
+in Google's error format. Tokens expire after `token_lifetime` seconds; the control port
+expires or revokes them at once.
 
 FakeVertex accepts only unexpired tokens its FakeGoogleAuth issued, else 401 in Google's error
 format (`{"error": {"code": 401, "message": ..., "status": "UNAUTHENTICATED"}}`). It serves:
@@ -97,6 +102,8 @@ VERTEX_ANTHROPIC_VERSIONS = {
 VERTEX_REFUSED_FIELDS = frozenset(
     {"output_config", "context_management", "mcp_servers", "container", "service_tier"}
 )
+IAM_SCOPE = "https://www.googleapis.com/auth/iam"
+TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"  # RFC 3339, as Google writes times
 GOOGLE_STATUS = {
     400: "INVALID_ARGUMENT",
     401: "UNAUTHENTICATED",
@@ -284,6 +291,12 @@ class TokenStore:
 # --- the token endpoint and the metadata server
 
 
+def _google_error(status: int, kind: str, message: str) -> web.Response:
+    """An error as Google's APIs write it."""
+    payload = {"error": {"code": status, "message": message, "status": kind}}
+    return web.json_response(payload, status=status)
+
+
 @dataclass(frozen=True)
 class ServiceAccount:
     email: str
@@ -303,7 +316,8 @@ class FakeGoogleAuth(FakeProvider):
 
     service_accounts: key JSONs (as `gcloud iam service-accounts keys create` writes them) of
     the accounts it knows. metadata_account: the email of the account the metadata server
-    serves as `default` (workload identity); None, no metadata tokens. token_lifetime: seconds
+    serves as `default` (workload identity); None, no metadata tokens. token_creators: service
+    account email -> the accounts that may get its tokens from IAM. token_lifetime: seconds
     an issued token lives. Faults, records and the control port are FakeProvider's; the
     control port also has /tokens, /tokens/expire, /tokens/revoke, /token-lifetime."""
 
@@ -312,6 +326,7 @@ class FakeGoogleAuth(FakeProvider):
         service_accounts: Iterable[Mapping[str, Any]] = (),
         *,
         metadata_account: str | None = None,
+        token_creators: Mapping[str, Iterable[str]] | None = None,
         token_lifetime: int = 3599,
         host: str = "127.0.0.1",
         port: int = 0,
@@ -331,6 +346,7 @@ class FakeGoogleAuth(FakeProvider):
         for key_json in service_accounts:
             self.add_service_account(key_json)
         self.metadata_account = metadata_account
+        self.token_creators = {k: set(v) for k, v in (token_creators or {}).items()}
         self.token_lifetime = token_lifetime
         self.store = TokenStore("ya29.")
 
@@ -364,7 +380,49 @@ class FakeGoogleAuth(FakeProvider):
         accounts = "/computeMetadata/v1/instance/service-accounts/{account}"
         app.router.add_get(f"{accounts}/token", self._metadata_token)
         app.router.add_get(f"{accounts}/", self._metadata_info)
+        app.router.add_post(
+            "/v1/projects/-/serviceAccounts/{target}:generateAccessToken", self._generate
+        )
         return app
+
+    async def _generate(self, request: web.Request) -> web.Response:
+        """IAM Credentials' generateAccessToken, for a caller allowed to."""
+        target = request.match_info["target"]
+        authorization = request.headers.get("Authorization", "")
+        token = authorization.removeprefix("Bearer ")
+        issued = self.store.tokens.get(token)
+        # IAM takes a token scoped for it or for the whole platform (google-auth asks the
+        # metadata server for the former when it impersonates).
+        scoped = issued is not None and bool({CLOUD_PLATFORM, IAM_SCOPE} & set(issued.scopes))
+        if (
+            issued is None
+            or not authorization.startswith("Bearer ")
+            or not scoped
+            or not self.store.valid(token)
+        ):
+            return _google_error(
+                401, "UNAUTHENTICATED",
+                "Request had invalid authentication credentials. Expected OAuth 2 access token,"
+                " login cookie or other valid authentication credential.",
+            )  # fmt: skip
+        if issued.subject not in self.token_creators.get(target, set()):
+            return _google_error(
+                403, "PERMISSION_DENIED",
+                "Permission 'iam.serviceAccounts.getAccessToken' denied on resource (or it may"
+                " not exist).",
+            )  # fmt: skip
+        body = await request.json()
+        scopes = body.get("scope") if isinstance(body, dict) else None
+        if not isinstance(scopes, list) or not scopes:
+            return _google_error(400, "INVALID_ARGUMENT", "Scope required.")
+        issued_token = self.issue(target, [str(s) for s in scopes])
+        expires = time.gmtime(time.time() + self.token_lifetime)
+        return web.json_response(
+            {
+                "accessToken": issued_token,
+                "expireTime": time.strftime("%Y-%m-%dT%H:%M:%SZ", expires),
+            }
+        )
 
     def _authenticate(self, request: web.Request) -> None:
         """The grant authenticates itself."""

@@ -23,7 +23,7 @@ from switchyard.health.state import BackendHealth
 from switchyard.kube.secrets import SecretCache
 from switchyard.plan.gateway import ObjectKey, key_material
 from switchyard.providers import Exchange
-from switchyard.tokens import IdentitySource, MintingFailed, TokenMinter
+from switchyard.tokens import IdentitySource, MintingFailed, TokenMinter, is_workload_identity
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +41,7 @@ IN_DOUBT_SECONDS = 30.0
 @dataclass(frozen=True)
 class Credentials:
     """Where a backend's key is: a Secret's key, sent as it is or exchanged for a token; or,
-    for AWS_WEB_IDENTITY, the gateway's ServiceAccount (`secret`), whose identity is."""
+    for a workload identity's exchange, the gateway's ServiceAccount (`secret`)."""
 
     secret: ObjectKey
     key: str
@@ -68,7 +68,7 @@ class HealthMonitor:
         secrets: SecretCache,
         on_change: Callable[[ObjectKey], None],
         tokens: TokenMinter | None = None,
-        identities: Callable[[ObjectKey], IdentitySource] | None = None,
+        identities: Callable[[ObjectKey, Exchange], IdentitySource] | None = None,
     ) -> None:
         self._secrets = secrets
         self._tokens = tokens or TokenMinter()
@@ -237,8 +237,8 @@ class HealthMonitor:
             key = material.decode() if material is not None else None
             return await probe(session, watched.target, key)
         source = None
-        if credentials.exchange == Exchange.AWS_WEB_IDENTITY and self._identities is not None:
-            source = self._identities(credentials.secret)
+        if is_workload_identity(credentials.exchange) and self._identities is not None:
+            source = self._identities(credentials.secret, credentials.exchange)
         try:
             minted = await self._tokens.token(credentials.exchange, material, source)
         except MintingFailed as failure:
@@ -252,7 +252,7 @@ class HealthMonitor:
     async def _material(self, credentials: Credentials | None) -> bytes | None:
         if credentials is None:
             return None
-        if credentials.exchange == Exchange.AWS_WEB_IDENTITY:
+        if is_workload_identity(credentials.exchange):
             return identity.material(credentials.secret)
         data = await self._secrets.get(credentials.secret) or {}
         value = data.get(credentials.key)

@@ -249,7 +249,7 @@ async def start(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
         secrets,
         lambda gateway: sync.mark({gateway}),
         tokens,
-        lambda account: identity.identity_source(kube, account),
+        lambda account, exchange: identity.identity_source(kube, account, exchange),
     )
     sync = GatewaySync(store, kube, secrets, xds, pods, health, api_server, control, tokens)
     sync.network_policy = network_policy_peer(memo, pods)

@@ -36,7 +36,6 @@ from switchyard.plan.conditions import DesiredCondition, transitions
 from switchyard.plan.egress import ANY_CLUSTER, NOT_ALLOWED, ApiServer
 from switchyard.plan.gateway import GatewayPlan, ObjectKey, SecretKeys, key_material, plan_gateway
 from switchyard.plan.routing import EndpointPlan, PlanCache
-from switchyard.providers import Exchange
 from switchyard.render import deployment, envoy
 from switchyard.render.objects import (
     XdsPeer,
@@ -52,7 +51,7 @@ from switchyard.render.status import (
     programmed_condition,
     status_differs,
 )
-from switchyard.tokens import MintingFailed, TokenMinter
+from switchyard.tokens import MintingFailed, TokenMinter, is_workload_identity
 from switchyard.xds.server import FailedAttempt, XdsServer, gateway_of_node, node_of_gateway
 
 logger = logging.getLogger(__name__)
@@ -152,8 +151,8 @@ def _endpoint_targets(
         if ref:
             secret = (endpoint.namespace, ref.name)
             credentials = Credentials(secret, ref.key, backend.terms.exchange)
-        elif backend.workload_identity and account is not None:
-            credentials = Credentials(account, "", Exchange.AWS_WEB_IDENTITY)
+        elif backend.workload_identity is not None and account is not None:
+            credentials = Credentials(account, "", backend.workload_identity)
         host = urlsplit(backend.url).hostname or ""
         trusted = backend_tls.ca_bundle if backend_tls and backend_tls.covers(host) else None
         target = Target(
@@ -675,8 +674,8 @@ class GatewaySync:
         due = float("inf")
         for copy in plan.credentials:
             try:
-                if copy.exchange == Exchange.AWS_WEB_IDENTITY:
-                    source = identity.identity_source(self.kube, copy.source)
+                if copy.exchange is not None and is_workload_identity(copy.exchange):
+                    source = identity.identity_source(self.kube, copy.source, copy.exchange)
                     token = await self.tokens.token(
                         copy.exchange, identity.material(copy.source), source
                     )

@@ -14,9 +14,9 @@ from switchyard.api.models import ModelEndpointSpec, ModelGatewaySpec
 from switchyard.plan.conditions import DesiredCondition
 from switchyard.plan.egress import ANY_CLUSTER, NOT_ALLOWED, ApiServer, refusal
 from switchyard.plan.routing import (
-    WORKLOAD_IDENTITY_KEY,
     EndpointPlan,
     PlanCache,
+    workload_identity_key,
     zero_weight_tiers,
 )
 from switchyard.plan.selectors import namespace_admitted
@@ -71,8 +71,8 @@ def key_material(value: str) -> str:
 @dataclass(frozen=True)
 class CredentialCopy:
     """One key the gateway's credentials Secret takes from an endpoint's Secret: as it is,
-    or the token it is exchanged for (`exchange`). For AWS_WEB_IDENTITY, `source` is the
-    gateway's ServiceAccount instead, and `source_key` empty."""
+    or the token it is exchanged for (`exchange`). For a workload identity's exchange,
+    `source` is the gateway's ServiceAccount instead, and `source_key` empty."""
 
     target_key: str
     source: ObjectKey
@@ -354,11 +354,10 @@ def _credential_copies(
     for backend in plan.backends:
         if backend.unavailable_reason == NOT_ALLOWED:
             continue
-        if backend.workload_identity and gateway is not None and identity is not None:
+        exchange = backend.workload_identity
+        if exchange is not None and gateway is not None and identity is not None:
             account = (gateway.namespace, identity)
-            copies.append(
-                CredentialCopy(WORKLOAD_IDENTITY_KEY, account, "", Exchange.AWS_WEB_IDENTITY)
-            )
+            copies.append(CredentialCopy(workload_identity_key(exchange), account, "", exchange))
         ref = refs[backend.name]
         if ref is None or backend.credentials_key is None:
             continue

@@ -32,11 +32,8 @@ class BackendRoute:
     project: str | None = None
     region: str | None = None
     authentication: str = "APIKey"
-
-    @property
-    def workload_identity(self) -> bool:
-        """It signs with the gateway's workload identity (`WORKLOAD_IDENTITY_KEY`)."""
-        return self.credentials_key == WORKLOAD_IDENTITY_KEY
+    # How it authenticates as the gateway's workload identity, having no Secret.
+    workload_identity: Exchange | None = None
 
     @property
     def terms(self) -> Provider:
@@ -76,10 +73,6 @@ class EndpointPlan:
 
 # A Secret's data keys are at most 253 characters.
 MAX_SECRET_KEY = 253
-# The gateway Secret key that holds the temporary AWS credentials of the gateway's own
-# workload identity, which every backend that uses it shares. No namespace starts with `_`,
-# so it never clashes with a copied key.
-WORKLOAD_IDENTITY_KEY = "_" + Exchange.AWS_WEB_IDENTITY
 
 
 def credentials_key(namespace: str, secret: str, key: str, exchange: str | None = None) -> str:
@@ -91,6 +84,13 @@ def credentials_key(namespace: str, secret: str, key: str, exchange: str | None 
     if len(name) <= MAX_SECRET_KEY:
         return name
     return "sha256_" + hashlib.sha256(name.encode()).hexdigest()
+
+
+def workload_identity_key(exchange: Exchange) -> str:
+    """The gateway Secret key that holds what the gateway's own workload identity gets from
+    `exchange`, which every backend that uses it shares. No namespace starts with `_`, so it
+    never clashes with a copied key."""
+    return f"_{exchange}"
 
 
 def zero_weight_tiers(spec: ModelEndpointSpec) -> list[int]:
@@ -128,6 +128,10 @@ def plan_endpoint(
         return effective[backend.name] / tier_totals[backend.priority]
 
     ordered = sorted(spec.backends, key=lambda b: b.priority)  # stable: spec order within a tier
+
+    def workload_identity(b: Backend) -> Exchange | None:
+        return provider(b.provider, b.model, b.authentication).workload_identity
+
     routes = tuple(
         BackendRoute(
             name=b.name,
@@ -143,8 +147,8 @@ def plan_endpoint(
                     provider(b.provider, b.model, b.authentication).exchange,
                 )
                 if b.credentials_ref is not None
-                else WORKLOAD_IDENTITY_KEY
-                if b.workload_identity
+                else workload_identity_key(exchange)
+                if b.workload_identity and (exchange := workload_identity(b))
                 else None
             ),
             weight=b.weight,
@@ -155,6 +159,7 @@ def plan_endpoint(
             project=b.project,
             region=b.region,
             authentication=str(b.authentication),
+            workload_identity=workload_identity(b) if b.workload_identity else None,
         )
         for b in ordered
     )

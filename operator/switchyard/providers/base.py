@@ -41,6 +41,10 @@ class Exchange(StrEnum):
     # (audience sts.amazonaws.com) and exchanges with STS AssumeRoleWithWebIdentity for the
     # temporary credentials of the IAM role annotated on it, as IRSA does.
     AWS_WEB_IDENTITY = "AWSWebIdentity"
+    # No Secret: the Google service account annotated on the gateway's data-plane
+    # ServiceAccount (iam.gke.io/gcp-service-account), whose access tokens the operator asks
+    # IAM for (generateAccessToken) as its own workload identity (the GKE metadata server).
+    GOOGLE_WORKLOAD_IDENTITY = "GoogleWorkloadIdentity"
 
 
 @dataclass(frozen=True)
@@ -100,6 +104,8 @@ class Provider:
       whose API it does not serve natively is served; None: translated to `api`.
     cloud_errors: it answers errors in its cloud's format ({"message": ...}), not its API's,
       so the data plane rewrites them into the client's.
+    workload_identity: how a backend with no Secret authenticates, as its gateway's workload
+      identity; None: it needs a Secret.
     """
 
     name: str
@@ -117,6 +123,7 @@ class Provider:
     probe_body: bytes | None = None
     converse: ChatCall | None = None
     cloud_errors: bool = False
+    workload_identity: Exchange | None = None
 
     @property
     def request_headers(self) -> Mapping[str, str]:

@@ -10,7 +10,9 @@ Streamed answers come as AWS event-stream frames, which the data plane turns bac
 client's SSE. Errors come as `{"message": ...}`, rewritten into the client's format.
 
 Authentication: SigV4 (`authentication: SigV4`), each attempt signed by the data plane with
-the AWS shared-credentials file in the Secret; or a Bedrock API key as a bearer token.
+the AWS shared-credentials file in the Secret, or with no Secret the temporary credentials of
+the gateway's IRSA role (`Exchange.AWS_WEB_IDENTITY`); or a Bedrock API key as a bearer
+token.
 A Claude probe counts the tokens of a one-word message (CountTokens, which serves Claude
 only); any other model's lists the account's async invocations (ListAsyncInvokes). Both
 are signed as requests are: they prove the key and cost no tokens.
@@ -21,7 +23,15 @@ import json
 from dataclasses import replace
 from urllib.parse import quote
 
-from switchyard.providers.base import BEARER, ChatCall, ClientApi, Family, Placement, Provider
+from switchyard.providers.base import (
+    BEARER,
+    ChatCall,
+    ClientApi,
+    Exchange,
+    Family,
+    Placement,
+    Provider,
+)
 
 NAME = "AWSBedrock"
 ANTHROPIC_VERSION = "bedrock-2023-05-31"
@@ -65,8 +75,10 @@ CLAUDE_KEY = replace(
     body_fields={"anthropic_version": ANTHROPIC_VERSION, "stream": None},
     probe_body=PROBE_BODY,
 )
-CONVERSE_SIGNED = replace(CONVERSE_KEY, signing=SERVICE)
-CLAUDE_SIGNED = replace(CLAUDE_KEY, signing=SERVICE)
+# Signed; with no Secret, with the temporary credentials of the gateway's IRSA role.
+IRSA = Exchange.AWS_WEB_IDENTITY
+CONVERSE_SIGNED = replace(CONVERSE_KEY, signing=SERVICE, workload_identity=IRSA)
+CLAUDE_SIGNED = replace(CLAUDE_KEY, signing=SERVICE, workload_identity=IRSA)
 
 
 def _variant(model: str, authentication: str) -> Provider:

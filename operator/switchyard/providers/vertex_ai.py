@@ -1,5 +1,6 @@
 """Google Vertex AI, in a project and a region, with a bearer OAuth access token that the
-operator mints from the service-account key JSON in the Secret (`Exchange`).
+operator mints from the service-account key JSON in the Secret (`Exchange`), or with no
+Secret gets for the gateway's Google service account (`Exchange.GOOGLE_WORKLOAD_IDENTITY`).
 
 - Claude (`claude-sonnet-4@20250514`, as Vertex names it) speaks Anthropic's Messages API
   at `publishers/anthropic/models/<model>:rawPredict` (`:streamRawPredict` when streamed):
@@ -58,6 +59,7 @@ CLAUDE = Provider(
     body_fields={"anthropic_version": ANTHROPIC_VERSION},
     exchange=Exchange.GOOGLE_SERVICE_ACCOUNT,
     cloud_errors=True,
+    workload_identity=Exchange.GOOGLE_WORKLOAD_IDENTITY,
 )
 
 OPENAI_COMPATIBLE = Provider(
@@ -70,6 +72,7 @@ OPENAI_COMPATIBLE = Provider(
     other_apis=False,
     exchange=Exchange.GOOGLE_SERVICE_ACCOUNT,
     cloud_errors=True,
+    workload_identity=Exchange.GOOGLE_WORKLOAD_IDENTITY,
 )
 
 FAMILY = Family(NAME, lambda model, _: CLAUDE if is_claude(model) else OPENAI_COMPATIBLE)
