@@ -12,10 +12,11 @@ AZURE_FEDERATED_TOKEN_FILE names) stands in for it.
 A Bedrock or Vertex AI backend with no Secret uses its gateway's workload identity, which
 the shell reads from the gateway's data-plane ServiceAccount (`WorkloadIdentity`). On AWS,
 a token for that ServiceAccount is exchanged with botocore at STS (AssumeRoleWithWebIdentity,
-as IRSA does) for the temporary credentials of the IAM role annotated on it; the data plane
-gets them as a shared-credentials file. On Google Cloud, the operator's own workload identity
-(the GKE metadata server) asks IAM, with google-auth, for access tokens of the service
-account annotated on it (generateAccessToken).
+as IRSA does) for the temporary credentials of the IAM role annotated on it, or, with no role
+annotated, at the node's EKS Pod Identity agent for those of the role its Pod Identity
+association names; the data plane gets them as a shared-credentials file. On Google Cloud,
+the operator's own workload identity (the GKE metadata server) asks IAM, with google-auth,
+for access tokens of the service account annotated on it (generateAccessToken).
 
 A token is minted again once two thirds of its life has passed, which leaves the kubelet
 ample time to bring the new one into the Pods while the old one still works. A failed
@@ -36,7 +37,7 @@ import logging
 import os
 import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,8 +45,9 @@ from azure.core.exceptions import AzureError, ClientAuthenticationError
 from azure.identity import ClientSecretCredential, WorkloadIdentityCredential
 from botocore import UNSIGNED
 from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import BotoCoreError, ClientError, MetadataRetrievalError
 from botocore.session import get_session
+from botocore.utils import ContainerMetadataFetcher
 from google.auth import compute_engine, impersonated_credentials
 from google.auth import exceptions as google_exceptions
 from google.auth.transport.requests import Request
@@ -174,11 +176,13 @@ def _entra_id(material: bytes, now: float, forbidden: Forbidden) -> Minted:
 @dataclass(frozen=True)
 class WorkloadIdentity:
     """A gateway's workload identity, ready to exchange: whom it acts as (an IAM role's ARN,
-    a Google service account's email) and, where one is needed, a token that proves it."""
+    a Google service account's email; none: EKS Pod Identity's association decides) and,
+    where one is needed, a token that proves it; `account` names its ServiceAccount."""
 
     principal: str
     token: str = ""
     session_name: str = ""
+    account: str = ""
 
 
 # Reads a workload identity (and requests a fresh token for it); raises MintingFailed.
@@ -188,6 +192,48 @@ IdentitySource = Callable[[], Awaitable[WorkloadIdentity]]
 logging.getLogger("botocore").setLevel(logging.WARNING)
 # STS's own default; a role may allow up to 12 hours, never less than this.
 WEB_IDENTITY_SECONDS = 3600
+
+
+# Where the node's EKS Pod Identity agent answers, as botocore finds it in a Pod.
+EKS_POD_IDENTITY_URI = "http://169.254.170.23/v1/credentials"
+
+
+def _aws_workload_identity(identity: WorkloadIdentity, now: float) -> Minted:
+    if identity.principal:
+        return _aws_web_identity(identity, now)
+    # EKS Pod Identity, as a Pod's SDK asks the agent on its node (the operator's node here,
+    # AWS_CONTAINER_CREDENTIALS_FULL_URI naming another), with its ServiceAccount's token.
+    uri = os.environ.get("AWS_CONTAINER_CREDENTIALS_FULL_URI") or EKS_POD_IDENTITY_URI
+    try:
+        answer = ContainerMetadataFetcher().retrieve_full_uri(
+            uri, headers={"Authorization": identity.token}
+        )
+        credentials = {
+            "AccessKeyId": answer["AccessKeyId"],
+            "SecretAccessKey": answer["SecretAccessKey"],
+            "SessionToken": answer["Token"],
+            "Expiration": datetime.datetime.fromisoformat(answer["Expiration"]),
+        }
+    except (MetadataRetrievalError, ValueError, KeyError, TypeError) as error:
+        status = re.search(r"non 200 response (\d+)", str(error))
+        raise MintingFailed(
+            f"ServiceAccount {identity.account} has no eks.amazonaws.com/role-arn annotation "
+            "(IRSA), and EKS Pod Identity gave it no credentials"
+            + (f" (HTTP {status.group(1)}: is it in a Pod Identity association?)" if status else "")
+        ) from None
+    return _temporary_credentials(credentials, now)
+
+
+def _temporary_credentials(credentials: Mapping[str, Any], now: float) -> Minted:
+    """AWS temporary credentials as a shared-credentials file, minted again when due."""
+    text = (
+        "[default]\n"
+        f"aws_access_key_id = {credentials['AccessKeyId']}\n"
+        f"aws_secret_access_key = {credentials['SecretAccessKey']}\n"
+        f"aws_session_token = {credentials['SessionToken']}\n"
+    )
+    lifetime = credentials["Expiration"].timestamp() - time.time()
+    return Minted(text, now + lifetime, now + lifetime * REFRESH_AFTER)
 
 
 def _aws_web_identity(identity: WorkloadIdentity, now: float) -> Minted:
@@ -221,15 +267,7 @@ def _aws_web_identity(identity: WorkloadIdentity, now: float) -> Minted:
         raise MintingFailed("STS did not answer") from None
     finally:
         client.close()
-    credentials = answer["Credentials"]
-    text = (
-        "[default]\n"
-        f"aws_access_key_id = {credentials['AccessKeyId']}\n"
-        f"aws_secret_access_key = {credentials['SecretAccessKey']}\n"
-        f"aws_session_token = {credentials['SessionToken']}\n"
-    )
-    lifetime = credentials["Expiration"].timestamp() - time.time()
-    return Minted(text, now + lifetime, now + lifetime * REFRESH_AFTER)
+    return _temporary_credentials(answer["Credentials"], now)
 
 
 # Where IAM's generateAccessToken is, when not Google's public endpoint (Private Service
@@ -279,7 +317,7 @@ def _google_refusal(error: google_exceptions.RefreshError) -> str:
 
 
 _WORKLOAD_MINTERS: dict[Exchange, Callable[[WorkloadIdentity, float], Minted]] = {
-    Exchange.AWS_WEB_IDENTITY: _aws_web_identity,
+    Exchange.AWS_WORKLOAD_IDENTITY: _aws_workload_identity,
     Exchange.GOOGLE_WORKLOAD_IDENTITY: _google_workload_identity,
 }
 

@@ -287,16 +287,19 @@ def test_bedrock_errors_reach_each_client_in_its_format(lab: AwsLab) -> None:
 
 @contextmanager
 def running_sts(sts: FakeSTS) -> Iterator[FakeSTS]:
-    """The STS fake on a loop of its own, and the operator's AWS SDK pointed at it."""
+    """The STS fake (and EKS Pod Identity agent) on a loop of its own, and the operator's
+    AWS SDK pointed at it."""
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
     asyncio.run_coroutine_threadsafe(sts.start(), loop).result(10)
     os.environ["AWS_ENDPOINT_URL_STS"] = sts.url
+    os.environ["AWS_CONTAINER_CREDENTIALS_FULL_URI"] = f"{sts.url}/v1/credentials"
     try:
         yield sts
     finally:
         del os.environ["AWS_ENDPOINT_URL_STS"]
+        del os.environ["AWS_CONTAINER_CREDENTIALS_FULL_URI"]
         asyncio.run_coroutine_threadsafe(sts.stop(), loop).result(10)
         loop.call_soon_threadsafe(loop.stop)
         thread.join(10)
@@ -317,17 +320,23 @@ def _gateway_runs_as(lab: AwsLab, account: str | None) -> None:
 def test_bedrock_signs_as_the_gateways_workload_identity(lab: AwsLab) -> None:
     """No credentialsRef: the operator requests a token for the gateway's ServiceAccount and
     exchanges it at STS (AssumeRoleWithWebIdentity, as IRSA) for the IAM role annotated on
-    it; the data plane and the probes sign with those temporary credentials."""
+    it, or with none annotated at the EKS Pod Identity agent for its association's role; the
+    data plane and the probes sign with those temporary credentials."""
     discovery = json.loads(lab.cluster.kubectl("get", "--raw", "/.well-known/openid-configuration"))
     jwks = lab.cluster.kubectl("get", "--raw", "/openid/v1/jwks")
     role = "arn:aws:iam::123456789012:role/switchyard-bedrock"
     subject = f"system:serviceaccount:{lab.namespace}:bedrock-caller"
-    sts = FakeSTS(jwks, discovery["issuer"], {role: subject}, bedrocks=[lab.bedrock])
+    associations = {(lab.namespace, "pod-identity-caller"): role}
+    sts = FakeSTS(
+        jwks, discovery["issuer"], {role: subject}, bedrocks=[lab.bedrock],
+        associations=associations,
+    )  # fmt: skip
     accounts = [
         {"apiVersion": "v1", "kind": "ServiceAccount",
          "metadata": {"name": name, "namespace": lab.namespace, "annotations": annotations}}
         for name, annotations in (
             ("bedrock-caller", {"eks.amazonaws.com/role-arn": role}), ("no-role", {}),
+            ("pod-identity-caller", {}),
         )
     ]  # fmt: skip
     backend = lab.bedrock_backend(model=LLAMA)
@@ -354,12 +363,28 @@ def test_bedrock_signs_as_the_gateways_workload_identity(lab: AwsLab) -> None:
                 + [c.session_token or "" for c in sts.issued]
             )
 
-            # A ServiceAccount that names no role: the backend says why, and its traffic moves.
+            # No role annotated: EKS Pod Identity, whose association names the role.
+            _gateway_runs_as(lab, "pod-identity-caller")
+            lab.serve("bedrock-pod-identity", [backend])
+            lab.bedrock.forget_requests()
+            _ask_both_sdks(lab, "bedrock-pod-identity", LLAMA)
+            assert len(sts.issued) == 2
+            pod_identity = sts.issued[1]
+            for record in lab.bedrock.traffic():
+                assert (
+                    f"Credential={pod_identity.access_key_id}/"
+                    in record["headers"]["authorization"]
+                )
+
+            # Neither a role nor an association: the backend says why, and its traffic moves.
             _gateway_runs_as(lab, "no-role")
             lab.apply_endpoint("bedrock-no-role", [backend, lab.anthropic_backend()])
             reported = lab.backend_reported("bedrock-no-role", "bedrock", "CredentialsInvalid")
-            assert "no eks.amazonaws.com/role-arn annotation" in reported["message"]
-            assert f"{lab.namespace}/no-role" in reported["message"]
+            assert reported["message"] == (
+                f"ServiceAccount {lab.namespace}/no-role has no eks.amazonaws.com/role-arn "
+                "annotation (IRSA), and EKS Pod Identity gave it no credentials (HTTP 400: is it "
+                "in a Pod Identity association?)"
+            )
             lab.assert_served_only_by("bedrock-no-role", lab.claude.port)
         finally:
             _gateway_runs_as(lab, None)

@@ -37,7 +37,7 @@ pytestmark = pytest.mark.e2e
 
 GOOGLE = Exchange.GOOGLE_SERVICE_ACCOUNT
 ENTRA = Exchange.ENTRA_ID
-IRSA = Exchange.AWS_WEB_IDENTITY
+IRSA = Exchange.AWS_WORKLOAD_IDENTITY
 GKE = Exchange.GOOGLE_WORKLOAD_IDENTITY
 EMAIL = "minter@switchyard-lab.iam.gserviceaccount.com"
 LIFETIME = 600
@@ -266,6 +266,38 @@ def test_aws_workload_identity_is_exchanged_at_sts_and_refusals_named(
             with pytest.raises(MintingFailed, match=r"\(InvalidIdentityToken\)$"):
                 await tokens.token(IRSA, b"ai/aud", source("bedrock-caller", "switchyard"))
             assert len(sts.issued) == 1
+
+    asyncio.run(scenario())
+
+
+def test_aws_without_a_role_asks_eks_pod_identity_for_the_associations_role(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    issuer = Issuer()
+    role = "arn:aws:iam::123456789012:role/switchyard-bedrock"
+
+    async def scenario() -> None:
+        associations = {("ai", "bedrock-caller"): role}
+        async with FakeSTS(issuer.jwks(), issuer.issuer, {}, associations=associations) as sts:
+            monkeypatch.setenv("AWS_CONTAINER_CREDENTIALS_FULL_URI", f"{sts.url}/v1/credentials")
+            tokens = TokenMinter()
+
+            def source(account: str, audience: str = "pods.eks.amazonaws.com") -> IdentitySource:
+                async def read() -> WorkloadIdentity:
+                    token = issuer.token("ai", account, audience=audience)
+                    return WorkloadIdentity("", token, "switchyard", f"ai/{account}")
+
+                return read
+
+            minted = await tokens.token(IRSA, b"ai/bedrock-caller", source("bedrock-caller"))
+            [issued] = sts.issued
+            assert f"aws_session_token = {issued.session_token}" in minted.token
+            # The agent's credentials live 6 hours: minted again after 4, 2 before they end.
+            assert abs(minted.expires_at - minted.refresh_at - 2 * 3600) < 60
+            with pytest.raises(MintingFailed, match=r"^ServiceAccount ai/other has no .*HTTP 400"):
+                await tokens.token(IRSA, b"ai/other", source("other"))
+            with pytest.raises(MintingFailed, match=r"HTTP 400"):
+                await tokens.token(IRSA, b"ai/aud", source("bedrock-caller", "sts.amazonaws.com"))
 
     asyncio.run(scenario())
 

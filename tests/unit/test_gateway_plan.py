@@ -179,7 +179,7 @@ def test_a_bedrock_backend_without_credentials_signs_as_the_gateways_service_acc
     assert backend.workload_identity
     [copy] = plan.credentials
     assert (copy.target_key, copy.source, copy.exchange) == (
-        "_AWSWebIdentity", ("infra", "bedrock-caller"), "AWSWebIdentity",
+        "_AWSWorkloadIdentity", ("infra", "bedrock-caller"), "AWSWorkloadIdentity",
     )  # fmt: skip
 
 

@@ -482,8 +482,9 @@ class Backend(_Model):
         "Anthropic, GCPVertexAI and AWSBedrock, except that a GCPVertexAI backend, and an "
         "AWSBedrock one with authentication SigV4, may leave it out: it then uses the "
         "workload identity of each gateway it is attached to, from the ServiceAccount its "
-        "dataPlane.serviceAccountName names (AWS: the IAM role annotated on it, as IRSA; "
-        "Google: the service account annotated on it, as GKE workload identity).",
+        "dataPlane.serviceAccountName names (AWS: the IAM role annotated on it, as IRSA, "
+        "else its EKS Pod Identity association's; Google: the service account annotated on "
+        "it, as GKE workload identity).",
     )
     weight: int = Field(
         default=1,
@@ -978,7 +979,10 @@ class DataPlane(_Model):
         "backends with no credentialsRef. AWSBedrock (authentication SigV4) signs with the "
         "temporary credentials of the IAM role its eks.amazonaws.com/role-arn annotation "
         "names, which the operator obtains for it (a ServiceAccount token for audience "
-        "sts.amazonaws.com, exchanged with STS AssumeRoleWithWebIdentity, as IRSA does). "
+        "sts.amazonaws.com, exchanged with STS AssumeRoleWithWebIdentity, as IRSA does); "
+        "with no role annotated, those of the role of its EKS Pod Identity association (a "
+        "token for pods.eks.amazonaws.com, exchanged at the Pod Identity agent of the "
+        "operator's node). "
         "GCPVertexAI sends access tokens of the Google service account its "
         "iam.gke.io/gcp-service-account annotation names, which the operator asks IAM for "
         "(generateAccessToken) as its own workload identity (the GKE metadata server). Both "

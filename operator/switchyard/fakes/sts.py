@@ -19,6 +19,13 @@ and `nbf` not after now. Refusals are STS's, as XML `<ErrorResponse><Error><Type
   `1 validation error detected: ...` words; over the role's maximum session (3600 s by
   default): 400 ValidationError; another Action or Version: 400 InvalidAction.
 
+It is also an EKS Pod Identity agent: `GET /v1/credentials` with the ServiceAccount token
+(audience `pods.eks.amazonaws.com`, from the same issuer) as the whole `Authorization` header,
+answered for the role of that ServiceAccount's Pod Identity association (`associations`) as
+the agent answers a Pod: `{"AccessKeyId", "SecretAccessKey", "Token", "AccountId",
+"Expiration"}`, credentials that live 6 hours. A token that does not verify: 400; a
+ServiceAccount with no association: 400 with EKS Auth's ResourceNotFoundException message.
+
 The credentials it issues (`ASIA...` key id, a secret and a session token, expiring after
 DurationSeconds, 3600 by default) are registered with each FakeBedrock it was given, so that
 requests signed with them verify there, session token required.
@@ -47,6 +54,8 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from switchyard.fakes.bedrock import AwsCredentials, FakeBedrock
 
 AUDIENCE = "sts.amazonaws.com"
+POD_IDENTITY_AUDIENCE = "pods.eks.amazonaws.com"
+POD_IDENTITY_SECONDS = 6 * 3600
 VERSION = "2011-06-15"
 NAMESPACE = f"https://sts.amazonaws.com/doc/{VERSION}/"
 ROLE_ARN = re.compile(r"arn:aws:iam::(\d{12}):role/((?:[\w+=,.@-]+/)*)([\w+=,.@-]{1,64})")
@@ -72,6 +81,7 @@ class FakeSTS:
     jwks: the issuer's public keys (a JWKS, as JSON or parsed).
     roles: role ARN -> the token subject its trust policy allows (None: any subject).
     bedrocks: the fakes that are to accept the credentials issued.
+    associations: (namespace, ServiceAccount) -> the role EKS Pod Identity gives it.
     """
 
     def __init__(
@@ -83,7 +93,9 @@ class FakeSTS:
         max_session: int = 3600,
         host: str = "127.0.0.1",
         port: int = 0,
+        associations: dict[tuple[str, str], str] | None = None,
     ) -> None:
+        self.associations = dict(associations or {})
         self.keys = _public_keys(json.loads(jwks) if isinstance(jwks, str) else jwks)
         self.issuer = issuer
         self.roles = roles
@@ -96,6 +108,7 @@ class FakeSTS:
     async def start(self) -> None:
         app = web.Application()
         app.router.add_post("/", self._handle)
+        app.router.add_get("/v1/credentials", self._pod_identity)
         self._runner = web.AppRunner(app, handle_signals=False, access_log=None)
         await self._runner.setup()
         await web.TCPSite(self._runner, self.host, self.port).start()
@@ -136,6 +149,46 @@ class FakeSTS:
             content_type="text/xml",
             headers={"x-amzn-RequestId": ident},
         )
+
+    async def _pod_identity(self, request: web.Request) -> web.Response:
+        try:
+            claims = self._verify(request.headers.get("Authorization", ""), POD_IDENTITY_AUDIENCE)
+        except StsError as error:
+            return web.json_response({"message": error.message}, status=400)
+        subject = str(claims.get("sub", ""))
+        namespace, _, account = subject.removeprefix("system:serviceaccount:").partition(":")
+        role = self.associations.get((namespace, account))
+        if role is None:
+            message = (
+                "ResourceNotFoundException: No Pod Identity Association found for "
+                f"namespace {namespace} and service account {account}"
+            )
+            return web.json_response({"message": message}, status=400)
+        credentials = self._issue(POD_IDENTITY_SECONDS)
+        return web.json_response(
+            {
+                "AccessKeyId": credentials.access_key_id,
+                "SecretAccessKey": credentials.secret_access_key,
+                "Token": credentials.session_token,
+                "AccountId": role.split(":")[4],
+                "Expiration": time.strftime(
+                    "%Y-%m-%dT%H:%M:%SZ", time.gmtime(credentials.expires or 0)
+                ),
+            }
+        )
+
+    def _issue(self, duration: int) -> AwsCredentials:
+        """New temporary credentials, accepted by the Bedrock fakes from now on."""
+        credentials = AwsCredentials(
+            access_key_id="ASIA" + _random(string.ascii_uppercase + string.digits, 16),
+            secret_access_key=_random(string.ascii_letters + string.digits + "+/", 40),
+            session_token=base64.b64encode(secrets.token_bytes(96)).decode(),
+            expires=time.time() + duration,
+        )
+        self.issued.append(credentials)
+        for bedrock in self.bedrocks:
+            bedrock.add_credentials(credentials)
+        return credentials
 
     def _assume(self, form: dict[str, str], ident: str) -> str:
         action = form.get("Action")
@@ -191,15 +244,7 @@ class FakeSTS:
                 "The requested DurationSeconds exceeds the MaxSessionDuration set for this role.",
             )
         now = time.time()
-        credentials = AwsCredentials(
-            access_key_id="ASIA" + _random(string.ascii_uppercase + string.digits, 16),
-            secret_access_key=_random(string.ascii_letters + string.digits + "+/", 40),
-            session_token=base64.b64encode(secrets.token_bytes(96)).decode(),
-            expires=now + duration,
-        )
-        self.issued.append(credentials)
-        for bedrock in self.bedrocks:
-            bedrock.add_credentials(credentials)
+        credentials = self._issue(duration)
         account, role = arn.group(1), arn.group(3)
         expiration = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now + duration))
         role_id = "AROA" + _random(string.ascii_uppercase + string.digits, 17)
@@ -224,7 +269,7 @@ class FakeSTS:
             "</AssumeRoleWithWebIdentityResponse>\n"
         )
 
-    def _verify(self, token: str) -> dict[str, Any]:
+    def _verify(self, token: str, audience_wanted: str = AUDIENCE) -> dict[str, Any]:
         """The token's claims, once its signature, issuer, audience and times check."""
         invalid = StsError(
             400,
@@ -263,7 +308,7 @@ class FakeSTS:
             )
         audience = claims.get("aud")
         audiences = audience if isinstance(audience, list) else [audience]
-        if AUDIENCE not in audiences:
+        if audience_wanted not in audiences:
             raise StsError(400, "InvalidIdentityToken", "Incorrect token audience")
         now = int(time.time())
         expires = claims.get("exp")

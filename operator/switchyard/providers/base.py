@@ -40,7 +40,7 @@ class Exchange(StrEnum):
     # No Secret: the gateway's data-plane ServiceAccount, whose token the operator requests
     # (audience sts.amazonaws.com) and exchanges with STS AssumeRoleWithWebIdentity for the
     # temporary credentials of the IAM role annotated on it, as IRSA does.
-    AWS_WEB_IDENTITY = "AWSWebIdentity"
+    AWS_WORKLOAD_IDENTITY = "AWSWorkloadIdentity"
     # No Secret: the Google service account annotated on the gateway's data-plane
     # ServiceAccount (iam.gke.io/gcp-service-account), whose access tokens the operator asks
     # IAM for (generateAccessToken) as its own workload identity (the GKE metadata server).

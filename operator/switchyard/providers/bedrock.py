@@ -11,7 +11,7 @@ client's SSE. Errors come as `{"message": ...}`, rewritten into the client's for
 
 Authentication: SigV4 (`authentication: SigV4`), each attempt signed by the data plane with
 the AWS shared-credentials file in the Secret, or with no Secret the temporary credentials of
-the gateway's IRSA role (`Exchange.AWS_WEB_IDENTITY`); or a Bedrock API key as a bearer
+the gateway's IRSA role (`Exchange.AWS_WORKLOAD_IDENTITY`); or a Bedrock API key as a bearer
 token.
 A Claude probe counts the tokens of a one-word message (CountTokens, which serves Claude
 only); any other model's lists the account's async invocations (ListAsyncInvokes). Both
@@ -76,7 +76,7 @@ CLAUDE_KEY = replace(
     probe_body=PROBE_BODY,
 )
 # Signed; with no Secret, with the temporary credentials of the gateway's IRSA role.
-IRSA = Exchange.AWS_WEB_IDENTITY
+IRSA = Exchange.AWS_WORKLOAD_IDENTITY
 CONVERSE_SIGNED = replace(CONVERSE_KEY, signing=SERVICE, workload_identity=IRSA)
 CLAUDE_SIGNED = replace(CLAUDE_KEY, signing=SERVICE, workload_identity=IRSA)
 
