@@ -113,10 +113,20 @@ def _google_service_account(material: bytes, now: float, forbidden: Forbidden) -
         ) from None
     except google_exceptions.TransportError:
         raise MintingFailed("the service-account key's token_uri did not answer") from None
-    # google-auth gives the expiry by the wall clock; the minter's clock may be another.
+    return _minted(str(credentials.token), _google_expiry(credentials), now)
+
+
+def _minted(token: str, expires: float | None, now: float) -> Minted:
+    """A token that stops working at `expires` (seconds since the epoch by the wall clock;
+    None: in an hour), timed by the minter's clock, which may be another."""
+    lifetime = expires - time.time() if expires is not None else 3600
+    return Minted(token, now + lifetime, now + lifetime * REFRESH_AFTER)
+
+
+def _google_expiry(credentials: Any) -> float | None:
+    """google-auth's expiry: a naive datetime in UTC."""
     expiry: datetime.datetime | None = credentials.expiry
-    lifetime = expiry.replace(tzinfo=datetime.UTC).timestamp() - time.time() if expiry else 3600
-    return Minted(str(credentials.token), now + lifetime, now + lifetime * REFRESH_AFTER)
+    return expiry.replace(tzinfo=datetime.UTC).timestamp() if expiry else None
 
 
 def _oauth_error(error: google_exceptions.RefreshError) -> str:
@@ -169,8 +179,7 @@ def _entra_id(material: bytes, now: float, forbidden: Forbidden) -> Minted:
         ) from None
     except AzureError:
         raise MintingFailed("the Entra ID authority did not answer") from None
-    lifetime = token.expires_on - time.time()
-    return Minted(token.token, now + lifetime, now + lifetime * REFRESH_AFTER)
+    return _minted(token.token, token.expires_on, now)
 
 
 @dataclass(frozen=True)
@@ -232,8 +241,7 @@ def _temporary_credentials(credentials: Mapping[str, Any], now: float) -> Minted
         f"aws_secret_access_key = {credentials['SecretAccessKey']}\n"
         f"aws_session_token = {credentials['SessionToken']}\n"
     )
-    lifetime = credentials["Expiration"].timestamp() - time.time()
-    return Minted(text, now + lifetime, now + lifetime * REFRESH_AFTER)
+    return _minted(text, credentials["Expiration"].timestamp(), now)
 
 
 def _aws_web_identity(identity: WorkloadIdentity, now: float) -> Minted:
@@ -300,9 +308,7 @@ def _google_workload_identity(identity: WorkloadIdentity, now: float) -> Minted:
         ) from None
     except google_exceptions.TransportError:
         raise MintingFailed("the metadata server or IAM did not answer") from None
-    expiry: datetime.datetime | None = credentials.expiry
-    lifetime = expiry.replace(tzinfo=datetime.UTC).timestamp() - time.time() if expiry else 3600
-    return Minted(str(credentials.token), now + lifetime, now + lifetime * REFRESH_AFTER)
+    return _minted(str(credentials.token), _google_expiry(credentials), now)
 
 
 def _google_refusal(error: google_exceptions.RefreshError) -> str:

@@ -46,6 +46,18 @@ class GatewayLab:
             }
         )
 
+    def run_gateway_as(self, service_account: str | None) -> None:
+        """The lab's gateway with its data plane's ServiceAccount (its workload identity)."""
+        data_plane = {"serviceAccountName": service_account} if service_account else {}
+        self.cluster.apply(
+            {
+                "apiVersion": API_VERSION,
+                "kind": "ModelGateway",
+                "metadata": {"name": "gw", "namespace": self.namespace},
+                "spec": {"listener": {"port": 8080}, "dataPlane": data_plane},
+            }
+        )
+
     def serve(self, model: str, backends: list[dict[str, Any]]) -> None:
         """Apply an endpoint and wait until the gateway answers for its model."""
         self.apply_endpoint(model, backends)

@@ -31,7 +31,6 @@ from gatewaylab import (
     chat,
     send_sync,
 )
-from switchyard.api.models import API_VERSION
 from switchyard.fakes.sts import FakeSTS
 from tests_support.cluster import Cluster, eventually
 
@@ -305,18 +304,6 @@ def running_sts(sts: FakeSTS) -> Iterator[FakeSTS]:
         thread.join(10)
 
 
-def _gateway_runs_as(lab: AwsLab, account: str | None) -> None:
-    data_plane = {"serviceAccountName": account} if account else {}
-    lab.cluster.apply(
-        {
-            "apiVersion": API_VERSION,
-            "kind": "ModelGateway",
-            "metadata": {"name": "gw", "namespace": lab.namespace},
-            "spec": {"listener": {"port": 8080}, "dataPlane": data_plane},
-        }
-    )
-
-
 def test_bedrock_signs_as_the_gateways_workload_identity(lab: AwsLab) -> None:
     """No credentialsRef: the operator requests a token for the gateway's ServiceAccount and
     exchanges it at STS (AssumeRoleWithWebIdentity, as IRSA) for the IAM role annotated on
@@ -344,7 +331,7 @@ def test_bedrock_signs_as_the_gateways_workload_identity(lab: AwsLab) -> None:
     with running_sts(sts):
         lab.cluster.apply(*accounts)
         try:
-            _gateway_runs_as(lab, "bedrock-caller")
+            lab.run_gateway_as("bedrock-caller")
             lab.serve("bedrock-irsa", [backend])
             eventually(lambda: (lab.bedrock_status("bedrock-irsa") or {}).get("lastProbeTime"))
             assert "reason" not in lab.bedrock_status("bedrock-irsa")
@@ -364,20 +351,25 @@ def test_bedrock_signs_as_the_gateways_workload_identity(lab: AwsLab) -> None:
             )
 
             # No role annotated: EKS Pod Identity, whose association names the role.
-            _gateway_runs_as(lab, "pod-identity-caller")
+            lab.run_gateway_as("pod-identity-caller")
             lab.serve("bedrock-pod-identity", [backend])
+            eventually(lambda: len(sts.issued) == 2)
+            signed_with = f"Credential={sts.issued[1].access_key_id}/"
+
+            def signed_by_pod_identity() -> bool:
+                # The IRSA credentials still work until the new ones reach Envoy.
+                lab.bedrock.forget_requests()
+                send_sync(lab.chat_url, chat("bedrock-pod-identity"), 1, 1)
+                return signed_with in lab.bedrock.traffic()[-1]["headers"]["authorization"]
+
+            eventually(signed_by_pod_identity, timeout=30)
             lab.bedrock.forget_requests()
             _ask_both_sdks(lab, "bedrock-pod-identity", LLAMA)
-            assert len(sts.issued) == 2
-            pod_identity = sts.issued[1]
             for record in lab.bedrock.traffic():
-                assert (
-                    f"Credential={pod_identity.access_key_id}/"
-                    in record["headers"]["authorization"]
-                )
+                assert signed_with in record["headers"]["authorization"]
 
             # Neither a role nor an association: the backend says why, and its traffic moves.
-            _gateway_runs_as(lab, "no-role")
+            lab.run_gateway_as("no-role")
             lab.apply_endpoint("bedrock-no-role", [backend, lab.anthropic_backend()])
             reported = lab.backend_reported("bedrock-no-role", "bedrock", "CredentialsInvalid")
             assert reported["message"] == (
@@ -387,7 +379,7 @@ def test_bedrock_signs_as_the_gateways_workload_identity(lab: AwsLab) -> None:
             )
             lab.assert_served_only_by("bedrock-no-role", lab.claude.port)
         finally:
-            _gateway_runs_as(lab, None)
+            lab.run_gateway_as(None)
     # A gateway without one cannot lend its identity: refused in the endpoint's conditions.
     eventually(
         lambda: (

@@ -30,7 +30,6 @@ from gatewaylab import (
     send_sync,
     service_account_key_json,
 )
-from switchyard.api.models import API_VERSION
 from switchyard.tokens import IAM_CREDENTIALS_ENV
 from tests_support.cluster import Cluster, eventually
 from tests_support.metadata import METADATA_PORT
@@ -223,18 +222,6 @@ def test_no_key_or_token_anywhere_a_person_or_program_can_read(cloud: CloudLab) 
     cloud.assert_no_secret_readable([cloud.claude.api_key, private_key, *tokens])
 
 
-def _gateway_runs_as(cloud: CloudLab, account: str | None) -> None:
-    data_plane = {"serviceAccountName": account} if account else {}
-    cloud.cluster.apply(
-        {
-            "apiVersion": API_VERSION,
-            "kind": "ModelGateway",
-            "metadata": {"name": "gw", "namespace": cloud.namespace},
-            "spec": {"listener": {"port": 8080}, "dataPlane": data_plane},
-        }
-    )
-
-
 def test_vertex_takes_the_gateways_workload_identity(cloud: CloudLab) -> None:
     """No credentialsRef: the gateway's ServiceAccount names the Google service account it
     acts as; the operator, as its own workload identity (the metadata server), gets that
@@ -254,7 +241,7 @@ def test_vertex_takes_the_gateways_workload_identity(cloud: CloudLab) -> None:
     del backend["credentialsRef"]
     os.environ[IAM_CREDENTIALS_ENV] = f"http://{cloud.vertex.metadata_host}"
     try:
-        _gateway_runs_as(cloud, "vertex-caller")
+        cloud.run_gateway_as("vertex-caller")
         cloud.serve("vertex-wi", [backend])
         cloud.vertex.forget_requests()
         answer = cloud.openai().chat.completions.create(
@@ -270,17 +257,42 @@ def test_vertex_takes_the_gateways_workload_identity(cloud: CloudLab) -> None:
         assert sent == {GATEWAY_ACCOUNT}
 
         # An account the operator may not act as: the backend says why, and its traffic moves.
-        _gateway_runs_as(cloud, "stranger")
+        cloud.run_gateway_as("stranger")
         cloud.apply_endpoint("vertex-stranger", [backend, cloud.anthropic_backend()])
         reported = cloud.backend_reported("vertex-stranger", "vertex", "CredentialsInvalid")
         assert "IAM refused (PERMISSION_DENIED)" in reported["message"]
         cloud.assert_served_only_by("vertex-stranger", cloud.claude.port)
     finally:
         del os.environ[IAM_CREDENTIALS_ENV]
-        _gateway_runs_as(cloud, None)
+        cloud.run_gateway_as(None)
     eventually(
         lambda: (
             "spec.dataPlane.serviceAccountName"
             in json.dumps((cloud.endpoint("vertex-wi") or {}).get("status", {}).get("conditions"))
         )
     )
+
+
+def test_vertex_errors_reach_each_client_in_its_format(cloud: CloudLab) -> None:
+    """Vertex's own errors come in Google's format; each client gets its API's."""
+    cloud.serve("vertex-errors", [cloud.vertex_backend(CLAUDE)])
+    cloud.serve("gemini-errors", [cloud.vertex_backend(GEMINI, name="gemini")])
+    cloud.vertex.fault(status=400)
+    try:
+        with pytest.raises(anthropic.BadRequestError) as claude:
+            cloud.anthropic_sdk().messages.create(
+                model="vertex-errors", max_tokens=64, messages=[{"role": "user", "content": "hi"}]
+            )
+        body = claude.value.response.json()
+        assert body["type"] == "error"
+        assert body["error"] == {"type": "invalid_request_error", "message": "injected fault"}
+        with pytest.raises(openai.BadRequestError) as gemini:
+            cloud.openai().chat.completions.create(
+                model="gemini-errors", messages=[{"role": "user", "content": "hi"}]
+            )
+        error = gemini.value.response.json()["error"]
+        assert (error["type"], error["code"], error["message"]) == (
+            "invalid_request_error", "INVALID_ARGUMENT", "injected fault",
+        )  # fmt: skip
+    finally:
+        cloud.vertex.heal()

@@ -444,7 +444,10 @@ local function error_message(text)
   if ok and json.is_array(body) then body = body[1] end
   if ok and type(body) == "table" then
     local inner = type(body.error) == "table" and body.error or body
-    if is_string(inner.message) then return inner.message, inner.type or inner.code end
+    -- Google's errors name their kind in `status` (INVALID_ARGUMENT, RESOURCE_EXHAUSTED).
+    if is_string(inner.message) then
+      return inner.message, inner.type or inner.status or inner.code
+    end
   end
   return text ~= "" and text or "the provider answered with an error", nil
 end
