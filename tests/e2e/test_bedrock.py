@@ -357,10 +357,12 @@ def test_bedrock_signs_as_the_gateways_workload_identity(lab: AwsLab) -> None:
             signed_with = f"Credential={sts.issued[1].access_key_id}/"
 
             def signed_by_pod_identity() -> bool:
-                # The IRSA credentials still work until the new ones reach Envoy.
+                # The IRSA credentials still work until the new ones reach Envoy, and each
+                # of its workers reads them again within a second.
                 lab.bedrock.forget_requests()
-                send_sync(lab.chat_url, chat("bedrock-pod-identity"), 1, 1)
-                return signed_with in lab.bedrock.traffic()[-1]["headers"]["authorization"]
+                send_sync(lab.chat_url, chat("bedrock-pod-identity"), 8, 4)
+                signatures = [r["headers"]["authorization"] for r in lab.bedrock.traffic()]
+                return all(signed_with in signature for signature in signatures)
 
             eventually(signed_by_pod_identity, timeout=30)
             lab.bedrock.forget_requests()
