@@ -429,16 +429,32 @@ def restart(directory: Path, component: str, down_seconds: float = 0.0) -> None:
         time.sleep(0.05)
     time.sleep(down_seconds)
     logs = directory / "logs"
-    process = subprocess.Popen(
-        state["commands"][component],
-        stdout=(logs / f"{component}.log").open("ab"),
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    state["pids"][component] = process.pid
-    cluster.state_file.write_text(json.dumps(state))
-    if component == "kube-apiserver":
-        _wait_ready(state["server"], directory / "pki", {component: process}, logs)
+    # Its port is free once it is dead, and in the ephemeral range: until it listens again,
+    # a client's connection attempt to it (the readiness poll's, the controller manager's)
+    # can be given that very port as its own and connect to itself, holding it for a
+    # moment. Start again until it binds, as a kubelet would restart a crashed Pod.
+    deadline = time.monotonic() + 60
+    log = logs / f"{component}.log"
+    while True:
+        written = log.stat().st_size if log.exists() else 0
+        process = subprocess.Popen(
+            state["commands"][component],
+            stdout=log.open("ab"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        state["pids"][component] = process.pid
+        cluster.state_file.write_text(json.dumps(state))
+        if component != "kube-apiserver":
+            return
+        try:
+            _wait_ready(state["server"], directory / "pki", {component: process}, logs)
+            return
+        except RuntimeError:
+            this_start = log.read_bytes()[written:]
+            if b"address already in use" not in this_start or time.monotonic() > deadline:
+                raise
+            time.sleep(1)
 
 
 def compact_etcd(directory: Path) -> int:
