@@ -388,7 +388,8 @@ class AzureEntraProcess(TokenIssuingProcess):
             SWITCHYARD, "fake-provider", "--provider", "AzureOpenAI", "--port", str(self.port),
             "--control-port", str(self.control_port), "--model", model,
             "--entra-tenant", self.tenant, "--entra-client-id", self.client_id,
-            "--entra-client-secret", self.client_secret, "--entra-port", str(self.entra_port),
+            # One flag, "=": token_urlsafe makes a secret that starts with "-" now and then.
+            f"--entra-client-secret={self.client_secret}", "--entra-port", str(self.entra_port),
             "--entra-tls-cert", str(certificate), "--entra-tls-key", str(key),
             "--stream-chunk-delay", str(chunk_delay), "--host", host,
         ]  # fmt: skip

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+import secrets
 import subprocess
 import time
 import urllib.error
@@ -386,3 +387,11 @@ def test_only_azure_openai_takes_entra_tokens() -> None:
 
     with pytest.raises(ValueError, match="only AzureOpenAI takes Entra ID tokens"):
         FakeProvider("OpenAI", "sk", entra=Issuer())
+
+
+def test_a_client_secret_that_starts_with_a_dash_is_the_secret_not_a_flag() -> None:
+    process = AzureEntraProcess(DEPLOYMENT, client_secret="-" + secrets.token_urlsafe(20))
+    try:
+        assert mint(process)
+    finally:
+        process.stop()
