@@ -251,8 +251,8 @@ def test_an_envoy_gateway_gets_its_deployment_service_and_bootstrap(scenario: Sc
     assert service is not None
     assert service["spec"]["ports"][0]["port"] == 9000
 
-    programmed = condition(scenario.gateway(), "Programmed")
-    assert programmed is not None
+    # Written at the end of the pass that applied these, or by the next one.
+    programmed = eventually(lambda: condition(scenario.gateway(), "Programmed"))
     assert (programmed["status"], programmed["reason"]) == ("False", "NoDataPlane")
 
     # Drift is repaired: a deleted Service comes back, an edited Deployment is restored.
