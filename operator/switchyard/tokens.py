@@ -105,14 +105,27 @@ def _google_service_account(material: bytes, now: float, forbidden: Forbidden) -
     # operator connects, so the places no backend may be are no token endpoint either.
     if why := forbidden(str(info["token_uri"])):
         raise MintingFailed(f"the service-account key's token_uri is refused: {why}")
+    return _google_token(
+        credentials,
+        now,
+        lambda error: f"the token endpoint refused the service-account key ({_oauth_error(error)})",
+        "the service-account key's token_uri did not answer",
+    )
+
+
+def _google_token(
+    credentials: Any,
+    now: float,
+    refused: Callable[[google_exceptions.RefreshError], str],
+    unanswered: str,
+) -> Minted:
+    """google-auth's credentials refreshed into a token, or why not, in the caller's words."""
     try:
         credentials.refresh(_TimedRequest())
     except google_exceptions.RefreshError as error:
-        raise MintingFailed(
-            f"the token endpoint refused the service-account key ({_oauth_error(error)})"
-        ) from None
+        raise MintingFailed(refused(error)) from None
     except google_exceptions.TransportError:
-        raise MintingFailed("the service-account key's token_uri did not answer") from None
+        raise MintingFailed(unanswered) from None
     return _minted(str(credentials.token), _google_expiry(credentials), now)
 
 
@@ -300,15 +313,12 @@ def _google_workload_identity(identity: WorkloadIdentity, now: float) -> Minted:
         lifetime=3600,
         iam_endpoint_override=endpoint,
     )
-    try:
-        credentials.refresh(_TimedRequest())  # type: ignore[no-untyped-call]
-    except google_exceptions.RefreshError as error:
-        raise MintingFailed(
-            f"no access token for {identity.principal}: {_google_refusal(error)}"
-        ) from None
-    except google_exceptions.TransportError:
-        raise MintingFailed("the metadata server or IAM did not answer") from None
-    return _minted(str(credentials.token), _google_expiry(credentials), now)
+    return _google_token(
+        credentials,
+        now,
+        lambda error: f"no access token for {identity.principal}: {_google_refusal(error)}",
+        "the metadata server or IAM did not answer",
+    )
 
 
 def _google_refusal(error: google_exceptions.RefreshError) -> str:
