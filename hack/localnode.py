@@ -183,6 +183,21 @@ def _link(holder: int) -> None:
         _ip("route", "add", cidr, "via", NODE_IP, "dev", HOST_LINK)
 
 
+def _remove_host_link() -> None:
+    """The kernel tears a network namespace down after its last process has exited, in the
+    background, and the veth pair (with the host's routes through it) goes only then: delete
+    the host's end now, which deletes both, rather than leave it for a moment or longer."""
+    try:
+        _ip("link", "delete", HOST_LINK)
+    except RuntimeError:
+        if _link_exists(HOST_LINK):
+            raise  # not merely gone with the namespace already
+
+
+def _link_exists(name: str) -> bool:
+    return subprocess.run(["ip", "link", "show", "dev", name], capture_output=True).returncode == 0
+
+
 def _ip(*args: str) -> None:
     done = subprocess.run(["ip", *args], capture_output=True, text=True)
     if done.returncode != 0:
@@ -226,11 +241,13 @@ def stop(layout: Path | Layout) -> None:
                 time.sleep(0.05)
             _reap(state[key])
         node.state_file.unlink()
-    # The namespaces are gone with their processes, and so are the link, the bridge, the
-    # iptables chains and every mount. Cgroups and kernel settings are the machine's: put
-    # back only by the node that holds the machine (a stale one's run could not clean up).
+    # The namespaces are gone with their processes, and so are the bridge, the iptables
+    # chains and every mount. Cgroups, kernel settings and the host's end of the link are the
+    # machine's: put back only by the node that holds the machine (a stale one's run could
+    # not clean up).
     owner = Path(OWNER.read_text().strip()) if OWNER.exists() else None
     if owner in (None, node.root.parent):
+        _remove_host_link()
         _remove_cgroup_root()
         _restore_kernel_settings(node)
         OWNER.unlink(missing_ok=True)
