@@ -45,6 +45,8 @@ from switchyard.plan.clients import ClientsPlan, TokenIssuer
 from switchyard.plan.gateway import GatewayPlan
 from switchyard.plan.routing import BackendRoute, EndpointPlan
 from switchyard.providers import API_PATHS, PROVIDERS, ChatCall, ClientApi, Provider
+from switchyard.providers.usage import ALL_FIELDS as ALL_USAGE_FIELDS
+from switchyard.providers.usage import ANSWER_LOG, FIRST_EVENT_KEY, USAGE_NAMESPACE
 
 TYPE = "type.googleapis.com/"
 CLUSTER_TYPE = TYPE + "envoy.config.cluster.v3.Cluster"
@@ -151,6 +153,19 @@ def _lua_byte(byte: int) -> str:
 @functools.cache
 def _original_path_lua() -> str:
     return lua_program("original_path.lua", {"metadata_namespace": METADATA_NAMESPACE})
+
+
+@functools.cache
+def _usage_meter_lua() -> str:
+    return lua_program(
+        "usage_meter.lua",
+        {
+            "metadata_namespace": METADATA_NAMESPACE,
+            "usage_namespace": USAGE_NAMESPACE,
+            "first_event_key": FIRST_EVENT_KEY,
+            "openai_path": "/v1" + API_PATHS[ClientApi.OPENAI],
+        },
+    )
 
 
 @functools.cache
@@ -460,7 +475,11 @@ def _listener(port: int, clients_checked: bool) -> dict[str, Any]:
             _model_to_metadata(),
             # The clients filter keeps the original path itself.
             *(checks or [_lua("original_path", _original_path_lua())]),
+            _lua("usage_meter", _usage_meter_lua()),
             _lua("provider_refusal", _provider_refusal_lua()),
+            # Answers pass the filters in reverse: the stream's usage is read before the
+            # meter takes away what the client did not ask for.
+            _usage_from_streams(),
             _router(),
         ],
         "rds": {
@@ -468,7 +487,7 @@ def _listener(port: int, clients_checked: bool) -> dict[str, Any]:
             "route_config_name": ROUTE_CONFIG_NAME,
         },
         "local_reply_config": _local_replies(),
-        "access_log": [_access_record(), _client_counters()],
+        "access_log": [_access_record(), _client_counters(), _usage_record()],
     }
     listener = _http_listener(f"switchyard-{port}", port, manager)
     return {**listener, "per_connection_buffer_limit_bytes": MAX_REQUEST_BYTES}
@@ -575,6 +594,23 @@ def _router() -> dict[str, Any]:
             ]
         }
     }
+    report = _report_to_operator(DATA_PLANE_LOG, flush_seconds=0.05, buffer_bytes=1)
+    report["filter"] = worth_reporting
+    report["typed_config"]["additional_response_headers_to_log"] = ["retry-after"]
+    return {
+        "name": "envoy.filters.http.router",
+        "typed_config": {
+            "@type": TYPE + "envoy.extensions.filters.http.router.v3.Router",
+            "upstream_http_filters": _upstream_filters(),
+            "upstream_log": [report],
+        },
+    }
+
+
+def _report_to_operator(log_name: str, flush_seconds: float, buffer_bytes: int) -> dict[str, Any]:
+    """A gRPC access log to the operator over the xDS connection's cluster, each entry
+    tagged with the backend (the chosen host's metadata); sent once `buffer_bytes` gather,
+    or every `flush_seconds`."""
     backend_tag = {
         "tag": "backend",
         "metadata": {
@@ -583,31 +619,26 @@ def _router() -> dict[str, Any]:
         },
     }
     return {
-        "name": "envoy.filters.http.router",
+        "name": "envoy.access_loggers.http_grpc",
         "typed_config": {
-            "@type": TYPE + "envoy.extensions.filters.http.router.v3.Router",
-            "upstream_http_filters": _upstream_filters(),
-            "upstream_log": [
-                {
-                    "name": "envoy.access_loggers.http_grpc",
-                    "filter": worth_reporting,
-                    "typed_config": {
-                        "@type": TYPE
-                        + "envoy.extensions.access_loggers.grpc.v3.HttpGrpcAccessLogConfig",
-                        "common_config": {
-                            "log_name": DATA_PLANE_LOG,
-                            "grpc_service": {"envoy_grpc": {"cluster_name": XDS_CLUSTER}},
-                            "transport_api_version": "V3",
-                            "buffer_flush_interval": "0.05s",
-                            "buffer_size_bytes": 1,
-                            "custom_tags": [backend_tag],
-                        },
-                        "additional_response_headers_to_log": ["retry-after"],
-                    },
-                }
-            ],
+            "@type": TYPE + "envoy.extensions.access_loggers.grpc.v3.HttpGrpcAccessLogConfig",
+            "common_config": {
+                "log_name": log_name,
+                "grpc_service": {"envoy_grpc": {"cluster_name": XDS_CLUSTER}},
+                "transport_api_version": "V3",
+                "buffer_flush_interval": duration(flush_seconds),
+                "buffer_size_bytes": buffer_bytes,
+                "custom_tags": [backend_tag],
+            },
         },
     }
+
+
+def _usage_record() -> dict[str, Any]:
+    """Every answer a backend gave, to the operator's accounting: its dynamic metadata
+    carries the client and the usage, its timings the latency. Batched: at most a second
+    late, or 64 KB at a time."""
+    return _report_to_operator(ANSWER_LOG, flush_seconds=1.0, buffer_bytes=65536)
 
 
 def _model_to_metadata() -> dict[str, Any]:
@@ -631,6 +662,15 @@ def _model_to_metadata() -> dict[str, Any]:
                         "selectors": [{"key": "stream"}],
                         "on_present": {"metadata_namespace": METADATA_NAMESPACE, "key": "stream"},
                     },
+                    # Whether an OpenAI client asked for its stream's usage (else the gateway
+                    # asks, and takes the answer's usage event away: usage_meter.lua).
+                    {
+                        "selectors": [{"key": "stream_options"}, {"key": "include_usage"}],
+                        "on_present": {
+                            "metadata_namespace": METADATA_NAMESPACE,
+                            "key": "usage_asked",
+                        },
+                    },
                 ],
                 # curl -d sends a form content type; read JSON whatever the label says.
                 "allow_content_types": [
@@ -640,7 +680,62 @@ def _model_to_metadata() -> dict[str, Any]:
                 ],
                 "allow_empty_content_type": True,
             },
+            # A whole answer's usage, in the client's API (any translation is done by now).
+            "response_rules": {"rules": [rule for rule, _ in _usage_rules()]},
         },
+    }
+
+
+def _usage_rules() -> list[tuple[dict[str, Any], int]]:
+    """json_to_metadata rules for every usage field's every path, each with how many
+    events of a stream it is read from (0: all, the last one winning)."""
+    rules = []
+    for usage_field in ALL_USAGE_FIELDS:
+        for path in usage_field.paths:
+            action: dict[str, Any] = {
+                "metadata_namespace": USAGE_NAMESPACE,
+                "key": usage_field.key,
+                "type": "NUMBER" if usage_field.number else "STRING",
+            }
+            rule = {"selectors": [{"key": key} for key in path], "on_present": action}
+            rules.append((rule, 0 if usage_field.number else 1))
+    return rules
+
+
+def _usage_from_streams() -> dict[str, Any]:
+    """A streamed answer's usage, event by event as it passes: nothing is held back."""
+    return {
+        "name": "envoy.filters.http.sse_to_metadata",
+        "typed_config": newer_than_protos(
+            "envoy.extensions.filters.http.sse_to_metadata.v3.SseToMetadata",
+            response_rules={
+                "content_parser": {
+                    "name": "envoy.content_parsers.json",
+                    "typed_config": {
+                        "@type": TYPE
+                        + "envoy.extensions.content_parsers.json.v3.JsonContentParser",
+                        "rules": [
+                            {"rule": rule, "stop_processing_after_matches": matches}
+                            for rule, matches in _usage_rules()
+                        ],
+                    },
+                },
+                # An event this big is not parsed (a long tool call's arguments, say); it
+                # still reaches the client. Usage events are a few hundred bytes.
+                "max_event_size": 65536,
+            },
+        ),
+    }
+
+
+def newer_than_protos(type_name: str, **fields: Any) -> dict[str, Any]:
+    """An extension's config the operator's protobuf descriptors predate (Envoy has it, the
+    xds-protos package not yet): as a TypedStruct, which Envoy converts into `type_name`
+    and validates on load. Fields as protobuf JSON; nested `@type`s are Envoy's to resolve."""
+    return {
+        "@type": "type.googleapis.com/xds.type.v3.TypedStruct",
+        "type_url": TYPE + type_name,
+        "value": fields,
     }
 
 

@@ -24,3 +24,4 @@ from envoy.extensions.retry.priority.previous_priorities.v3 import (  # noqa: F4
 from envoy.extensions.transport_sockets.raw_buffer.v3 import raw_buffer_pb2  # noqa: F401
 from envoy.extensions.transport_sockets.tls.v3 import tls_pb2  # noqa: F401
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2  # noqa: F401
+from xds.type.v3 import typed_struct_pb2  # noqa: F401  (extensions newer than these protos)

@@ -145,10 +145,10 @@ local function member_name(raw)
   return table.concat(parts)
 end
 
--- Where the values of the top-level object's `model` members are: a list of
+-- Where the values of the top-level object's members called `wanted` are: a list of
 -- {first, past} byte ranges, usually one (JSON parsers disagree on which duplicate wins,
 -- so every one is rewritten).
-local function top_level_models(text)
+local function top_level_members(text, wanted)
   local found = {}
   local position = 1
   if string.sub(text, 1, 3) == "\239\187\191" then position = 4 end -- a UTF-8 BOM
@@ -166,7 +166,7 @@ local function top_level_models(text)
     if string.sub(text, position, position) ~= ":" then fail(position, "':' expected") end
     local value_first = skip_space(text, position + 1)
     local value_past = skip_value(text, value_first)
-    if name == "model" then found[#found + 1] = {value_first, value_past} end
+    if name == wanted then found[#found + 1] = {value_first, value_past} end
     position = skip_space(text, value_past)
     local delimiter = string.sub(text, position, position)
     if delimiter == "}" then return found end
@@ -189,7 +189,7 @@ end
 
 -- `text` with the value of every top-level `model` member replaced by `model`.
 local function with_model(text, model)
-  local spans = top_level_models(text)
+  local spans = top_level_members(text, "model")
   if #spans == 0 then error("the request body has no top-level model", 0) end
   local parts, position = {}, 1
   for _, span in ipairs(spans) do
@@ -199,6 +199,17 @@ local function with_model(text, model)
   end
   parts[#parts + 1] = string.sub(text, position)
   return table.concat(parts)
+end
+
+-- `text` with `"stream_options":{"include_usage":true}` as its first member; nil when it has
+-- stream_options of its own (a second member of that name would be read either way).
+local function with_usage_asked(text)
+  if #top_level_members(text, "stream_options") > 0 then return nil end
+  local open = string.find(text, "{", 1, true) -- the object's own: the scan checked the body
+  local next_member = skip_space(text, open + 1)
+  local separator = string.sub(text, next_member, next_member) == "}" and "" or ","
+  return string.sub(text, 1, open) .. '"stream_options":{"include_usage":true}' .. separator
+    .. string.sub(text, open + 1)
 end
 
 -- The chat API a client path speaks ("openai" or "anthropic"), nil for any other path.
@@ -212,13 +223,21 @@ end
 
 -- The body decoded, translated from the client's API to the backend's when they differ,
 -- given the backend's model (none when its path names it) and fields, and encoded again.
-local function rewritten_body(handle, from, to, model, model_in_path, fields)
+local function rewritten_body(handle, from, to, model, model_in_path, fields, ask_usage)
   local body = handle:body()
   local request = json.decode(body:getBytes(0, body:length()))
   if type(request) ~= "table" or json.is_array(request) then error("the request body is not a JSON object", 0) end
   local rewritten, context = request, {}
   if from ~= to then
     rewritten, context = translate.request(from, to, request, config.default_max_tokens)
+  end
+  if ask_usage then
+    if from == to then
+      local options = type(rewritten.stream_options) == "table" and rewritten.stream_options or {}
+      options.include_usage = true
+      rewritten.stream_options = options
+    end
+    context.usage = true -- a translated stream reports it as the client's API does
   end
   if model_in_path then
     rewritten.model = nil
@@ -230,6 +249,24 @@ local function rewritten_body(handle, from, to, model, model_in_path, fields)
   end
   body:setBytes(json.encode(rewritten))
   return context
+end
+
+-- The backend's model and the request for stream usage written into the client's body as it
+-- is, bytes the client sent kept; false when the body must be decoded instead (it has
+-- stream_options of its own).
+local function edited_in_place(handle, model, asked, ask_usage)
+  local renamed = model ~= nil and model ~= "" and asked ~= nil and model ~= asked
+  if not renamed and not ask_usage then return true end
+  local body = handle:body()
+  if body == nil or body:length() == 0 then return true end
+  local text = body:getBytes(0, body:length())
+  if ask_usage then
+    text = with_usage_asked(text)
+    if text == nil then return false end
+  end
+  if renamed then text = with_model(text, model) end
+  body:setBytes(text)
+  return true
 end
 
 -- Sign the attempt as it now stands (path, host, body) with SigV4: `signing` is
@@ -314,21 +351,18 @@ local function shape(handle)
   metadata:set(config.metadata_namespace, "answer_api", translating and api or "")
   metadata:set(config.metadata_namespace, "answer_model", model or "")
   metadata:set(config.metadata_namespace, "cloud_errors", cloud_errors and "1" or "")
-  if translating or chat_call ~= "" or fields ~= "" then
-    headers:replace("content-type", "application/json")
+  -- An OpenAI stream reports usage only when asked: the gateway asks, to count the tokens,
+  -- and usage_meter.lua takes the answer's usage event away again.
+  local ask_usage = spoken == "openai" and client["stream"] == true and client["usage_asked"] ~= true
+  if translating or chat_call ~= "" or fields ~= ""
+     or not edited_in_place(handle, model, client["model"], ask_usage) then
+    -- Fetched again: the body may have been read since.
+    handle:headers():replace("content-type", "application/json")
     local context = rewritten_body(handle, spoken or api, api, model, chat_call ~= "",
-                                   fields ~= "" and json.decode(fields) or {})
+                                   fields ~= "" and json.decode(fields) or {}, ask_usage)
     -- Fetched again: what was fetched before the body was read is out of scope now.
     handle:streamInfo():dynamicMetadata():set(config.metadata_namespace, "stream_usage",
                                               context.usage and "1" or "")
-  else
-    local asked = client["model"]
-    if model ~= nil and model ~= "" and asked ~= nil and model ~= asked then
-      local body = handle:body()
-      if body ~= nil and body:length() > 0 then
-        body:setBytes(with_model(body:getBytes(0, body:length()), model))
-      end
-    end
   end
   if signing ~= "" then sign(handle, signing, host, secret) end
 end

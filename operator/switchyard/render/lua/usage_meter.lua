@@ -1,0 +1,61 @@
+-- Two things about a streamed answer that Envoy's own filters cannot see: when its first
+-- event reached the client (time to first token), and, for an OpenAI client that did not
+-- ask for stream usage, the usage event the gateway asked for on its behalf (the backend
+-- shaper did, to count the tokens; sse_to_metadata has read it by now). That event is taken
+-- away, so the client gets the stream it asked for. Every other answer passes untouched:
+-- one call of this filter, no body read.
+--
+-- `config` is a table the renderer (render/envoy.py) puts in front of this file, on its
+-- first line so that line numbers in Lua's errors still match this file:
+--   config.metadata_namespace   dynamic metadata namespace: the client's `path`, `stream`
+--                               and `usage_asked` (stream_options.include_usage)
+--   config.usage_namespace      where the answer's usage goes; this filter adds the first
+--                               event's time (ms since the epoch) as config.first_event_key
+--   config.openai_path          OpenAI's chat path, the one API that reports stream usage
+--                               only when asked
+
+-- An OpenAI chunk that carries only usage: no choices, and a usage object.
+local function usage_only(event)
+  return string.find(event, '"choices"%s*:%s*%[%s*%]') ~= nil
+    and string.find(event, '"usage"%s*:%s*{') ~= nil
+end
+
+-- Complete events of `text` but usage-only ones, and what follows the last complete event
+-- (held until the rest of that event comes: a well-formed stream ends with an event's end).
+local function without_usage(text)
+  local kept, position = {}, 1
+  while true do
+    local stop = string.find(text, "\n\n", position, true)
+    if stop == nil then break end
+    local event = string.sub(text, position, stop + 1)
+    if not usage_only(event) then kept[#kept + 1] = event end
+    position = stop + 2
+  end
+  return table.concat(kept), string.sub(text, position)
+end
+
+function envoy_on_response(handle)
+  local client = handle:streamInfo():dynamicMetadata():get(config.metadata_namespace) or {}
+  if client["stream"] ~= true then return end
+  local path = string.match(client["path"] or "", "^[^?]*")
+  local hide = path == config.openai_path and client["usage_asked"] ~= true
+  local timed, pending = false, ""
+  for chunk in handle:bodyChunks() do
+    local length = chunk:length()
+    if length > 0 and not timed then
+      timed = true
+      -- Fetched here: what was fetched before the body was read is out of scope now.
+      handle:streamInfo():dynamicMetadata():set(config.usage_namespace, config.first_event_key,
+                                                handle:timestamp())
+      -- The rest of the stream passes without this filter.
+      if not hide then return end
+    end
+    if hide then
+      local text = pending
+      if length > 0 then text = text .. chunk:getBytes(0, length) end
+      local kept
+      kept, pending = without_usage(text)
+      chunk:setBytes(kept)
+    end
+  end
+end
