@@ -141,6 +141,14 @@ class FakeProcess:
     def forget_requests(self) -> None:
         self._control("DELETE", "/requests")
 
+    def reported_usage(self) -> dict[str, int]:
+        """The answers and tokens this provider reported (input counting cached input)."""
+        reported: dict[str, int] = self._control("GET", "/usage")
+        return reported
+
+    def forget_usage(self) -> None:
+        self._control("DELETE", "/usage")
+
     def rotate_key(self, api_key: str) -> None:
         self.api_key = api_key
         self._control("PUT", "/api-key", {"apiKey": api_key})

@@ -7,7 +7,7 @@ removed, so cardinality follows the objects that exist.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from aiohttp import web
@@ -65,6 +65,33 @@ FAILOVER_REASONS = ("Unhealthy", "CredentialsInvalid", "RateLimited")
 
 
 @dataclass(slots=True)
+class Buckets:
+    """One histogram's numbers: how many observations were at most each bound (cumulative,
+    as Prometheus buckets are), how many in all, and their sum."""
+
+    bounds: tuple[float, ...]
+    counts: list[int] = field(init=False)
+    count: int = 0
+    sum: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.counts = [0] * len(self.bounds)
+
+    def observe(self, value: float) -> None:
+        self.count += 1
+        self.sum += value
+        for index, bound in enumerate(self.bounds):
+            if value <= bound:
+                self.counts[index] += 1
+
+    def add_to(self, family: HistogramMetricFamily, labels: Sequence[str]) -> None:
+        if self.count:
+            bounds = [f"{bound:g}" for bound in self.bounds] + ["+Inf"]
+            cumulative = [*self.counts, self.count]
+            family.add_metric(labels, list(zip(bounds, cumulative, strict=True)), self.sum)
+
+
+@dataclass(slots=True)
 class BackendValues:
     """One backend's series as plain numbers; None: not known yet, so not exported."""
 
@@ -75,17 +102,10 @@ class BackendValues:
     effective_weight: float | None = None
     traffic_share: float | None = None
     failovers: list[int] = field(default_factory=lambda: [0] * len(FAILOVER_REASONS))
-    # Probes that took at most each bound: cumulative, as Prometheus buckets are.
-    probe_buckets: list[int] = field(default_factory=lambda: [0] * len(PROBE_BUCKETS))
-    probe_count: int = 0
-    probe_sum: float = 0.0
+    probes: Buckets = field(default_factory=lambda: Buckets(PROBE_BUCKETS))
 
     def observe_probe(self, seconds: float) -> None:
-        self.probe_count += 1
-        self.probe_sum += seconds
-        for index, bound in enumerate(PROBE_BUCKETS):
-            if seconds <= bound:
-                self.probe_buckets[index] += 1
+        self.probes.observe(seconds)
 
     def failed_over(self, reason: str) -> None:
         self.failovers[FAILOVER_REASONS.index(reason)] += 1
@@ -156,7 +176,6 @@ class BackendSeries(Collector):
         }
         probes = HistogramMetricFamily(*_PROBE_DURATION, labels=BACKEND_LABELS)
         failovers = CounterMetricFamily(*_FAILOVERS, labels=[*BACKEND_LABELS, "reason"])
-        bounds = [f"{bound:g}" for bound in PROBE_BUCKETS] + ["+Inf"]
         for labels, values in self._backends.items():
             for attribute, family in gauges.items():
                 value = getattr(values, attribute)
@@ -164,11 +183,7 @@ class BackendSeries(Collector):
                     family.add_metric(labels, value)
             for reason, count in zip(FAILOVER_REASONS, values.failovers, strict=True):
                 failovers.add_metric([*labels, reason], count)
-            if values.probe_count:
-                cumulative = [*values.probe_buckets, values.probe_count]
-                probes.add_metric(
-                    labels, list(zip(bounds, cumulative, strict=True)), values.probe_sum
-                )
+            values.probes.add_to(probes, labels)
         yield from gauges.values()
         yield probes
         yield failovers
@@ -176,6 +191,124 @@ class BackendSeries(Collector):
 
 BACKENDS = BackendSeries()
 REGISTRY.register(BACKENDS)
+
+
+# The answers' series: OpenTelemetry's GenAI metrics in Prometheus form, with the objects'
+# names. Every label is bounded: objects' names, the model the client asked for as the
+# endpoint names it, at most MAX_RESPONSE_MODELS models a backend's provider reported (the
+# rest are "other"), and error types from a fixed set.
+ANSWER_LABELS = [
+    *BACKEND_LABELS,
+    "client",
+    "gen_ai_request_model",
+    "gen_ai_response_model",
+    "error_type",
+]
+AnswerLabels = tuple[str, str, str, str, str, str, str, str, str]  # as ANSWER_LABELS
+MAX_RESPONSE_MODELS = 8
+OTHER_MODEL = "other"
+TOKEN_TYPES = ("input", "output", "cached_input")
+# OpenTelemetry's advice for each histogram's buckets.
+TOKEN_BUCKETS = tuple(float(4**power) for power in range(14))  # 1 .. 67,108,864
+DURATION_BUCKETS = tuple(0.01 * 2**power for power in range(14))  # 0.01 .. 81.92 s
+FIRST_TOKEN_BUCKETS = (
+    0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+)  # fmt: skip
+OUTPUT_TOKEN_BUCKETS = (
+    0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5,
+)  # fmt: skip
+
+_TOKENS = ("gen_ai_client_token_usage", "Tokens each answer used, by type (input counts "
+           "cached input too).")  # fmt: skip
+_DURATION = ("gen_ai_client_operation_duration_seconds",
+             "Time from the request's start to the answer's last byte.")  # fmt: skip
+_FIRST_TOKEN = ("gen_ai_server_time_to_first_token_seconds",
+                "Time from a streamed request's start to its first event.")  # fmt: skip
+_PER_OUTPUT_TOKEN = ("gen_ai_server_time_per_output_token_seconds",
+                     "Time per output token after the first, of streamed answers.")  # fmt: skip
+_COST = ("switchyard_cost", "What answers cost, from their backend's pricing.")
+
+
+@dataclass(slots=True)
+class AnswerValues:
+    """The series of one combination of answer labels, as plain numbers."""
+
+    tokens: dict[str, Buckets] = field(
+        default_factory=lambda: {kind: Buckets(TOKEN_BUCKETS) for kind in TOKEN_TYPES}
+    )
+    duration: Buckets = field(default_factory=lambda: Buckets(DURATION_BUCKETS))
+    first_token: Buckets = field(default_factory=lambda: Buckets(FIRST_TOKEN_BUCKETS))
+    per_output_token: Buckets = field(default_factory=lambda: Buckets(OUTPUT_TOKEN_BUCKETS))
+    cost: dict[str, float] = field(default_factory=dict)  # currency -> amount
+
+
+class AnswerSeries(Collector):
+    """Every answer the gateways report, summed by its labels."""
+
+    def __init__(self) -> None:
+        self._answers: dict[AnswerLabels, AnswerValues] = {}
+        # (namespace, endpoint, backend) -> the response models seen, in the order seen
+        self._models: dict[tuple[str, str, str], list[str]] = {}
+
+    def of(self, backend: BackendLabels, client: str, request_model: str,
+           response_model: str, error_type: str) -> AnswerValues:  # fmt: skip
+        seen = self._models.setdefault(backend[:3], [])
+        if response_model and response_model not in seen:
+            if len(seen) < MAX_RESPONSE_MODELS:
+                seen.append(response_model)
+            else:
+                response_model = OTHER_MODEL
+        labels: AnswerLabels = (*backend, client, request_model, response_model, error_type)
+        values = self._answers.get(labels)
+        if values is None:
+            values = self._answers[labels] = AnswerValues()
+        return values
+
+    def forget(self, backend: BackendLabels) -> None:
+        """Remove a backend's series once it no longer exists."""
+        self._models.pop(backend[:3], None)
+        for labels in [labels for labels in self._answers if labels[:5] == backend]:
+            del self._answers[labels]
+
+    def forget_client(self, client: str) -> None:
+        """Remove a client's series once it no longer exists."""
+        for labels in [labels for labels in self._answers if labels[5] == client]:
+            del self._answers[labels]
+
+    def describe(self) -> Iterator[Metric]:
+        return self._families()
+
+    def collect(self) -> Iterator[Metric]:
+        return self._families(self._answers.items())
+
+    @staticmethod
+    def _families(
+        answers: Iterable[tuple[AnswerLabels, AnswerValues]] = (),
+    ) -> Iterator[Metric]:
+        tokens = HistogramMetricFamily(*_TOKENS, labels=[*ANSWER_LABELS, "gen_ai_token_type"])
+        duration = HistogramMetricFamily(*_DURATION, labels=ANSWER_LABELS)
+        first_token = HistogramMetricFamily(*_FIRST_TOKEN, labels=ANSWER_LABELS)
+        per_output_token = HistogramMetricFamily(*_PER_OUTPUT_TOKEN, labels=ANSWER_LABELS)
+        cost = CounterMetricFamily(*_COST, labels=[*ANSWER_LABELS, "currency"])
+        for labels, values in answers:
+            for kind, buckets in values.tokens.items():
+                buckets.add_to(tokens, [*labels, kind])
+            values.duration.add_to(duration, labels)
+            values.first_token.add_to(first_token, labels)
+            values.per_output_token.add_to(per_output_token, labels)
+            for currency, amount in values.cost.items():
+                cost.add_metric([*labels, currency], amount)
+        yield from (tokens, duration, first_token, per_output_token, cost)
+
+
+ANSWERS = AnswerSeries()
+REGISTRY.register(ANSWERS)
+
+
+def forget_backend(labels: BackendLabels) -> None:
+    """Remove every series of a backend that no longer exists."""
+    BACKENDS.forget(labels)
+    ANSWERS.forget(labels)
 
 
 async def serve(host: str, port: int, alive: Callable[[], bool]) -> web.AppRunner:

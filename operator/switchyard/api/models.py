@@ -338,6 +338,47 @@ class SecretKeyRef(_Model):
     )
 
 
+PRICE = r"^[0-9]{1,9}(\.[0-9]{1,9})?$"
+
+
+class Pricing(_Model):
+    """What a backend's tokens cost, per million, for the cost metrics."""
+
+    currency: str = Field(
+        description="The prices' currency, an ISO 4217 code such as USD or EUR. Costs are "
+        "summed per currency, never converted.",
+        pattern=r"^[A-Z]{3}$",
+    )
+    input_per_million: str = Field(
+        description="Price of a million input tokens not read from the prompt cache, as a "
+        'decimal string ("2.50"). Anthropic cache writes count as input tokens.',
+        pattern=PRICE,
+        max_length=19,
+    )
+    output_per_million: str = Field(
+        description="Price of a million output tokens, as a decimal string.",
+        pattern=PRICE,
+        max_length=19,
+    )
+    cached_input_per_million: str | None = Field(
+        default=None,
+        description="Price of a million input tokens read from the provider's prompt cache, "
+        "as a decimal string; unset: inputPerMillion.",
+        pattern=PRICE,
+        max_length=19,
+    )
+
+    def cost(self, input_tokens: int, output_tokens: int, cached_tokens: int) -> Decimal:
+        """The price of one answer's tokens; `input_tokens` include the `cached_tokens`."""
+        cached_price = Decimal(self.cached_input_per_million or self.input_per_million)
+        spent = (
+            (input_tokens - cached_tokens) * Decimal(self.input_per_million)
+            + cached_tokens * cached_price
+            + output_tokens * Decimal(self.output_per_million)
+        )
+        return spent / 1_000_000
+
+
 class Backend(_Model):
     """One provider deployment that can serve the endpoint's model."""
 
@@ -498,6 +539,11 @@ class Backend(_Model):
         ge=0,
         description="Priority tier. 0 is the primary tier; tier N+1 takes traffic only when "
         "tier N has no healthy backend.",
+    )
+    pricing: Pricing | None = Field(
+        default=None,
+        description="What this backend's tokens cost: it feeds switchyard_cost_total, per "
+        "backend and per client. Unset: no cost is counted.",
     )
 
     @property

@@ -435,6 +435,7 @@ class FakeBedrock(FakeProvider):
         if ask.breakpoints:
             usage["cacheReadInputTokens"] = read
             usage["cacheWriteInputTokens"] = marked - read
+        self.report(ask.words, answer.output_tokens, read)
         calls = [(_bedrock_tool_use_id(), name, arguments) for name, arguments in answer.calls]
         stop = ANTHROPIC_STOP[answer.finish]
         if not stream:
@@ -507,6 +508,7 @@ class FakeBedrock(FakeProvider):
             "cache_read_input_tokens": read,
             "output_tokens": answer.output_tokens,
         }
+        self.report(ask.words, answer.output_tokens, read)
         message = _anthropic_message(model, answer, usage)
         if not stream:
             return web.json_response(

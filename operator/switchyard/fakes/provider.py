@@ -205,6 +205,9 @@ class Answer:
     output_tokens: int
 
 
+# The fields of FakeProvider.reported.
+REPORTED = ("answers", "input", "output", "cached")
+
 ANTHROPIC_STOP = {
     "end": "end_turn",
     "stop_sequence": "stop_sequence",
@@ -251,6 +254,9 @@ class FakeProvider:
         self.fault = Fault()
         # Only the newest `keep_requests` (all if None): a long load run stays small.
         self.requests: deque[RecordedRequest] = deque(maxlen=keep_requests)
+        # Every token this provider reported in an answer, the OpenTelemetry way (input
+        # counts cached input too): what a gateway's accounting must add up to.
+        self.reported: dict[str, int] = dict.fromkeys(REPORTED, 0)
         self._prefixes = _Prefixes()
         self._runner: web.AppRunner | None = None
         self._site: web.TCPSite | None = None
@@ -538,9 +544,12 @@ class FakeProvider:
         if body.get("stream"):
             options = body.get("stream_options") or {}
             include_usage = bool(options.get("include_usage"))
+            if include_usage:
+                self.report(ask.words, completion, cached)
             return await self._stream_chat(
                 request, ident, model, answer, choices, usage if include_usage else None
             )
+        self.report(ask.words, completion, cached)
         return web.json_response(
             {
                 "id": ident,
@@ -675,6 +684,7 @@ class FakeProvider:
             "cache_read_input_tokens": read,
             "output_tokens": answer.output_tokens,
         }
+        self.report(ask.words, answer.output_tokens, read)
         ident = f"msg_{uuid.uuid4().hex[:24]}"
         content: list[dict[str, Any]] = [
             {"type": "tool_use", "id": _tool_use_id(), "name": name, "input": arguments}
@@ -761,12 +771,21 @@ class FakeProvider:
         """The answer every plain completion gets: it names who answered, for split tests."""
         return f"Hello from {self.provider} {model} on port {self.port}."
 
+    def report(self, input_tokens: int, output_tokens: int, cached_tokens: int) -> None:
+        """Tally the usage an answer reports as it is sent."""
+        for key, tokens in zip(
+            REPORTED, (1, input_tokens, output_tokens, cached_tokens), strict=True
+        ):
+            self.reported[key] += tokens
+
     # --- control API (a separate port, so it still answers while the API refuses)
 
     def _control_app(self) -> web.Application:
         app = web.Application()
         app.router.add_get("/requests", self._get_requests)
         app.router.add_delete("/requests", self._clear_requests)
+        app.router.add_get("/usage", self._get_usage)
+        app.router.add_delete("/usage", self._clear_usage)
         app.router.add_get("/fault", self._get_fault)
         app.router.add_put("/fault", self._put_fault)
         app.router.add_delete("/fault", self._clear_fault)
@@ -786,6 +805,13 @@ class FakeProvider:
 
     async def _clear_requests(self, request: web.Request) -> web.Response:
         self.requests.clear()
+        return web.Response(status=204)
+
+    async def _get_usage(self, request: web.Request) -> web.Response:
+        return web.json_response(self.reported)
+
+    async def _clear_usage(self, request: web.Request) -> web.Response:
+        self.reported = dict.fromkeys(REPORTED, 0)
         return web.Response(status=204)
 
     async def _get_fault(self, request: web.Request) -> web.Response:

@@ -90,7 +90,7 @@ class HealthMonitor:
         now = time.monotonic()
         for key in [k for k, w in self._watched.items() if w.gateway == gateway]:
             if key not in backends:
-                metrics.BACKENDS.forget(self._watched.pop(key).labels)
+                metrics.forget_backend(self._watched.pop(key).labels)
         for key, (target, credentials, check) in backends.items():
             current = self._watched.get(key)
             thresholds = (check.unhealthy_threshold, check.healthy_threshold)
@@ -121,7 +121,7 @@ class HealthMonitor:
                 if current.gateway != gateway:
                     # The endpoint moved here: its probes go on, filed under this gateway, so
                     # the pass of the one it left does not drop them.
-                    metrics.BACKENDS.forget(current.labels)
+                    metrics.forget_backend(current.labels)
                     current.gateway = gateway
                     current.labels = (*key, target.provider, f"{gateway[0]}/{gateway[1]}")
                     metrics.BACKENDS.of(current.labels)
@@ -168,7 +168,7 @@ class HealthMonitor:
 
     def forget(self, gateway: ObjectKey) -> None:
         for key in [k for k, w in self._watched.items() if w.gateway == gateway]:
-            metrics.BACKENDS.forget(self._watched.pop(key).labels)
+            metrics.forget_backend(self._watched.pop(key).labels)
 
     def held_back(self, gateway: ObjectKey) -> dict[BackendKey, str]:
         now = time.monotonic()

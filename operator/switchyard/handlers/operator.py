@@ -256,6 +256,7 @@ async def start(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
     # An Envoy that connects, ACKs or NACKs changes its gateway's Programmed condition.
     xds.on_change = lambda node: sync.mark({gateway_of_node(node)})
     xds.on_failed_attempt = sync.failed_attempt
+    xds.on_answer = sync.answered
     sync.issuer = await informer.token_issuer(kube)
     # Streams only for gateways that exist (the store knows them all before xDS listens).
     xds.admits = lambda node: gateway_of_node(node) in store.gateways

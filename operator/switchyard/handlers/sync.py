@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 
 from switchyard import metrics
 from switchyard.api.models import BackendTLS, DataPlaneType, ModelGatewaySpec, parse_duration
-from switchyard.handlers import identity
+from switchyard.handlers import accounting, identity
 from switchyard.handlers.control_channel import ControlChannel
 from switchyard.handlers.health_monitor import BackendKey, Credentials, HealthMonitor
 from switchyard.handlers.state import ClientRecord, EndpointRecord, GatewayRecord, Store
@@ -52,7 +52,13 @@ from switchyard.render.status import (
     status_differs,
 )
 from switchyard.tokens import MintingFailed, TokenMinter, is_workload_identity
-from switchyard.xds.server import FailedAttempt, XdsServer, gateway_of_node, node_of_gateway
+from switchyard.xds.server import (
+    Answer,
+    FailedAttempt,
+    XdsServer,
+    gateway_of_node,
+    node_of_gateway,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -367,6 +373,28 @@ class GatewaySync:
             self.health.back_off(backend, report.retry_after)
         else:
             self.health.expedite(backend)
+
+    def answered(self, answer: Answer) -> None:
+        """An Envoy answered a request from a backend: count its tokens, latency and cost."""
+        gateway = gateway_of_node(answer.node)
+        seen = self._seen.get(gateway)
+        model = envoy.model_of_cluster(answer.cluster)
+        endpoint = seen.served.get(model) if seen else None
+        record = self.store.endpoints.get(endpoint) if endpoint else None
+        if endpoint is None or record is None:
+            return
+        backend = next((b for b in record.backends() if b.name == answer.backend), None)
+        if backend is None:
+            return
+        labels = (*endpoint, backend.name, str(backend.provider), f"{gateway[0]}/{gateway[1]}")
+        values = metrics.ANSWERS.of(
+            labels,
+            answer.client,
+            model,
+            answer.response_model,
+            accounting.error_type(answer.status),
+        )
+        accounting.account(values, answer, backend.pricing)
 
     async def sync(self, key: ObjectKey) -> None:
         gateway_record = self.store.gateways.get(key)

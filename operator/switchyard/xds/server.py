@@ -32,6 +32,7 @@ from google.protobuf import any_pb2, json_format
 
 from switchyard import metrics, pki
 from switchyard.plan.backoff import retry_after_seconds
+from switchyard.providers.usage import ANSWER_LOG, FIRST_EVENT_KEY, RESPONSE_MODEL, USAGE_NAMESPACE
 from switchyard.xds import resources as _registered_types  # noqa: F401  (type registry)
 
 logger = logging.getLogger(__name__)
@@ -238,6 +239,22 @@ class FailedAttempt:
 
 
 @dataclass(frozen=True)
+class Answer:
+    """A request one of the node's Envoys answered from a backend: who asked, what the answer
+    reported of its usage (`providers.usage` keys), and how long it took."""
+
+    node: str
+    cluster: str
+    backend: str
+    client: str  # namespace/name; "" on a gateway that checks no client
+    status: int
+    usage: Mapping[str, float]
+    response_model: str
+    duration: float  # seconds, to the answer's last byte
+    first_event: float | None  # seconds to a streamed answer's first event
+
+
+@dataclass(frozen=True)
 class NodeStatus:
     """What the Envoys of one node did with its current snapshot."""
 
@@ -265,6 +282,8 @@ class XdsServer:
         self.on_change: Callable[[str], None] = lambda node: None
         # Told of every failed attempt the Envoys report.
         self.on_failed_attempt: Callable[[FailedAttempt], None] = lambda report: None
+        # Told of every answer the Envoys report.
+        self.on_answer: Callable[[Answer], None] = lambda answer: None
         # Whether a node names a gateway that exists: a stream for any other is refused
         # (a certificate may outlive its gateway by a few hours). By default, a node with
         # a snapshot; the operator asks its store, which knows every gateway at start.
@@ -346,7 +365,7 @@ class XdsServer:
             raise ValueError("the xDS server needs its TLS certificate before it listens")
         server = grpc.aio.server(options=list(SERVER_OPTIONS))
         ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(_Servicer(self), server)
-        als_pb2_grpc.add_AccessLogServiceServicer_to_server(_FailedAttemptReports(self), server)
+        als_pb2_grpc.add_AccessLogServiceServicer_to_server(_DataPlaneReports(self), server)
         self.port = server.add_secure_port(f"{host}:{port}", _credentials(self.tls))
         if self.port == 0:
             raise OSError(f"cannot listen for xDS on {host}:{port}")
@@ -607,8 +626,9 @@ def _credentials(tls: ServerTls) -> grpc.ServerCredentials:
     )
 
 
-class _FailedAttemptReports(als_pb2_grpc.AccessLogServiceServicer):  # type: ignore[misc]
-    """Envoy's upstream access log, filtered to failed attempts: the data plane's view."""
+class _DataPlaneReports(als_pb2_grpc.AccessLogServiceServicer):  # type: ignore[misc]
+    """Envoy's access logs to the operator: the upstream log, filtered to failed attempts
+    (the data plane's view of health), and every answer's record (for the accounting)."""
 
     def __init__(self, server: XdsServer) -> None:
         self._server = server
@@ -621,10 +641,10 @@ class _FailedAttemptReports(als_pb2_grpc.AccessLogServiceServicer):  # type: ign
         peer = peer_node(context)
         if peer is None:
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, "no gateway certificate")
-        node = ""
+        node = log = ""
         async for message in request_iterator:
             if message.HasField("identifier"):
-                node = message.identifier.node.id
+                node, log = message.identifier.node.id, message.identifier.log_name
                 if node != peer:
                     await context.abort(
                         grpc.StatusCode.PERMISSION_DENIED,
@@ -633,21 +653,55 @@ class _FailedAttemptReports(als_pb2_grpc.AccessLogServiceServicer):  # type: ign
             for entry in message.http_logs.log_entry:
                 common = entry.common_properties
                 backend = common.custom_tags.get("backend")
-                status = entry.response.response_code.value
-                retry_after = (
-                    retry_after_seconds(entry.response.response_headers.get("retry-after", ""))
-                    if status == 429
-                    else 0.0
-                )
-                if (
+                if not (
                     node
                     and backend
                     and self._server.reportable(node, common.upstream_cluster, backend)
                 ):
-                    self._server.on_failed_attempt(
-                        FailedAttempt(node, common.upstream_cluster, backend, status, retry_after)
-                    )
+                    continue
+                if log == ANSWER_LOG:
+                    self._server.on_answer(_answer(node, backend, entry))
+                else:
+                    self._server.on_failed_attempt(_failed_attempt(node, backend, entry))
         return als_pb2.StreamAccessLogsResponse()
+
+
+def _failed_attempt(node: str, backend: str, entry: Any) -> FailedAttempt:
+    status = entry.response.response_code.value
+    retry_after = (
+        retry_after_seconds(entry.response.response_headers.get("retry-after", ""))
+        if status == 429
+        else 0.0
+    )
+    cluster = entry.common_properties.upstream_cluster
+    return FailedAttempt(node, cluster, backend, status, retry_after)
+
+
+def _answer(node: str, backend: str, entry: Any) -> Answer:
+    common = entry.common_properties
+    filters = common.metadata.filter_metadata
+    # The clients filter's namespace, as the rendered config names it.
+    client = filters["switchyard"].fields.get("client") if "switchyard" in filters else None
+    reported = dict(filters[USAGE_NAMESPACE].fields) if USAGE_NAMESPACE in filters else {}
+    numbers = {
+        key: value.number_value
+        for key, value in reported.items()
+        if value.WhichOneof("kind") == "number_value"
+    }
+    model = reported.get(RESPONSE_MODEL.key)
+    started = common.start_time.ToMilliseconds()
+    first_event = numbers.pop(FIRST_EVENT_KEY, None)
+    return Answer(
+        node=node,
+        cluster=common.upstream_cluster,
+        backend=backend,
+        client=client.string_value if client is not None else "",
+        status=entry.response.response_code.value,
+        usage=numbers,
+        response_model=model.string_value if model is not None else "",
+        duration=common.time_to_last_downstream_tx_byte.ToNanoseconds() / 1e9,
+        first_event=max(0.0, (first_event - started) / 1000) if first_event else None,
+    )
 
 
 def _versions(snapshot: Mapping[str, TypedResources]) -> dict[str, str]:
