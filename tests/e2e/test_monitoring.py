@@ -13,10 +13,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import openai
 import pytest
 import yaml
 
-from gatewaylab import chat, free_port, send_sync, wait_for_port
+from gatewaylab import CLIENT_KEY, chat, free_port, send_sync, wait_for_port
 from tests_support.cluster import eventually
 
 from .conftest import Lab
@@ -25,6 +26,8 @@ pytestmark = pytest.mark.e2e
 
 MONITORING = Path(__file__).resolve().parents[2] / "monitoring"
 FAST_PROBES = {"interval": "1s", "timeout": "500ms", "unhealthyThreshold": 2, "healthyThreshold": 2}
+PRICING = {"currency": "USD", "inputPerMillion": "1", "outputPerMillion": "2"}
+MESSAGES: Any = [{"role": "user", "content": "Say hello."}]
 
 
 class Prometheus:
@@ -91,7 +94,11 @@ def prometheus(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Iterator[P
 
 def test_alerts_fire_and_resolve_and_every_panel_has_data(lab: Lab, prometheus: Prometheus) -> None:
     model = "monitored"
-    lab.serve(model, [lab.backend("local-a"), lab.backend("local-c")], healthCheck=FAST_PROBES)
+    priced = {**lab.backend("local-a"), "pricing": PRICING}
+    lab.serve(model, [priced, lab.backend("local-c")], healthCheck=FAST_PROBES)
+    # A streamed answer, for the time-to-first-token panel.
+    sdk = openai.OpenAI(base_url=f"{lab.envoy.url}/v1", api_key=CLIENT_KEY, max_retries=0)
+    list(sdk.chat.completions.create(model=model, messages=MESSAGES, stream=True))
     selector = {"namespace": lab.namespace, "endpoint": model, "backend": "local-c"}
     eventually(
         lambda: prometheus.get("/api/v1/query", query="switchyard_backend_up")["result"],

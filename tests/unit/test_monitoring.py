@@ -31,7 +31,7 @@ def promtool(*args: str) -> str:
 
 
 def test_the_rules_are_valid_and_pass_their_unit_tests() -> None:
-    assert "SUCCESS: 7 rules found" in promtool("check", "rules", "switchyard-rules.yaml")
+    assert "SUCCESS: 10 rules found" in promtool("check", "rules", "switchyard-rules.yaml")
     assert "SUCCESS" in promtool("test", "rules", "tests/switchyard-rules.test.yaml")
 
 
@@ -39,7 +39,7 @@ def test_every_required_alert_exists_with_a_runbook() -> None:
     import yaml
 
     rules = yaml.safe_load((MONITORING / "switchyard-rules.yaml").read_text())
-    alerts = {r["alert"]: r for group in rules["groups"] for r in group["rules"]}
+    alerts = {r["alert"]: r for group in rules["groups"] for r in group["rules"] if "alert" in r}
     assert set(alerts) >= REQUIRED_ALERTS
     for name, rule in alerts.items():
         assert rule["annotations"].get("runbook"), f"{name} has no runbook"
@@ -52,7 +52,7 @@ def exported_names() -> set[str]:
     for metric in vars(switchyard.metrics).values():
         if isinstance(metric, MetricWrapperBase):
             names.update(metric._name + suffix for suffix in suffixes[str(metric._type)])
-        elif isinstance(metric, switchyard.metrics.BackendSeries):
+        elif isinstance(metric, switchyard.metrics.BackendSeries | switchyard.metrics.AnswerSeries):
             for family in metric.describe():
                 names.update(family.name + suffix for suffix in suffixes[family.type])
     return names
@@ -82,7 +82,8 @@ def test_dashboard_queries_use_only_series_the_operator_exports() -> None:
         name
         for panel in dashboard["panels"]
         for target in panel["targets"]
-        for name in re.findall(r"switchyard_[a-z_]+", target["expr"])
+        for name in re.findall(r"(?:switchyard|gen_ai)_[a-z_]+", target["expr"])
+        if name not in [*switchyard.metrics.ANSWER_LABELS, "gen_ai_token_type"]
     }
     # Histograms and counters are exported with their _bucket/_count/_total samples.
     missing = {name for name in used if name not in exported_names()}
