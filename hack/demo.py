@@ -15,11 +15,14 @@ import os
 import subprocess
 import sys
 import time
+import urllib.request
 import uuid
+from collections import defaultdict
 from pathlib import Path
 
 import anthropic
 import openai
+from prometheus_client.parser import text_string_to_metric_families
 
 import images
 import localcluster
@@ -32,6 +35,8 @@ STATE = CACHE_ROOT / "demo"
 
 # The API key of the example client team-a/checkout (examples/40-client.yaml).
 CHECKOUT = {"authorization": "Bearer sk-demo-checkout-key"}
+# USD per million input and output tokens of the openai, azure and anthropic backends.
+PRICES = (("2.50", "10.00"), ("2.50", "10.00"), ("3.00", "15.00"))
 
 # An endpoint whose Secret does not exist: only the operator can see that.
 BROKEN = """
@@ -166,6 +171,9 @@ def traffic(kubectl: Kubectl) -> None:
             for (name, fake), weight in zip(fakes.items(), (50, 30, 20), strict=True)
         ]  # fmt: skip
         backends[1]["apiVersion"] = "2024-10-21"
+        for backend, prices in zip(backends, PRICES, strict=True):
+            backend["pricing"] = {"currency": "USD", "inputPerMillion": prices[0],
+                                  "outputPerMillion": prices[1]}  # fmt: skip
         # Claude and GPT, half each: the endpoint both SDKs call.
         assistant = [{**b, "weight": 1} for b in backends if b["name"] in ("openai", "anthropic")]
         endpoints = [
@@ -210,9 +218,43 @@ def traffic(kubectl: Kubectl) -> None:
         print("# Anthropic goes down (connections refused). 1,000 more requests:")
         print("  " + _describe(send_sync(url, chat("demo-chat"), 1000, 16, CHECKOUT), names))
         fakes["anthropic"].heal()
+        _usage_report(kubectl)
     finally:
         for fake in fakes.values():
             fake.stop()
+
+
+def _usage_report(kubectl: Kubectl) -> None:
+    """Tokens and cost per client and per vendor, as the operator's /metrics counts them
+    from the answers its gateways report (within a second of each answer)."""
+    time.sleep(2)
+    addresses = kubectl.run(
+        "get", "pods", "-n", "switchyard-system", "-l", "app.kubernetes.io/name=switchyard",
+        "-o", "jsonpath={.items[*].status.podIP}",
+    ).split()  # fmt: skip
+    tokens: dict[tuple[str, str], float] = defaultdict(float)
+    cost: dict[tuple[str, str], float] = defaultdict(float)
+    for address in addresses:  # the leader counts; a standby has no gateway's answers
+        with urllib.request.urlopen(f"http://{address}:8000/metrics", timeout=10) as reply:
+            text = reply.read().decode()
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                labels = sample.labels
+                if sample.name == "gen_ai_client_token_usage_sum":
+                    kind = labels["gen_ai_token_type"]
+                    tokens[("client " + labels["client"], kind)] += sample.value
+                    tokens[("vendor " + labels["provider"], kind)] += sample.value
+                elif sample.name == "switchyard_cost_total":
+                    cost[("client " + labels["client"], labels["currency"])] += sample.value
+                    cost[("vendor " + labels["provider"], labels["currency"])] += sample.value
+    print("\n# Tokens and cost, from the operator's /metrics (gen_ai_client_token_usage,")
+    print("# switchyard_cost_total), counted from every answer the gateway served:")
+    print(f"  {'':<26}{'input':>10}{'output':>10}{'cost':>14}")
+    for who in sorted({who for who, _ in tokens}):
+        spent = ", ".join(f"{amount:.6f} {currency}" for (w, currency), amount in cost.items()
+                          if w == who)  # fmt: skip
+        print(f"  {who:<26}{tokens[(who, 'input')]:>10.0f}{tokens[(who, 'output')]:>10.0f}"
+              f"{spent:>14}")  # fmt: skip
 
 
 def _both_sdks(address: str) -> None:
