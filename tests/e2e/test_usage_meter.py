@@ -38,6 +38,9 @@ def chunk(choices: list[Any], usage: Any = None) -> dict[str, Any]:
 
 
 WORDS = ["Hello", " there", "."]
+# A prompt the upstream refuses with a 400, as JSON, though the request streams.
+REFUSED = "refuse this"
+REFUSAL = {"message": "no", "type": "invalid_request_error", "param": None, "code": None}
 USAGE = {"prompt_tokens": 9, "completion_tokens": 3, "total_tokens": 12}
 
 
@@ -57,6 +60,14 @@ class SplitStreams:
             def do_POST(self) -> None:
                 body = json.loads(self.rfile.read(int(self.headers["content-length"])))
                 recorded.append(body)
+                if body["messages"][0]["content"] == REFUSED:
+                    error = json.dumps({"error": REFUSAL}).encode()
+                    self.send_response(400)
+                    self.send_header("content-type", "application/json")
+                    self.send_header("content-length", str(len(error)))
+                    self.end_headers()
+                    self.wfile.write(error)
+                    return
                 self.send_response(200)
                 self.send_header("content-type", "text/event-stream")
                 self.send_header("transfer-encoding", "chunked")
@@ -166,3 +177,10 @@ def test_a_request_that_does_not_stream_is_not_asked_for_stream_usage(lab: Lab) 
     )
     assert "stream_options" not in lab.upstream.bodies[-1]
     assert request.http_response.status_code == 200
+
+
+def test_an_error_answering_a_stream_reaches_the_client_whole(lab: Lab) -> None:
+    refused: Any = [{"role": "user", "content": REFUSED}]
+    with pytest.raises(openai.BadRequestError) as raised:
+        lab.sdk().chat.completions.create(model="metered", messages=refused, stream=True)
+    assert raised.value.body == REFUSAL

@@ -19,7 +19,7 @@ def error_type(status: int) -> str:
 
 def account(values: metrics.AnswerValues, answer: Answer, pricing: Pricing | None) -> None:
     values.duration.observe(answer.duration)
-    if answer.first_event is not None:
+    if answer.first_event is not None and answer.status < 400:
         values.first_token.observe(answer.first_event)
     usage = TokenUsage.of(answer.usage)
     if usage is None:

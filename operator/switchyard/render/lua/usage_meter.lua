@@ -37,6 +37,9 @@ end
 function envoy_on_response(handle)
   local client = handle:streamInfo():dynamicMetadata():get(config.metadata_namespace) or {}
   if client["stream"] ~= true then return end
+  -- An error answers a stream request whole, as JSON: neither timed nor touched.
+  local content_type = handle:headers():get("content-type") or ""
+  if not string.find(content_type, "text/event-stream", 1, true) then return end
   local path = string.match(client["path"] or "", "^[^?]*")
   local hide = path == config.openai_path and client["usage_asked"] ~= true
   local timed, pending = false, ""
