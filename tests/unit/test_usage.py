@@ -4,6 +4,7 @@ Envoy's record of an answer reads, and how the answers' series stay bounded."""
 from __future__ import annotations
 
 from decimal import Decimal
+from typing import Any
 
 import pytest
 from envoy.data.accesslog.v3 import accesslog_pb2
@@ -74,7 +75,7 @@ def test_error_types_are_a_bounded_set() -> None:
     ]  # fmt: skip
 
 
-def entry(usage: dict[str, float | str], client: str = "team-a/checkout") -> object:
+def entry(usage: dict[str, float | str], client: str = "team-a/checkout") -> Any:
     record = accesslog_pb2.HTTPAccessLogEntry()
     common = record.common_properties
     common.upstream_cluster = "switchyard/chat"
@@ -146,3 +147,13 @@ def test_answer_series_keep_a_few_response_models_per_backend_and_go_with_it() -
     assert registry.get_sample_value(count, labels) == 3
     series.forget(BACKEND)
     assert registry.get_sample_value(count, labels) is None
+
+
+def test_an_error_answering_a_stream_has_no_time_to_first_token() -> None:
+    values = metrics.AnswerValues()
+    record = entry({"first_event_ms": 1_000_100})
+    record.response.response_code.value = 429
+    account(values, _answer("gw-ns/gw", "gpt", record), None)
+    assert values.duration.count == 1
+    assert values.first_token.count == 0
+    assert values.tokens["input"].count == 0
