@@ -681,7 +681,11 @@ def _model_to_metadata() -> dict[str, Any]:
                 "allow_empty_content_type": True,
             },
             # A whole answer's usage, in the client's API (any translation is done by now).
-            "response_rules": {"rules": [rule for rule, _ in _usage_rules()]},
+            "response_rules": {
+                "rules": [rule for rule, _ in _usage_rules()],
+                # With parameters too: the filter compares the whole header otherwise.
+                "allow_content_types_regex": {"regex": "application/json(;.*)?"},
+            },
         },
     }
 
