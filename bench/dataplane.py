@@ -31,6 +31,17 @@ from pathlib import Path
 from typing import Any
 
 import common
+from accounting import (
+    PIECES,
+    StaticGateway,
+    StreamClient,
+    StreamTarget,
+    accounting_pieces,
+    cpu_seconds,
+    dumped_listeners,
+    first_events,
+    quiet,
+)
 from common import WORK, OperatorProcess, control_plane, spread
 from gatewaylab import (
     CLIENT_HEADERS,
@@ -56,6 +67,10 @@ UPSTREAM_MODEL = "gpt-4o"
 ANTHROPIC_MODEL = "claude-sonnet-4-5"
 BEDROCK_MODEL = "anthropic.claude-x-v1:0"
 CONNECTIONS = 8
+# The streaming fake for time to first event: a chunk every 10 ms after the first two (a
+# model writing 100 tokens a second), behind a model of its own.
+STREAM_MODEL = "bench-stream"
+STREAM_CHUNK_DELAY = 0.01
 
 # The two client APIs, by the provider whose API it is (as the fakes name them), and the path
 # a client of each calls.
@@ -147,8 +162,8 @@ end
 
 
 def wrk(target: Target, connections: int, seconds: int) -> dict[str, float]:
-    """One wrk run; requests per second, p50 and p99 in ms, failed requests (not answered, or
-    answered other than 2xx) and, of those, the non-2xx replies."""
+    """One wrk run; requests answered, requests per second, p50 and p99 in ms, failed requests
+    (not answered, or answered other than 2xx) and, of those, the non-2xx replies."""
     threads = min(2, connections)
     done = subprocess.run(
         [
@@ -159,6 +174,7 @@ def wrk(target: Target, connections: int, seconds: int) -> dict[str, float]:
     )  # fmt: skip
     summary = json.loads(done.stdout.strip().splitlines()[-1])
     return {
+        "requests": summary["requests"],
         "rps": summary["requests"] / (summary["duration_us"] / 1e6),
         "p50_ms": summary["p50_us"] / 1000,
         "p99_ms": summary["p99_us"] / 1000,
@@ -357,6 +373,10 @@ class Stage:
     litellm: LiteLLMProxy
     api_key: str
     logs: Path
+    # With `stage(accounting=True)`: the gateway without accounting, and a bare Envoy in
+    # front of the streaming fake.
+    unaccounted: StaticGateway | None = None
+    stream_bare: BareEnvoy | None = None
 
     def envoy_pids(self) -> list[int]:
         """The gateway's Envoy alone, without the `switchyard envoy` wrapper around it,
@@ -378,6 +398,7 @@ class Stage:
             # provider's key.
             Target("Switchyard", self.gateway.url, "bench-chat", CLIENT_HEADERS,
                    self.envoy_pids, OPENAI, split),
+            *self._unaccounted_targets(),
             Target("LiteLLM", self.litellm.url, "bench-chat", litellm, self.litellm.pids,
                    OPENAI, split),
             # API translation, and the same backends in their own API. A client of Anthropic's
@@ -405,6 +426,34 @@ class Stage:
                        single=False),
             ]  # fmt: skip
         return targets
+
+    def _unaccounted_targets(self) -> list[Target]:
+        """The gateway without accounting, sent what Switchyard is sent."""
+        if self.unaccounted is None:
+            return []
+        process = self.unaccounted.process
+        split = [self.fakes[n] for n in SPLIT]
+        return [
+            Target(UNACCOUNTED, self.unaccounted.url, "bench-chat", CLIENT_HEADERS,
+                   lambda: [process.pid], OPENAI, split),
+        ]  # fmt: skip
+
+    def stream_targets(self) -> list[StreamTarget]:
+        """The streaming fake directly, behind bare Envoy, and behind the gateway with
+        accounting and without: an OpenAI client that does not ask for its stream's usage."""
+        assert self.unaccounted is not None
+        assert self.stream_bare is not None
+        fake = self.fakes["stream"]
+        bearer = {"Authorization": f"Bearer {fake.api_key}"}
+        return [
+            StreamTarget("direct", fake.url, fake.model, bearer),
+            StreamTarget("bare Envoy", self.stream_bare.url, fake.model, bearer),
+            StreamTarget("Switchyard", self.gateway.url, STREAM_MODEL, CLIENT_HEADERS),
+            StreamTarget(UNACCOUNTED, self.unaccounted.url, STREAM_MODEL, CLIENT_HEADERS),
+        ]
+
+
+UNACCOUNTED = "Switchyard (accounting off)"
 
 
 @dataclass(frozen=True)
@@ -514,10 +563,16 @@ def _answers(url: str, api: str, model: str) -> bool:
 
 @contextmanager
 def stage(
-    name: str, litellm_router: dict[str, Any] | None = None, spec: dict[str, Any] | None = None
+    name: str,
+    litellm_router: dict[str, Any] | None = None,
+    spec: dict[str, Any] | None = None,
+    accounting: bool = False,
 ) -> Iterator[Stage]:
     """The local control plane, the operator, Switchyard's gateway Envoy, a bare Envoy and
-    LiteLLM, all in front of the same fake providers."""
+    LiteLLM, all in front of the same fake providers. With `accounting`, also the gateway
+    without accounting (a static Envoy on what the operator serves the gateway), and a
+    streaming fake behind a model of its own and a bare Envoy of its own."""
+    models = {**MODELS, **({STREAM_MODEL: OPENAI} if accounting else {})}
     logs = WORK / name / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     api_key = f"sk-bench-{uuid.uuid4().hex}"
@@ -532,6 +587,10 @@ def stage(
             "anthropic": FakeProcess("Anthropic", api_key, ANTHROPIC_MODEL, keep_requests=1000),
             "bedrock": bedrock,
         }
+        if accounting:
+            fakes["stream"] = FakeProcess(
+                "OpenAI", api_key, UPSTREAM_MODEL, chunk_delay=STREAM_CHUNK_DELAY
+            )
         for fake in fakes.values():
             stack.callback(fake.stop)
         keys = {name: fake.api_key for name, fake in fakes.items()}
@@ -564,11 +623,20 @@ def stage(
             _endpoint(
                 "bench-bedrock", [_backend("bedrock", fakes["bedrock"], 100)], **(spec or {})
             ),
+            *(
+                [
+                    _endpoint(
+                        STREAM_MODEL, [_backend("stream", fakes["stream"], 100)], **(spec or {})
+                    )
+                ]
+                if accounting
+                else []
+            ),
         )
         operator = OperatorProcess(cluster.kubeconfig, logs / "operator.log")
         operator.start()
         stack.callback(operator.stop)
-        for model in MODELS:
+        for model in models:
             eventually(
                 lambda m=model: condition(cluster.get("modelendpoints", m, NAMESPACE), "Ready"),  # type: ignore[misc]
                 timeout=60,
@@ -582,8 +650,23 @@ def stage(
         )
         stack.callback(gateway.stop)
         gateway.wait_listening()
-        for model, api in MODELS.items():
+        for model, api in models.items():
             eventually(lambda m=model, a=api: _answers(gateway.url, a, m), timeout=30)  # type: ignore[misc]
+        unaccounted: StaticGateway | None = None
+        stream_bare: BareEnvoy | None = None
+        if accounting:
+            # What the operator serves the gateway now that every model answers through it.
+            off = StaticGateway(
+                cluster, operator.xds_address, NAMESPACE, "gw", WORK / name / "unaccounted"
+            )
+            stack.callback(off.stop)
+            for model, api in models.items():
+                eventually(lambda m=model, a=api: _answers(off.url, a, m), timeout=30)  # type: ignore[misc]
+            stream_bare = BareEnvoy(
+                {"stream": (fakes["stream"].port, 100)}, logs / "bare-envoy-stream.log"
+            )
+            stack.callback(stream_bare.stop)
+            unaccounted = off
         bare = BareEnvoy(
             {n: (fakes[n].port, w) for n, w in SPLIT.items()},
             logs / "bare-envoy.log",
@@ -599,7 +682,10 @@ def stage(
         )
         stack.callback(litellm.stop)
         litellm.start()
-        yield Stage(cluster, operator, fakes, gateway, bare, litellm, api_key, logs)
+        yield Stage(
+            cluster, operator, fakes, gateway, bare, litellm, api_key, logs, unaccounted,
+            stream_bare,
+        )  # fmt: skip
 
 
 # --- the measurements
@@ -608,11 +694,17 @@ def stage(
 Runs = dict[str, dict[str, list[float]]]  # target -> figure -> one value per round
 
 
-def measure(targets: Sequence[Target], rounds: int, seconds: int) -> Runs:
+def measure(
+    targets: Sequence[Target], rounds: int, seconds: int, operator: OperatorProcess | None = None
+) -> Runs:
     """Every target under load, then on 1 connection for half as long (those that are), in
-    interleaved rounds."""
+    interleaved rounds. With `operator`: after each run the operator finishes what the run
+    sent it (the gateway's answer records) before the next run starts, and the run's figures
+    include the operator's CPU time over the run and that wait, and the answers it counted."""
     for target in targets:  # warm connection pools and caches; not counted
         wrk(target, CONNECTIONS, 2)
+    if operator is not None:
+        quiet(operator.pid, OPERATOR_LAG_S)
     runs: Runs = {t.name: {} for t in targets}
     for round_ in range(rounds):
         order = [*targets[round_ % len(targets) :], *targets[: round_ % len(targets)]]
@@ -620,12 +712,39 @@ def measure(targets: Sequence[Target], rounds: int, seconds: int) -> Runs:
             for connections, label in ((CONNECTIONS, "loaded"), (1, "single")):
                 if connections == 1 and not target.single:
                     continue
+                before = _operator_now(operator) if operator is not None else (0.0, 0.0)
                 result = wrk(
                     target, connections, seconds if connections > 1 else max(1, seconds // 2)
                 )
+                if operator is not None:
+                    result |= _operator_after(operator, before)
                 for key, value in result.items():
                     runs[target.name].setdefault(f"{label}_{key}", []).append(value)
     return runs
+
+
+# The operator's count of answers: every answer a gateway reported is in this histogram.
+ANSWERS_COUNT = "gen_ai_client_operation_duration_seconds_count"
+# How late the last records of a run may reach the operator: the gateway sends its answer
+# records at least every second (render/envoy.py's _usage_record), and the operator needs a
+# moment for them.
+OPERATOR_LAG_S = 1.5
+
+
+def _operator_now(operator: OperatorProcess) -> tuple[float, float]:
+    """The answers the operator has counted, and its CPU time so far (read in that order:
+    reading its metrics costs it CPU, outside the run)."""
+    counted = common.metric_sum(operator.metrics(), ANSWERS_COUNT)
+    return counted, cpu_seconds(operator.pid)
+
+
+def _operator_after(operator: OperatorProcess, before: tuple[float, float]) -> dict[str, float]:
+    """Once the operator has gone quiet after a run: how long that took, its CPU time since
+    `before`, and the answers it counted since."""
+    settle = quiet(operator.pid, OPERATOR_LAG_S)
+    cpu = cpu_seconds(operator.pid) - before[1]
+    counted = common.metric_sum(operator.metrics(), ANSWERS_COUNT) - before[0]
+    return {"operator_settle_s": settle, "operator_cpu_s": cpu, "answers_counted": counted}
 
 
 def _summary(runs: Runs) -> dict[str, dict[str, dict[str, float]]]:
@@ -639,9 +758,11 @@ def throughput(
     memory: MemoryWatch,
     rounds: int,
     seconds: int,
+    pieces: dict[str, dict[str, int]] | None = None,
 ) -> dict[str, Any]:
-    """The four main targets' figures, of runs that measured them."""
-    runs = {name: runs[name] for name in TARGETS}
+    """The main targets' figures, of runs that measured them; with `pieces` (the accounting
+    each gateway's listener has), accounting's own cost too."""
+    runs = {name: runs[name] for name in TARGETS if name in runs}
     ratios = {
         "switchyard_vs_bare_rps": _ratios(runs, "Switchyard", "bare Envoy", "loaded_rps"),
         "switchyard_vs_litellm_rps": _ratios(runs, "Switchyard", "LiteLLM", "loaded_rps"),
@@ -655,12 +776,12 @@ def throughput(
         for percentile in ("p50", "p99")
         for base, base_key in (("bare Envoy", "bare"), ("direct", "direct"))
     }
-    return {
+    found: dict[str, Any] = {
         "rounds": rounds,
         "seconds": seconds,
         "connections": CONNECTIONS,
         "runs": runs,
-        "checks": {name: checks[name] for name in TARGETS},
+        "checks": {name: checks[name] for name in runs},
         "summary": _summary(runs),
         "ratios": {k: spread(v) for k, v in ratios.items()},
         "added_ms": {k: spread(v) for k, v in added.items()},
@@ -669,6 +790,54 @@ def throughput(
             "Switchyard (VmHWM)": max(common.peak_rss_mb(p) for p in stage.envoy_pids()),
             "bare Envoy (VmHWM)": common.peak_rss_mb(stage.bare.process.pid),
         },
+    }
+    if pieces is not None and stage.unaccounted is not None:
+        found["accounting"] = _accounting(runs, pieces)
+        found["peak_rss_mb"][f"{UNACCOUNTED} (VmHWM)"] = common.peak_rss_mb(
+            stage.unaccounted.process.pid
+        )
+    return found
+
+
+def _accounting(runs: Runs, pieces: dict[str, dict[str, int]]) -> dict[str, Any]:
+    """Switchyard against itself without accounting, round by round; and the operator's
+    side: its CPU time per request (over each run and the wait for it to go quiet after), and
+    the share of Switchyard's answers it counted."""
+    on, off = runs["Switchyard"], runs[UNACCOUNTED]
+
+    def per_request_ms(figures: dict[str, list[float]]) -> list[float]:
+        return [
+            cpu * 1000 / max(1.0, n)
+            for cpu, n in zip(
+                figures["loaded_operator_cpu_s"], figures["loaded_requests"], strict=True
+            )
+        ]
+
+    counted = [
+        c / max(1.0, n)
+        for label in ("loaded", "single")
+        for c, n in zip(on[f"{label}_answers_counted"], on[f"{label}_requests"], strict=True)
+    ]
+    return {
+        "pieces": pieces,
+        "vs_unaccounted_rps": spread(_ratios(runs, "Switchyard", UNACCOUNTED, "loaded_rps")),
+        "unaccounted_vs_bare_rps": spread(_ratios(runs, UNACCOUNTED, "bare Envoy", "loaded_rps")),
+        "added_ms": {
+            f"{label}_{percentile}": spread(
+                _differences(runs, "Switchyard", UNACCOUNTED, f"{label}_{percentile}_ms")
+            )
+            for label in ("loaded", "single")
+            for percentile in ("p50", "p99")
+        },
+        "operator_cpu_ms_per_request": {
+            "Switchyard": spread(per_request_ms(on)),
+            UNACCOUNTED: spread(per_request_ms(off)),
+        },
+        "operator_settle_s": {
+            "Switchyard": spread(on["loaded_operator_settle_s"]),
+            UNACCOUNTED: spread(off["loaded_operator_settle_s"]),
+        },
+        "counted_share": spread(counted),
     }
 
 
@@ -733,6 +902,80 @@ def _differences(runs: dict[str, dict[str, list[float]]], a: str, b: str, key: s
     return [x - y for x, y in zip(runs[a][key], runs[b][key], strict=True)]
 
 
+def listener_accounting(stage: Stage) -> dict[str, dict[str, int]]:
+    """The accounting pieces each gateway's Envoy runs (its admin API's config dump): all
+    four, once each, in Switchyard's; none in the one without."""
+    assert stage.unaccounted is not None
+    pieces = {
+        "Switchyard": accounting_pieces(dumped_listeners(json.loads(stage.gateway.config_dump()))),
+        UNACCOUNTED: accounting_pieces(dumped_listeners(stage.unaccounted.config_dump())),
+    }
+    expected = {"Switchyard": 1, UNACCOUNTED: 0}
+    for name, found in pieces.items():
+        if set(found.values()) != {expected[name]}:
+            raise AssertionError(f"{name}'s listener has the accounting pieces {found}")
+    return pieces
+
+
+# The usage events each stream target's client gets, not having asked for any: the gateway
+# asks the backend for them (backend_shaper.lua, in both variants) and, with accounting,
+# takes that event away again (usage_meter.lua).
+USAGE_EVENTS = {"direct": 0, "bare Envoy": 0, "Switchyard": 0, UNACCOUNTED: 1}
+
+
+def time_to_first_event(stage: Stage, requests: int) -> dict[str, Any]:
+    """A streamed chat completion, one at a time, to the streaming fake directly, through
+    bare Envoy and through the gateway with accounting and without: each stream checked
+    first, then `requests` to each, interleaved."""
+    targets = stage.stream_targets()
+    checks = {}
+    for target in targets:
+        client = StreamClient(target)
+        try:
+            streamed = client.send()
+        finally:
+            client.close()
+        problem = streamed.problem()
+        if problem is None and streamed.usage_events != USAGE_EVENTS[target.name]:
+            problem = f"{streamed.usage_events} usage events, not {USAGE_EVENTS[target.name]}"
+        checks[target.name] = {
+            "ok": problem is None,
+            "problem": problem,
+            "events": len(streamed.events),
+            "usage_events": streamed.usage_events,
+        }
+    samples = {
+        name: {key: [round(v, 3) for v in values] for key, values in figures.items()}
+        for name, figures in first_events(targets, requests).items()
+    }
+    summary = {
+        name: {
+            f"{key.removesuffix('_ms')}_{p}_ms": common.percentile(values, q)
+            for key, values in figures.items()
+            for p, q in (("p50", 50), ("p99", 99))
+        }
+        for name, figures in samples.items()
+    }
+
+    def added(a: str, b: str) -> dict[str, float]:
+        return {key: summary[a][key] - summary[b][key] for key in summary[a]}
+
+    return {
+        "requests": requests,
+        "chunk_delay_s": STREAM_CHUNK_DELAY,
+        "checks": checks,
+        "samples": samples,
+        "summary": summary,
+        "added_ms": {
+            "over_direct": added("Switchyard", "direct"),
+            "over_bare": added("Switchyard", "bare Envoy"),
+            "accounting": added("Switchyard", UNACCOUNTED),
+            "unaccounted_over_direct": added(UNACCOUNTED, "direct"),
+            "bare_over_direct": added("bare Envoy", "direct"),
+        },
+    }
+
+
 def split_accuracy(stage: Stage, requests: int, peer_requests: int) -> dict[str, Any]:
     """Observed shares over `requests` requests of the mixed endpoint (OpenAI, Azure OpenAI,
     Anthropic at 50/30/20) through Switchyard, and `peer_requests` through LiteLLM (which
@@ -769,25 +1012,30 @@ def run(quick: bool = False, only: str | None = None) -> dict[str, Any]:
     in the saved results in place of the last ones (the rest kept as they were)."""
     started = time.monotonic()
     rounds, seconds = (1, 3) if quick else (3, 10)
-    with stage("dataplane") as running:
+    with stage("dataplane", accounting=only is None) as running:
         targets = running.targets()
         if only == "translation":
             targets = [t for t in targets if t.name in TRANSLATION_TARGETS]
+        pieces = listener_accounting(running) if only is None else None
         checks = {t.name: check(t) for t in targets}
         for name, checked in checks.items():
             if not checked["ok"]:
                 print(f"{name}: {checked['problem']}", flush=True)
         with MemoryWatch([t for t in targets if t.name in TARGETS]) as memory:
-            runs = measure(targets, rounds, seconds)
+            runs = measure(targets, rounds, seconds, running.operator)
         translated = translation(runs, checks, rounds, seconds)
         if only == "translation":
             data = common.load("dataplane") or {"machine": common.machine()}
         else:
             data = {
-                "throughput": throughput(running, runs, checks, memory, rounds, seconds),
+                "throughput": throughput(running, runs, checks, memory, rounds, seconds, pieces),
+                "ttft": time_to_first_event(running, 30 if quick else 300),
                 "split": split_accuracy(running, *((1000, 500) if quick else (10_000, 2_000))),
                 "machine": common.machine(),
             }
+            for name, checked in data["ttft"]["checks"].items():
+                if not checked["ok"]:
+                    print(f"{name}, streamed: {checked['problem']}", flush=True)
         data["translation"] = translated | {"apart": only is not None}
     if only is None:
         data["elapsed_s"] = time.monotonic() - started
@@ -800,7 +1048,7 @@ def run(quick: bool = False, only: str | None = None) -> dict[str, Any]:
 # --- the report
 
 
-TARGETS = ("direct", "bare Envoy", "Switchyard", "LiteLLM")
+TARGETS = ("direct", "bare Envoy", "Switchyard", UNACCOUNTED, "LiteLLM")
 
 
 def stage_name(fake: str) -> str:
@@ -820,8 +1068,9 @@ def _main_targets(data: dict[str, Any]) -> list[dict[str, Any]]:
     kept = ratios["switchyard_vs_bare_rps"]
     rows = [
         common.target(
-            "Data plane: Switchyard, checking client keys, keeps ≥ 70% of bare Envoy's throughput",
-            f"{kept['median']:.0%} ({kept['min']:.0%}–{kept['max']:.0%})",
+            "Data plane: Switchyard with accounting, checking client keys, keeps ≥ 70% of bare "
+            "Envoy's throughput",
+            _percent(kept),
             kept["median"] >= 0.7,
         )
     ]
@@ -834,7 +1083,23 @@ def _main_targets(data: dict[str, Any]) -> list[dict[str, Any]]:
                 extra["median"] < 1.0,
             )
         )
+    if "ttft" in data:
+        added = data["ttft"]["added_ms"]["over_direct"]
+        trouble = "" if _streams_checked(data["ttft"]) else "; streams checked wrong"
+        rows.append(
+            common.target(
+                "Data plane: Switchyard adds < 5 ms p50 to a streamed answer's time to first "
+                "event (over calling the provider directly)",
+                f"{added['first_event_p50_ms']:.2f} ms at p50, "
+                f"{added['first_event_p99_ms']:.2f} ms at p99" + trouble,
+                added["first_event_p50_ms"] < 5.0 and not trouble,
+            )
+        )
     return rows
+
+
+def _streams_checked(ttft: dict[str, Any]) -> bool:
+    return all(checked["ok"] for checked in ttft["checks"].values())
 
 
 def _translation_targets(translation: dict[str, Any]) -> list[dict[str, Any]]:
@@ -890,8 +1155,10 @@ def _main_section(data: dict[str, Any]) -> str:
     throughput, split = data["throughput"], data["split"]
     summary = throughput["summary"]
     rss = throughput["peak_rss_mb"]
+    shown = [name for name in TARGETS if name in summary]
+    labels = [name.replace(" (", "\n(") for name in shown]
     rows = []
-    for name in TARGETS:
+    for name in shown:
         figures = summary[name]
         memory = f"{rss[name]:.0f}" if rss.get(name) else "–"
         latencies = " | ".join(
@@ -914,17 +1181,22 @@ def _main_section(data: dict[str, Any]) -> str:
         "dataplane-throughput.png",
         f"Throughput at {CONNECTIONS} connections (log scale)",
         "requests/s",
-        TARGETS,
-        {"requests/s": [summary[n]["loaded_rps"] for n in TARGETS]},
+        labels,
+        {"requests/s": [summary[n]["loaded_rps"] for n in shown]},
         log=True,
     )
     latency_plot = common.bars(
         "dataplane-latency.png",
         "Latency, 1 connection (log scale)",
         "ms",
-        TARGETS,
-        {p: [summary[n][f"single_{p}_ms"] for n in TARGETS] for p in ("p50", "p99")},
+        labels,
+        {p: [summary[n][f"single_{p}_ms"] for n in shown] for p in ("p50", "p99")},
         log=True,
+    )
+    accounting = throughput.get("accounting")
+    unaccounted_rss = _unaccounted_rss(rss)
+    more = (_accounting_section(accounting, ratios) if accounting else "") + (
+        _ttft_section(data["ttft"]) if "ttft" in data else ""
     )
     expected = split["expected"]
     names = list(expected)
@@ -943,7 +1215,9 @@ Fake providers on loopback answer at once, so every millisecond here is the prox
 (Debian's, {CONNECTIONS} connections, 2 threads) sends a chat completion (`max_tokens` 64; a
 reply other than 2xx counts as failed) to each target for
 {throughput["seconds"]} s, then again on 1 connection for half as long; {throughput["rounds"]}
-interleaved rounds. The targets:
+interleaved rounds. After every run the benchmark waits until the operator has gone quiet (at
+least {OPERATOR_LAG_S} s: the gateway sends its answer records at least once a second), so
+that no run pays for the records of the one before. The targets:
 
 - **direct**: one OpenAI-wire fake, the client sending the provider's model and key;
 - **bare Envoy**: the same Envoy build and worker count as Switchyard's gateway, with a static
@@ -951,12 +1225,16 @@ interleaved rounds. The targets:
 - **Switchyard**: the gateway's Envoy as the operator configures it over xDS, the same
   50/30/20 split: the client names the public model `bench-chat` and sends its ModelClient's
   key, which the gateway checks (its SHA-256 digest, in Lua) before it picks a backend,
-  rewrites the body's model and injects that backend's key from the mounted Secret;
-- **LiteLLM**: `litellm` {LITELLM_VERSION} proxy, one worker, the same three deployments
+  rewrites the body's model and injects that backend's key from the mounted Secret; and it
+  accounts for every answer: reads its usage and sends a record of it to the operator;
+{_unaccounted_bullet(accounting, throughput["checks"])}- **LiteLLM**: `litellm` {
+        LITELLM_VERSION
+    } proxy, one worker, the same three deployments
   with weights 50/30/20, the client sending the proxy's master key.
 
-All four share this machine's 2 cores with wrk and the fake providers (Python), which bounds
-every figure; ratios within a round are what carries over to other machines.
+All of them share this machine's 2 cores with wrk, the fake providers and the operator
+(Python), which bounds every figure; ratios within a round are what carries over to other
+machines.
 
 {header}
 {chr(10).join(rows)}
@@ -968,13 +1246,13 @@ every figure; ratios within a round are what carries over to other machines.
   {added["loaded_p99_added_over_bare_ms"]} at {CONNECTIONS} connections; added p50 over
   calling the provider directly: {added["single_p50_added_over_direct_ms"]} on 1 connection.
 - Peak RSS is the highest resident memory sampled (every 0.25 s) during the runs; Envoy's own
-  high-water mark (VmHWM): Switchyard {rss["Switchyard (VmHWM)"]:.0f} MB, bare
-  {rss["bare Envoy (VmHWM)"]:.0f} MB. LiteLLM's counts its whole process tree.
+  high-water mark (VmHWM): Switchyard {rss["Switchyard (VmHWM)"]:.0f} MB{unaccounted_rss},
+  bare {rss["bare Envoy (VmHWM)"]:.0f} MB. LiteLLM's counts its whole process tree.
 
 {throughput_plot}
 
 {latency_plot}
-
+{more}
 ### Split accuracy
 
 Requests to one public model split 50/30/20 over OpenAI, Azure OpenAI and Anthropic fakes
@@ -986,6 +1264,107 @@ that alone: about ±1 pp at 2,000).
 | Peer | {" | ".join(providers[n] for n in names)} | largest error | failed | requests |
 |---|{"---|" * len(names)}---|---|---|
 {chr(10).join(split_rows)}
+"""
+
+
+def _unaccounted_bullet(accounting: dict[str, Any] | None, checks: dict[str, Any]) -> str:
+    if accounting is None:
+        return ""
+    pieces = accounting["pieces"]
+    found = ", ".join(
+        f"{name}: {sum(counts.values())} of the {len(PIECES)}" for name, counts in pieces.items()
+    )
+    wrong = [
+        f"**{name}'s replies checked wrong: {_cell(checks[name]['problem'])}**"
+        for name in ("Switchyard", UNACCOUNTED)
+        if not checks[name]["ok"]
+    ]
+    verdict = "; ".join(wrong) or "both answered the requests checked before the load right"
+    return f"""- **{UNACCOUNTED}**: not a setting of the product. The benchmark fetches what the
+  operator serves the gateway over xDS, as the gateway's Envoy does (with its certificate),
+  removes the listener's accounting (json_to_metadata's response rules, which read a whole
+  answer's usage; the `usage_meter` Lua filter, which times a stream's first event and takes
+  away the usage event a client did not ask for; sse_to_metadata, which reads a stream's
+  usage; the gRPC access log that sends each answer's record to the operator), and runs the
+  rest as a static config on the same Envoy build and workers, with the same routes,
+  clusters, client check and backend keys (the gateway's credentials Secret, as files), its
+  failed attempts still reported to the operator with the gateway's certificate. The backend
+  shaper still asks OpenAI streams for their usage. Each Envoy's config dump was
+  checked for the four pieces before the load ({found}); {verdict};
+"""
+
+
+def _unaccounted_rss(rss: dict[str, float]) -> str:
+    hwm = rss.get(f"{UNACCOUNTED} (VmHWM)")
+    return "" if hwm is None else f", without accounting {hwm:.0f} MB"
+
+
+def _accounting_section(accounting: dict[str, Any], ratios: dict[str, Any]) -> str:
+    added = {k: common.fmt(v, 2, " ms") for k, v in accounting["added_ms"].items()}
+    cpu = {k: common.fmt(v, 3, " ms") for k, v in accounting["operator_cpu_ms_per_request"].items()}
+    settle = {k: common.fmt(v, 1, " s") for k, v in accounting["operator_settle_s"].items()}
+    return f"""
+### What accounting costs
+
+Switchyard against itself without accounting, in the same rounds:
+
+- Throughput with accounting / without: **{common.fmt(accounting["vs_unaccounted_rps"], 2, "×")}**
+  at {CONNECTIONS} connections; bare Envoy's kept: {_percent(ratios["switchyard_vs_bare_rps"])}
+  with accounting, {_percent(accounting["unaccounted_vs_bare_rps"])} without.
+- Added by accounting: **{added["loaded_p99"]}** at p99 and {added["loaded_p50"]} at p50 at
+  {CONNECTIONS} connections; **{added["single_p99"]}** at p99 and {added["single_p50"]} at p50 on
+  1 connection.
+- The operator, beside the gateway: {cpu["Switchyard"]} of CPU per request with accounting,
+  {cpu[UNACCOUNTED]} without (its probes and housekeeping), over each run at {CONNECTIONS}
+  connections and the wait for it to go quiet after ({settle["Switchyard"]} and
+  {settle[UNACCOUNTED]}).
+  It counted {_percent(accounting["counted_share"])} of the answers wrk got through
+  Switchyard (its count of answers over each run, the records' last second included, over
+  wrk's; an answer still in flight when wrk stops is counted by the operator alone). Here the
+  operator shares the 2 cores with the gateway, so the CPU it spends on the records is the
+  gateway's loss too; in a cluster it runs in a Pod of its own.
+"""
+
+
+def _ttft_section(ttft: dict[str, Any]) -> str:
+    summary, checks, added = ttft["summary"], ttft["checks"], ttft["added_ms"]
+    rows = []
+    for name in USAGE_EVENTS:  # the stream targets, in their order
+        figures, checked = summary[name], checks[name]
+        verdict = "ok" if checked["ok"] else f"**{_cell(checked['problem'])}**"
+        rows.append(
+            f"| {name} | {figures['first_event_p50_ms']:.2f} | {figures['first_event_p99_ms']:.2f} "
+            f"| {figures['last_byte_p50_ms']:.1f} | {figures['last_byte_p99_ms']:.1f} "
+            f"| {checked['usage_events']} | {verdict} |"
+        )
+
+    def pair(key: str) -> str:
+        found = added[key]
+        p50, p99 = found["first_event_p50_ms"], found["first_event_p99_ms"]
+        return f"{p50:.2f} ms at p50, {p99:.2f} ms at p99"
+
+    return f"""
+### Time to first event
+
+A streamed chat completion (`"stream": true` without `stream_options`, as most OpenAI clients
+send it) to an OpenAI-wire fake that writes an event every {ttft["chunk_delay_s"] * 1000:.0f} ms
+after its first two: directly; through a bare Envoy with a static route to that fake alone;
+and through the gateway, with accounting and without, for the public model
+`{STREAM_MODEL}` whose only backend it is. One request at a time on one kept-alive connection
+per target (Python's http.client, alike for every target), {ttft["requests"]} to each,
+interleaved. Time to first event: from sending the request to reading the first `data:`
+line; last byte: to the stream's end. Each stream was checked first: a complete stream of
+`chat.completion.chunk` events with text, ending in `[DONE]`; with accounting, the client
+gets no usage event (the gateway asks the backend for one and takes it away again); without,
+it gets the one the gateway asked for.
+
+| Target | first event p50 ms | p99 ms | last byte p50 ms | p99 ms | usage events | check |
+|---|---|---|---|---|---|---|
+{chr(10).join(rows)}
+
+- The gateway adds **{pair("over_direct")}** to the time to first event over calling the
+  provider directly; {pair("over_bare")} over bare Envoy.
+- Accounting's share (with against without): {pair("accounting")}.
 """
 
 
