@@ -30,7 +30,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from fuzz.envoy_check import fetch_snapshot, static_bootstrap
-from gatewaylab import free_port, wait_for_port
+from gatewaylab import wait_for_port
+from ports import free_port
 from switchyard.local_envoy import envoy_binary
 from switchyard.providers.usage import ANSWER_LOG
 from switchyard.render.envoy import (

@@ -26,8 +26,9 @@ for _path in (ROOT / "hack", ROOT / "tests"):
         sys.path.insert(0, str(_path))
 
 import localcluster  # noqa: E402
-from gatewaylab import free_port, wait_for_port  # noqa: E402
+from gatewaylab import wait_for_port  # noqa: E402
 from pins import CACHE_ROOT  # noqa: E402
+from ports import free_port  # noqa: E402
 from tests_support.cluster import Cluster  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"

@@ -41,7 +41,8 @@ from common import (
     spread,
     tree_pids,
 )
-from gatewaylab import FakeProcess, LocalEnvoy, free_port
+from gatewaylab import FakeProcess, LocalEnvoy
+from ports import free_port
 
 GROUP, VERSION = "switchyard.dev", "v1alpha1"
 API_VERSION = f"{GROUP}/{VERSION}"

@@ -48,12 +48,12 @@ from gatewaylab import (
     BedrockProcess,
     FakeProcess,
     LocalEnvoy,
-    free_port,
     lab_client,
     send_sync,
     wait_for_port,
 )
 from litellm_proxy import LITELLM_VERSION, Deployment, LiteLLMProxy
+from ports import free_port
 from switchyard.api.models import API_VERSION
 from switchyard.local_envoy import envoy_binary
 from tests_support.cluster import Cluster, condition, eventually

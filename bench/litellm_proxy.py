@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from common import WORK, tree_pids
-from gatewaylab import free_port
+from ports import free_port
 
 LITELLM_VERSION = "1.110.2"
 REQUIREMENTS = Path(__file__).resolve().with_name("litellm-requirements.txt")

@@ -27,7 +27,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import sys
@@ -39,6 +38,7 @@ from typing import Any
 
 import localnode
 from pins import CACHE_ROOT, KUBERNETES_VERSION
+from ports import free_port
 
 BINARIES = (
     "etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubelet",
@@ -161,12 +161,6 @@ class Cluster:
 
 def _alive(pid: int) -> bool:
     return localnode.alive(pid)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _write_pki(pki: Path) -> None:
@@ -365,7 +359,7 @@ def start(directory: Path, node: bool = False) -> Cluster:
         path.mkdir(parents=True)
     _write_pki(pki)
 
-    etcd_port, etcd_peer_port, api_port = _free_port(), _free_port(), _free_port()
+    etcd_port, etcd_peer_port, api_port = free_port(), free_port(), free_port()
     # With a node, the API server listens on the host's end of the node's link, which Pods
     # and the kubelet reach; without one, on loopback only.
     address = localnode.HOST_IP if node else "127.0.0.1"

@@ -30,7 +30,8 @@ import pytest
 import yaml
 
 import localcluster
-from gatewaylab import CLIENT_KEY, SWITCHYARD, FakeProcess, LocalEnvoy, free_port, lab_client
+from gatewaylab import CLIENT_KEY, SWITCHYARD, FakeProcess, LocalEnvoy, lab_client
+from ports import free_port
 from switchyard.handlers.leadership import LEASE_NAME
 from switchyard.plan.routing import credentials_key
 from tests_support.cluster import Cluster, KubectlError, condition, eventually

@@ -15,7 +15,8 @@ from typing import Any
 
 import pytest
 
-from gatewaylab import CLIENT_KEY, LocalEnvoy, chat, free_port, lab_client, send_sync
+from gatewaylab import CLIENT_KEY, LocalEnvoy, chat, lab_client, send_sync
+from ports import free_port
 from tests_support import hygiene
 from tests_support.cluster import Cluster, condition, eventually
 from tests_support.scenario import API_VERSION, Operator

@@ -19,7 +19,8 @@ import openai
 import pytest
 
 from e2e.test_lua import Envoy, Recorder, backend, static_config
-from gatewaylab import free_port, inline_discovered
+from gatewaylab import inline_discovered
+from ports import free_port
 from switchyard.plan.clients import TokenIssuer, key_digest, plan_clients
 from switchyard.plan.gateway import plan_gateway
 from switchyard.render.envoy import EXTENSION_TYPE, LISTENER_TYPE, render

@@ -22,7 +22,7 @@ from google.protobuf import wrappers_pb2
 from prometheus_client import REGISTRY
 
 from e2e.test_xds_reconnect import resources
-from gatewaylab import free_port
+from ports import free_port
 from switchyard.render.envoy import CLUSTER_TYPE, LISTENER_TYPE, cluster_name
 from switchyard.xds.server import FailedAttempt, XdsServer
 from tests_support.xds_tls import TestAuthority

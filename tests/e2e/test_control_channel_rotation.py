@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from gatewaylab import FakeProcess, LocalEnvoy, chat, free_port, lab_client, send_sync
+from gatewaylab import FakeProcess, LocalEnvoy, chat, lab_client, send_sync
+from ports import free_port
 from tests_support.cluster import Cluster, condition, eventually
 from tests_support.scenario import API_VERSION, Operator
 from tests_support.xds_tls import gateway_secret

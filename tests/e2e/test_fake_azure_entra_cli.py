@@ -25,10 +25,10 @@ from openai.types.chat import ChatCompletionMessageParam
 from gatewaylab import (
     SWITCHYARD,
     AzureEntraProcess,
-    free_port,
     lab_ca_and_server,
     wait_for_port,
 )
+from ports import free_port
 from switchyard.cli import main
 from switchyard.fakes.provider import FakeProvider
 

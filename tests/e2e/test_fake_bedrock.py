@@ -26,7 +26,7 @@ from botocore.credentials import Credentials
 from botocore.exceptions import ClientError
 
 from e2e.test_fake_fidelity import png
-from gatewaylab import free_port
+from ports import free_port
 from switchyard.fakes.bedrock import AwsCredentials, FakeBedrock, event_frame
 from switchyard.fakes.sts import FakeSTS
 from tests_support.tokens import Issuer

@@ -11,6 +11,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from ports import free_port
 from switchyard.fakes.provider import FakeProvider, Fault, running
 
 KEY = "sk-test-fake-provider-key"
@@ -217,7 +218,7 @@ async def test_faults_switch_at_run_time(fake: FakeProvider, http: aiohttp.Clien
 def test_the_control_port_sets_faults_and_reads_records() -> None:
     async def body() -> None:
         fake = FakeProvider("OpenAICompatible", KEY, models=["llama"])
-        control_port = _free_port()
+        control_port = free_port()
         async with running(fake, control_port), aiohttp.ClientSession() as http:
             control = f"http://127.0.0.1:{control_port}"
             async with http.put(f"{control}/fault", json={"refuse": True}) as reply:
@@ -236,11 +237,3 @@ def test_the_control_port_sets_faults_and_reads_records() -> None:
             assert recorded[0]["headers"]["authorization"] == f"Bearer {KEY}"
 
     asyncio.run(body())
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])

@@ -26,10 +26,10 @@ from google.oauth2 import service_account
 from gatewaylab import (
     SWITCHYARD,
     VertexProcess,
-    free_port,
     service_account_key_json,
     wait_for_port,
 )
+from ports import free_port
 from switchyard.cli import main
 
 pytestmark = pytest.mark.e2e

@@ -22,7 +22,8 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from gatewaylab import EnvoyProcess, envoy_refusal, free_port, wait_for_port
+from gatewaylab import EnvoyProcess, envoy_refusal, wait_for_port
+from ports import free_port
 from switchyard.api.models import BackendTLS
 from switchyard.plan.gateway import GatewayPlan, plan_gateway
 from switchyard.providers import ANTHROPIC_VERSION

@@ -36,7 +36,8 @@ from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest, HTTPHeaders
 from botocore.credentials import Credentials
 
-from gatewaylab import EnvoyProcess, envoy_refusal, free_port, wait_for_port
+from gatewaylab import EnvoyProcess, envoy_refusal, wait_for_port
+from ports import free_port
 from switchyard.fakes.bedrock import AwsCredentials, FakeBedrock, event_frame
 from switchyard.render.envoy import TYPE, lua_literal
 

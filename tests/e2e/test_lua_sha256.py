@@ -19,7 +19,8 @@ from typing import Any
 
 import pytest
 
-from gatewaylab import EnvoyProcess, free_port, wait_for_port
+from gatewaylab import EnvoyProcess, wait_for_port
+from ports import free_port
 from switchyard.render.envoy import TYPE
 
 pytestmark = pytest.mark.e2e

@@ -17,7 +17,8 @@ import openai
 import pytest
 import yaml
 
-from gatewaylab import CLIENT_KEY, chat, free_port, send_sync, wait_for_port
+from gatewaylab import CLIENT_KEY, chat, send_sync, wait_for_port
+from ports import free_port
 from tests_support.cluster import eventually
 
 from .conftest import Lab

@@ -22,7 +22,8 @@ import anthropic
 import openai
 import pytest
 
-from gatewaylab import FakeProcess, free_port
+from gatewaylab import FakeProcess
+from ports import free_port
 from switchyard.plan.gateway import SecretKeys, plan_gateway
 from switchyard.render.envoy import render
 from tests_support.plans import GATEWAY_KEY, endpoint, gateway

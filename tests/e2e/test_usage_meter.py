@@ -16,7 +16,7 @@ from typing import Any
 import openai
 import pytest
 
-from gatewaylab import free_port
+from ports import free_port
 from switchyard.plan.gateway import SecretKeys, plan_gateway
 from switchyard.render.envoy import render
 from tests_support.plans import GATEWAY_KEY, endpoint, gateway

@@ -17,7 +17,8 @@ from typing import Any
 
 import pytest
 
-from gatewaylab import EnvoyProcess, free_port
+from gatewaylab import EnvoyProcess
+from ports import free_port
 from switchyard.plan.gateway import plan_gateway
 from switchyard.render.envoy import bootstrap, render
 from switchyard.xds.server import KEEPALIVE_TIME_MS, KEEPALIVE_TIMEOUT_MS, XdsServer

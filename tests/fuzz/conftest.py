@@ -12,7 +12,8 @@ import pytest
 
 from fuzz.strategies import MISSING_NAMESPACE, NAMESPACE_LABELS
 from fuzz.world import FuzzWorld, LogWatch
-from gatewaylab import FakeProcess, free_port
+from gatewaylab import FakeProcess
+from ports import free_port
 from tests_support.cluster import Cluster
 from tests_support.scenario import Operator
 

@@ -5,14 +5,8 @@ imports this first) and the Vertex fake that serves it binds this port when a te
 from __future__ import annotations
 
 import os
-import socket
 
+from ports import free_port
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-METADATA_PORT = _free_port()
+METADATA_PORT = free_port()
 os.environ["GCE_METADATA_HOST"] = f"127.0.0.1:{METADATA_PORT}"

@@ -7,7 +7,7 @@ from __future__ import annotations
 import socket
 import threading
 
-from gatewaylab import free_port
+from ports import free_port
 
 
 class Partition:
