@@ -1,14 +1,15 @@
 """Accounting on and off, for the data plane benchmark.
 
 The gateway's Envoy counts every answer: its listener reads a whole JSON answer's usage
-(json_to_metadata's response rules), times a stream's first event and takes away the usage
-event a client did not ask for (the `usage_meter` Lua filter), reads a stream's usage as it
-passes (sse_to_metadata), and sends one record per answer to the operator (a gRPC access log,
-`switchyard-usage`). The product has no switch for it; to see what it costs, the benchmark
-takes what the operator really serves the gateway over xDS, removes those four pieces from
-the listener, and runs the rest as a static Envoy beside the xDS-fed one: the same binary,
-workers, routes, clusters, client check and backend shaping (which still asks an OpenAI
-stream's backend for its usage, as it does with accounting on).
+(json_to_metadata's response rules), reads a stream's usage as it passes (sse_to_metadata),
+and sends one record per answer to the operator (a gRPC access log, `switchyard-usage`). The
+`answer` Lua filter, which every answer passes anyway (a provider's refusal is rewritten
+there), also times a stream's first event and takes away the usage event a client did not
+ask for: it stays in both variants. The product has no switch for accounting; to see what it
+costs, the benchmark takes what the operator really serves the gateway over xDS, removes
+those three pieces from the listener, and runs the rest as a static Envoy beside the
+xDS-fed one: the same binary, workers, routes, clusters, client check and backend shaping
+(which still asks an OpenAI stream's backend for its usage, as it does with accounting on).
 
 Also here: time to first event of a streamed chat completion, as a client sees it.
 """
@@ -49,13 +50,11 @@ from tests_support.cluster import Cluster
 from tests_support.xds_tls import gateway_credentials, gateway_secret
 
 JSON_TO_METADATA = "envoy.filters.http.json_to_metadata"
-LUA = "envoy.filters.http.lua"
 SSE_TO_METADATA = "envoy.filters.http.sse_to_metadata"
 GRPC_ACCESS_LOG = "envoy.access_loggers.http_grpc"
-# The four pieces, as the report names them.
+# The three pieces, as the report names them.
 PIECES = (
     "whole answers' usage (json_to_metadata response_rules)",
-    "usage_meter Lua",
     "streams' usage (sse_to_metadata)",
     f"answer records to the operator (gRPC access log {ANSWER_LOG})",
 )
@@ -81,13 +80,11 @@ def _piece(kind: str, item: dict[str, Any]) -> str | None:
     name = item.get("name")
     if kind == "filter" and name == JSON_TO_METADATA and "response_rules" in config:
         return PIECES[0]
-    if kind == "filter" and name == LUA and config.get("stat_prefix") == "usage_meter":
-        return PIECES[1]
     if kind == "filter" and name == SSE_TO_METADATA:
-        return PIECES[2]
+        return PIECES[1]
     common = config.get("common_config", {})
     if kind == "log" and name == GRPC_ACCESS_LOG and common.get("log_name") == ANSWER_LOG:
-        return PIECES[3]
+        return PIECES[2]
     return None
 
 
@@ -106,7 +103,7 @@ def accounting_pieces(listeners: list[dict[str, Any]]) -> dict[str, int]:
 def without_accounting(
     listeners: list[dict[str, Any]], pieces: Collection[str] = PIECES
 ) -> list[dict[str, Any]]:
-    """A copy of `listeners` without the accounting `pieces` (all four unless told);
+    """A copy of `listeners` without the accounting `pieces` (all three unless told);
     everything else as it was. Each piece must be there exactly once: if the product
     changes, this says so instead of measuring something else."""
     found = accounting_pieces(listeners)

@@ -904,7 +904,7 @@ def _differences(runs: dict[str, dict[str, list[float]]], a: str, b: str, key: s
 
 def listener_accounting(stage: Stage) -> dict[str, dict[str, int]]:
     """The accounting pieces each gateway's Envoy runs (its admin API's config dump): all
-    four, once each, in Switchyard's; none in the one without."""
+    three, once each, in Switchyard's; none in the one without."""
     assert stage.unaccounted is not None
     pieces = {
         "Switchyard": accounting_pieces(dumped_listeners(json.loads(stage.gateway.config_dump()))),
@@ -918,9 +918,9 @@ def listener_accounting(stage: Stage) -> dict[str, dict[str, int]]:
 
 
 # The usage events each stream target's client gets, not having asked for any: the gateway
-# asks the backend for them (backend_shaper.lua, in both variants) and, with accounting,
-# takes that event away again (usage_meter.lua).
-USAGE_EVENTS = {"direct": 0, "bare Envoy": 0, "Switchyard": 0, UNACCOUNTED: 1}
+# asks the backend for them (backend_shaper.lua) and takes that event away again
+# (answer.lua), in both variants.
+USAGE_EVENTS = {"direct": 0, "bare Envoy": 0, "Switchyard": 0, UNACCOUNTED: 0}
 
 
 def time_to_first_event(stage: Stage, requests: int) -> dict[str, Any]:
@@ -1283,14 +1283,14 @@ def _unaccounted_bullet(accounting: dict[str, Any] | None, checks: dict[str, Any
     return f"""- **{UNACCOUNTED}**: not a setting of the product. The benchmark fetches what the
   operator serves the gateway over xDS, as the gateway's Envoy does (with its certificate),
   removes the listener's accounting (json_to_metadata's response rules, which read a whole
-  answer's usage; the `usage_meter` Lua filter, which times a stream's first event and takes
-  away the usage event a client did not ask for; sse_to_metadata, which reads a stream's
-  usage; the gRPC access log that sends each answer's record to the operator), and runs the
+  answer's usage; sse_to_metadata, which reads a stream's usage; the gRPC access log that
+  sends each answer's record to the operator; the `answer` Lua filter stays, as a provider's
+  refusal needs it, and with it the stream's timing and the hidden usage event), and runs the
   rest as a static config on the same Envoy build and workers, with the same routes,
   clusters, client check and backend keys (the gateway's credentials Secret, as files), its
   failed attempts still reported to the operator with the gateway's certificate. The backend
   shaper still asks OpenAI streams for their usage. Each Envoy's config dump was
-  checked for the four pieces before the load ({found}); {verdict};
+  checked for the three pieces before the load ({found}); {verdict};
 """
 
 

@@ -1,4 +1,4 @@
-"""usage_meter.lua and the shaper's request for stream usage, in the real Envoy running the
+"""answer.lua and the shaper's request for stream usage, in the real Envoy running the
 renderer's config, against an upstream that writes an OpenAI stream the way networks deliver
 it: the usage event split across two writes, a pause between them."""
 

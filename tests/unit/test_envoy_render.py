@@ -382,7 +382,7 @@ def lua_sources(resources: dict[str, list[dict[str, Any]]]) -> dict[str, str]:
 
 def test_lua_comes_from_the_packages_files_with_its_config_in_front() -> None:
     sources = lua_sources(rendered(endpoint("chat")))
-    assert set(sources) == {"original_path", "usage_meter", "provider_refusal", "backend_shaper"}
+    assert set(sources) == {"original_path", "answer", "backend_shaper"}
     for name, source in sources.items():
         config, _, program = source.partition("; ")
         # The file unchanged, on the same lines: Lua's error messages point into it.

@@ -156,19 +156,6 @@ def _original_path_lua() -> str:
 
 
 @functools.cache
-def _usage_meter_lua() -> str:
-    return lua_program(
-        "usage_meter.lua",
-        {
-            "metadata_namespace": METADATA_NAMESPACE,
-            "usage_namespace": USAGE_NAMESPACE,
-            "first_event_key": FIRST_EVENT_KEY,
-            "openai_path": "/v1" + API_PATHS[ClientApi.OPENAI],
-        },
-    )
-
-
-@functools.cache
 def _backend_shaper_lua() -> str:
     program = lua_program(
         "backend_shaper.lua",
@@ -228,10 +215,10 @@ def anthropic_error(kind: str, message: str) -> str:
 
 
 @functools.cache
-def _provider_refusal_lua() -> str:
+def _answer_lua() -> str:
     message = "Every provider of this model refused the gateway's credentials."
     return lua_program(
-        "provider_refusal.lua",
+        "answer.lua",
         {
             "metadata_namespace": METADATA_NAMESPACE,
             "marker": REFUSAL_MARKER,
@@ -239,6 +226,9 @@ def _provider_refusal_lua() -> str:
                 openai_error(SERVER_ERROR, message, "provider_refused_credentials")
             ),
             "anthropic_body": anthropic_error("api_error", message),
+            "usage_namespace": USAGE_NAMESPACE,
+            "first_event_key": FIRST_EVENT_KEY,
+            "openai_path": "/v1" + API_PATHS[ClientApi.OPENAI],
         },
     )
 
@@ -475,10 +465,9 @@ def _listener(port: int, clients_checked: bool) -> dict[str, Any]:
             _model_to_metadata(),
             # The clients filter keeps the original path itself.
             *(checks or [_lua("original_path", _original_path_lua())]),
-            _lua("usage_meter", _usage_meter_lua()),
-            _lua("provider_refusal", _provider_refusal_lua()),
+            _lua("answer", _answer_lua()),
             # Answers pass the filters in reverse: the stream's usage is read before the
-            # meter takes away what the client did not ask for.
+            # answer filter takes away what the client did not ask for.
             _usage_from_streams(),
             _router(),
         ],
@@ -663,7 +652,7 @@ def _model_to_metadata() -> dict[str, Any]:
                         "on_present": {"metadata_namespace": METADATA_NAMESPACE, "key": "stream"},
                     },
                     # Whether an OpenAI client asked for its stream's usage (else the gateway
-                    # asks, and takes the answer's usage event away: usage_meter.lua).
+                    # asks, and takes the answer's usage event away: answer.lua).
                     {
                         "selectors": [{"key": "stream_options"}, {"key": "include_usage"}],
                         "on_present": {

@@ -25,7 +25,7 @@
 --                               Converse calls, through which a client whose API the
 --                               backend does not speak is served), errors (`cloud`: the
 --                               backend answers errors in its cloud's format, not its API's)
---   config.refusal_marker       set on a provider's 401 or 403 (provider_refusal.lua)
+--   config.refusal_marker       set on a provider's 401 or 403 (answer.lua)
 -- json.lua, translate.lua, converse.lua, sha256.lua, sigv4.lua and event_stream.lua follow
 -- this file in the same chunk.
 
@@ -352,7 +352,7 @@ local function shape(handle)
   metadata:set(config.metadata_namespace, "answer_model", model or "")
   metadata:set(config.metadata_namespace, "cloud_errors", cloud_errors and "1" or "")
   -- An OpenAI stream reports usage only when asked: the gateway asks, to count the tokens,
-  -- and usage_meter.lua takes the answer's usage event away again.
+  -- and answer.lua takes the answer's usage event away again.
   local ask_usage = spoken == "openai" and client["stream"] == true and client["usage_asked"] ~= true
   if translating or chat_call ~= "" or fields ~= ""
      or not edited_in_place(handle, model, client["model"], ask_usage) then

@@ -1,18 +1,39 @@
--- Two things about a streamed answer that Envoy's own filters cannot see: when its first
--- event reached the client (time to first token), and, for an OpenAI client that did not
--- ask for stream usage, the usage event the gateway asked for on its behalf (the backend
--- shaper did, to count the tokens; sse_to_metadata has read it by now). That event is taken
--- away, so the client gets the stream it asked for. Every other answer passes untouched:
--- one call of this filter, no body read.
+-- What the listener does to every answer, in one Lua call (each filter's call costs as much
+-- as its work here):
+--
+-- 1. A provider's 401 or 403 means it refused the gateway's key, not the client's request:
+--    the client gets a gateway error instead, and never the provider's body (it may quote the
+--    key, or name the organisation it belongs to). The backend shaper marks such an answer
+--    with a header, which the retry policy has already seen pass: every backend was tried.
+-- 2. Two things about a streamed answer that Envoy's own filters cannot see: when its first
+--    event reached the client (time to first token), and, for an OpenAI client that did not
+--    ask for stream usage, the usage event the gateway asked for on its behalf (the backend
+--    shaper did, to count the tokens; sse_to_metadata has read it by now). That event is
+--    taken away, so the client gets the stream it asked for. Any other answer passes
+--    untouched, its body unread.
 --
 -- `config` is a table the renderer (render/envoy.py) puts in front of this file, on its
 -- first line so that line numbers in Lua's errors still match this file:
 --   config.metadata_namespace   dynamic metadata namespace: the client's `path`, `stream`
 --                               and `usage_asked` (stream_options.include_usage)
+--   config.marker               the header the backend shaper sets on a refusal
+--   config.openai_body          the refusal in OpenAI's format
+--   config.anthropic_body       the refusal in Anthropic's format (for /v1/messages)
 --   config.usage_namespace      where the answer's usage goes; this filter adds the first
 --                               event's time (ms since the epoch) as config.first_event_key
 --   config.openai_path          OpenAI's chat path, the one API that reports stream usage
 --                               only when asked
+
+local function refused(handle, headers, client)
+  headers:remove(config.marker)
+  headers:replace(":status", "502")
+  headers:replace("content-type", "application/json")
+  local body = config.openai_body
+  if string.find(client["path"] or "", "/v1/messages", 1, true) == 1 then
+    body = config.anthropic_body
+  end
+  handle:body(true):setBytes(body)
+end
 
 -- An OpenAI chunk that carries only usage: no choices, and a usage object.
 local function usage_only(event)
@@ -34,12 +55,7 @@ local function without_usage(text)
   return table.concat(kept), string.sub(text, position)
 end
 
-function envoy_on_response(handle)
-  local client = handle:streamInfo():dynamicMetadata():get(config.metadata_namespace) or {}
-  if client["stream"] ~= true then return end
-  -- An error answers a stream request whole, as JSON: neither timed nor touched.
-  local content_type = handle:headers():get("content-type") or ""
-  if not string.find(content_type, "text/event-stream", 1, true) then return end
+local function metered(handle, client)
   local path = string.match(client["path"] or "", "^[^?]*")
   local hide = path == config.openai_path and client["usage_asked"] ~= true
   local timed, pending = false, ""
@@ -60,5 +76,17 @@ function envoy_on_response(handle)
       kept, pending = without_usage(text)
       chunk:setBytes(kept)
     end
+  end
+end
+
+function envoy_on_response(handle)
+  local headers = handle:headers()
+  local client = handle:streamInfo():dynamicMetadata():get(config.metadata_namespace) or {}
+  if headers:get(config.marker) ~= nil then
+    refused(handle, headers, client)
+  elseif client["stream"] == true
+      and string.find(headers:get("content-type") or "", "text/event-stream", 1, true) then
+    -- An error answers a stream request whole, as JSON: neither timed nor touched.
+    metered(handle, client)
   end
 end
