@@ -28,9 +28,10 @@ images: venv tools
 	$(BIN)/python hack/images.py build
 
 # From Debian (installing needs root): promtool and Prometheus; the local node's container
-# runtime, runc, CNI plugins, iptables and conntrack; buildah and debootstrap for the images.
+# runtime, runc, CNI plugins, iptables and conntrack; buildah and debootstrap for the images;
+# Redis, behind the rate limit service that holds clients' limits.
 DEBIAN_TOOLS := prometheus containerd runc containernetworking-plugins iptables conntrack \
-	buildah debootstrap
+	buildah debootstrap redis-server
 tools:
 	@dpkg-query -W $(DEBIAN_TOOLS) >/dev/null 2>&1 || { apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(DEBIAN_TOOLS); }

@@ -154,6 +154,7 @@ class OperatorProcess:
     xds_port: int = 0
     metrics_port: int = 0
     process: subprocess.Popen[bytes] | None = None
+    extra_args: Sequence[str] = ()
 
     def start(self) -> None:
         self.xds_port = self.xds_port or free_port()
@@ -162,7 +163,7 @@ class OperatorProcess:
         self.process = subprocess.Popen(
             [
                 SWITCHYARD, "run", "--xds-address", f"127.0.0.1:{self.xds_port}",
-                "--metrics-port", str(self.metrics_port),
+                "--metrics-port", str(self.metrics_port), *self.extra_args,
             ],
             # The control channel's CA in a namespace every cluster has.
             env={**os.environ, "KUBECONFIG": self.kubeconfig,

@@ -16,11 +16,13 @@ import common
 import controlplane
 import dataplane
 import failover
+import limits
 
 PARTS: dict[str, ModuleType] = {
     "controlplane": controlplane,
     "dataplane": dataplane,
     "failover": failover,
+    "limits": limits,
 }
 
 HEADER = """# Benchmarks

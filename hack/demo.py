@@ -76,8 +76,9 @@ class Kubectl:
 def install(kubectl: Kubectl) -> None:
     """The operator as users install it: its image, built from the Dockerfile, and Helm."""
     print("building the operator's image from the Dockerfile (cached after the first run)")
-    operator, envoy = images.operator_image(), images.envoy_image()
-    images.import_images("ctr", str(localnode.Layout(STATE).containerd_socket), [operator, envoy])
+    built = images.chart_images()
+    operator = built[0]
+    images.import_images("ctr", str(localnode.Layout(STATE).containerd_socket), built)
     helm = str(localcluster.build_helm())
     # The examples' gateway namespace: the operator writes only where gatewayNamespaces says,
     # through a Role there, so the namespace exists first.
@@ -87,7 +88,7 @@ def install(kubectl: Kubectl) -> None:
         [helm, "upgrade", "--install", "switchyard", str(ROOT / "charts" / "switchyard"),
          "-n", "switchyard-system", "--create-namespace", "--wait", "--timeout", "180s",
          "--set", "gatewayNamespaces={ai-gateway}",
-         *chart_image_values(operator.reference, envoy.reference)],
+         *chart_image_values(*(image.reference for image in built))],
         env=kubectl.env, check=True, capture_output=True,
     )  # fmt: skip
     print(f"\n$ helm install switchyard charts/switchyard -n switchyard-system "

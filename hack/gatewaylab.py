@@ -65,13 +65,17 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
             process.wait()
 
 
-def chart_image_values(operator_image: str, envoy_image: str) -> list[str]:
-    """`helm install` flags that run the operator and its gateways from images the node
-    already has (imported, as there is no registry)."""
+def chart_image_values(
+    operator_image: str, envoy_image: str, ratelimit_image: str, redis_image: str
+) -> list[str]:
+    """`helm install` flags that run the operator, its gateways, the rate limit service and
+    its Redis from images the node already has (imported, as there is no registry)."""
     repository, _, tag = operator_image.rpartition(":")
     return [
         "--set", f"image.repository={repository}", "--set", f"image.tag={tag}",
         "--set", "image.pullPolicy=Never", "--set", f"envoy.image={envoy_image}",
+        "--set", f"rateLimits.image={ratelimit_image}",
+        "--set", f"rateLimits.redis.image={redis_image}",
     ]  # fmt: skip
 
 
@@ -573,6 +577,61 @@ class EnvoyProcess:
 
     def stop(self) -> None:
         _stop(self.process)
+
+
+class RateLimiter:
+    """The rate limit service every gateway's Envoys share (envoyproxy/ratelimit, built and
+    cached by `localcluster.py build`), over a Redis of its own (Debian's redis-server), as
+    the Helm chart runs them. Its config names only the domain: each request carries its
+    limits."""
+
+    def __init__(self, directory: Path) -> None:
+        from localcluster import build_ratelimit
+
+        self.directory = directory
+        self.redis_port = free_port()
+        self.port, self.http_port, self.debug_port = free_port(), free_port(), free_port()
+        config = directory / "runtime" / "ratelimit" / "config"
+        config.mkdir(parents=True, exist_ok=True)
+        (config / "switchyard.yaml").write_text("domain: switchyard\n")
+        self.redis = self._start_redis()
+        self.process = subprocess.Popen(
+            [str(build_ratelimit())],
+            stdout=(directory / "ratelimit.log").open("ab"), stderr=subprocess.STDOUT,
+            env={
+                **os.environ, "USE_STATSD": "false", "LOG_LEVEL": "warn",
+                "REDIS_SOCKET_TYPE": "tcp", "REDIS_URL": f"127.0.0.1:{self.redis_port}",
+                "RUNTIME_ROOT": str(directory / "runtime"), "RUNTIME_SUBDIRECTORY": "ratelimit",
+                "RUNTIME_APPDIRECTORY": "config", "RUNTIME_WATCH_ROOT": "false",
+                "HOST": "127.0.0.1", "PORT": str(self.http_port),
+                "GRPC_HOST": "127.0.0.1", "GRPC_PORT": str(self.port),
+                "DEBUG_HOST": "127.0.0.1", "DEBUG_PORT": str(self.debug_port),
+            },
+        )  # fmt: skip
+        wait_for_port(self.port, self.process)
+
+    def _start_redis(self) -> subprocess.Popen[bytes]:
+        redis = subprocess.Popen(
+            ["redis-server", "--port", str(self.redis_port), "--bind", "127.0.0.1",
+             "--save", "", "--appendonly", "no", "--dir", str(self.directory)],
+            stdout=(self.directory / "redis.log").open("ab"), stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        wait_for_port(self.redis_port, redis)
+        return redis
+
+    @property
+    def address(self) -> str:
+        """What `switchyard run --rate-limit-service` takes."""
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def redis_address(self) -> str:
+        """What `switchyard run --rate-limit-redis` takes."""
+        return f"127.0.0.1:{self.redis_port}"
+
+    def stop(self) -> None:
+        _stop(self.process)
+        _stop(self.redis)
 
 
 class LocalEnvoy:

@@ -55,6 +55,8 @@ OPERATOR_REPOSITORY = "localhost/switchyard"
 ENVOY_REPOSITORY = "localhost/switchyard-envoy"
 PAUSE_REPOSITORY = "localhost/switchyard-pause"
 COREDNS_REPOSITORY = "localhost/switchyard-coredns"
+RATELIMIT_REPOSITORY = "localhost/switchyard-ratelimit"
+REDIS_REPOSITORY = "localhost/switchyard-redis"
 # The build context the Dockerfile copies from (see .dockerignore), plus the recipe itself.
 OPERATOR_INPUTS = ("Dockerfile", ".dockerignore", "constraints.txt", "pyproject.toml", "README.md")
 CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
@@ -611,6 +613,45 @@ def coredns_image(binary: Path, version: str) -> Image:
     return files_image(reference, files, ["/coredns"], user="65532:65532")
 
 
+def ratelimit_image() -> Image:
+    """The rate limit service as in envoyproxy/ratelimit (/bin/ratelimit), from the binary
+    `localcluster.py build` compiles; user 65532, as the chart runs it."""
+    from localcluster import RATELIMIT_VERSION, build_ratelimit
+
+    binary = build_ratelimit()
+    files: dict[str, Path | bytes] = {"/bin/ratelimit": binary, **shared_libraries(binary)}
+    version = RATELIMIT_VERSION.rsplit("-", 1)[-1][:8]
+    reference = f"{RATELIMIT_REPOSITORY}:{version}-{files_digest(files)[:12]}"
+    if image := _cached(reference):
+        return image
+    return files_image(reference, files, ["/bin/ratelimit"], user="65532:65532")
+
+
+def redis_image() -> Image:
+    """Debian's redis-server with its libraries: what the rate limit service keeps its
+    counts in. Arguments go after the entrypoint, as with the redis image."""
+    # Not resolved: it is a link to redis-check-rdb, which picks its mode by its name.
+    binary = Path(shutil.which("redis-server") or "/usr/bin/redis-server")
+    found = re.search(r"v=(\S+)", subprocess.run(
+        [str(binary), "--version"], check=True, capture_output=True, text=True
+    ).stdout)  # fmt: skip
+    files: dict[str, Path | bytes] = {"/usr/bin/redis-server": binary, **shared_libraries(binary)}
+    directories = {"/tmp": 0o1777}
+    version = found[1] if found else "unknown"
+    reference = f"{REDIS_REPOSITORY}:{version}-{files_digest(files, directories)[:12]}"
+    if image := _cached(reference):
+        return image
+    return files_image(
+        reference, files, ["/usr/bin/redis-server"], user="65532:65532", directories=directories
+    )
+
+
+def chart_images() -> list[Image]:
+    """What the Helm chart runs, built here: the operator, Envoy, the rate limit service and
+    its Redis, in chart_image_values' order."""
+    return [operator_image(), envoy_image(), ratelimit_image(), redis_image()]
+
+
 # ---------------------------------------------------------------------------------------
 # Into a node's containerd
 
@@ -632,13 +673,13 @@ def import_images(ctr: str, address: str, images: Iterable[Image]) -> None:
 
 
 def build_all() -> list[Image]:
-    return [operator_image(), envoy_image(), pause_image()]
+    return [*chart_images(), pause_image()]
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("build", help="build (or find cached) the operator, Envoy and pause")
+    commands.add_parser("build", help="build (or find cached) the chart's images and pause")
     commands.add_parser("operator", help="print the operator image's reference, building it")
     load = commands.add_parser("import", help="build all, then import into a containerd")
     load.add_argument("--address", type=Path, required=True, help="containerd's socket")

@@ -130,6 +130,8 @@ def run_command(
     ca_lifetime: float | None = None,
     gateway_network_policy: bool = False,
     pod_labels: str | None = None,
+    rate_limit_service: str | None = None,
+    rate_limit_redis: str | None = None,
 ) -> int:
     import kopf
 
@@ -154,6 +156,8 @@ def run_command(
             ca_lifetime=ca_lifetime,
             gateway_network_policy=gateway_network_policy,
             pod_labels=pod_labels,
+            rate_limit_service=rate_limit_service,
+            rate_limit_redis=rate_limit_redis,
         ),
     )
     return 0
@@ -502,6 +506,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="labels of this operator's Pods (in POD_NAMESPACE), which the gateways' "
         "NetworkPolicy lets Envoy reach for xDS (default: any address on the xDS port)",
     )
+    run.add_argument(
+        "--rate-limit-service",
+        default=None,
+        metavar="HOST:PORT",
+        help="the gRPC address of the rate limit service (envoyproxy/ratelimit) that holds "
+        "ModelClients' limits across every Envoy; the Helm chart deploys one. Without it, a "
+        "ModelClient with spec.limits is not accepted",
+    )
+    run.add_argument(
+        "--rate-limit-redis",
+        default=None,
+        metavar="HOST:PORT",
+        help="the rate limit service's Redis, read (every 15 s) for each limited "
+        "ModelClient's use of the current minute in its status",
+    )
     run.add_argument("--verbose", action="store_true", help="log more")
     run.add_argument("--debug", action="store_true", help="log everything Kopf does")
 
@@ -710,6 +729,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             ca_lifetime=args.ca_lifetime,
             gateway_network_policy=args.gateway_network_policy,
             pod_labels=args.pod_labels,
+            rate_limit_service=args.rate_limit_service,
+            rate_limit_redis=args.rate_limit_redis,
         )
     if args.command == "envoy":
         import asyncio

@@ -15,6 +15,7 @@ from prometheus_client import (
     CONTENT_TYPE_LATEST,
     REGISTRY,
     Counter,
+    Gauge,
     Histogram,
     generate_latest,
 )
@@ -52,6 +53,17 @@ XDS_PUSHES = Counter(
     "switchyard_xds_pushes_total",
     "Configuration responses sent to Envoys.",
     ["gateway_namespace", "gateway"],
+)
+CLIENT_LIMIT = Gauge(
+    "switchyard_client_limit",
+    "A ModelClient's limit per minute (limit: requests or tokens), held across its "
+    "gateway's Envoys.",
+    ["gateway", "client", "limit"],
+)
+CLIENT_LIMITED = Counter(
+    "switchyard_client_limited_total",
+    "Requests the gateway refused (429) because their ModelClient had reached a limit.",
+    ["gateway", "client", "limit"],
 )
 XDS_REJECTIONS = Counter(
     "switchyard_xds_rejections_total",

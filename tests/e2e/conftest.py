@@ -4,16 +4,19 @@ sends real HTTP to fake providers on loopback."""
 from __future__ import annotations
 
 import json
+import urllib.error
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import pytest
 
 from e2e.cloudlab import SECRET, GatewayLab, gateway_lab
 from fuzz.envoy_check import fetch_snapshot
-from gatewaylab import FakeProcess, chat, send_sync
+from gatewaylab import FakeProcess, LocalEnvoy, RateLimiter, chat, send_sync
 from tests_support.cluster import Cluster, condition, eventually
 from tests_support.scenario import API_VERSION
 from tests_support.tls import make_ca_and_server
@@ -94,12 +97,53 @@ class Lab(GatewayLab):
     def gateway(self) -> dict[str, Any] | None:
         return self.cluster.get("modelgateways", "gw", self.namespace)
 
+    def new_client(
+        self, envoys: list[LocalEnvoy] | None = None, name: str = "", **spec: Any
+    ) -> str:
+        """A new ModelClient of the gateway (`name`, else a fresh one) with `spec` and an API
+        key of its own, once `envoys` (the lab's by default) serve it; its API key."""
+        name = name or f"app-{uuid.uuid4().hex[:6]}"
+        key = f"sk-client-{uuid.uuid4().hex}"
+        self.cluster.apply(
+            {
+                "apiVersion": "v1",
+                "kind": "Secret",
+                "metadata": {"name": name, "namespace": self.namespace},
+                "stringData": {"api-key": key},
+            },
+            {
+                "apiVersion": API_VERSION,
+                "kind": "ModelClient",
+                "metadata": {"name": name, "namespace": self.namespace},
+                "spec": {
+                    "gatewayRef": {"name": "gw"},
+                    "apiKeyRef": {"name": name, "key": "api-key"},
+                    **spec,
+                },
+            },
+        )
+        for envoy in envoys or [self.envoy]:
+            eventually(partial(_knows, envoy, key))
+        return key
+
     def xds_as_sent(self) -> str:
         """Every resource the operator serves the gateway, as an Envoy of it receives them."""
         credentials = gateway_credentials(self.cluster, self.namespace, "gw")
         assert credentials is not None, "the gateway has no control-channel certificate"
         node = f"{self.namespace}/gw"
         return json.dumps(fetch_snapshot(self.operator.xds_address, node, credentials))
+
+
+def _knows(envoy: LocalEnvoy, key: str) -> bool:
+    """Whether `envoy` serves the client of `key` (its client table has come)."""
+    request = urllib.request.Request(
+        f"{envoy.url}/v1/models", headers={"authorization": f"Bearer {key}"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as reply:
+            return bool(reply.status == 200)
+    except urllib.error.HTTPError:
+        return False
 
 
 @pytest.fixture(scope="module")
@@ -115,9 +159,14 @@ def lab(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     )  # fmt: skip
     keys = {name: fake.api_key for name, fake in fakes.items()}
     spec = {"backendTLS": {"caBundle": ca.read_text(), "hostnames": ["localhost"]}}
+    limiter = RateLimiter(tmp_path_factory.mktemp("ratelimit"))
     try:
-        with gateway_lab(cluster, tmp_path_factory, "sy-e2e", keys, spec) as gateway:
+        with gateway_lab(
+            cluster, tmp_path_factory, "sy-e2e", keys, spec, rate_limit_service=limiter.address,
+            rate_limit_redis=limiter.redis_address,
+        ) as gateway:  # fmt: skip
             yield Lab(gateway.cluster, gateway.operator, gateway.namespace, gateway.envoy, fakes)
     finally:
         for fake in fakes.values():
             fake.stop()
+        limiter.stop()

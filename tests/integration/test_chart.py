@@ -46,11 +46,50 @@ def test_lint_and_render_with_default_and_all_on_values() -> None:
     base = {
         "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding",
         "Deployment", "Service", "PodDisruptionBudget", "NetworkPolicy",
+        "ConfigMap",  # the rate limit service's
     }  # fmt: skip
     assert kinds(rendered("sy", "switchyard-system")) == base
     assert kinds(rendered("sy", "switchyard-system", ALL_ON)) == base | {
-        "ServiceMonitor", "PodMonitor", "PrometheusRule", "ConfigMap",
+        "ServiceMonitor", "PodMonitor", "PrometheusRule",
     }  # fmt: skip
+
+
+def test_rate_limits_run_a_service_and_redis_that_only_the_gateways_and_operator_reach() -> None:
+    docs = [d for d in yaml.safe_load_all(rendered("sy", "switchyard-system")) if d]
+    named = {(d["kind"], d["metadata"]["name"]): d for d in docs}
+    operator = named[("Deployment", "sy-switchyard")]["spec"]["template"]["spec"]
+    args = operator["containers"][0]["args"]
+    assert "--rate-limit-service=sy-switchyard-ratelimit.switchyard-system.svc:8081" in args
+    assert "--rate-limit-redis=sy-switchyard-redis.switchyard-system.svc:6379" in args
+    for name in ("sy-switchyard-ratelimit", "sy-switchyard-redis"):
+        pod = named[("Deployment", name)]["spec"]["template"]["spec"]
+        assert pod["securityContext"]["runAsNonRoot"] is True
+        assert pod["automountServiceAccountToken"] is False
+        assert pod["containers"][0]["securityContext"]["readOnlyRootFilesystem"] is True
+        # Their Pods are not the operator's: its Service and policies must not select them.
+        labels = named[("Deployment", name)]["spec"]["template"]["metadata"]["labels"]
+        assert labels["app.kubernetes.io/name"] != "switchyard"
+    ratelimit = named[("NetworkPolicy", "sy-switchyard-ratelimit")]["spec"]["ingress"]
+    assert ratelimit[0]["from"][0]["podSelector"]["matchLabels"] == {
+        "app.kubernetes.io/name": "switchyard-envoy"
+    }
+    redis = named[("NetworkPolicy", "sy-switchyard-redis")]["spec"]["ingress"][0]["from"]
+    assert [peer["podSelector"]["matchLabels"]["app.kubernetes.io/name"] for peer in redis] == [
+        "switchyard-ratelimit", "switchyard",
+    ]  # fmt: skip
+    # Off: neither runs, and the operator is told of no service (it refuses limited clients).
+    without = rendered("sy", "switchyard-system", sets=("rateLimits.enabled=false",))
+    off = [d for d in yaml.safe_load_all(without) if d]
+    assert not [
+        d for d in off if "ratelimit" in d["metadata"]["name"] or "redis" in d["metadata"]["name"]
+    ]
+    assert not [
+        a
+        for d in off
+        if d["kind"] == "Deployment"
+        for a in d["spec"]["template"]["spec"]["containers"][0]["args"]
+        if "rate-limit" in a
+    ]
 
 
 def test_the_values_schema_names_the_wrong_value() -> None:
@@ -82,7 +121,10 @@ def test_workload_identity_grants_service_account_reads_and_tokens_only_when_ask
     assert read in google
     assert token not in google
     documents = rendered("sy", "switchyard-system", sets=("workloadIdentity.aws=true",))
-    [deployment] = [d for d in yaml.safe_load_all(documents) if d and d["kind"] == "Deployment"]
+    [deployment] = [
+        d for d in yaml.safe_load_all(documents)
+        if d and d["kind"] == "Deployment" and d["metadata"]["name"] == "sy-switchyard"
+    ]  # fmt: skip
     [container] = deployment["spec"]["template"]["spec"]["containers"]
     assert {"name": "AWS_REGION", "value": "us-east-1"} in container["env"]
 
@@ -438,7 +480,10 @@ def rbac_release(cluster: Cluster) -> Iterator[RbacRelease]:
         roles = {
             key: d for d in documents if (key := _role_key(d, fullname)) is not None
         }  # fmt: skip
-        [deployment] = [d for d in documents if d["kind"] == "Deployment"]
+        [deployment] = [
+            d for d in documents
+            if d["kind"] == "Deployment" and d["metadata"]["name"] == fullname
+        ]  # fmt: skip
         [container] = deployment["spec"]["template"]["spec"]["containers"]
         # The chart's arguments, listening on free loopback ports instead.
         args = [
@@ -481,10 +526,12 @@ def test_the_operator_runs_with_only_the_charts_service_account(
     gw = release.gateway_namespace
     policy = release.cluster.get("networkpolicies", "full-switchyard-envoy", gw)
     assert policy is not None
-    [_, xds, _] = policy["spec"]["egress"]
+    [_, xds, _, ratelimit] = policy["spec"]["egress"]
     assert xds["to"][0]["namespaceSelector"]["matchLabels"] == {
         "kubernetes.io/metadata.name": release.namespace
     }
+    # The chart's rate limit service, on its gRPC port.
+    assert ratelimit == {"ports": [{"port": 8081, "protocol": "TCP"}]}
     pod = release.cluster.get("pods", "full-pod", gw)
     assert pod is not None
     assert "switchyard.dev/credentials-version" in pod["metadata"]["annotations"]

@@ -46,6 +46,8 @@ SPLIT = {"openai": ("OpenAI", "gpt-4o", 50), "azure": ("AzureOpenAI", "gpt-4o-de
 class PodImages:
     operator: str
     envoy: str
+    ratelimit: str
+    redis: str
 
 
 @dataclass
@@ -151,19 +153,22 @@ def cluster(pod_cluster: localcluster.Cluster) -> Cluster:
 
 @pytest.fixture(scope="package")
 def pod_images(pod_cluster: localcluster.Cluster) -> PodImages:
-    """The operator image built from the project's Dockerfile and the Envoy image, imported
-    into the node's container runtime (there is no registry)."""
-    built = [images.operator_image(), images.envoy_image()]
+    """The operator image built from the project's Dockerfile, the Envoy image and the rate
+    limit service's and Redis', imported into the node's container runtime (there is no
+    registry)."""
+    built = images.chart_images()
     socket = localnode.Layout(pod_cluster.directory).containerd_socket
     images.import_images("ctr", str(socket), built)
-    return PodImages(operator=built[0].reference, envoy=built[1].reference)
+    return PodImages(*(image.reference for image in built))
 
 
 def install_values(pod_images: PodImages) -> list[str]:
     # Only the tier's namespaces: the suite's other tests run operators of their own.
     watched = ",".join(WATCHED_NAMESPACES)
     return [
-        *chart_image_values(pod_images.operator, pod_images.envoy),
+        *chart_image_values(
+            pod_images.operator, pod_images.envoy, pod_images.ratelimit, pod_images.redis
+        ),
         "--set", f"watchNamespaces={{{watched}}}",
         "--set", f"gatewayNamespaces={{{','.join(GATEWAY_NAMESPACES)}}}",
     ]  # fmt: skip

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 import yaml
-from openai import AuthenticationError, OpenAI
+from openai import AuthenticationError, OpenAI, RateLimitError
 
 from tests_support.cluster import Cluster, condition, eventually
 from tests_support.helm import CHART, helm
@@ -215,6 +215,61 @@ def test_an_app_in_the_cluster_calls_with_its_service_account_token_and_no_key(
         cluster.kubectl("delete", "pods", "app-right", "app-for-kubernetes", "-n", APP_NAMESPACE,
                         "--wait=false", "--ignore-not-found")  # fmt: skip
         cluster.kubectl("delete", "modelclients,serviceaccounts", "checkout", "-n",
+                        APP_NAMESPACE, "--ignore-not-found")  # fmt: skip
+
+
+def test_a_client_limit_holds_across_the_envoy_pods_and_shows_in_its_status(
+    cluster: Cluster, gateway: Gateway
+) -> None:
+    """The chart's rate limit service and Redis, as Pods: both Envoy Pods (behind the
+    gateway's Service) share the client's count, and the operator reads it into status."""
+    key = "sk-pods-limited-0c5e"
+    cluster.apply(
+        {"apiVersion": "v1", "kind": "Secret",
+         "metadata": {"name": "limited-key", "namespace": APP_NAMESPACE},
+         "stringData": {"api-key": key}},
+        {"apiVersion": API_VERSION, "kind": "ModelClient",
+         "metadata": {"name": "limited", "namespace": APP_NAMESPACE},
+         "spec": {"gatewayRef": {"name": GATEWAY, "namespace": GATEWAY_NAMESPACE},
+                  "apiKeyRef": {"name": "limited-key", "key": "api-key"},
+                  "limits": {"requestsPerMinute": 6}}},
+    )  # fmt: skip
+    client = OpenAI(base_url=gateway.base_url, api_key=key, max_retries=0, timeout=30)
+
+    def known() -> bool:
+        try:
+            return bool(client.models.list().data)
+        except AuthenticationError:
+            return False
+
+    try:
+        eventually(known, timeout=60)
+        # A fresh minute: the service counts in calendar minutes.
+        if (left := 60 - time.time() % 60) < 25:
+            time.sleep(left + 0.5)
+        statuses: Counter[int] = Counter()
+        refusals: list[RateLimitError] = []
+        for _ in range(12):
+            # A client (and so a connection) each: the Service spreads them over the Pods.
+            each = OpenAI(base_url=gateway.base_url, api_key=key, max_retries=0, timeout=30)
+            try:
+                gateway.ask(each)
+                statuses[200] += 1
+            except RateLimitError as refused:
+                statuses[429] += 1
+                refusals.append(refused)
+        assert statuses == {200: 6, 429: 6}, statuses
+        assert {r.response.headers["x-ratelimit-limit-requests"] for r in refusals} == {"6"}
+
+        def shown() -> dict[str, Any] | None:
+            body = cluster.get("modelclients", "limited", APP_NAMESPACE) or {}
+            use = (body.get("status") or {}).get("currentMinute") or {}
+            return use if use.get("requests", 0) >= 12 else None
+
+        use = eventually(shown, timeout=40, interval=1)
+        assert set(use) == {"start", "requests"}
+    finally:
+        cluster.kubectl("delete", "modelclients,secrets", "limited", "limited-key", "-n",
                         APP_NAMESPACE, "--ignore-not-found")  # fmt: skip
 
 

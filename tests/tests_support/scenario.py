@@ -55,11 +55,17 @@ class Operator:
     """`switchyard.handlers.operator` under KopfRunner, restartable, with every log line kept."""
 
     def __init__(
-        self, xds_address: str = "127.0.0.1:0", metrics_address: str = "127.0.0.1:0"
+        self,
+        xds_address: str = "127.0.0.1:0",
+        metrics_address: str = "127.0.0.1:0",
+        rate_limit_service: str = "",
+        rate_limit_redis: str = "",
     ) -> None:
         # Any free port unless a test runs Envoys against this operator or scrapes it.
         self.xds_address = xds_address
         self.metrics_address = metrics_address
+        self.rate_limit_service = rate_limit_service
+        self.rate_limit_redis = rate_limit_redis
         # The control channel's CA, the same across this operator's restarts, in a namespace
         # every cluster has (a Pod's operator keeps it in its own).
         self.ca_secret = f"default/switchyard-ca-{uuid.uuid4().hex[:8]}"
@@ -73,6 +79,8 @@ class Operator:
             "SWITCHYARD_XDS_ADDRESS": self.xds_address,
             "SWITCHYARD_METRICS_ADDRESS": self.metrics_address,
             "SWITCHYARD_CA_SECRET": self.ca_secret,
+            "SWITCHYARD_RATE_LIMIT_SERVICE": self.rate_limit_service,
+            "SWITCHYARD_RATE_LIMIT_REDIS": self.rate_limit_redis,
         }
         # Put back at stop(): the settings are this operator's, not the next test's.
         self._saved_environment = {name: os.environ.get(name) for name in settings}

@@ -124,12 +124,34 @@ def test_without_a_gateway_or_with_checks_disabled() -> None:
     assert condition(open_plan, app.key, "Ready")[:2] == ("True", "ClientAuthDisabled")
 
 
+def test_limits_are_granted_only_where_the_data_plane_holds_them() -> None:
+    plan = plan_gateway(GATEWAY_KEY, gateway(), [endpoint("chat")], {}, ALL_KEYS)
+    limited = client(
+        "app", apiKeyRef={"name": "keys", "key": "a"}, limits={"tokensPerMinute": 1000}
+    )
+    held = plan_clients(GATEWAY_KEY, gateway(), [limited], plan, {}, DIGESTS, limits_enforced=True)
+    assert condition(held, limited.key, "Accepted")[0] == "True"
+    assert [(g.requests_per_minute, g.tokens_per_minute) for g in held.grants] == [(None, 1000)]
+    # No rate limit service: refused, never served without its limits.
+    unheld = plan_clients(GATEWAY_KEY, gateway(), [limited], plan, {}, DIGESTS)
+    accepted = condition(unheld, limited.key, "Accepted")
+    assert accepted[:2] == ("False", "LimitsNotEnforced")
+    assert "--rate-limit-service" in accepted[2]
+    assert unheld.grants == []
+    disabled = GatewaySource(
+        *GATEWAY_KEY, 1, ModelGatewaySpec.model_validate({"clientAuth": {"mode": "Disabled"}})
+    )
+    open_plan = plan_clients(GATEWAY_KEY, disabled, [limited], plan, {}, DIGESTS, True)
+    assert condition(open_plan, limited.key, "Accepted")[:2] == ("False", "LimitsNotEnforced")
+
+
 @pytest.mark.parametrize(
     ("spec", "complaint"),
     [
         ({}, "apiKeyRef, serviceAccounts, or both"),
         ({"serviceAccounts": []}, "apiKeyRef, serviceAccounts, or both"),
-        ({"serviceAccounts": ["a"], "limits": {"requestsPerMinute": 5}}, "not enforced yet"),
+        ({"serviceAccounts": ["a"], "limits": {}}, "requestsPerMinute, tokensPerMinute, or both"),
+        ({"serviceAccounts": ["a"], "limits": {"requestsPerMinute": 0}}, "greater than or equal"),
         ({"serviceAccounts": ["Not_A_Name"]}, "pattern"),
     ],
 )

@@ -17,11 +17,14 @@ from envoy.service.discovery.v3.discovery_pb2 import DiscoveryRequest, Discovery
 
 from gatewaylab import envoy_refusal
 from switchyard.api.models import BackendTLS
-from switchyard.plan.clients import TokenIssuer
-from switchyard.plan.gateway import plan_gateway
+from switchyard.plan.clients import ClientsPlan, TokenIssuer, key_digest, plan_clients
+from switchyard.plan.gateway import GatewayPlan, plan_gateway
+from switchyard.providers.usage import TOTAL_KEYS
 from switchyard.render.envoy import (
+    CLIENTS_FILTER,
     CLUSTER_TYPE,
     CREDENTIALS_DIR_ENV,
+    EXTENSION_TYPE,
     LISTENER_TYPE,
     LUA_FILES,
     METADATA_NAMESPACE,
@@ -34,10 +37,12 @@ from switchyard.render.envoy import (
     lua_literal,
     render,
 )
+from switchyard.render.rate_limits import RateLimitService, rate_limit_filter
 from switchyard.xds.server import Packer, XdsServer, pack, version_of
 from tests_support.plans import (
     ALL_KEYS,
     GATEWAY_KEY,
+    client,
     endpoint,
     gateway,
     sample_clients,
@@ -616,3 +621,57 @@ def test_routes_are_acked_rejected_and_pushed_after_their_clusters() -> None:
         assert server.status("ns/gw").streams == 0
 
     asyncio.run(scenario())
+
+
+def limited_clients(plan: GatewayPlan) -> ClientsPlan:
+    """Two clients of team-a: one with limits, one without."""
+    return plan_clients(
+        GATEWAY_KEY, gateway(),
+        [
+            client("capped", apiKeyRef={"name": "c", "key": "k"},
+                   limits={"requestsPerMinute": 60, "tokensPerMinute": 1000}),
+            client("free", apiKeyRef={"name": "f", "key": "k"}),
+        ],
+        plan, {},
+        {("team-a", "c"): {"k": key_digest(b"sk-capped")},
+         ("team-a", "f"): {"k": key_digest(b"sk-free")}},
+        limits_enforced=True,
+    )  # fmt: skip
+
+
+def test_limits_put_the_rate_limit_filter_before_the_router_and_its_service_in_cds() -> None:
+    plan = plan_gateway(GATEWAY_KEY, gateway(), [endpoint("chat")], {}, ALL_KEYS)
+    service = RateLimitService("ratelimit.switchyard-system.svc", 8081)
+    resources = render(plan, 8080, clients=limited_clients(plan), limits=service)
+    for type_url, items in resources.items():
+        assert pack(type_url, items).resources
+    filters = [f["name"] for f in manager_of(resources)["http_filters"]]
+    assert filters[-2:] == ["envoy.filters.http.ratelimit", "envoy.filters.http.router"]
+    [cluster] = [c for c in resources[CLUSTER_TYPE] if c["name"] == "switchyard-ratelimit"]
+    address = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]
+    assert address["address"]["socket_address"] == {
+        "address": "ratelimit.switchyard-system.svc", "port_value": 8081
+    }  # fmt: skip
+    # Only the limited client's limits reach the clients filter.
+    [clients_filter] = [e for e in resources[EXTENSION_TYPE] if e["name"] == CLIENTS_FILTER]
+    source = clients_filter["typed_config"]["default_source_code"]["inline_string"]
+    assert '["team-a/capped"]={["requests"]=60,["tokens"]=1000}' in source.replace(" ", "")
+    assert "team-a/free" not in source.split("limits", 1)[1].split("\n", 1)[0]
+    # Without a service, or with no client checked, there is no filter to ask it.
+    for unlimited in (
+        render(plan, 8080, clients=limited_clients(plan)),
+        render(plan, 8080, clients=None, limits=service),
+    ):
+        names = [f["name"] for f in manager_of(unlimited)["http_filters"]]
+        assert "envoy.filters.http.ratelimit" not in names
+        assert "switchyard-ratelimit" not in [c["name"] for c in unlimited[CLUSTER_TYPE]]
+
+
+def test_a_token_limit_is_checked_on_arrival_and_charged_when_the_answer_ends() -> None:
+    rate_limits = rate_limit_filter()["typed_config"]["rate_limits"]
+    arrival = [r for r in rate_limits if not r.get("apply_on_stream_done")]
+    done = [r for r in rate_limits if r.get("apply_on_stream_done")]
+    assert [r.get("hits_addend") for r in arrival] == [None, {"number": 0}]
+    charged = {r["hits_addend"]["format"] for r in done}
+    assert charged == {f"%DYNAMIC_METADATA(switchyard.usage:{key})%" for key in TOTAL_KEYS}
+    assert "cached_tokens" not in TOTAL_KEYS  # a part of prompt_tokens: never twice

@@ -13,6 +13,7 @@ from switchyard.plan.egress import METADATA_NETWORKS
 from switchyard.render.deployment import EnvoyPods, bootstrap_configmap, envoy_deployment, selector
 from switchyard.render.envoy import STATS_PORT
 from switchyard.render.objects import XdsPeer, gateway_network_policy
+from switchyard.render.rate_limits import RateLimitService
 from tests_support.plans import sample_plan
 
 OPERATOR = XdsPeer(18000, "switchyard-system", {"app.kubernetes.io/name": "switchyard"})
@@ -55,6 +56,15 @@ def test_egress_reaches_dns_and_only_the_operators_pods_for_xds() -> None:
     }]  # fmt: skip
     # Outside a cluster the operator knows no Pod labels of its own: the port, anywhere.
     assert "to" not in _policy({}, XdsPeer(18000))["spec"]["egress"][1]
+
+
+def test_with_a_rate_limit_service_egress_reaches_its_port_too() -> None:
+    plan = sample_plan()
+    gateway = ModelGatewaySpec.model_validate({})
+    service = RateLimitService("switchyard-ratelimit.switchyard-system.svc", 8081)
+    policy = gateway_network_policy(plan, gateway, "uid-1", selector(plan.name), OPERATOR, service)
+    assert policy["spec"]["egress"][:3] == _policy({})["spec"]["egress"]
+    assert policy["spec"]["egress"][3] == {"ports": [{"port": 8081, "protocol": "TCP"}]}
 
 
 def test_backends_are_every_address_but_the_cloud_metadata_ones() -> None:

@@ -13,7 +13,7 @@ from prometheus_client import CollectorRegistry
 from switchyard import metrics
 from switchyard.api.models import Backend, Pricing
 from switchyard.handlers.accounting import account, error_type
-from switchyard.providers.usage import TokenUsage
+from switchyard.providers.usage import TOTAL_KEYS, TokenUsage
 from switchyard.xds.server import _answer
 
 BACKEND = ("team-a", "chat", "gpt", "OpenAI", "gw-ns/gw")
@@ -157,3 +157,23 @@ def test_an_error_answering_a_stream_has_no_time_to_first_token() -> None:
     assert values.duration.count == 1
     assert values.first_token.count == 0
     assert values.tokens["input"].count == 0
+
+
+@pytest.mark.parametrize(
+    "reported",
+    [
+        {"prompt_tokens": 120, "completion_tokens": 30, "cached_tokens": 100},
+        {
+            "input_tokens": 20,
+            "cache_read_input_tokens": 100,
+            "cache_creation_input_tokens": 5,
+            "output_tokens": 30,
+        },
+    ],
+)
+def test_a_token_limit_counts_what_the_metrics_count(reported: dict[str, float]) -> None:
+    """The rate limit service adds each of TOTAL_KEYS an answer reported: the same total as
+    the token series (input, cached included, and output)."""
+    usage = TokenUsage.of(reported)
+    assert usage is not None
+    assert sum(reported.get(key, 0) for key in TOTAL_KEYS) == usage.total

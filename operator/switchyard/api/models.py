@@ -1287,21 +1287,43 @@ def spec_of(model: type[_Model], body: dict[str, Any]) -> Any:
     return model.model_validate(body.get("spec") or {})
 
 
-LIMITS_MESSAGE = (
-    "limits are not enforced yet: remove spec.limits (requests and tokens per minute per "
-    "client come in a later release)"
-)
-
-
 class ClientLimits(_Model):
-    """Per-client rate limits, held across every data-plane replica (not enforced yet)."""
+    """Per-client rate limits, held across every Envoy of the client's gateway: the gateway's
+    Envoys share one count per client in the rate limit service (fixed one-minute windows)."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    "has(self.requestsPerMinute) || has(self.tokensPerMinute)",
+                    "limits needs requestsPerMinute, tokensPerMinute, or both",
+                )
+            ]
+        }
+    )
 
     requests_per_minute: int | None = Field(
-        default=None, ge=1, description="Requests per minute the client may send."
+        default=None,
+        ge=1,
+        le=10**9,
+        description="Requests per minute the client may send; past it, 429 until the minute "
+        "is over.",
     )
     tokens_per_minute: int | None = Field(
-        default=None, ge=1, description="Prompt plus completion tokens per minute."
+        default=None,
+        ge=1,
+        le=2**32 - 1,  # the rate limit protocol counts in 32 bits
+        description="Tokens per minute its answers may use, input (cached included) and "
+        "output, as the providers report them. A request is refused once the minute's tokens "
+        "are spent; one admitted is served whole, so the answers in flight at that moment "
+        "may end the minute above the limit.",
     )
+
+    @model_validator(mode="after")
+    def _some(self) -> ClientLimits:
+        if self.requests_per_minute is None and self.tokens_per_minute is None:
+            raise ValueError("limits needs requestsPerMinute, tokensPerMinute, or both")
+        return self
 
 
 class ModelClientSpec(_Model):
@@ -1314,12 +1336,6 @@ class ModelClientSpec(_Model):
                     "has(self.apiKeyRef) || (has(self.serviceAccounts) && "
                     "size(self.serviceAccounts) > 0)",
                     "a client needs apiKeyRef, serviceAccounts, or both",
-                ),
-                cel(
-                    "!has(self.limits)",
-                    LIMITS_MESSAGE,
-                    fieldPath=".limits",
-                    reason="FieldValueForbidden",
                 ),
             ]
         }
@@ -1355,16 +1371,34 @@ class ModelClientSpec(_Model):
         json_schema_extra={"x-kubernetes-list-type": "set"},
     )
     limits: ClientLimits | None = Field(
-        default=None, description="Reserved: refused until per-client limits are enforced."
+        default=None,
+        description="Requests and tokens per minute, for this client across every Envoy of "
+        "its gateway. Past a limit the gateway answers 429 with Retry-After and the "
+        "rate-limit headers of the API the client spoke. Needs the operator's rate limit "
+        "service (the chart's rateLimits.enabled, on by default): without it, a client with "
+        "limits is not accepted.",
     )
 
     @model_validator(mode="after")
     def _identified(self) -> ModelClientSpec:
         if self.api_key_ref is None and not self.service_accounts:
             raise ValueError("a client needs apiKeyRef, serviceAccounts, or both")
-        if self.limits is not None:
-            raise ValueError(LIMITS_MESSAGE)
         return self
+
+
+class ClientUse(_Model):
+    """What a limited client has used of the current minute, across every Envoy."""
+
+    start: str = Field(description="When the minute began (RFC 3339).")
+    requests: int | None = Field(
+        default=None,
+        description="Requests in the minute, those refused past the limit included (with "
+        "spec.limits.requestsPerMinute).",
+    )
+    tokens: int | None = Field(
+        default=None,
+        description="Tokens of the minute's answers (with spec.limits.tokensPerMinute).",
+    )
 
 
 class ModelClientStatus(_Model):
@@ -1376,4 +1410,9 @@ class ModelClientStatus(_Model):
     conditions: ConditionList
     models: list[str] = Field(
         default_factory=list, description="The models the client may call now, sorted."
+    )
+    current_minute: ClientUse | None = Field(
+        default=None,
+        description="With spec.limits: its use of the current minute, as the rate limit "
+        "service counts it, refreshed every 15 s or so while the client is limited.",
     )

@@ -22,6 +22,7 @@ from aiohttp import web
 
 from switchyard import metrics, pki
 from switchyard.api.models import GROUP, VERSION
+from switchyard.counts import RedisCounts
 from switchyard.handlers import identity, informer
 from switchyard.handlers.control_channel import CA_SECRET_NAME, ControlChannel
 from switchyard.handlers.health_monitor import HealthMonitor
@@ -34,6 +35,7 @@ from switchyard.plan.egress import ApiServer, refusal
 from switchyard.plan.gateway import ObjectKey
 from switchyard.render.deployment import ENVOY_IMAGE, EnvoyPods
 from switchyard.render.objects import GATEWAY_LABEL, MANAGED_BY, XdsPeer
+from switchyard.render.rate_limits import RateLimitService
 from switchyard.tokens import TokenMinter
 from switchyard.xds.server import XdsServer, gateway_of_node
 
@@ -134,6 +136,25 @@ def network_policy_peer(memo: Any, pods: EnvoyPods) -> XdsPeer | None:
     text = memo.get("pod_labels") or os.environ.get("SWITCHYARD_POD_LABELS") or ""
     labels = dict(pair.split("=", 1) for pair in text.split(",") if "=" in pair)
     return XdsPeer(pods.xds_port, os.environ.get("POD_NAMESPACE") or None, labels)
+
+
+def rate_limit_service(memo: Any) -> RateLimitService | None:
+    """`--rate-limit-service HOST:PORT`, else SWITCHYARD_RATE_LIMIT_SERVICE; else none, and
+    clients with limits are not accepted."""
+    text = memo.get("rate_limit_service") or os.environ.get("SWITCHYARD_RATE_LIMIT_SERVICE")
+    if not text:
+        return None
+    host, port = _address(memo, "rate_limit_service", "SWITCHYARD_RATE_LIMIT_SERVICE", text)
+    return RateLimitService(host, port)
+
+
+def rate_limit_counts(memo: Any) -> RedisCounts | None:
+    """`--rate-limit-redis HOST:PORT`, else SWITCHYARD_RATE_LIMIT_REDIS: the rate limit
+    service's Redis, read for the limited clients' status; else their status shows no use."""
+    text = memo.get("rate_limit_redis") or os.environ.get("SWITCHYARD_RATE_LIMIT_REDIS")
+    if not text:
+        return None
+    return RedisCounts(*_address(memo, "rate_limit_redis", "SWITCHYARD_RATE_LIMIT_REDIS", text))
 
 
 def resync_seconds(memo: Any) -> float:
@@ -253,10 +274,13 @@ async def start(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
     )
     sync = GatewaySync(store, kube, secrets, xds, pods, health, api_server, control, tokens)
     sync.network_policy = network_policy_peer(memo, pods)
+    sync.rate_limits = rate_limit_service(memo)
+    sync.counts = rate_limit_counts(memo)
     # An Envoy that connects, ACKs or NACKs changes its gateway's Programmed condition.
     xds.on_change = lambda node: sync.mark({gateway_of_node(node)})
     xds.on_failed_attempt = sync.failed_attempt
     xds.on_answer = sync.answered
+    xds.on_limit_hit = sync.limit_hit
     sync.issuer = await informer.token_issuer(kube)
     # Streams only for gateways that exist (the store knows them all before xDS listens).
     xds.admits = lambda node: gateway_of_node(node) in store.gateways
@@ -267,6 +291,7 @@ async def start(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
     workers = [
         asyncio.create_task(sync.run(), name="switchyard-gateway-sync"),
         asyncio.create_task(health.run(), name="switchyard-health-probes"),
+        asyncio.create_task(sync.refresh_client_use_forever(), name="switchyard-client-use"),
         asyncio.create_task(
             informer.resync_forever(
                 kube, store, sync, memo.get("namespaces", ()), resync_seconds(memo), reconnected

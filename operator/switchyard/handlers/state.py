@@ -251,6 +251,15 @@ class Store:
         _unlink(self._clients_by_gateway, record.gateway, key)
         return {record.gateway} if record.gateway is not None else set()
 
+    def gateways_with_limited_clients(self) -> set[ObjectKey]:
+        return {
+            record.gateway
+            for record in self.clients.values()
+            if record.gateway is not None
+            and record.source.spec is not None
+            and record.source.spec.limits is not None
+        }
+
     def clients_of(self, gateway: ObjectKey) -> list[ClientRecord]:
         return [self.clients[key] for key in sorted(self._clients_by_gateway.get(gateway, ()))]
 

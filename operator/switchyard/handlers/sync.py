@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 
 from switchyard import metrics
 from switchyard.api.models import BackendTLS, DataPlaneType, ModelGatewaySpec, parse_duration
+from switchyard.counts import CountsUnavailable, RedisCounts
 from switchyard.handlers import accounting, identity
 from switchyard.handlers.control_channel import ControlChannel
 from switchyard.handlers.health_monitor import BackendKey, Credentials, HealthMonitor
@@ -36,13 +37,14 @@ from switchyard.plan.conditions import DesiredCondition, transitions
 from switchyard.plan.egress import ANY_CLUSTER, NOT_ALLOWED, ApiServer
 from switchyard.plan.gateway import GatewayPlan, ObjectKey, SecretKeys, key_material, plan_gateway
 from switchyard.plan.routing import EndpointPlan, PlanCache
-from switchyard.render import deployment, envoy
+from switchyard.render import deployment, envoy, rate_limits
 from switchyard.render.objects import (
     XdsPeer,
     credentials_secret,
     gateway_network_policy,
     plan_configmap,
 )
+from switchyard.render.rate_limits import RateLimitService
 from switchyard.render.status import (
     client_status,
     endpoint_status,
@@ -55,6 +57,7 @@ from switchyard.tokens import MintingFailed, TokenMinter, is_workload_identity
 from switchyard.xds.server import (
     Answer,
     FailedAttempt,
+    LimitHit,
     XdsServer,
     gateway_of_node,
     node_of_gateway,
@@ -66,6 +69,8 @@ DEBOUNCE_SECONDS = 0.05
 # Gateways whose passes run at once: enough that a slow one (a large gateway, a slow API
 # answer) delays no other, few enough to keep the API server's load and memory bounded.
 CONCURRENT_PASSES = 4
+# How often the limited clients' status shows their use anew.
+CLIENT_USE_SECONDS = 15.0
 MAX_BACKOFF_SECONDS = 30.0
 # How long Envoys may take to ACK a push, or to reconnect after the operator starts, before
 # a gateway that showed Programmed=True is reported otherwise.
@@ -80,6 +85,27 @@ def _now() -> str:
         .isoformat()
         .replace("+00:00", "Z")
     )
+
+
+def _export_limits(
+    gateway: ObjectKey, clients: ClientsPlan, exported: dict[tuple[str, str], int]
+) -> dict[tuple[str, str], int]:
+    """Set the gateway's client limit gauges to `clients`' limits, removing those gone;
+    returns what is exported now."""
+    label = f"{gateway[0]}/{gateway[1]}"
+    now = {
+        (grant.identity, kind): per_minute
+        for grant in clients.grants
+        for kind, per_minute in rate_limits.client_limits(
+            grant.requests_per_minute, grant.tokens_per_minute
+        ).items()
+    }
+    for client, kind in exported.keys() - now.keys():
+        metrics.CLIENT_LIMIT.remove(label, client, kind)
+    for (client, kind), per_minute in now.items():
+        if exported.get((client, kind)) != per_minute:
+            metrics.CLIENT_LIMIT.labels(label, client, kind).set(per_minute)
+    return now
 
 
 def _export_routing(
@@ -180,6 +206,8 @@ class _Seen:
     # What the probes' targets were made for: the backendTLS and the workload identity.
     probes_for: tuple[BackendTLS | None, str | None] = (None, None)
     exported: dict[ObjectKey, EndpointPlan] = field(default_factory=dict)
+    # The client limit gauges set for this gateway: (client, limit) -> per minute.
+    limits: dict[tuple[str, str], int] = field(default_factory=dict)
     targets: Any = None
     # Endpoint key -> (the inputs of its status, the status object they were checked against)
     statuses: dict[ObjectKey, tuple[Any, Any]] = field(default_factory=dict)
@@ -268,6 +296,10 @@ class GatewaySync:
         # With `--gateway-network-policy`: where the gateways' Envoys reach xDS, for the
         # NetworkPolicy each gateway's Pods get. None: the operator renders none.
         self.network_policy: XdsPeer | None = None
+        self.rate_limits: RateLimitService | None = None
+        # Where the limited clients' use is read from, for their status.
+        self.counts: RedisCounts | None = None
+        self._counts_failing = False
 
     def elected(self) -> None:
         """This replica now writes: check everything, since the previous leader may have
@@ -396,6 +428,11 @@ class GatewaySync:
         )
         accounting.account(values, answer, backend.pricing)
 
+    def limit_hit(self, hit: LimitHit) -> None:
+        """An Envoy refused a client at its limit."""
+        gateway = gateway_of_node(hit.node)
+        metrics.CLIENT_LIMITED.labels(f"{gateway[0]}/{gateway[1]}", hit.client, hit.limit).inc()
+
     async def sync(self, key: ObjectKey) -> None:
         gateway_record = self.store.gateways.get(key)
         records = self.store.endpoints_of(key)
@@ -456,14 +493,16 @@ class GatewaySync:
             plan,
             self.store.namespace_labels,
             await self._key_digests(client_records),
+            limits_enforced=self.rate_limits is not None,
         )
+        seen.limits = _export_limits(key, clients, seen.limits)
         node = node_of_gateway(*key)
         if gateway is None:
             self.xds.remove_snapshot(node)
         elif gateway.spec.data_plane.type == DataPlaneType.ENVOY:
             rendered = envoy.render(
                 plan, gateway.spec.listener.port, gateway.spec.backend_tls, seen.render,
-                clients, self.issuer,
+                clients, self.issuer, self.rate_limits,
             )  # fmt: skip
             if self.xds.set_snapshot(node, rendered):
                 seen.pushed_at = time.monotonic()
@@ -495,15 +534,21 @@ class GatewaySync:
                 statuses[record.source.key] = (inputs, record.body.get("status") or {})
             else:
                 unwritten += 1
+        use = await self._client_use(clients)
         for client in client_records:
+            current = client.body.get("status") or {}
+            # Unreadable counts: status keeps what it showed.
+            shown = use.get(client.source.identity, current.get("currentMinute"))
+            limited = client.source.spec is not None and client.source.spec.limits is not None
             written = await self._write_status(
                 "modelclients",
                 client.body,
                 client_status(
                     clients.outcomes[client.source.key],
-                    client.body.get("status") or {},
+                    current,
                     client.source.generation,
                     _now(),
+                    shown if limited else None,
                 ),
                 clients.outcomes[client.source.key].conditions,
             )
@@ -517,6 +562,43 @@ class GatewaySync:
         if not applied:
             # Reported on the gateway already; the pass is retried with backoff.
             raise ApplyFailed(f"the objects of ModelGateway {_fmt(key)} were not all applied")
+
+    async def _client_use(self, clients: ClientsPlan) -> dict[str, dict[str, Any]]:
+        """Each limited client's use of the current minute, as the rate limit service has
+        counted it for every Envoy (identity -> `currentMinute`); empty when the counts
+        cannot be read, said once until they can again."""
+        start = int(time.time()) // 60 * 60
+        wanted = [
+            (grant.identity, kind)
+            for grant in clients.grants
+            for kind in rate_limits.client_limits(
+                grant.requests_per_minute, grant.tokens_per_minute
+            )
+        ]
+        if self.counts is None or not wanted:
+            return {}
+        keys = [rate_limits.count_key(client, kind, start) for client, kind in wanted]
+        try:
+            counts = await self.counts.read(keys)
+        except CountsUnavailable as error:
+            if not self._counts_failing:
+                logger.warning("cannot read the clients' use for their status: %s", error)
+            self._counts_failing = True
+            return {}
+        self._counts_failing = False
+        began = datetime.datetime.fromtimestamp(start, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        use: dict[str, dict[str, Any]] = {}
+        for (client, kind), count in zip(wanted, counts, strict=True):
+            use.setdefault(client, {"start": began})[kind] = count or 0
+        return use
+
+    async def refresh_client_use_forever(self, seconds: float = CLIENT_USE_SECONDS) -> None:
+        """Pass, every `seconds`, the gateways that have limited clients: their status shows
+        the minute's use as it grows (a pass that finds nothing changed writes nothing)."""
+        while True:
+            await asyncio.sleep(seconds)
+            if self.counts is not None:
+                self.mark(self.store.gateways_with_limited_clients())
 
     async def _key_digests(self, records: list[ClientRecord]) -> KeyDigests:
         """The digest of each client's API key, from its Secret: the key itself goes no
@@ -633,7 +715,12 @@ class GatewaySync:
             if self.network_policy is not None:
                 manifests.append(
                     gateway_network_policy(
-                        plan, spec, uid, deployment.selector(plan.name), self.network_policy
+                        plan,
+                        spec,
+                        uid,
+                        deployment.selector(plan.name),
+                        self.network_policy,
+                        self.rate_limits,
                     )
                 )
         problems: list[tuple[str, str]] = []

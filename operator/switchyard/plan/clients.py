@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from switchyard.api.models import ClientAuthMode, ModelClientSpec
 from switchyard.plan.conditions import DesiredCondition
@@ -69,6 +69,8 @@ class ClientGrant:
     key_digest: str | None
     subjects: tuple[str, ...]
     models: tuple[str, ...]
+    requests_per_minute: int | None = None
+    tokens_per_minute: int | None = None
 
 
 @dataclass(frozen=True)
@@ -93,9 +95,13 @@ def plan_clients(
     endpoints: GatewayPlan,
     namespace_labels: Mapping[str, Mapping[str, str]],
     digests: KeyDigests,
+    limits_enforced: bool = False,
 ) -> ClientsPlan:
     """Decide each client's conditions and grant. Two clients must not share a credential
-    (the gateway could not tell them apart): the older keeps it, like a contested model."""
+    (the gateway could not tell them apart): the older keeps it, like a contested model.
+    A client with limits the data plane cannot hold (`limits_enforced` False: the operator
+    has no rate limit service; or a gateway that checks no client) is not accepted: served
+    without them, it would get more than it was given."""
     required = gateway is None or gateway.spec.client_auth.mode == ClientAuthMode.REQUIRED
     result = ClientsPlan(required=required)
     gateway_name = f"{gateway_key[0]}/{gateway_key[1]}"
@@ -118,6 +124,19 @@ def plan_clients(
         if gateway is None:
             accepted = DesiredCondition.false(
                 "Accepted", "GatewayNotFound", f"ModelGateway {gateway_name} not found"
+            )
+            result.outcomes[client.key] = ClientOutcome((accepted, _not_ready(accepted)), ())
+            continue
+        if spec.limits is not None and not (limits_enforced and required):
+            why = (
+                "the operator runs without a rate limit service (switchyard run "
+                "--rate-limit-service; the Helm chart's rateLimits.enabled)"
+                if required
+                else f"ModelGateway {gateway_name} checks no client (spec.clientAuth.mode: "
+                "Disabled), so it cannot tell this client's requests apart"
+            )
+            accepted = DesiredCondition.false(
+                "Accepted", "LimitsNotEnforced", f"spec.limits cannot be held: {why}"
             )
             result.outcomes[client.key] = ClientOutcome((accepted, _not_ready(accepted)), ())
             continue
@@ -151,7 +170,14 @@ def plan_clients(
         accepted = DesiredCondition.true(
             "Accepted", "Accepted", f"attached to ModelGateway {gateway_name}"
         )
-        result.grants.append(ClientGrant(client.identity, digest, subjects, models))
+        grant = ClientGrant(client.identity, digest, subjects, models)
+        if spec.limits is not None:
+            grant = replace(
+                grant,
+                requests_per_minute=spec.limits.requests_per_minute,
+                tokens_per_minute=spec.limits.tokens_per_minute,
+            )
+        result.grants.append(grant)
         ready = _ready(client, spec, gateway_name, refs, digest, models, required)
         result.outcomes[client.key] = ClientOutcome((accepted, refs, ready), models)
     result.grants.sort(key=lambda g: g.identity)

@@ -23,6 +23,11 @@ from switchyard.providers.base import ClientApi
 ANSWER_LOG = "switchyard-usage"
 USAGE_NAMESPACE = "switchyard.usage"
 FIRST_EVENT_KEY = "first_event_ms"
+# A client's limits, in the data plane: the clients filter writes them, the rate limit filter
+# reads them, and a request refused for one carries which (`requests`, `tokens`) under
+# LIMIT_HIT_KEY in the same record.
+LIMITS_NAMESPACE = "switchyard.limits"
+LIMIT_HIT_KEY = "hit"
 
 
 @dataclass(frozen=True)
@@ -33,6 +38,9 @@ class UsageField:
     key: str
     paths: tuple[tuple[str, ...], ...]
     number: bool = True
+    # Whether it adds to the answer's tokens: OpenAI's cached tokens are a part of its
+    # prompt tokens, already counted.
+    adds: bool = True
 
 
 # The model the provider reports, whichever API: OpenAI's answers and chunks, Anthropic's
@@ -43,7 +51,9 @@ USAGE_FIELDS: Mapping[ClientApi, tuple[UsageField, ...]] = {
     ClientApi.OPENAI: (
         UsageField("prompt_tokens", (("usage", "prompt_tokens"),)),
         UsageField("completion_tokens", (("usage", "completion_tokens"),)),
-        UsageField("cached_tokens", (("usage", "prompt_tokens_details", "cached_tokens"),)),
+        UsageField(
+            "cached_tokens", (("usage", "prompt_tokens_details", "cached_tokens"),), adds=False
+        ),
     ),
     ClientApi.ANTHROPIC: tuple(
         UsageField(name, (("usage", name), ("message", "usage", name)))
@@ -56,6 +66,9 @@ USAGE_FIELDS: Mapping[ClientApi, tuple[UsageField, ...]] = {
     ),
 }
 ALL_FIELDS = (*(f for fields in USAGE_FIELDS.values() for f in fields), RESPONSE_MODEL)
+# The keys whose sum is an answer's tokens, input (cached included) and output, in either
+# API (an answer reports one API's keys): what a client's tokens-per-minute limit counts.
+TOTAL_KEYS = tuple(f.key for f in ALL_FIELDS if f.number and f.adds)
 
 
 @dataclass(frozen=True)
@@ -66,6 +79,10 @@ class TokenUsage:
     input: int
     output: int
     cached: int
+
+    @property
+    def total(self) -> int:
+        return self.input + self.output
 
     @classmethod
     def of(cls, reported: Mapping[str, float]) -> TokenUsage | None:

@@ -46,7 +46,15 @@ from switchyard.plan.gateway import GatewayPlan
 from switchyard.plan.routing import BackendRoute, EndpointPlan
 from switchyard.providers import API_PATHS, PROVIDERS, ChatCall, ClientApi, Provider
 from switchyard.providers.usage import ALL_FIELDS as ALL_USAGE_FIELDS
-from switchyard.providers.usage import ANSWER_LOG, FIRST_EVENT_KEY, USAGE_NAMESPACE
+from switchyard.providers.usage import (
+    ANSWER_LOG,
+    FIRST_EVENT_KEY,
+    LIMIT_HIT_KEY,
+    LIMITS_NAMESPACE,
+    USAGE_NAMESPACE,
+)
+from switchyard.render import rate_limits
+from switchyard.render.rate_limits import RateLimitService
 
 TYPE = "type.googleapis.com/"
 CLUSTER_TYPE = TYPE + "envoy.config.cluster.v3.Cluster"
@@ -194,6 +202,13 @@ def _clients_lua(clients: ClientsPlan, served: list[str]) -> str:
             }
             for g in clients.grants
         },
+        # Only limited clients: the others send the rate limit service nothing.
+        "limits": {
+            g.identity: limits
+            for g in clients.grants
+            if (limits := rate_limits.client_limits(g.requests_per_minute, g.tokens_per_minute))
+        },
+        "limits_namespace": LIMITS_NAMESPACE,
         "metadata_namespace": METADATA_NAMESPACE,
         "token_namespace": TOKEN_METADATA_NAMESPACE,
         "token_key": TOKEN_METADATA_KEY,
@@ -217,6 +232,8 @@ def anthropic_error(kind: str, message: str) -> str:
 @functools.cache
 def _answer_lua() -> str:
     message = "Every provider of this model refused the gateway's credentials."
+    # string.format's: the client, its limit, the limit's kind, seconds to wait.
+    limited = "ModelClient %s has used its %d %s per minute. Retry in %d s."
     return lua_program(
         "answer.lua",
         {
@@ -229,6 +246,16 @@ def _answer_lua() -> str:
             "usage_namespace": USAGE_NAMESPACE,
             "first_event_key": FIRST_EVENT_KEY,
             "openai_path": "/v1" + API_PATHS[ClientApi.OPENAI],
+            "limits_namespace": LIMITS_NAMESPACE,
+            "limit_hit_key": LIMIT_HIT_KEY,
+            "limited_marker": rate_limits.LIMITED_MARKER,
+            "limited": {
+                kind: {
+                    "openai": json.dumps(openai_error(kind, limited, "rate_limit_exceeded")),
+                    "anthropic": anthropic_error("rate_limit_error", limited),
+                }
+                for kind in rate_limits.KINDS
+            },
         },
     )
 
@@ -276,9 +303,11 @@ def render(
     cache: RenderCache | None = None,
     clients: ClientsPlan | None = None,
     issuer: TokenIssuer | None = None,
+    limits: RateLimitService | None = None,
 ) -> dict[str, Resources]:
     """xDS resources by type URL for the gateway's Envoys. With `clients` that the gateway
-    requires, only those clients are served; `issuer` verifies their ServiceAccount tokens."""
+    requires, only those clients are served; `issuer` verifies their ServiceAccount tokens;
+    with `limits`, their limits are held by that rate limit service."""
     tls = backend_tls.model_dump_json() if backend_tls is not None else ""
     previous = cache.entries if cache is not None else {}
     used: dict[tuple[EndpointPlan, str], tuple[Resources, Resources]] = {}
@@ -292,9 +321,13 @@ def render(
         routes += rendered[1]
     if cache is not None:
         cache.entries = used
+    checked = clients is not None and clients.required
+    limited = checked and limits is not None
+    if checked and limits is not None:
+        clusters = [*clusters, rate_limits.rate_limit_cluster(limits)]
     resources = {
         CLUSTER_TYPE: clusters,
-        LISTENER_TYPE: [_listener(port, clients is not None and clients.required)],
+        LISTENER_TYPE: [_listener(port, checked, limited)],
         ROUTE_TYPE: [_route_configuration(plan, routes)],
     }
     if clients is not None and clients.required:
@@ -449,9 +482,9 @@ def _route_configuration(plan: GatewayPlan, endpoint_routes: Resources) -> dict[
 
 
 @functools.cache
-def _listener(port: int, clients_checked: bool) -> dict[str, Any]:
-    """The same for every plan (one object per port and client check): its routes come
-    over RDS, the client table over ECDS."""
+def _listener(port: int, clients_checked: bool, limited: bool = False) -> dict[str, Any]:
+    """The same for every plan (one object per port, client check and rate limit service):
+    its routes come over RDS, the client table (and the clients' limits) over ECDS."""
     checks = (
         [_discovered(CLIENT_TOKENS_FILTER, JWT_TYPE), _discovered(CLIENTS_FILTER, LUA_TYPE)]
         if clients_checked
@@ -469,6 +502,8 @@ def _listener(port: int, clients_checked: bool) -> dict[str, Any]:
             # Answers pass the filters in reverse: the stream's usage is read before the
             # answer filter takes away what the client did not ask for.
             _usage_from_streams(),
+            # Its own 429s pass the answer filter, which words them in the client's API.
+            *([rate_limits.rate_limit_filter()] if limited else []),
             _router(),
         ],
         "rds": {

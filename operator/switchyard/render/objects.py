@@ -17,6 +17,7 @@ from switchyard.api.models import ModelGatewaySpec
 from switchyard.plan.egress import METADATA_NETWORKS
 from switchyard.plan.gateway import GatewayPlan, ObjectKey, key_material
 from switchyard.render.envoy import STATS_PORT
+from switchyard.render.rate_limits import RateLimitService
 
 MANAGED_BY = "switchyard"
 GATEWAY_LABEL = "switchyard.dev/gateway"
@@ -237,17 +238,23 @@ def backend_networks(spec: ModelGatewaySpec) -> list[str]:
     return [str(n) for n in _EVERYWHERE]
 
 
+def _rate_limit_egress(service: RateLimitService | None) -> list[dict[str, Any]]:
+    return [] if service is None else [{"ports": [{"port": service.port, "protocol": "TCP"}]}]
+
+
 def gateway_network_policy(
     plan: GatewayPlan,
     spec: ModelGatewaySpec,
     owner_uid: str,
     pod_labels: Mapping[str, str],
     xds: XdsPeer,
+    rate_limits: RateLimitService | None = None,
 ) -> dict[str, Any]:
     """The NetworkPolicy of a gateway's Envoy Pods (those `pod_labels` select). Ingress:
-    the listener port only. Egress: DNS, the operator's xDS port, and the backends' networks
+    the listener port only. Egress: DNS, the operator's xDS port, the backends' networks
     (`backend_networks`) less the cloud metadata addresses (they hand out the node's cloud
-    credentials). Enforced only by a CNI that implements NetworkPolicy."""
+    credentials), and the rate limit service's port. Enforced only by a CNI that implements
+    NetworkPolicy."""
     metadata = owned_metadata(plan, owned_name(plan.name, "switchyard-envoy"), owner_uid)
     metadata["labels"].update(pod_labels)
     to_xds: dict[str, Any] = {"ports": [{"port": xds.port, "protocol": "TCP"}]}
@@ -285,6 +292,7 @@ def gateway_network_policy(
                 },
                 to_xds,
                 {"to": _ip_blocks(backend_networks(spec))},
+                *_rate_limit_egress(rate_limits),
             ],
         },
     }

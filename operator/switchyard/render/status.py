@@ -108,14 +108,21 @@ def gateway_conditions(
 
 
 def client_status(
-    outcome: ClientOutcome, current: dict[str, Any], generation: int, now: str
+    outcome: ClientOutcome,
+    current: dict[str, Any],
+    generation: int,
+    now: str,
+    use: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
+    """`use`: the client's `currentMinute` when it has limits; None (written as null, which
+    the merge patch removes) when it has none."""
     return {
         "observedGeneration": generation,
         "conditions": merge_conditions(
             current.get("conditions") or [], outcome.conditions, generation, now
         ),
         "models": list(outcome.models),
+        "currentMinute": None if use is None else dict(use),
     }
 
 

@@ -32,7 +32,14 @@ from google.protobuf import any_pb2, json_format
 
 from switchyard import metrics, pki
 from switchyard.plan.backoff import retry_after_seconds
-from switchyard.providers.usage import ANSWER_LOG, FIRST_EVENT_KEY, RESPONSE_MODEL, USAGE_NAMESPACE
+from switchyard.providers.usage import (
+    ANSWER_LOG,
+    FIRST_EVENT_KEY,
+    LIMIT_HIT_KEY,
+    LIMITS_NAMESPACE,
+    RESPONSE_MODEL,
+    USAGE_NAMESPACE,
+)
 from switchyard.xds import resources as _registered_types  # noqa: F401  (type registry)
 
 logger = logging.getLogger(__name__)
@@ -255,6 +262,15 @@ class Answer:
 
 
 @dataclass(frozen=True)
+class LimitHit:
+    """A request one of the node's Envoys refused because its client reached a limit."""
+
+    node: str
+    client: str  # namespace/name
+    limit: str  # requests or tokens
+
+
+@dataclass(frozen=True)
 class NodeStatus:
     """What the Envoys of one node did with its current snapshot."""
 
@@ -284,6 +300,7 @@ class XdsServer:
         self.on_failed_attempt: Callable[[FailedAttempt], None] = lambda report: None
         # Told of every answer the Envoys report.
         self.on_answer: Callable[[Answer], None] = lambda answer: None
+        self.on_limit_hit: Callable[[LimitHit], None] = lambda hit: None
         # Whether a node names a gateway that exists: a stream for any other is refused
         # (a certificate may outlive its gateway by a few hours). By default, a node with
         # a snapshot; the operator asks its store, which knows every gateway at start.
@@ -653,6 +670,11 @@ class _DataPlaneReports(als_pb2_grpc.AccessLogServiceServicer):  # type: ignore[
             for entry in message.http_logs.log_entry:
                 common = entry.common_properties
                 backend = common.custom_tags.get("backend")
+                if log == ANSWER_LOG and not backend and node:
+                    # The gateway's own answer: a client refused at its limit is worth a count.
+                    if (hit := _limit_hit(node, entry)) is not None:
+                        self._server.on_limit_hit(hit)
+                    continue
                 if not (
                     node
                     and backend
@@ -675,6 +697,16 @@ def _failed_attempt(node: str, backend: str, entry: Any) -> FailedAttempt:
     )
     cluster = entry.common_properties.upstream_cluster
     return FailedAttempt(node, cluster, backend, status, retry_after)
+
+
+def _limit_hit(node: str, entry: Any) -> LimitHit | None:
+    filters = entry.common_properties.metadata.filter_metadata
+    limits = filters[LIMITS_NAMESPACE].fields if LIMITS_NAMESPACE in filters else {}
+    kind = limits.get(LIMIT_HIT_KEY)
+    client = filters["switchyard"].fields.get("client") if "switchyard" in filters else None
+    if kind is None or client is None:
+        return None
+    return LimitHit(node=node, client=client.string_value, limit=kind.string_value)
 
 
 def _answer(node: str, backend: str, entry: Any) -> Answer:

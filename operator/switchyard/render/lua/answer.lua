@@ -11,6 +11,9 @@
 --    shaper did, to count the tokens; sse_to_metadata has read it by now). That event is
 --    taken away, so the client gets the stream it asked for. Any other answer passes
 --    untouched, its body unread.
+-- 3. The rate limit filter's 429 (it marks its own) is worded in the client's API: its
+--    body, Retry-After, and that API's rate-limit headers for the limit that was hit,
+--    instead of the filter's draft headers.
 --
 -- `config` is a table the renderer (render/envoy.py) puts in front of this file, on its
 -- first line so that line numbers in Lua's errors still match this file:
@@ -23,6 +26,12 @@
 --                               event's time (ms since the epoch) as config.first_event_key
 --   config.openai_path          OpenAI's chat path, the one API that reports stream usage
 --                               only when asked
+--   config.limits_namespace     where the clients filter put the client's limits; the
+--                               limit hit goes there too, as config.limit_hit_key, for the
+--                               operator's count of refusals
+--   config.limited_marker       the header the rate limit filter sets on its 429s
+--   config.limited              kind ("requests", "tokens") -> API -> the 429's body, a
+--                               string.format of the client, its limit, the kind, seconds
 
 local function refused(handle, headers, client)
   headers:remove(config.marker)
@@ -33,6 +42,41 @@ local function refused(handle, headers, client)
     body = config.anthropic_body
   end
   handle:body(true):setBytes(body)
+end
+
+local DRAFT_HEADERS = {"x-ratelimit-limit", "x-ratelimit-remaining", "x-ratelimit-reset"}
+
+local function limited(handle, headers, client)
+  headers:remove(config.limited_marker)
+  -- The draft headers describe the limit closest to being exceeded: here, the one hit.
+  local limit = tonumber(string.match(headers:get("x-ratelimit-limit") or "", "^%s*(%d+)")) or 0
+  local wait = math.max(1, tonumber(headers:get("x-ratelimit-reset") or "") or 60)
+  for _, name in ipairs(DRAFT_HEADERS) do
+    headers:remove(name)
+  end
+  local metadata = handle:streamInfo():dynamicMetadata()
+  local limits = metadata:get(config.limits_namespace) or {}
+  local requests = limits["requests"]
+  local kind = "tokens"
+  if requests ~= nil and requests["requests_per_unit"] == limit then
+    kind = "requests"
+  end
+  metadata:set(config.limits_namespace, config.limit_hit_key, kind)
+  local anthropic = string.find(client["path"] or "", "/v1/messages", 1, true) == 1
+  headers:replace("retry-after", tostring(wait))
+  headers:replace("content-type", "application/json")
+  if anthropic then
+    local prefix = "anthropic-ratelimit-" .. kind
+    headers:replace(prefix .. "-limit", tostring(limit))
+    headers:replace(prefix .. "-remaining", "0")
+    headers:replace(prefix .. "-reset", os.date("!%Y-%m-%dT%H:%M:%SZ", os.time() + wait))
+  else
+    headers:replace("x-ratelimit-limit-" .. kind, tostring(limit))
+    headers:replace("x-ratelimit-remaining-" .. kind, "0")
+    headers:replace("x-ratelimit-reset-" .. kind, wait .. "s")
+  end
+  local template = config.limited[kind][anthropic and "anthropic" or "openai"]
+  handle:body(true):setBytes(string.format(template, client["client"] or "?", limit, kind, wait))
 end
 
 -- An OpenAI chunk that carries only usage: no choices, and a usage object.
@@ -84,6 +128,8 @@ function envoy_on_response(handle)
   local client = handle:streamInfo():dynamicMetadata():get(config.metadata_namespace) or {}
   if headers:get(config.marker) ~= nil then
     refused(handle, headers, client)
+  elseif headers:get(config.limited_marker) ~= nil then
+    limited(handle, headers, client)
   elseif client["stream"] == true
       and string.find(headers:get("content-type") or "", "text/event-stream", 1, true) then
     -- An error answers a stream request whole, as JSON: neither timed nor touched.

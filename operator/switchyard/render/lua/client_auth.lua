@@ -6,10 +6,13 @@
 -- and the client is named in dynamic metadata for the access records.
 -- A known client asking for `GET /v1/models` gets the models it may call, in the format of
 -- the API it speaks (Anthropic's SDKs send `anthropic-version`).
+-- A client with limits gets them in dynamic metadata, for the rate limit filter after this
+-- one: per kind ("requests", "tokens"), its name as `<kind>_client` and the limit as
+-- `<kind>`, in the form of that filter's descriptor override.
 -- `config` (put in front by the renderer): keys (digest -> client), subjects (token sub ->
 -- client), grants (client -> model -> "1"), served (model -> "1"), listings (client -> API
--- -> body), the metadata names, and the error bodies; `sha256_hex` is defined after this
--- file in the same chunk.
+-- -> body), limits (client -> kind -> per minute), the metadata names, and the error
+-- bodies; `sha256_hex` is defined after this file in the same chunk.
 
 local CREDENTIAL_HEADERS = {"authorization", "x-api-key", "api-key"}
 -- Keys seen before, so that a client's requests after its first cost no digest. Keys that
@@ -84,4 +87,11 @@ function envoy_on_request(handle)
   -- What original_path.lua does on a gateway that checks no client: one Lua call a request
   -- instead of two (each costs a coroutine).
   metadata:set(config.metadata_namespace, "path", headers:get(":path"))
+  local limits = config.limits[client]
+  if limits ~= nil then
+    for kind, per_minute in pairs(limits) do
+      metadata:set(config.limits_namespace, kind .. "_client", client)
+      metadata:set(config.limits_namespace, kind, {requests_per_unit = per_minute, unit = "MINUTE"})
+    end
+  end
 end
