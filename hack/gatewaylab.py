@@ -590,6 +590,8 @@ class RateLimiter:
 
         self.directory = directory
         self.redis_port = free_port()
+        # Redis takes it on its command line here; the chart's reads it from a Secret.
+        self.password = secrets.token_hex(16)
         self.port, self.http_port, self.debug_port = free_port(), free_port(), free_port()
         config = directory / "runtime" / "ratelimit" / "config"
         config.mkdir(parents=True, exist_ok=True)
@@ -601,8 +603,10 @@ class RateLimiter:
             env={
                 **os.environ, "USE_STATSD": "false", "LOG_LEVEL": "warn",
                 "REDIS_SOCKET_TYPE": "tcp", "REDIS_URL": f"127.0.0.1:{self.redis_port}",
+                "REDIS_AUTH": self.password,
                 "RUNTIME_ROOT": str(directory / "runtime"), "RUNTIME_SUBDIRECTORY": "ratelimit",
                 "RUNTIME_APPDIRECTORY": "config", "RUNTIME_WATCH_ROOT": "false",
+                "RUNTIME_IGNOREDOTFILES": "true",
                 "HOST": "127.0.0.1", "PORT": str(self.http_port),
                 "GRPC_HOST": "127.0.0.1", "GRPC_PORT": str(self.port),
                 "DEBUG_HOST": "127.0.0.1", "DEBUG_PORT": str(self.debug_port),
@@ -613,7 +617,8 @@ class RateLimiter:
     def _start_redis(self) -> subprocess.Popen[bytes]:
         redis = subprocess.Popen(
             ["redis-server", "--port", str(self.redis_port), "--bind", "127.0.0.1",
-             "--save", "", "--appendonly", "no", "--dir", str(self.directory)],
+             "--save", "", "--appendonly", "no", "--dir", str(self.directory),
+             "--requirepass", self.password],
             stdout=(self.directory / "redis.log").open("ab"), stderr=subprocess.STDOUT,
         )  # fmt: skip
         wait_for_port(self.redis_port, redis)

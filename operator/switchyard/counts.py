@@ -14,8 +14,9 @@ class CountsUnavailable(Exception):
 
 
 class RedisCounts:
-    def __init__(self, host: str, port: int) -> None:
+    def __init__(self, host: str, port: int, password: str = "") -> None:
         self.host, self.port = host, port
+        self._password = password
 
     async def read(self, keys: list[str]) -> list[int | None]:
         """Each key's count; None for a key that does not exist (nothing counted yet)."""
@@ -29,10 +30,13 @@ class RedisCounts:
     async def _mget(self, keys: list[str]) -> list[int | None]:
         reader, writer = await asyncio.open_connection(self.host, self.port)
         try:
-            parts = [b"MGET", *(key.encode() for key in keys)]
-            command = b"*%d\r\n" % len(parts)
-            command += b"".join(b"$%d\r\n%s\r\n" % (len(part), part) for part in parts)
-            writer.write(command)
+            if self._password:
+                writer.write(_command(b"AUTH", self._password.encode()))
+                answer = await reader.readline()
+                if not answer.startswith(b"+OK"):
+                    # Redis' own words (WRONGPASS ...), never the password.
+                    raise ValueError(f"AUTH refused: {answer[:80].decode(errors='replace')}")
+            writer.write(_command(b"MGET", *(key.encode() for key in keys)))
             await writer.drain()
             header = await reader.readline()
             if not header.startswith(b"*") or int(header[1:]) != len(keys):
@@ -47,3 +51,9 @@ class RedisCounts:
             return counts
         finally:
             writer.close()
+
+
+def _command(*parts: bytes) -> bytes:
+    """A command in Redis' protocol: an array of bulk strings."""
+    encoded = b"".join(b"$%d\r\n%s\r\n" % (len(part), part) for part in parts)
+    return b"*%d\r\n" % len(parts) + encoded

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from gatewaylab import CLIENT_KEY, LocalEnvoy, chat, lab_client, send_sync
+from gatewaylab import CLIENT_KEY, LocalEnvoy, RateLimiter, chat, lab_client, send_sync
 from ports import free_port
 from tests_support import hygiene
 from tests_support.cluster import Cluster, condition, eventually
@@ -124,19 +124,16 @@ def gateway_lab(
     prefix: str,
     credentials: Mapping[str, str],
     gateway_spec: Mapping[str, Any] | None = None,
-    rate_limit_service: str = "",
-    rate_limit_redis: str = "",
+    limiter: RateLimiter | None = None,
 ) -> Iterator[GatewayLab]:
     """A namespace `<prefix>-<random>` with the Secret SECRET holding `credentials`, the
     gateway "gw" on port 8080 (and `gateway_spec`) with the lab's ModelClient, the operator
-    (holding clients' limits with `rate_limit_service`, reading their use from
-    `rate_limit_redis`) and an Envoy."""
+    (holding clients' limits with `limiter`) and an Envoy."""
     namespace = f"{prefix}-{uuid.uuid4().hex[:6]}"
     operator = Operator(
         xds_address=f"127.0.0.1:{free_port()}",
         metrics_address=f"127.0.0.1:{free_port()}",
-        rate_limit_service=rate_limit_service,
-        rate_limit_redis=rate_limit_redis,
+        limiter=limiter,
     )
     envoy: LocalEnvoy | None = None
     try:

@@ -162,9 +162,8 @@ def lab(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     limiter = RateLimiter(tmp_path_factory.mktemp("ratelimit"))
     try:
         with gateway_lab(
-            cluster, tmp_path_factory, "sy-e2e", keys, spec, rate_limit_service=limiter.address,
-            rate_limit_redis=limiter.redis_address,
-        ) as gateway:  # fmt: skip
+            cluster, tmp_path_factory, "sy-e2e", keys, spec, limiter=limiter
+        ) as gateway:
             yield Lab(gateway.cluster, gateway.operator, gateway.namespace, gateway.envoy, fakes)
     finally:
         for fake in fakes.values():

@@ -46,7 +46,7 @@ def test_lint_and_render_with_default_and_all_on_values() -> None:
     base = {
         "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding",
         "Deployment", "Service", "PodDisruptionBudget", "NetworkPolicy",
-        "ConfigMap",  # the rate limit service's
+        "ConfigMap", "Secret",  # the rate limit service's config, and Redis' password
     }  # fmt: skip
     assert kinds(rendered("sy", "switchyard-system")) == base
     assert kinds(rendered("sy", "switchyard-system", ALL_ON)) == base | {
@@ -77,6 +77,12 @@ def test_rate_limits_run_a_service_and_redis_that_only_the_gateways_and_operator
     assert [peer["podSelector"]["matchLabels"]["app.kubernetes.io/name"] for peer in redis] == [
         "switchyard-ratelimit", "switchyard",
     ]  # fmt: skip
+    # Redis' password: from its Secret, never on a command line.
+    redis_pod = named[("Deployment", "sy-switchyard-redis")]["spec"]["template"]["spec"]
+    assert "/etc/redis/redis.conf" in redis_pod["containers"][0]["args"]
+    password = named[("Secret", "sy-switchyard-redis")]["stringData"]["password"]
+    assert len(password) == 32
+    assert password not in json.dumps([d for d in docs if d["kind"] != "Secret"])
     # Off: neither runs, and the operator is told of no service (it refuses limited clients).
     without = rendered("sy", "switchyard-system", sets=("rateLimits.enabled=false",))
     off = [d for d in yaml.safe_load_all(without) if d]

@@ -10,13 +10,16 @@ import os
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kopf.testing import KopfRunner
 from prometheus_client import REGISTRY
 
 from tests_support import hygiene
 from tests_support.cluster import Cluster, condition, eventually
+
+if TYPE_CHECKING:
+    from gatewaylab import RateLimiter
 
 API_VERSION = "switchyard.dev/v1alpha1"
 # What a ModelGateway owns, by kind.
@@ -58,14 +61,12 @@ class Operator:
         self,
         xds_address: str = "127.0.0.1:0",
         metrics_address: str = "127.0.0.1:0",
-        rate_limit_service: str = "",
-        rate_limit_redis: str = "",
+        limiter: RateLimiter | None = None,
     ) -> None:
         # Any free port unless a test runs Envoys against this operator or scrapes it.
         self.xds_address = xds_address
         self.metrics_address = metrics_address
-        self.rate_limit_service = rate_limit_service
-        self.rate_limit_redis = rate_limit_redis
+        self.limiter = limiter
         # The control channel's CA, the same across this operator's restarts, in a namespace
         # every cluster has (a Pod's operator keeps it in its own).
         self.ca_secret = f"default/switchyard-ca-{uuid.uuid4().hex[:8]}"
@@ -75,12 +76,15 @@ class Operator:
         self.outputs: list[str] = []
 
     def start(self) -> None:
+        limiter = self.limiter
         settings = {
             "SWITCHYARD_XDS_ADDRESS": self.xds_address,
             "SWITCHYARD_METRICS_ADDRESS": self.metrics_address,
             "SWITCHYARD_CA_SECRET": self.ca_secret,
-            "SWITCHYARD_RATE_LIMIT_SERVICE": self.rate_limit_service,
-            "SWITCHYARD_RATE_LIMIT_REDIS": self.rate_limit_redis,
+            # The rate limit service that holds clients' limits, and its Redis.
+            "SWITCHYARD_RATE_LIMIT_SERVICE": limiter.address if limiter else "",
+            "SWITCHYARD_RATE_LIMIT_REDIS": limiter.redis_address if limiter else "",
+            "SWITCHYARD_RATE_LIMIT_REDIS_PASSWORD": limiter.password if limiter else "",
         }
         # Put back at stop(): the settings are this operator's, not the next test's.
         self._saved_environment = {name: os.environ.get(name) for name in settings}

@@ -150,11 +150,14 @@ def rate_limit_service(memo: Any) -> RateLimitService | None:
 
 def rate_limit_counts(memo: Any) -> RedisCounts | None:
     """`--rate-limit-redis HOST:PORT`, else SWITCHYARD_RATE_LIMIT_REDIS: the rate limit
-    service's Redis, read for the limited clients' status; else their status shows no use."""
+    service's Redis, read for the limited clients' status; else their status shows no use.
+    Its password, if it has one, only from SWITCHYARD_RATE_LIMIT_REDIS_PASSWORD (the chart
+    sets it from a Secret): never on a command line."""
     text = memo.get("rate_limit_redis") or os.environ.get("SWITCHYARD_RATE_LIMIT_REDIS")
     if not text:
         return None
-    return RedisCounts(*_address(memo, "rate_limit_redis", "SWITCHYARD_RATE_LIMIT_REDIS", text))
+    host, port = _address(memo, "rate_limit_redis", "SWITCHYARD_RATE_LIMIT_REDIS", text)
+    return RedisCounts(host, port, os.environ.get("SWITCHYARD_RATE_LIMIT_REDIS_PASSWORD", ""))
 
 
 def resync_seconds(memo: Any) -> float:
