@@ -586,7 +586,7 @@ class RateLimiter:
     limits."""
 
     def __init__(self, directory: Path) -> None:
-        from localcluster import build_ratelimit
+        import ratelimit
 
         self.directory = directory
         self.redis_port = free_port()
@@ -598,7 +598,7 @@ class RateLimiter:
         (config / "switchyard.yaml").write_text("domain: switchyard\n")
         self.redis = self._start_redis()
         self.process = subprocess.Popen(
-            [str(build_ratelimit())],
+            [str(ratelimit.build())],
             stdout=(directory / "ratelimit.log").open("ab"), stderr=subprocess.STDOUT,
             env={
                 **os.environ, "USE_STATSD": "false", "LOG_LEVEL": "warn",

@@ -38,6 +38,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+import ratelimit
 from pins import CACHE_ROOT, KUBERNETES_VERSION
 
 REPO = Path(__file__).resolve().parent.parent
@@ -616,11 +617,9 @@ def coredns_image(binary: Path, version: str) -> Image:
 def ratelimit_image() -> Image:
     """The rate limit service as in envoyproxy/ratelimit (/bin/ratelimit), from the binary
     `localcluster.py build` compiles; user 65532, as the chart runs it."""
-    from localcluster import RATELIMIT_VERSION, build_ratelimit
-
-    binary = build_ratelimit()
+    binary = ratelimit.build()
     files: dict[str, Path | bytes] = {"/bin/ratelimit": binary, **shared_libraries(binary)}
-    version = RATELIMIT_VERSION.rsplit("-", 1)[-1][:8]
+    version = ratelimit.VERSION.rsplit("-", 1)[-1][:8]
     reference = f"{RATELIMIT_REPOSITORY}:{version}-{files_digest(files)[:12]}"
     if image := _cached(reference):
         return image

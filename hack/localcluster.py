@@ -30,7 +30,6 @@ import signal
 import ssl
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
 from dataclasses import dataclass
@@ -38,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import localnode
+import ratelimit
 from pins import CACHE_ROOT, KUBERNETES_VERSION
 from ports import free_port
 
@@ -87,36 +87,6 @@ def build_coredns() -> Path:
             env={**os.environ, "GOBIN": str(COREDNS.parent), "CGO_ENABLED": "0"},
         )  # fmt: skip
     return COREDNS
-
-
-# envoyproxy/ratelimit tags no releases: a pseudo-version of its main branch.
-RATELIMIT_VERSION = "v1.4.1-0.20260122083618-3fb702589d36"
-RATELIMIT = CACHE_ROOT / f"ratelimit-{RATELIMIT_VERSION}" / "ratelimit"
-
-
-def build_ratelimit() -> Path:
-    """The rate limit service (envoyproxy/ratelimit) the gateways' Envoys ask about clients'
-    limits, from its Go module at a pinned version. Its go.mod replaces modules, which `go
-    install pkg@version` refuses, so it is built inside a copy of the downloaded module."""
-    if not RATELIMIT.is_file():
-        print(
-            f"building ratelimit {RATELIMIT_VERSION} into {RATELIMIT.parent} (once)",
-            file=sys.stderr,
-        )
-        module = f"github.com/envoyproxy/ratelimit@{RATELIMIT_VERSION}"
-        downloaded = subprocess.run(
-            ["go", "mod", "download", "-json", module], check=True, capture_output=True, text=True
-        )
-        with tempfile.TemporaryDirectory() as scratch:
-            source = Path(scratch) / "ratelimit"
-            shutil.copytree(json.loads(downloaded.stdout)["Dir"], source)
-            source.chmod(0o755)
-            subprocess.run(
-                ["go", "build", "-trimpath", "-ldflags=-s -w", "-o", str(RATELIMIT),
-                 "./src/service_cmd"],
-                cwd=source, check=True, env={**os.environ, "CGO_ENABLED": "0"},
-            )  # fmt: skip
-    return RATELIMIT
 
 
 def build() -> Path:
@@ -744,7 +714,7 @@ def main(argv: list[str] | None = None) -> int:
         print(build())
         print(build_helm())
         print(build_coredns())
-        print(build_ratelimit())
+        print(ratelimit.build())
     elif args.command == "bin-dir":
         print(BIN_DIR)
     elif args.command == "start":

@@ -131,7 +131,7 @@ def test_limits_are_granted_only_where_the_data_plane_holds_them() -> None:
     )
     held = plan_clients(GATEWAY_KEY, gateway(), [limited], plan, {}, DIGESTS, limits_enforced=True)
     assert condition(held, limited.key, "Accepted")[0] == "True"
-    assert [(g.requests_per_minute, g.tokens_per_minute) for g in held.grants] == [(None, 1000)]
+    assert [g.limits for g in held.grants] == [(("tokens", 1000),)]
     # No rate limit service: refused, never served without its limits.
     unheld = plan_clients(GATEWAY_KEY, gateway(), [limited], plan, {}, DIGESTS)
     accepted = condition(unheld, limited.key, "Accepted")

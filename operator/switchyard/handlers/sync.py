@@ -32,7 +32,14 @@ from switchyard.kube.client import (
     is_forbidden,
 )
 from switchyard.kube.secrets import SecretCache
-from switchyard.plan.clients import ClientsPlan, KeyDigests, TokenIssuer, key_digest, plan_clients
+from switchyard.plan.clients import (
+    ClientsPlan,
+    KeyDigests,
+    TokenIssuer,
+    granted_limits,
+    key_digest,
+    plan_clients,
+)
 from switchyard.plan.conditions import DesiredCondition, transitions
 from switchyard.plan.egress import ANY_CLUSTER, NOT_ALLOWED, ApiServer
 from switchyard.plan.gateway import GatewayPlan, ObjectKey, SecretKeys, key_material, plan_gateway
@@ -93,13 +100,7 @@ def _export_limits(
     """Set the gateway's client limit gauges to `clients`' limits, removing those gone;
     returns what is exported now."""
     label = f"{gateway[0]}/{gateway[1]}"
-    now = {
-        (grant.identity, kind): per_minute
-        for grant in clients.grants
-        for kind, per_minute in rate_limits.client_limits(
-            grant.requests_per_minute, grant.tokens_per_minute
-        ).items()
-    }
+    now = granted_limits(clients)
     for client, kind in exported.keys() - now.keys():
         metrics.CLIENT_LIMIT.remove(label, client, kind)
     for (client, kind), per_minute in now.items():
@@ -568,13 +569,7 @@ class GatewaySync:
         counted it for every Envoy (identity -> `currentMinute`); empty when the counts
         cannot be read, said once until they can again."""
         start = int(time.time()) // 60 * 60
-        wanted = [
-            (grant.identity, kind)
-            for grant in clients.grants
-            for kind in rate_limits.client_limits(
-                grant.requests_per_minute, grant.tokens_per_minute
-            )
-        ]
+        wanted = list(granted_limits(clients))
         if self.counts is None or not wanted:
             return {}
         keys = [rate_limits.count_key(client, kind, start) for client, kind in wanted]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from switchyard.api.models import ClientAuthMode, ModelClientSpec
 from switchyard.plan.conditions import DesiredCondition
@@ -61,6 +61,10 @@ class ClientSource:
         return f"{self.namespace}/{self.name}"
 
 
+# What a client's limits count, each per minute: requests, and the tokens of its answers.
+LIMIT_KINDS = ("requests", "tokens")
+
+
 @dataclass(frozen=True)
 class ClientGrant:
     """What the data plane needs to know of one client."""
@@ -69,8 +73,8 @@ class ClientGrant:
     key_digest: str | None
     subjects: tuple[str, ...]
     models: tuple[str, ...]
-    requests_per_minute: int | None = None
-    tokens_per_minute: int | None = None
+    # Its limits per minute, by kind (LIMIT_KINDS); none for a client without limits.
+    limits: tuple[tuple[str, int], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -170,18 +174,24 @@ def plan_clients(
         accepted = DesiredCondition.true(
             "Accepted", "Accepted", f"attached to ModelGateway {gateway_name}"
         )
-        grant = ClientGrant(client.identity, digest, subjects, models)
-        if spec.limits is not None:
-            grant = replace(
-                grant,
-                requests_per_minute=spec.limits.requests_per_minute,
-                tokens_per_minute=spec.limits.tokens_per_minute,
-            )
-        result.grants.append(grant)
+        result.grants.append(ClientGrant(client.identity, digest, subjects, models, _limits(spec)))
         ready = _ready(client, spec, gateway_name, refs, digest, models, required)
         result.outcomes[client.key] = ClientOutcome((accepted, refs, ready), models)
     result.grants.sort(key=lambda g: g.identity)
     return result
+
+
+def granted_limits(clients: ClientsPlan) -> dict[tuple[str, str], int]:
+    """Every limit the plan grants: (client, kind) -> per minute."""
+    return {(g.identity, kind): n for g in clients.grants for kind, n in g.limits}
+
+
+def _limits(spec: ModelClientSpec) -> tuple[tuple[str, int], ...]:
+    limits = spec.limits
+    if limits is None:
+        return ()
+    per_minute = (limits.requests_per_minute, limits.tokens_per_minute)
+    return tuple((kind, n) for kind, n in zip(LIMIT_KINDS, per_minute, strict=True) if n)
 
 
 def _key_of(

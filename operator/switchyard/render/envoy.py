@@ -41,7 +41,7 @@ from urllib.parse import urlsplit
 
 from switchyard import pki
 from switchyard.api.models import BackendTLS
-from switchyard.plan.clients import ClientsPlan, TokenIssuer
+from switchyard.plan.clients import LIMIT_KINDS, ClientsPlan, TokenIssuer
 from switchyard.plan.gateway import GatewayPlan
 from switchyard.plan.routing import BackendRoute, EndpointPlan
 from switchyard.providers import API_PATHS, PROVIDERS, ChatCall, ClientApi, Provider
@@ -203,11 +203,7 @@ def _clients_lua(clients: ClientsPlan, served: list[str]) -> str:
             for g in clients.grants
         },
         # Only limited clients: the others send the rate limit service nothing.
-        "limits": {
-            g.identity: limits
-            for g in clients.grants
-            if (limits := rate_limits.client_limits(g.requests_per_minute, g.tokens_per_minute))
-        },
+        "limits": {g.identity: dict(g.limits) for g in clients.grants if g.limits},
         "limits_namespace": LIMITS_NAMESPACE,
         "metadata_namespace": METADATA_NAMESPACE,
         "token_namespace": TOKEN_METADATA_NAMESPACE,
@@ -254,7 +250,7 @@ def _answer_lua() -> str:
                     "openai": json.dumps(openai_error(kind, limited, "rate_limit_exceeded")),
                     "anthropic": anthropic_error("rate_limit_error", limited),
                 }
-                for kind in rate_limits.KINDS
+                for kind in LIMIT_KINDS
             },
         },
     )

@@ -31,7 +31,6 @@ CLUSTER = "switchyard-ratelimit"
 DOMAIN = "switchyard"
 # In LIMITS_NAMESPACE, the clients filter writes for a limited client `<kind>_client` (its name,
 # only when it has that limit) and `<kind>` (the limit, as the filter's override).
-KINDS = ("requests", "tokens")
 # Set on the filter's own 429s only, so that the answer filter tells them from a provider's.
 LIMITED_MARKER = "x-sy-limited"
 # The filter's answer timeout: past it, the request passes.
@@ -139,9 +138,3 @@ def count_key(client: str, kind: str, minute_start: int) -> str:
     began at `minute_start` (seconds since the epoch): its domain, then each descriptor
     entry's key and value, then the window."""
     return f"{DOMAIN}_client_{client}_limit_{kind}_{minute_start}"
-
-
-def client_limits(requests_per_minute: int | None, tokens_per_minute: int | None) -> dict[str, int]:
-    """A client's limits as the clients filter's config holds them (kind -> per minute)."""
-    counts = zip(KINDS, (requests_per_minute, tokens_per_minute), strict=True)
-    return {kind: count for kind, count in counts if count is not None}
