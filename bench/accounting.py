@@ -31,7 +31,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from fuzz.envoy_check import fetch_snapshot, static_bootstrap
-from gatewaylab import wait_for_port
+from gatewaylab import stop_process, wait_for_port
 from ports import free_port
 from switchyard.local_envoy import envoy_binary
 from switchyard.providers.usage import ANSWER_LOG
@@ -249,13 +249,7 @@ class StaticGateway:
         return dump
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process)
 
 
 # --- time to first event

@@ -55,7 +55,8 @@ def wait_for_port(
     raise TimeoutError(f"nothing listens on port {port} after {timeout}s")
 
 
-def _stop(process: subprocess.Popen[bytes]) -> None:
+def stop_process(process: subprocess.Popen[bytes]) -> None:
+    """Terminate `process`, killing it if it has not ended within 10 s."""
     if process.poll() is None:
         process.terminate()
         try:
@@ -154,7 +155,7 @@ class FakeProcess:
         self._control("PUT", "/api-key", {"apiKey": api_key})
 
     def stop(self) -> None:
-        _stop(self.process)
+        stop_process(self.process)
 
 
 def service_account_key_json(
@@ -576,7 +577,7 @@ class EnvoyProcess:
         )  # fmt: skip
 
     def stop(self) -> None:
-        _stop(self.process)
+        stop_process(self.process)
 
 
 class RateLimiter:
@@ -635,8 +636,8 @@ class RateLimiter:
         return f"127.0.0.1:{self.redis_port}"
 
     def stop(self) -> None:
-        _stop(self.process)
-        _stop(self.redis)
+        stop_process(self.process)
+        stop_process(self.redis)
 
 
 class LocalEnvoy:
@@ -692,7 +693,7 @@ class LocalEnvoy:
             return str(reply.read().decode())
 
     def stop(self) -> None:
-        _stop(self.process)
+        stop_process(self.process)
 
 
 @dataclass

@@ -138,14 +138,18 @@ def network_policy_peer(memo: Any, pods: EnvoyPods) -> XdsPeer | None:
     return XdsPeer(pods.xds_port, os.environ.get("POD_NAMESPACE") or None, labels)
 
 
+def _optional_address(memo: Any, option: str, variable: str) -> tuple[str, int] | None:
+    """A `switchyard run` option, else an environment variable; None when neither is set."""
+    if not (memo.get(option) or os.environ.get(variable)):
+        return None
+    return _address(memo, option, variable, "")
+
+
 def rate_limit_service(memo: Any) -> RateLimitService | None:
     """`--rate-limit-service HOST:PORT`, else SWITCHYARD_RATE_LIMIT_SERVICE; else none, and
     clients with limits are not accepted."""
-    text = memo.get("rate_limit_service") or os.environ.get("SWITCHYARD_RATE_LIMIT_SERVICE")
-    if not text:
-        return None
-    host, port = _address(memo, "rate_limit_service", "SWITCHYARD_RATE_LIMIT_SERVICE", text)
-    return RateLimitService(host, port)
+    address = _optional_address(memo, "rate_limit_service", "SWITCHYARD_RATE_LIMIT_SERVICE")
+    return RateLimitService(*address) if address else None
 
 
 def rate_limit_counts(memo: Any) -> RedisCounts | None:
@@ -153,11 +157,10 @@ def rate_limit_counts(memo: Any) -> RedisCounts | None:
     service's Redis, read for the limited clients' status; else their status shows no use.
     Its password, if it has one, only from SWITCHYARD_RATE_LIMIT_REDIS_PASSWORD (the chart
     sets it from a Secret): never on a command line."""
-    text = memo.get("rate_limit_redis") or os.environ.get("SWITCHYARD_RATE_LIMIT_REDIS")
-    if not text:
+    address = _optional_address(memo, "rate_limit_redis", "SWITCHYARD_RATE_LIMIT_REDIS")
+    if address is None:
         return None
-    host, port = _address(memo, "rate_limit_redis", "SWITCHYARD_RATE_LIMIT_REDIS", text)
-    return RedisCounts(host, port, os.environ.get("SWITCHYARD_RATE_LIMIT_REDIS_PASSWORD", ""))
+    return RedisCounts(*address, os.environ.get("SWITCHYARD_RATE_LIMIT_REDIS_PASSWORD", ""))
 
 
 def resync_seconds(memo: Any) -> float:

@@ -318,12 +318,13 @@ def render(
     if cache is not None:
         cache.entries = used
     checked = clients is not None and clients.required
-    limited = checked and limits is not None
-    if checked and limits is not None:
-        clusters = [*clusters, rate_limits.rate_limit_cluster(limits)]
+    # Limits are a client's: a gateway that checks no client has none to hold.
+    limiter = limits if checked else None
+    if limiter is not None:
+        clusters = [*clusters, rate_limits.rate_limit_cluster(limiter)]
     resources = {
         CLUSTER_TYPE: clusters,
-        LISTENER_TYPE: [_listener(port, checked, limited)],
+        LISTENER_TYPE: [_listener(port, checked, limiter is not None)],
         ROUTE_TYPE: [_route_configuration(plan, routes)],
     }
     if clients is not None and clients.required:

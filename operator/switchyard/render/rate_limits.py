@@ -100,6 +100,7 @@ def rate_limit_filter() -> dict[str, Any]:
 
 
 def rate_limit_cluster(service: RateLimitService) -> dict[str, Any]:
+    address = {"socket_address": {"address": service.host, "port_value": service.port}}
     return {
         "name": CLUSTER,
         "type": "STRICT_DNS",
@@ -113,22 +114,7 @@ def rate_limit_cluster(service: RateLimitService) -> dict[str, Any]:
         },
         "load_assignment": {
             "cluster_name": CLUSTER,
-            "endpoints": [
-                {
-                    "lb_endpoints": [
-                        {
-                            "endpoint": {
-                                "address": {
-                                    "socket_address": {
-                                        "address": service.host,
-                                        "port_value": service.port,
-                                    }
-                                }
-                            }
-                        }
-                    ]
-                }
-            ],
+            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": address}}]}],
         },
     }
 
